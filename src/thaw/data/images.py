@@ -1,0 +1,117 @@
+"""Decoding images once into memory, transforms that follow the weights, and data loaders.
+
+Images are decoded, converted to the model's channels and resized (shorter side to the preprocessing's
+``resize_size``) once, up front, and kept as uint8 tensors: on a CPU, JPEG decoding each epoch costs more
+than the small-image forward pass. Undecodable files are reported by name and skipped (or rejected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
+
+from thaw.config import DataConfig
+from thaw.data.sources import Item, Sources
+from thaw.errors import ThawError
+from thaw.models.contract import Preprocessing
+
+
+@dataclass
+class Decoded:
+    """One split in memory: uint8 image tensors [C, H, W], labels, and the keys they came from."""
+
+    keys: list[str]
+    images: list[torch.Tensor]
+    labels: list[int]
+
+
+def open_image(item: Item, channels: int) -> Image.Image:
+    mode = "L" if channels == 1 else "RGB"
+    if item.array is not None:
+        array = np.asarray(item.array)
+        if array.dtype != np.uint8:
+            raise ThawError(f"{item.key}: in-memory images must be uint8, got {array.dtype}")
+        return Image.fromarray(array).convert(mode)
+    with Image.open(item.key) as img:
+        img.seek(0)  # first frame of a GIF
+        return ImageOps.exif_transpose(img).convert(mode)
+
+
+def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -> tuple[Decoded, list[str]]:
+    """Decode and resize every item; returns the decoded split and the keys that failed."""
+    interpolation = InterpolationMode(pre.interpolation)
+    keys, images, labels, failed = [], [], [], []
+    for item in items:
+        try:
+            img = F.pil_to_tensor(open_image(item, channels))
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for broken files
+            if strict:
+                raise ThawError(f"cannot decode image {item.key} ({err}); fix or remove it, or drop "
+                                f"--strict-images to skip undecodable files") from err
+            failed.append(item.key)
+            continue
+        keys.append(item.key)
+        images.append(F.resize(img, [pre.resize_size], interpolation=interpolation, antialias=True))
+        labels.append(item.label)
+    return Decoded(keys, images, labels), failed
+
+
+def decode_sources(sources: Sources, pre: Preprocessing, channels: int, strict: bool = False,
+                   warn=print) -> dict[str, Decoded]:
+    """Decode every split; undecodable files are reported by name and skipped."""
+    decoded, failed = {}, []
+    for split in ("train", "val", "test"):
+        items = sources.split(split)
+        if items:
+            decoded[split], bad = decode(items, pre, channels, strict)
+            failed += bad
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        warn(f"skipped {len(failed)} undecodable image(s): {shown} (use --strict-images to stop instead)")
+    for split in ("train", "val"):
+        if split not in decoded or not decoded[split].images:
+            raise ThawError(f"{sources.name}: no decodable images in the {split} split")
+    return decoded
+
+
+def train_transform(pre: Preprocessing, config: DataConfig) -> v2.Transform:
+    interpolation = InterpolationMode(pre.interpolation)
+    if not config.augment:
+        return eval_transform(pre)
+    steps = [v2.RandomResizedCrop(pre.size, scale=(config.crop_scale_min, 1.0), interpolation=interpolation,
+                                  antialias=True)]
+    if config.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+
+
+def eval_transform(pre: Preprocessing) -> v2.Transform:
+    """Deterministic: the images are already resized to ``resize_size``; center-crop and normalize."""
+    return v2.Compose([v2.CenterCrop(pre.size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+
+
+class ImageDataset(Dataset):
+    def __init__(self, data: Decoded, transform: v2.Transform) -> None:
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.data.images[i]), self.data.labels[i]
+
+
+def loader(data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
+    drop_last = shuffle and len(data.images) % config.batch_size == 1
+    return DataLoader(ImageDataset(data, transform), batch_size=config.batch_size, shuffle=shuffle,
+                      num_workers=config.num_workers, generator=generator, drop_last=drop_last,
+                      persistent_workers=config.num_workers > 0)

@@ -1,0 +1,288 @@
+"""Finding labelled images: split folders, one folder of classes, a CSV, or a MedMNIST ``.npz``.
+
+Discovery is cheap (paths and labels only); decoding happens in ``images.py`` once the model's
+preprocessing is known.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from thaw.config import DataConfig
+from thaw.errors import ThawError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+@dataclass
+class Item:
+    """One labelled image: a file path, or a key into in-memory pixels (``array``, HxW or HxWxC uint8)."""
+
+    key: str
+    label: int
+    split: str | None = None
+    array: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class Sources:
+    """Everything discovered: class names and items, each with its split (after :func:`assign_splits`)."""
+
+    name: str
+    class_names: list[str]
+    items: list[Item]
+    split_origin: str = "given"
+
+    def split(self, name: str) -> list[Item]:
+        return [it for it in self.items if it.split == name]
+
+
+def discover(config: DataConfig, seed: int = 0) -> Sources:
+    """Find the images and labels at ``config.path`` and give every item a split."""
+    if config.path.startswith("builtin:"):
+        sources = builtin(config.path.removeprefix("builtin:"))
+        assign_splits(sources, config.val_fraction, config.test_fraction, seed)
+        check(sources)
+        return sources
+    path = Path(config.path)
+    if not config.path or not path.exists():
+        raise ThawError(f"data path {config.path!r} does not exist; give a folder of class subfolders, "
+                        f"a folder with train/ and val/, a .csv of path,label or a MedMNIST .npz")
+    fmt = config.format if config.format != "auto" else detect_format(path)
+    finder = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt]
+    sources = finder(path)
+    if config.split_file:
+        apply_split_file(sources, Path(config.split_file))
+    else:
+        assign_splits(sources, config.val_fraction, config.test_fraction, seed)
+    check(sources)
+    return sources
+
+
+def detect_format(path: Path) -> str:
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".npz", ".csv"):
+            return suffix[1:]
+        raise ThawError(f"{path}: a data file must be .csv (path,label) or .npz (MedMNIST); got {suffix!r}")
+    if _split_dirs(path).get("train"):
+        return "split-folders"
+    return "folder"
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            if (root / alias).is_dir():
+                found[split] = root / alias
+                break
+    return found
+
+
+def _images_in_class_dirs(root: Path) -> dict[str, list[Path]]:
+    classes = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        if files:
+            classes[d.name] = files
+    return classes
+
+
+def _no_images(root: Path) -> ThawError:
+    return ThawError(f"found 0 images in class subfolders of {root}; expected {root}/<class>/<image> "
+                     f"with extensions {', '.join(IMAGE_EXTENSIONS)}")
+
+
+def _split_folders(root: Path) -> Sources:
+    dirs = _split_dirs(root)
+    per_split = {split: _images_in_class_dirs(d) for split, d in dirs.items()}
+    if not per_split.get("train"):
+        raise _no_images(dirs.get("train", root / "train"))
+    class_names = sorted(per_split["train"])
+    index = {c: i for i, c in enumerate(class_names)}
+    items = []
+    for split, classes in per_split.items():
+        for cls, files in classes.items():
+            if cls not in index:
+                raise ThawError(f"class {cls!r} appears in {dirs[split]} but not in {dirs['train']}: "
+                                f"every class needs training images (add them, or remove the folder)")
+            items += [Item(str(f), index[cls], split) for f in files]
+    return Sources(root.name, class_names, items, split_origin="folders")
+
+
+def _class_folder(root: Path) -> Sources:
+    if not root.is_dir():
+        raise ThawError(f"{root} is not a folder")
+    classes = _images_in_class_dirs(root)
+    if not classes:
+        raise _no_images(root)
+    class_names = sorted(classes)
+    items = [Item(str(f), i, None) for i, c in enumerate(class_names) for f in classes[c]]
+    return Sources(root.name, class_names, items, split_origin="stratified")
+
+
+def _csv(path: Path) -> Sources:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" not in columns or "label" not in columns:
+            raise ThawError(f"{path}: the CSV needs a header with columns path,label (optional: split); "
+                            f"found {', '.join(columns) or 'no header'}")
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise ThawError(f"{path}: the CSV has no rows")
+    class_names = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(class_names)}
+    items = []
+    for r in rows:
+        file = (path.parent / r["path"]).resolve()
+        if not file.is_file():
+            raise ThawError(f"{path}: image {r['path']} (relative to the CSV's folder) does not exist")
+        split = r.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise ThawError(f"{path}: split {split!r} for {r['path']} must be one of {', '.join(SPLITS)}")
+        items.append(Item(str(file), index[r["label"]], split))
+    has_split = any(it.split for it in items)
+    return Sources(path.stem, class_names, items, split_origin="given" if has_split else "stratified")
+
+
+def _npz(path: Path) -> Sources:
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ThawError(f"{path}: cannot read as .npz ({err})") from err
+    if "train_images" not in data or "train_labels" not in data:
+        raise ThawError(f"{path}: expected MedMNIST keys train_images, train_labels, val_*, test_*; "
+                        f"found {', '.join(data.files)}")
+    items = []
+    labels_seen = set()
+    for split in SPLITS:
+        if f"{split}_images" not in data:
+            continue
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            raise ThawError(f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label); "
+                            f"thaw trains single-label classifiers")
+        labels = labels.reshape(-1).astype(int)
+        labels_seen.update(labels.tolist())
+        items += [Item(f"{split}_images[{i}]", int(y), split, images[i]) for i, y in enumerate(labels)]
+    class_names = [str(c) for c in range(max(labels_seen) + 1)]
+    return Sources(path.stem, class_names, items, split_origin="given")
+
+
+def evaluation_items(path: str, fmt: str = "auto") -> tuple[list[Item], str, list[str]]:
+    """Labelled items to evaluate on: the test split if the data has one, else val, else every image.
+    Returns the items, the split's name and the dataset's class names (labels index into them)."""
+    if not Path(path).exists():
+        raise ThawError(f"data path {path!r} does not exist")
+    fmt = fmt if fmt != "auto" else detect_format(Path(path))
+    sources = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt](Path(path))
+    for split in ("test", "val"):
+        if sources.split(split):
+            return sources.split(split), split, sources.class_names
+    return sources.items, "all", sources.class_names
+
+
+def from_arrays(name: str, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Sources:
+    """Sources from in-memory uint8 images (N, H, W[, C]); split later by :func:`assign_splits`."""
+    items = [Item(f"{name}[{i}]", int(y), None, images[i]) for i, y in enumerate(labels)]
+    return Sources(name, list(class_names), items, split_origin="stratified")
+
+
+BUILTIN = ("digits",)
+
+
+def builtin(name: str) -> Sources:
+    """Real datasets that ship inside a dependency, for offline demos. ``digits``: scikit-learn's 1797
+    handwritten digits, 8x8 greyscale scans (values 0-16) from UCI, far from ImageNet."""
+    if name != "digits":
+        raise ThawError(f"unknown built-in dataset {name!r}; available: {', '.join('builtin:' + b for b in BUILTIN)}")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return from_arrays("digits", images, digits.target, [str(c) for c in digits.target_names])
+
+
+def stratified_split(labels: list[int], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """Per class, a seeded shuffle cut into test, val and train; every class keeps >= 1 training image."""
+    rng = np.random.default_rng(seed)
+    out = ["train"] * len(labels)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    for _, idx in sorted(by_class.items()):
+        idx = list(rng.permutation(idx))
+        n = len(idx)
+        n_test = min(round(n * test_fraction), max(0, n - 1))
+        n_val = min(round(n * val_fraction), max(0, n - 1 - n_test))
+        for i in idx[:n_test]:
+            out[i] = "test"
+        for i in idx[n_test:n_test + n_val]:
+            out[i] = "val"
+    return out
+
+
+def assign_splits(sources: Sources, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Fill in missing splits: all of them (stratified), or carve val from train when only val is absent."""
+    if all(it.split is None for it in sources.items):
+        for it, split in zip(sources.items, stratified_split([it.label for it in sources.items],
+                                                              val_fraction, test_fraction, seed)):
+            it.split = split
+        return
+    if any(it.split is None for it in sources.items):
+        raise ThawError(f"{sources.name}: some items have a split and some do not; give every row a split")
+    if not sources.split("val"):
+        train = sources.split("train")
+        fraction = val_fraction or 0.15
+        for it, split in zip(train, stratified_split([it.label for it in train], fraction, 0.0, seed)):
+            it.split = split
+        sources.split_origin += "+val-from-train"
+
+
+def apply_split_file(sources: Sources, split_file: Path) -> None:
+    """Reuse a run's ``split.csv`` (columns key, split): the same images in the same splits."""
+    if not split_file.is_file():
+        raise ThawError(f"--split-file {split_file} does not exist; use the split.csv of an earlier run")
+    with split_file.open(newline="") as fh:
+        given = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+    missing = [it.key for it in sources.items if it.key not in given]
+    if missing:
+        raise ThawError(f"--split-file {split_file} does not list {len(missing)} image(s) found in the data, "
+                        f"e.g. {missing[0]}; was it written for this dataset?")
+    for it in sources.items:
+        it.split = given[it.key]
+    sources.split_origin = f"file:{split_file}"
+
+
+def check(sources: Sources) -> None:
+    """Errors a user can act on: too few classes, a split without images, labels unseen in training."""
+    if len(sources.class_names) < 2:
+        raise ThawError(f"{sources.name}: found only one class ({sources.class_names[0]!r}); a classifier "
+                        f"needs at least two class folders or labels")
+    train_labels = Counter(it.label for it in sources.split("train"))
+    for split in ("train", "val"):
+        if not sources.split(split):
+            raise ThawError(f"{sources.name}: the {split} split is empty; add images or lower the fractions")
+    for split in ("val", "test"):
+        unseen = {it.label for it in sources.split(split)} - set(train_labels)
+        if unseen:
+            names = ", ".join(sources.class_names[i] for i in sorted(unseen))
+            raise ThawError(f"{sources.name}: class(es) {names} appear in {split} but not in train; "
+                            f"add training images for them")
+
+
+def write_split(sources: Sources, path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["key", "label", "class", "split"])
+        for it in sources.items:
+            writer.writerow([it.key, it.label, sources.class_names[it.label], it.split])

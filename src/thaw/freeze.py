@@ -1,0 +1,48 @@
+"""Freezing, unfreezing and the batch-norm policy: small pure functions on the model contract."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from thaw.models import Classifier
+
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def last_groups(model: Classifier, unfreeze: int | None) -> list[int]:
+    """Indices of the last ``unfreeze`` layer groups (all of them for None)."""
+    n = len(model.layer_groups)
+    return list(range(n)) if unfreeze is None else list(range(max(0, n - unfreeze), n))
+
+
+def set_trainable(model: Classifier, groups: list[int], bn_policy: str) -> None:
+    """The head and the given layer groups train; every other backbone parameter is frozen.
+
+    With ``bn_policy="fastai"`` batch-norm affine parameters train everywhere (fastai's ``train_bn``).
+    """
+    model.backbone.requires_grad_(False)
+    model.head.requires_grad_(True)
+    for p in model.group_parameters(groups):
+        p.requires_grad_(True)
+    if bn_policy == "fastai":
+        for m in model.backbone.modules():
+            if isinstance(m, BN_TYPES):
+                m.requires_grad_(True)
+
+
+def batchnorm_eval(model: Classifier, groups: list[int], bn_policy: str) -> list[nn.Module]:
+    """The batch-norm layers that must stay in eval mode (running statistics fixed) while training.
+
+    ``frozen``: every backbone BN layer. ``train``: BN layers outside the trainable groups. ``fastai``: none.
+    """
+    all_bn = [m for m in model.backbone.modules() if isinstance(m, BN_TYPES)]
+    if bn_policy == "frozen":
+        return all_bn
+    if bn_policy == "train":
+        trainable = {id(m) for m in model.group_modules(groups)}
+        return [m for m in all_bn if id(m) not in trainable]
+    return []
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]

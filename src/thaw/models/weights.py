@@ -1,0 +1,80 @@
+"""Reading local weight files safely (never executing pickled code) and loading them strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from thaw.errors import ThawError
+
+STRIP_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file loaded with ``weights_only=True``; a full
+    checkpoint's ``state_dict`` / ``model`` entry is unwrapped and common prefixes are stripped."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle errors come in many types
+            raise ThawError(f"cannot read {path} as a weights file without running code in it ({err}".splitlines()[0]
+                            + "); save it as a plain state dict or .safetensors") from err
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ThawError(f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict())")
+    return strip_prefixes(state)
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` / ``model.`` / ``backbone.`` when every key carries it (DDP, Lightning, ...)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, skip_prefix: str = "") -> None:
+    """Strict load, except keys under ``skip_prefix`` (the classifier being replaced). Any missing,
+    unexpected or mis-shaped key is an error that lists them."""
+    if skip_prefix:
+        state = {k: v for k, v in state.items() if not k.startswith(skip_prefix)}
+    own = {k: v for k, v in model.state_dict().items() if not (skip_prefix and k.startswith(skip_prefix))}
+    state = _resample_pos_embed(model, state)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise ThawError(f"weights file {source} does not fit {type(model).__name__}: {'; '.join(parts)}. "
+                        f"Check --model matches the architecture the file was saved from")
+    model.load_state_dict(state, strict=False)
+
+
+def _resample_pos_embed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ViTs: resample absolute position embeddings saved for another image size."""
+    own = model.state_dict().get("pos_embed")
+    theirs = state.get("pos_embed")
+    if own is None or theirs is None or own.shape == theirs.shape or not hasattr(model, "patch_embed"):
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    resampled = resample_abs_pos_embed(theirs, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}

@@ -1,0 +1,85 @@
+"""Using a trained model: ``thaw.load(run_folder).predict_files([...])``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from thaw.data.images import eval_transform, open_image
+from thaw.data.sources import IMAGE_EXTENSIONS, Item
+from thaw.errors import ThawError
+from thaw.models import Classifier, load_model
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class Predictor:
+    """A trained classifier with its own preprocessing and class names."""
+
+    def __init__(self, model: Classifier) -> None:
+        self.model = model.eval()
+        self.class_names = model.class_names
+        self.preprocessing = model.preprocessing
+        self._transform = eval_transform(model.preprocessing)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        return cls(load_model(path))
+
+    def tensor(self, image: Image.Image) -> torch.Tensor:
+        pre = self.preprocessing
+        mode = "L" if self.model.spec.in_channels == 1 else "RGB"
+        img = F.pil_to_tensor(image.convert(mode))
+        img = F.resize(img, [pre.resize_size], interpolation=InterpolationMode(pre.interpolation), antialias=True)
+        return self._transform(img)
+
+    @torch.no_grad()
+    def predict_proba(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = torch.stack([self.tensor(im) for im in images[i:i + batch_size]])
+            out.append(self.model(batch).softmax(dim=1))
+        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
+        """Predictions for the image files (folders are searched recursively), and the files that failed."""
+        files = expand_paths(paths)
+        images, kept, failed = [], [], []
+        for f in files:
+            try:
+                images.append(open_image(Item(str(f), -1), 3))
+                kept.append(str(f))
+            except (OSError, ValueError, SyntaxError):
+                failed.append(str(f))
+        probs = self.predict_proba(images)
+        preds = []
+        for path, p in zip(kept, probs):
+            top = int(p.argmax())
+            preds.append(Prediction(path, self.class_names[top], float(p[top]),
+                                    {c: float(v) for c, v in zip(self.class_names, p)}))
+        return preds, failed
+
+
+def expand_paths(paths: list[str | Path]) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ThawError(f"{p}: no such image file or folder")
+    if not files:
+        raise ThawError(f"no images found in {', '.join(map(str, paths))} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return files

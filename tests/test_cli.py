@@ -1,0 +1,94 @@
+"""The command line end to end on generated images: run folder, predict, evaluate, errors."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+import yaml
+
+from thaw.cli import main
+
+TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+        "--phase1-epochs", "2", "--phase2-epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import make_class_folder
+
+    root = tmp_path_factory.mktemp("cli")
+    data = make_class_folder(root / "shapes", per_class=10)
+    out = root / "runs" / "first"
+    assert main(["fit", str(data), *TINY, "--out", str(out)]) == 0
+    return data, out
+
+
+def test_fit_writes_a_complete_run_folder(run):
+    data, out = run
+    for name in ("config.yaml", "split.csv", "metrics.csv", "summary.json", "curves.png", "confusion.png",
+                 "model.safetensors"):
+        assert (out / name).is_file(), name
+    assert not out.with_name("first.incomplete").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    for phase in ("phase1", "phase2"):
+        for split in ("val", "test"):
+            assert 0.0 <= summary[phase][split]["accuracy"] <= 1.0
+    assert summary["phase2"]["backbone_lr"] == pytest.approx(summary["phase2"]["head_lr"] / 10)
+    assert set(summary["gain"]["val"]) >= {"accuracy", "auc"}
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["phase"] for r in rows] == ["phase1", "phase1", "phase2"]
+    assert float(rows[0]["lr_backbone"]) == 0.0 and float(rows[2]["lr_backbone"]) > 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["path"] == str(data) and config["out"] == str(out)
+
+
+def test_predict_table_and_csv(run):
+    data, out = run
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(["predict", str(out), str(data / "red"), "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    assert len(rows) == 10 and {"p_red", "p_blue"} <= set(rows[0])
+    assert all(r["prediction"] in ("red", "blue") for r in rows)
+    import thaw
+
+    predictor = thaw.load(out)
+    preds, failed = predictor.predict_files([data / "blue" / "blue_0.png"])
+    assert preds[0].label in ("red", "blue") and not failed
+
+
+def test_evaluate_writes_a_new_result(run):
+    data, out = run
+    assert main(["evaluate", str(out), str(data)]) == 0
+    results = list((out / "evaluations").glob("*.json"))
+    assert len(results) == 1 and json.loads(results[0].read_text())["n"] == 20
+
+
+def test_rerun_from_config_and_never_overwrite(run, capsys):
+    data, out = run
+    assert main(["fit", str(data), *TINY, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    again = out.parent / "again"
+    assert main(["fit", "--config", str(out / "config.yaml"), "--out", str(again), "--phase2-epochs", "0"]) == 0
+    summary = json.loads((again / "summary.json").read_text())
+    assert "phase1" in summary and "phase2" not in summary  # pure feature extraction
+    first = list(csv.DictReader((out / "split.csv").open()))
+    second = list(csv.DictReader((again / "split.csv").open()))
+    assert first == second  # same seed, same split
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "/no/such/folder"], "does not exist"),
+    (["fit", "builtin:digits", "--unfreeze", "lots"], "--unfreeze"),
+    (["fit", "builtin:digits", "--model", "resnet81"], "did you mean"),
+    (["predict", "/no/run", "x.png"], "no model file"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    done = subprocess.run([sys.executable, "-m", "thaw.cli", *args], capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("thaw: error:") and message in lines[0], done.stderr
