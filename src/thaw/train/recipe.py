@@ -139,7 +139,7 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*exists and is not empty.*", ".*litlogger.*",
-                    ".*module\\(s\\) in eval mode at the start of training.*"):
+                    ".*module\\(s\\) in eval mode at the start of training.*", ".*LeafSpec.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
