@@ -77,6 +77,8 @@ def test_unknown_model_suggests_names():
 
 
 def test_offline_download_failure_says_where_to_put_the_file(monkeypatch, tmp_path):
+    import torchvision
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: torchvision must download
     import urllib.request
 
@@ -86,6 +88,12 @@ def test_offline_download_failure_says_where_to_put_the_file(monkeypatch, tmp_pa
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(ThawError, match=r"resnet18-f37072fd.pth.*checkpoints"):
         build_classifier(ModelConfig(name="resnet18", weights="IMAGENET1K_V1"), 2)
+    # when another weights file of the same model is on the machine, the message names it
+    v1 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "hub" / "checkpoints" / v1.url.split("/")[-1])
+    with pytest.raises(ThawError, match="IMAGENET1K_V1 weights are on this machine: use --weights IMAGENET1K_V1"):
+        build_classifier(ModelConfig(name="mobilenet_v2", weights="DEFAULT"), 2)
 
 
 def test_sum_first_conv_for_greyscale():

