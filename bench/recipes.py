@@ -38,8 +38,11 @@ GRIDS = {
     "models": {
         "mobilenet_v2": {},
         "tf_efficientnet_lite0": {"model.name": "timm/tf_efficientnet_lite0", "model.weights": "DEFAULT"},
-        "dinov2 vit-s/14": {"model.name": "timm/vit_small_patch14_dinov2", "model.weights": "DEFAULT",
-                            "data.image_size": 112},
+        "dinov2 vit-s/14": {
+            "model.name": "timm/vit_small_patch14_dinov2",
+            "model.weights": "DEFAULT",
+            "data.image_size": 112,
+        },
     },
 }
 
@@ -68,16 +71,27 @@ def main() -> None:
     for name, changes in GRIDS[args.grid].items():
         if args.only and name not in args.only:
             continue
-        config = override(thaw.RunConfig(), {**BASE, **DATASETS[args.dataset], **changes, **extra,
-                                             "seed": args.seed, "out": str(out_root / name.replace(" ", "_")
-                                                                           .replace(",", "").replace("/", "-"))})
+        config = override(
+            thaw.RunConfig(),
+            {
+                **BASE,
+                **DATASETS[args.dataset],
+                **changes,
+                **extra,
+                "seed": args.seed,
+                "out": str(out_root / name.replace(" ", "_").replace(",", "").replace("/", "-")),
+            },
+        )
         summary = thaw.fit(config, quiet=True).summary
         row = {"setting": name}
         for phase in ("phase1", "phase2"):
             if phase in summary:
                 r = summary[phase]
-                row[phase] = {s: {k: r[s][k] for k in ("accuracy", "auc", "macro_f1")} for s in ("val", "test")
-                              if s in r}
+                row[phase] = {
+                    s: {k: r[s][k] for k in ("accuracy", "auc", "macro_f1")}
+                    for s in ("val", "test")
+                    if s in r
+                }
                 row[phase]["seconds"] = r["seconds"]
                 row[phase]["epochs"] = f"{r['best_epoch']}/{r['epochs_run']}"
         row["final_phase"] = summary["final_phase"]
@@ -88,8 +102,10 @@ def main() -> None:
 
 def print_row(row: dict, header: bool) -> None:
     if header:
-        print(f"{'setting':34} | {'phase 1 val/test acc, test AUC':31} | {'phase 2 val/test acc, test AUC':31} | "
-              f"{'seconds p1+p2':13}")
+        print(
+            f"{'setting':34} | {'phase 1 val/test acc, test AUC':31} | "
+            f"{'phase 2 val/test acc, test AUC':31} | {'seconds p1+p2':13}"
+        )
     cells = []
     for phase in ("phase1", "phase2"):
         r = row.get(phase)
@@ -97,7 +113,10 @@ def print_row(row: dict, header: bool) -> None:
             cells.append(f"{'-':31}")
             continue
         test = r.get("test", {"accuracy": float("nan"), "auc": float("nan")})
-        cells.append(f"{pct(r['val']['accuracy'])} / {pct(test['accuracy'])}, AUC {pct(test['auc'])} ({r['epochs']:>5})")
+        cells.append(
+            f"{pct(r['val']['accuracy'])} / {pct(test['accuracy'])}, "
+            f"AUC {pct(test['auc'])} ({r['epochs']:>5})"
+        )
     seconds = sum(row[p]["seconds"] for p in ("phase1", "phase2") if p in row)
     print(f"{row['setting']:34} | {cells[0]:31} | {cells[1]:31} | {seconds:9.0f}", flush=True)
 

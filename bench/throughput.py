@@ -29,8 +29,10 @@ from thaw.train.recipe import quiet_lightning
 def make_loader(model, size: int, batch: int, n: int):
     pre = model.preprocessing
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, pre.resize_size, pre.resize_size), dtype=torch.uint8, generator=g)
-              for _ in range(n)]
+    images = [
+        torch.randint(0, 256, (3, pre.resize_size, pre.resize_size), dtype=torch.uint8, generator=g)
+        for _ in range(n)
+    ]
     data = Decoded([str(i) for i in range(n)], images, [i % 2 for i in range(n)])
     config = DataConfig(batch_size=batch, image_size=size)
     return loader(data, train_transform(pre, config), config, shuffle=True)
@@ -58,8 +60,16 @@ def plain(model, plan: PhasePlan, data) -> float:
 
 def with_thaw(model, plan: PhasePlan, data) -> float:
     module = PhaseModule(model, plan, "frozen")
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, devices=1)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        devices=1,
+    )
     start = time.perf_counter()
     trainer.fit(module, data)
     return len(data.dataset) / (time.perf_counter() - start)
@@ -77,8 +87,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_classifier(ModelConfig(name=args.model, weights="none"), 2, image_size=args.size)
     data = make_loader(model, args.size, args.batch, args.batch * args.batches)
-    print(f"{args.model} at {args.size}px, batch {args.batch}, {args.batches} batches, {args.rounds} rounds, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model} at {args.size}px, batch {args.batch}, {args.batches} batches, {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads"
+    )
     for phase, groups in (("phase1", []), ("phase2", last_groups(model, None))):
         plan = PhasePlan(phase, groups, 1e-3, 1e-4, PhaseConfig(epochs=1, schedule="constant"))
         set_trainable(model, groups, "frozen")
@@ -88,8 +100,10 @@ def main() -> None:
             theirs.append(plain(model, plan, data))
             ours.append(with_thaw(model, plan, data))
         ratio = statistics.median(o / t for o, t in zip(ours, theirs))
-        print(f"{phase}: plain PyTorch {statistics.median(theirs):6.1f} img/s | thaw {statistics.median(ours):6.1f} "
-              f"img/s | ratio thaw/plain {ratio:.2f}")
+        print(
+            f"{phase}: plain PyTorch {statistics.median(theirs):6.1f} img/s | "
+            f"thaw {statistics.median(ours):6.1f} img/s | ratio thaw/plain {ratio:.2f}"
+        )
 
 
 if __name__ == "__main__":

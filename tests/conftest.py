@@ -15,7 +15,7 @@ def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
     a, b = rng.integers(4, size // 2, size=2)
-    pixels[a:a + size // 2, b:b + size // 2] = colour
+    pixels[a : a + size // 2, b : b + size // 2] = colour
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
 

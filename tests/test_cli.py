@@ -12,8 +12,21 @@ import yaml
 
 from thaw.cli import main
 
-TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-        "--phase1-epochs", "2", "--phase2-epochs", "1", "--quiet"]
+TINY = [
+    "--model",
+    "mobilenet_v3_small",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--phase1-epochs",
+    "2",
+    "--phase2-epochs",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +42,15 @@ def run(tmp_path_factory):
 
 def test_fit_writes_a_complete_run_folder(run):
     data, out = run
-    for name in ("config.yaml", "split.csv", "metrics.csv", "summary.json", "curves.png", "confusion.png",
-                 "model.safetensors"):
+    for name in (
+        "config.yaml",
+        "split.csv",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+        "confusion.png",
+        "model.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert not out.with_name("first.incomplete").exists()
     summary = json.loads((out / "summary.json").read_text())
@@ -73,7 +93,9 @@ def test_rerun_from_config_and_never_overwrite(run, capsys):
     assert main(["fit", str(data), *TINY, "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     again = out.parent / "again"
-    assert main(["fit", "--config", str(out / "config.yaml"), "--out", str(again), "--phase2-epochs", "0"]) == 0
+    assert (
+        main(["fit", "--config", str(out / "config.yaml"), "--out", str(again), "--phase2-epochs", "0"]) == 0
+    )
     summary = json.loads((again / "summary.json").read_text())
     assert "phase1" in summary and "phase2" not in summary  # pure feature extraction
     first = list(csv.DictReader((out / "split.csv").open()))
@@ -81,12 +103,15 @@ def test_rerun_from_config_and_never_overwrite(run, capsys):
     assert first == second  # same seed, same split
 
 
-@pytest.mark.parametrize("args, message", [
-    (["fit", "/no/such/folder"], "does not exist"),
-    (["fit", "builtin:digits", "--unfreeze", "lots"], "--unfreeze"),
-    (["fit", "builtin:digits", "--model", "resnet81"], "did you mean"),
-    (["predict", "/no/run", "x.png"], "no model file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "/no/such/folder"], "does not exist"),
+        (["fit", "builtin:digits", "--unfreeze", "lots"], "--unfreeze"),
+        (["fit", "builtin:digits", "--model", "resnet81"], "did you mean"),
+        (["predict", "/no/run", "x.png"], "no model file"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(args, message):
     done = subprocess.run([sys.executable, "-m", "thaw.cli", *args], capture_output=True, text=True)
     assert done.returncode == 2

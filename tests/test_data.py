@@ -4,8 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_class_folder
+
 from thaw.config import DataConfig
 from thaw.data import decode_sources, discover, eval_transform, train_transform
 from thaw.data.sources import stratified_split
@@ -91,12 +91,15 @@ def test_undecodable_images_are_reported_and_skipped_or_rejected(class_folder):
         decode_sources(s, PRE, 3, strict=True)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "found 0 images"),
-    ("one-class", "only one class"),
-    ("unseen", "appear.* in val but not in train|appears in .* but not in"),
-    ("missing", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "found 0 images"),
+        ("one-class", "only one class"),
+        ("unseen", "appear.* in val but not in train|appears in .* but not in"),
+        ("missing", "does not exist"),
+    ],
+)
 def test_bad_data_gives_one_clear_error(tmp_path, case, message):
     root = tmp_path / "d"
     if case == "empty":

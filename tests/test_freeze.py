@@ -21,8 +21,14 @@ def tiny_loader():
 def train_phase(model, plan, bn_policy):
     set_trainable(model, plan.groups, bn_policy)
     module = PhaseModule(model, plan, bn_policy)
-    trainer = L.Trainer(max_epochs=plan.config.epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=plan.config.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, tiny_loader(), tiny_loader())
     return trainer
 

@@ -1,9 +1,9 @@
 """Real pretrained weights on real data (slow: a minute or two each on 2 CPU cores)."""
 
 import pytest
+from conftest import shared_or_skip
 
 import thaw
-from conftest import shared_or_skip
 from thaw.config import override
 from thaw.models import offline
 
@@ -17,10 +17,18 @@ def mobilenet_v2_weights():
 
 def test_hymenoptera_reaches_90_percent_validation_accuracy(mobilenet_v2_weights, tmp_path):
     data = shared_or_skip("data/hymenoptera")
-    config = override(thaw.RunConfig(), {
-        "data.path": str(data), "data.image_size": 128, "model.name": "mobilenet_v2",
-        "model.weights": "IMAGENET1K_V1", "phase1.epochs": 6, "phase2.epochs": 3, "out": str(tmp_path / "run"),
-    })
+    config = override(
+        thaw.RunConfig(),
+        {
+            "data.path": str(data),
+            "data.image_size": 128,
+            "model.name": "mobilenet_v2",
+            "model.weights": "IMAGENET1K_V1",
+            "phase1.epochs": 6,
+            "phase2.epochs": 3,
+            "out": str(tmp_path / "run"),
+        },
+    )
     result = thaw.fit(config, quiet=True)
     summary = result.summary
     assert summary["images"] == {"train": 244, "val": 153}  # the official split, the GIF decoded too
@@ -33,9 +41,18 @@ def test_pretrained_weights_beat_random_init_on_digits(mobilenet_v2_weights, tmp
     """Real ImageNet weights must matter: the same frozen-backbone probe on random weights is far worse."""
     results = {}
     for weights in ("IMAGENET1K_V1", "none"):
-        config = override(thaw.RunConfig(), {
-            "data.path": "builtin:digits", "data.image_size": 48, "data.hflip": False, "model.weights": weights,
-            "phase1.epochs": 3, "phase2.epochs": 0, "lr": 3e-3, "out": str(tmp_path / weights),
-        })
+        config = override(
+            thaw.RunConfig(),
+            {
+                "data.path": "builtin:digits",
+                "data.image_size": 48,
+                "data.hflip": False,
+                "model.weights": weights,
+                "phase1.epochs": 3,
+                "phase2.epochs": 0,
+                "lr": 3e-3,
+                "out": str(tmp_path / weights),
+            },
+        )
         results[weights] = thaw.fit(config, quiet=True).summary["phase1"]["val"]["accuracy"]
     assert results["IMAGENET1K_V1"] > results["none"] + 0.2, results

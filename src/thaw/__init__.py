@@ -1,8 +1,8 @@
 """thaw: transfer learning for image classifiers with the two-phase recipe, measured.
 
-    import thaw
-    result = thaw.fit(thaw.RunConfig(data=thaw.DataConfig(path="hymenoptera")))
-    model = thaw.load(result.path)
+import thaw
+result = thaw.fit(thaw.RunConfig(data=thaw.DataConfig(path="hymenoptera")))
+model = thaw.load(result.path)
 """
 
 from thaw.config import DataConfig, ModelConfig, PhaseConfig, RunConfig

@@ -113,7 +113,9 @@ class RunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=15, patience=3, schedule="constant"))
+    phase1: PhaseConfig = field(
+        default_factory=lambda: PhaseConfig(epochs=15, patience=3, schedule="constant")
+    )
     phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=10, patience=3, warmup_epochs=1))
     lr: float = 1e-3
     lr_ratio: float = 10.0
@@ -197,7 +199,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     values = {}
     for name, value in raw.items():
         sub = known[name].type
-        nested = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "PhaseConfig": PhaseConfig}.get(str(sub))
+        nested = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "PhaseConfig": PhaseConfig}.get(
+            str(sub)
+        )
         if nested is not None:
             if not isinstance(value, dict):
                 raise ThawError(f"{where}: {name} must be a mapping, got {value!r}")

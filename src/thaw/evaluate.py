@@ -35,7 +35,11 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     num_classes = probs.shape[1]
     preds = probs.argmax(dim=1)
     present = labels.unique().numel() > 1
-    auc = multiclass_auroc(probs, labels, num_classes, average="macro") if present else torch.tensor(float("nan"))
+    auc = (
+        multiclass_auroc(probs, labels, num_classes, average="macro")
+        if present
+        else torch.tensor(float("nan"))
+    )
     if num_classes == 2 and present:
         from torchmetrics.functional.classification import binary_auroc
 

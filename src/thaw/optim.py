@@ -20,14 +20,20 @@ def param_groups(model: Classifier, head_lr: float, backbone_lr: float, weight_d
         decay, no_decay = [], []
         for name, p in module.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim <= 1 or name.endswith(("token", "pos_embed", "pos_embedding")) else decay).append(p)
+                (
+                    no_decay
+                    if p.ndim <= 1 or name.endswith(("token", "pos_embed", "pos_embedding"))
+                    else decay
+                ).append(p)
         for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
             if params:
                 groups.append({"name": part + suffix, "params": params, "lr": lr, "weight_decay": wd})
     return groups
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cosine: bool) -> LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cosine: bool
+) -> LambdaLR:
     """Linear warmup to each group's LR, then cosine decay to 0 (or constant when ``cosine`` is False)."""
 
     def factor(step: int) -> float:

@@ -41,14 +41,16 @@ class Predictor:
         pre = self.preprocessing
         mode = "L" if self.model.spec.in_channels == 1 else "RGB"
         img = F.pil_to_tensor(image.convert(mode))
-        img = F.resize(img, [pre.resize_size], interpolation=InterpolationMode(pre.interpolation), antialias=True)
+        img = F.resize(
+            img, [pre.resize_size], interpolation=InterpolationMode(pre.interpolation), antialias=True
+        )
         return self._transform(img)
 
     @torch.no_grad()
     def predict_proba(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
         out = []
         for i in range(0, len(images), batch_size):
-            batch = torch.stack([self.tensor(im) for im in images[i:i + batch_size]])
+            batch = torch.stack([self.tensor(im) for im in images[i : i + batch_size]])
             out.append(self.model(batch).softmax(dim=1))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
@@ -66,8 +68,14 @@ class Predictor:
         preds = []
         for path, p in zip(kept, probs):
             top = int(p.argmax())
-            preds.append(Prediction(path, self.class_names[top], float(p[top]),
-                                    {c: float(v) for c, v in zip(self.class_names, p)}))
+            preds.append(
+                Prediction(
+                    path,
+                    self.class_names[top],
+                    float(p[top]),
+                    {c: float(v) for c, v in zip(self.class_names, p)},
+                )
+            )
         return preds, failed
 
 
@@ -81,5 +89,7 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
         else:
             raise ThawError(f"{p}: no such image file or folder")
     if not files:
-        raise ThawError(f"no images found in {', '.join(map(str, paths))} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+        raise ThawError(
+            f"no images found in {', '.join(map(str, paths))} (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return files

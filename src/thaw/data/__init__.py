@@ -3,5 +3,15 @@
 from thaw.data.images import Decoded, decode_sources, eval_transform, loader, train_transform
 from thaw.data.sources import Item, Sources, discover, from_arrays, write_split
 
-__all__ = ["Decoded", "Item", "Sources", "decode_sources", "discover", "eval_transform", "from_arrays",
-           "loader", "train_transform", "write_split"]
+__all__ = [
+    "Decoded",
+    "Item",
+    "Sources",
+    "decode_sources",
+    "discover",
+    "eval_transform",
+    "from_arrays",
+    "loader",
+    "train_transform",
+    "write_split",
+]

@@ -52,8 +52,10 @@ def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -
             img = F.pil_to_tensor(open_image(item, channels))
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for broken files
             if strict:
-                raise ThawError(f"cannot decode image {item.key} ({err}); fix or remove it, or drop "
-                                f"--strict-images to skip undecodable files") from err
+                raise ThawError(
+                    f"cannot decode image {item.key} ({err}); fix or remove it, or drop "
+                    f"--strict-images to skip undecodable files"
+                ) from err
             failed.append(item.key)
             continue
         keys.append(item.key)
@@ -62,8 +64,9 @@ def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -
     return Decoded(keys, images, labels), failed
 
 
-def decode_sources(sources: Sources, pre: Preprocessing, channels: int, strict: bool = False,
-                   warn=print) -> dict[str, Decoded]:
+def decode_sources(
+    sources: Sources, pre: Preprocessing, channels: int, strict: bool = False, warn=print
+) -> dict[str, Decoded]:
     """Decode every split; undecodable files are reported by name and skipped."""
     decoded, failed = {}, []
     for split in ("train", "val", "test"):
@@ -84,8 +87,11 @@ def train_transform(pre: Preprocessing, config: DataConfig) -> v2.Transform:
     interpolation = InterpolationMode(pre.interpolation)
     if not config.augment:
         return eval_transform(pre)
-    steps = [v2.RandomResizedCrop(pre.size, scale=(config.crop_scale_min, 1.0), interpolation=interpolation,
-                                  antialias=True)]
+    steps = [
+        v2.RandomResizedCrop(
+            pre.size, scale=(config.crop_scale_min, 1.0), interpolation=interpolation, antialias=True
+        )
+    ]
     if config.hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
@@ -93,7 +99,9 @@ def train_transform(pre: Preprocessing, config: DataConfig) -> v2.Transform:
 
 def eval_transform(pre: Preprocessing) -> v2.Transform:
     """Deterministic: the images are already resized to ``resize_size``; center-crop and normalize."""
-    return v2.Compose([v2.CenterCrop(pre.size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+    return v2.Compose(
+        [v2.CenterCrop(pre.size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    )
 
 
 class ImageDataset(Dataset):
@@ -108,10 +116,18 @@ class ImageDataset(Dataset):
         return self.transform(self.data.images[i]), self.data.labels[i]
 
 
-def loader(data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0) -> DataLoader:
+def loader(
+    data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
     drop_last = shuffle and len(data.images) % config.batch_size == 1
-    return DataLoader(ImageDataset(data, transform), batch_size=config.batch_size, shuffle=shuffle,
-                      num_workers=config.num_workers, generator=generator, drop_last=drop_last,
-                      persistent_workers=config.num_workers > 0)
+    return DataLoader(
+        ImageDataset(data, transform),
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        num_workers=config.num_workers,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=config.num_workers > 0,
+    )

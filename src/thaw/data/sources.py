@@ -18,7 +18,11 @@ from thaw.errors import ThawError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
 
 
 @dataclass
@@ -53,8 +57,10 @@ def discover(config: DataConfig, seed: int = 0) -> Sources:
         return sources
     path = Path(config.path)
     if not config.path or not path.exists():
-        raise ThawError(f"data path {config.path!r} does not exist; give a folder of class subfolders, "
-                        f"a folder with train/ and val/, a .csv of path,label or a MedMNIST .npz")
+        raise ThawError(
+            f"data path {config.path!r} does not exist; give a folder of class subfolders, "
+            f"a folder with train/ and val/, a .csv of path,label or a MedMNIST .npz"
+        )
     fmt = config.format if config.format != "auto" else detect_format(path)
     finder = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt]
     sources = finder(path)
@@ -97,8 +103,10 @@ def _images_in_class_dirs(root: Path) -> dict[str, list[Path]]:
 
 
 def _no_images(root: Path) -> ThawError:
-    return ThawError(f"found 0 images in class subfolders of {root}; expected {root}/<class>/<image> "
-                     f"with extensions {', '.join(IMAGE_EXTENSIONS)}")
+    return ThawError(
+        f"found 0 images in class subfolders of {root}; expected {root}/<class>/<image> "
+        f"with extensions {', '.join(IMAGE_EXTENSIONS)}"
+    )
 
 
 def _split_folders(root: Path) -> Sources:
@@ -112,8 +120,10 @@ def _split_folders(root: Path) -> Sources:
     for split, classes in per_split.items():
         for cls, files in classes.items():
             if cls not in index:
-                raise ThawError(f"class {cls!r} appears in {dirs[split]} but not in {dirs['train']}: "
-                                f"every class needs training images (add them, or remove the folder)")
+                raise ThawError(
+                    f"class {cls!r} appears in {dirs[split]} but not in {dirs['train']}: "
+                    f"every class needs training images (add them, or remove the folder)"
+                )
             items += [Item(str(f), index[cls], split) for f in files]
     return Sources(root.name, class_names, items, split_origin="folders")
 
@@ -134,8 +144,10 @@ def _csv(path: Path) -> Sources:
         reader = csv.DictReader(fh)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         if "path" not in columns or "label" not in columns:
-            raise ThawError(f"{path}: the CSV needs a header with columns path,label (optional: split); "
-                            f"found {', '.join(columns) or 'no header'}")
+            raise ThawError(
+                f"{path}: the CSV needs a header with columns path,label (optional: split); "
+                f"found {', '.join(columns) or 'no header'}"
+            )
         rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
         raise ThawError(f"{path}: the CSV has no rows")
@@ -160,8 +172,10 @@ def _npz(path: Path) -> Sources:
     except (OSError, ValueError) as err:
         raise ThawError(f"{path}: cannot read as .npz ({err})") from err
     if "train_images" not in data or "train_labels" not in data:
-        raise ThawError(f"{path}: expected MedMNIST keys train_images, train_labels, val_*, test_*; "
-                        f"found {', '.join(data.files)}")
+        raise ThawError(
+            f"{path}: expected MedMNIST keys train_images, train_labels, val_*, test_*; "
+            f"found {', '.join(data.files)}"
+        )
     items = []
     labels_seen = set()
     for split in SPLITS:
@@ -169,8 +183,10 @@ def _npz(path: Path) -> Sources:
             continue
         images, labels = data[f"{split}_images"], data[f"{split}_labels"]
         if labels.ndim == 2 and labels.shape[1] > 1:
-            raise ThawError(f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label); "
-                            f"thaw trains single-label classifiers")
+            raise ThawError(
+                f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label); "
+                f"thaw trains single-label classifiers"
+            )
         labels = labels.reshape(-1).astype(int)
         labels_seen.update(labels.tolist())
         items += [Item(f"{split}_images[{i}]", int(y), split, images[i]) for i, y in enumerate(labels)]
@@ -184,7 +200,9 @@ def evaluation_items(path: str, fmt: str = "auto") -> tuple[list[Item], str, lis
     if not Path(path).exists():
         raise ThawError(f"data path {path!r} does not exist")
     fmt = fmt if fmt != "auto" else detect_format(Path(path))
-    sources = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt](Path(path))
+    sources = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt](
+        Path(path)
+    )
     for split in ("test", "val"):
         if sources.split(split):
             return sources.split(split), split, sources.class_names
@@ -204,7 +222,9 @@ def builtin(name: str) -> Sources:
     """Real datasets that ship inside a dependency, for offline demos. ``digits``: scikit-learn's 1797
     handwritten digits, 8x8 greyscale scans (values 0-16) from UCI, far from ImageNet."""
     if name != "digits":
-        raise ThawError(f"unknown built-in dataset {name!r}; available: {', '.join('builtin:' + b for b in BUILTIN)}")
+        raise ThawError(
+            f"unknown built-in dataset {name!r}; available: {', '.join('builtin:' + b for b in BUILTIN)}"
+        )
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -226,7 +246,7 @@ def stratified_split(labels: list[int], val_fraction: float, test_fraction: floa
         n_val = min(round(n * val_fraction), max(0, n - 1 - n_test))
         for i in idx[:n_test]:
             out[i] = "test"
-        for i in idx[n_test:n_test + n_val]:
+        for i in idx[n_test : n_test + n_val]:
             out[i] = "val"
     return out
 
@@ -234,8 +254,10 @@ def stratified_split(labels: list[int], val_fraction: float, test_fraction: floa
 def assign_splits(sources: Sources, val_fraction: float, test_fraction: float, seed: int) -> None:
     """Fill in missing splits: all of them (stratified), or carve val from train when only val is absent."""
     if all(it.split is None for it in sources.items):
-        for it, split in zip(sources.items, stratified_split([it.label for it in sources.items],
-                                                              val_fraction, test_fraction, seed)):
+        for it, split in zip(
+            sources.items,
+            stratified_split([it.label for it in sources.items], val_fraction, test_fraction, seed),
+        ):
             it.split = split
         return
     if any(it.split is None for it in sources.items):
@@ -256,8 +278,10 @@ def apply_split_file(sources: Sources, split_file: Path) -> None:
         given = {row["key"]: row["split"] for row in csv.DictReader(fh)}
     missing = [it.key for it in sources.items if it.key not in given]
     if missing:
-        raise ThawError(f"--split-file {split_file} does not list {len(missing)} image(s) found in the data, "
-                        f"e.g. {missing[0]}; was it written for this dataset?")
+        raise ThawError(
+            f"--split-file {split_file} does not list {len(missing)} image(s) found in the data, "
+            f"e.g. {missing[0]}; was it written for this dataset?"
+        )
     for it in sources.items:
         it.split = given[it.key]
     sources.split_origin = f"file:{split_file}"
@@ -266,8 +290,10 @@ def apply_split_file(sources: Sources, split_file: Path) -> None:
 def check(sources: Sources) -> None:
     """Errors a user can act on: too few classes, a split without images, labels unseen in training."""
     if len(sources.class_names) < 2:
-        raise ThawError(f"{sources.name}: found only one class ({sources.class_names[0]!r}); a classifier "
-                        f"needs at least two class folders or labels")
+        raise ThawError(
+            f"{sources.name}: found only one class ({sources.class_names[0]!r}); a classifier "
+            f"needs at least two class folders or labels"
+        )
     train_labels = Counter(it.label for it in sources.split("train"))
     for split in ("train", "val"):
         if not sources.split(split):
@@ -276,8 +302,10 @@ def check(sources: Sources) -> None:
         unseen = {it.label for it in sources.split(split)} - set(train_labels)
         if unseen:
             names = ", ".join(sources.class_names[i] for i in sorted(unseen))
-            raise ThawError(f"{sources.name}: class(es) {names} appear in {split} but not in train; "
-                            f"add training images for them")
+            raise ThawError(
+                f"{sources.name}: class(es) {names} appear in {split} but not in train; "
+                f"add training images for them"
+            )
 
 
 def write_split(sources: Sources, path: Path) -> None:

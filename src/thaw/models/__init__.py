@@ -26,24 +26,30 @@ def parse_model_name(name: str) -> tuple[str, str, str | None]:
     Returns (source, arch, pretrained tag or None)."""
     for prefix in ("timm/", "timm:"):
         if name.startswith(prefix):
-            arch, _, tag = name[len(prefix):].partition(".")
+            arch, _, tag = name[len(prefix) :].partition(".")
             if not timm_zoo.is_timm(arch):
-                raise ThawError(f"unknown timm model {arch!r}{_did_you_mean(arch, timm_zoo.timm.list_models())}")
+                raise ThawError(
+                    f"unknown timm model {arch!r}{_did_you_mean(arch, timm_zoo.timm.list_models())}"
+                )
             return "timm", arch, tag or None
     for prefix in ("torchvision/", "tv/"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             if not torchvision_zoo.is_torchvision(name):
-                raise ThawError(f"unknown torchvision model {name!r}"
-                                f"{_did_you_mean(name, torchvision_zoo.supported_archs())}")
+                raise ThawError(
+                    f"unknown torchvision model {name!r}"
+                    f"{_did_you_mean(name, torchvision_zoo.supported_archs())}"
+                )
     if torchvision_zoo.is_torchvision(name):
         return "torchvision", name, None
     arch, _, tag = name.partition(".")
     if timm_zoo.is_timm(arch):
         return "timm", arch, tag or None
     known = torchvision_zoo.supported_archs()
-    raise ThawError(f"unknown model {name!r}{_did_you_mean(name, known + timm_zoo.timm.list_models())}; "
-                    f"use a torchvision name (e.g. {', '.join(known[:3])}) or timm/<name>")
+    raise ThawError(
+        f"unknown model {name!r}{_did_you_mean(name, known + timm_zoo.timm.list_models())}; "
+        f"use a torchvision name (e.g. {', '.join(known[:3])}) or timm/<name>"
+    )
 
 
 def build_classifier(
@@ -61,8 +67,10 @@ def build_classifier(
     weights = config.weights
     local = _is_path(weights)
     if local and not Path(weights).is_file():
-        raise ThawError(f"--weights {weights}: no such file; give an existing .pth/.safetensors file, "
-                        f"a weights name such as DEFAULT, or none")
+        raise ThawError(
+            f"--weights {weights}: no such file; give an existing .pth/.safetensors file, "
+            f"a weights name such as DEFAULT, or none"
+        )
     if source == "torchvision":
         tv_weights = None if local else torchvision_zoo.resolve_weights(arch, weights)
         state = read_state_dict(Path(weights)) if local else None
@@ -97,8 +105,17 @@ def sum_first_conv(backbone: nn.Module) -> None:
     for parent in backbone.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                conv = nn.Conv2d(1, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                 child.dilation, child.groups, child.bias is not None, child.padding_mode)
+                conv = nn.Conv2d(
+                    1,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                    child.padding_mode,
+                )
                 with torch.no_grad():
                     conv.weight.copy_(child.weight.sum(dim=1, keepdim=True))
                     if child.bias is not None:
@@ -130,15 +147,21 @@ def load_model(path: str | Path) -> Classifier:
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise ThawError(f"no model file at {path}; give a run folder made by `thaw fit` or its model.safetensors")
+        raise ThawError(
+            f"no model file at {path}; give a run folder made by `thaw fit` or its model.safetensors"
+        )
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get("thaw")
     if raw is None:
         raise ThawError(f"{path} is not a thaw model file (no thaw metadata); was it written by `thaw fit`?")
     meta = json.loads(raw)
     spec = ModelSpec(**meta["spec"])
-    config = ModelConfig(name=spec.name, weights="none", dropout=spec.dropout,
-                         in_channels="sum" if spec.in_channels == 1 else "replicate")
+    config = ModelConfig(
+        name=spec.name,
+        weights="none",
+        dropout=spec.dropout,
+        in_channels="sum" if spec.in_channels == 1 else "replicate",
+    )
     model = build_classifier(config, spec.num_classes, meta["class_names"], spec.image_size)
     model.load_state_dict(load_file(str(path)))
     model.spec = spec

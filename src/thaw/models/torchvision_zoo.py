@@ -27,9 +27,7 @@ class Family:
 
 _FEATURES = (r"^features\.0\.", r"^features\.(\d+)\.")
 FAMILIES: dict[str, Family] = {
-    "resnet": Family(
-        ("resnet", "resnext", "wide_resnet"), "fc", (r"^(?:conv1|bn1)\.", r"^layer(\d+)\.")
-    ),
+    "resnet": Family(("resnet", "resnext", "wide_resnet"), "fc", (r"^(?:conv1|bn1)\.", r"^layer(\d+)\.")),
     "regnet": Family(("regnet_",), "fc", (r"^stem\.", r"^trunk_output\.block(\d+)\.")),
     "mobilenet_v2": Family(("mobilenet_v2",), "classifier", _FEATURES),
     "mobilenet_v3": Family(("mobilenet_v3",), "classifier.3", (*_FEATURES, r"^classifier\.")),
@@ -40,13 +38,20 @@ FAMILIES: dict[str, Family] = {
     "densenet": Family(
         ("densenet",),
         "classifier",
-        (r"^features\.(?:conv0|norm0)\.", r"^features\.(?:denseblock|transition)(\d+)\.", r"^features\.norm5\."),
+        (
+            r"^features\.(?:conv0|norm0)\.",
+            r"^features\.(?:denseblock|transition)(\d+)\.",
+            r"^features\.norm5\.",
+        ),
     ),
     "vit": Family(
         ("vit_",),
         "heads.head",
-        (r"^(?:class_token|conv_proj\.|encoder\.pos_embedding)", r"^encoder\.layers\.encoder_layer_(\d+)\.",
-         r"^encoder\.ln\."),
+        (
+            r"^(?:class_token|conv_proj\.|encoder\.pos_embedding)",
+            r"^encoder\.layers\.encoder_layer_(\d+)\.",
+            r"^encoder\.ln\.",
+        ),
     ),
 }
 
@@ -155,7 +160,9 @@ def _vit_at_size(arch: str, model: nn.Module, image_size: int) -> nn.Module:
     patch = model.patch_size
     if image_size % patch:
         size = max(patch, round(image_size / patch) * patch)
-        raise ThawError(f"--image-size {image_size} is not a multiple of {arch}'s patch size {patch}; try {size}")
+        raise ThawError(
+            f"--image-size {image_size} is not a multiple of {arch}'s patch size {patch}; try {size}"
+        )
     resized = get_model(arch, weights=None, image_size=image_size)
     state = interpolate_embeddings(image_size, patch, model.state_dict())
     resized.load_state_dict(state)

@@ -23,14 +23,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in many types
-            raise ThawError(f"cannot read {path} as a weights file without running code in it ({err}".splitlines()[0]
-                            + "); save it as a plain state dict or .safetensors") from err
+            raise ThawError(
+                f"cannot read {path} as a weights file without running code in it ({err}".splitlines()[0]
+                + "); save it as a plain state dict or .safetensors"
+            ) from err
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ThawError(f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict())")
+        raise ThawError(
+            f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict())"
+        )
     return strip_prefixes(state)
 
 
@@ -41,7 +45,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         changed = False
         for prefix in STRIP_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
 
@@ -62,8 +66,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, ski
             if keys:
                 shown = ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")
-        raise ThawError(f"weights file {source} does not fit {type(model).__name__}: {'; '.join(parts)}. "
-                        f"Check --model matches the architecture the file was saved from")
+        raise ThawError(
+            f"weights file {source} does not fit {type(model).__name__}: {'; '.join(parts)}. "
+            f"Check --model matches the architecture the file was saved from"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -76,5 +82,7 @@ def _resample_pos_embed(model: nn.Module, state: dict[str, torch.Tensor]) -> dic
     from timm.layers import resample_abs_pos_embed
 
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
-    resampled = resample_abs_pos_embed(theirs, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix)
+    resampled = resample_abs_pos_embed(
+        theirs, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix
+    )
     return {**state, "pos_embed": resampled}

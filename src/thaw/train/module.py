@@ -67,8 +67,13 @@ class PhaseModule(L.LightningModule):
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log_dict({f"{split}_loss": loss, f"{split}_acc": acc}, on_step=False, on_epoch=True,
-                      prog_bar=True, batch_size=len(y))
+        self.log_dict(
+            {f"{split}_loss": loss, f"{split}_acc": acc},
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+        )
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -79,18 +84,23 @@ class PhaseModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.plan.config
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.plan.head_lr, self.plan.backbone_lr,
-                                                   cfg.weight_decay))
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, self.plan.head_lr, self.plan.backbone_lr, cfg.weight_decay)
+        )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = math.ceil(total / max(1, self.trainer.max_epochs))
-        scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * per_epoch), total, cfg.schedule == "cosine")
+        scheduler = warmup_cosine(
+            optimizer, round(cfg.warmup_epochs * per_epoch), total, cfg.schedule == "cosine"
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class EpochRecorder(L.Callback):
     """One row per epoch: phase, losses, accuracies, the LR of each part, seconds, images/s."""
 
-    def __init__(self, phase: str, offset: int, rows: list[dict], on_row: Callable[[dict], None] | None = None):
+    def __init__(
+        self, phase: str, offset: int, rows: list[dict], on_row: Callable[[dict], None] | None = None
+    ):
         self.phase, self.offset, self.rows, self.on_row = phase, offset, rows, on_row
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -109,7 +119,9 @@ class EpochRecorder(L.Callback):
             "phase": self.phase,
             "epoch": trainer.current_epoch + 1,
             "step_epoch": self.offset + trainer.current_epoch + 1,
-            **{k: round(float(m[k]), 6) for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in m},
+            **{
+                k: round(float(m[k]), 6) for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in m
+            },
             "lr_head": self._lrs.get("head", 0.0),
             "lr_backbone": self._lrs.get("backbone", 0.0),
             "seconds": round(end - self._start, 2),

@@ -37,7 +37,9 @@ def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool
     report = Reporter(quiet)
     L.seed_everything(config.seed, workers=True, verbose=False)
     sources = sources or thaw_data.discover(config.data, config.seed)
-    model = build_classifier(config.model, len(sources.class_names), sources.class_names, config.data.image_size)
+    model = build_classifier(
+        config.model, len(sources.class_names), sources.class_names, config.data.image_size
+    )
     loaders = Loaders(sources, model, config, report)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = config.__class__.from_dict({**config.to_dict(), "out": str(out)})
@@ -61,14 +63,24 @@ def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool
 
     final = choose_final(phases)
     model.load_state_dict(states[final])
-    summary = {"dataset": sources.name, "model": config.model.name, "classes": sources.class_names,
-               "images": {s: len(d.images) for s, d in loaders.decoded.items()},
-               **phases, "final_phase": final, "gain": gain(phases)}
+    summary = {
+        "dataset": sources.name,
+        "model": config.model.name,
+        "classes": sources.class_names,
+        "images": {s: len(d.images) for s, d in loaders.decoded.items()},
+        **phases,
+        "final_phase": final,
+        "gain": gain(phases),
+    }
     write_metrics_csv(rows, run / "metrics.csv")
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     final_eval = phases[final].get("test") or phases[final]["val"]
-    plot_confusion(final_eval["confusion"], sources.class_names, run / "confusion.png",
-                   f"{final} on {'test' if 'test' in phases[final] else 'val'}")
+    plot_confusion(
+        final_eval["confusion"],
+        sources.class_names,
+        run / "confusion.png",
+        f"{final} on {'test' if 'test' in phases[final] else 'val'}",
+    )
     save_model(model.eval(), run / "model.safetensors")
     run.write_json("summary.json", summary)
     path = run.commit()
@@ -76,20 +88,42 @@ def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool
     return RunResult(path, summary, model)
 
 
-def run_phase(model: Classifier, plan: PhasePlan, config: RunConfig, loaders: Loaders, run: RunFolder,
-              rows: list[dict], report: Reporter) -> dict:
+def run_phase(
+    model: Classifier,
+    plan: PhasePlan,
+    config: RunConfig,
+    loaders: Loaders,
+    run: RunFolder,
+    rows: list[dict],
+    report: Reporter,
+) -> dict:
     """Train one phase with early stopping on validation loss; end on its best epoch's weights."""
     set_trainable(model, plan.groups, config.bn_policy)
     module = PhaseModule(model, plan, config.bn_policy, config.label_smoothing)
     report.phase_start(plan, model)
-    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename=f"{plan.name}-best", monitor="val_loss",
-                                 mode="min", save_weights_only=True, enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run / "checkpoints",
+        filename=f"{plan.name}-best",
+        monitor="val_loss",
+        mode="min",
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
     trainer = L.Trainer(
         max_epochs=plan.config.epochs,
-        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=plan.config.patience), checkpoint,
-                   EpochRecorder(plan.name, len(rows), rows, report.epoch)],
-        logger=False, deterministic=True, num_sanity_val_steps=0, enable_model_summary=False,
-        enable_progress_bar=not report.quiet, default_root_dir=run.path, devices=1, log_every_n_steps=1,
+        callbacks=[
+            EarlyStopping(monitor="val_loss", mode="min", patience=plan.config.patience),
+            checkpoint,
+            EpochRecorder(plan.name, len(rows), rows, report.epoch),
+        ],
+        logger=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=not report.quiet,
+        default_root_dir=run.path,
+        devices=1,
+        log_every_n_steps=1,
     )
     start = time.perf_counter()
     trainer.fit(module, loaders.train, loaders.val)
@@ -122,10 +156,17 @@ class Loaders:
 
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
-        self.decoded = thaw_data.decode_sources(sources, pre, channels, config.data.strict_images, report.warn)
+        self.decoded = thaw_data.decode_sources(
+            sources, pre, channels, config.data.strict_images, report.warn
+        )
         evaluation = thaw_data.eval_transform(pre)
-        self.train = thaw_data.loader(self.decoded["train"], thaw_data.train_transform(pre, config.data),
-                                      config.data, shuffle=True, seed=config.seed)
+        self.train = thaw_data.loader(
+            self.decoded["train"],
+            thaw_data.train_transform(pre, config.data),
+            config.data,
+            shuffle=True,
+            seed=config.seed,
+        )
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
         test = self.decoded.get("test")
         self.test = thaw_data.loader(test, evaluation, config.data, shuffle=False) if test else None
@@ -138,8 +179,13 @@ def quiet_lightning() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*exists and is not empty.*", ".*litlogger.*",
-                    ".*module\\(s\\) in eval mode at the start of training.*", ".*LeafSpec.*"):
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*exists and is not empty.*",
+        ".*litlogger.*",
+        ".*module\\(s\\) in eval mode at the start of training.*",
+        ".*LeafSpec.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -159,5 +205,7 @@ def gain(phases: dict[str, dict]) -> dict:
     for split in ("val", "test"):
         if split in phases["phase1"] and split in phases["phase2"]:
             a, b = phases["phase1"][split], phases["phase2"][split]
-            out[split] = {k: round(b[k] - a[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
+            out[split] = {
+                k: round(b[k] - a[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+            }
     return out

@@ -26,29 +26,40 @@ class Reporter:
     def start(self, config, sources, model, loaders) -> None:
         sizes = ", ".join(f"{s} {len(d.images)}" for s, d in loaders.decoded.items())
         pre = model.preprocessing
-        self.say(f"data: {sources.name} ({len(sources.class_names)} classes; {sizes}; split {sources.split_origin})")
-        self.say(f"model: {config.model.name} [{model.spec.source}] weights {config.model.weights}; "
-                 f"{len(model.layer_groups)} layer groups; {model.norm_kind}; input {pre.size}px "
-                 f"(resize {pre.resize_size}, {pre.interpolation}); bn_policy {config.bn_policy}")
+        classes = len(sources.class_names)
+        self.say(f"data: {sources.name} ({classes} classes; {sizes}; split {sources.split_origin})")
+        self.say(
+            f"model: {config.model.name} [{model.spec.source}] weights {config.model.weights}; "
+            f"{len(model.layer_groups)} layer groups; {model.norm_kind}; input {pre.size}px "
+            f"(resize {pre.resize_size}, {pre.interpolation}); bn_policy {config.bn_policy}"
+        )
         self.say(f"run folder: {config.out}")
 
     def phase_start(self, plan, model) -> None:
         if plan.groups:
-            what = (f"Phase 2, fine-tuning: {len(plan.groups)} of {len(model.layer_groups)} layer groups unfrozen, "
-                    f"head lr {plan.head_lr:g}, backbone lr {plan.backbone_lr:g}, new optimizer")
+            what = (
+                f"Phase 2, fine-tuning: {len(plan.groups)} of {len(model.layer_groups)} layer groups "
+                f"unfrozen, head lr {plan.head_lr:g}, backbone lr {plan.backbone_lr:g}, new optimizer"
+            )
         else:
             what = f"Phase 1, feature extraction: backbone frozen, new head, lr {plan.head_lr:g}"
-        self.say(f"\n{what}; at most {plan.config.epochs} epochs, early stopping patience {plan.config.patience}")
+        self.say(
+            f"\n{what}; at most {plan.config.epochs} epochs, early stopping patience {plan.config.patience}"
+        )
 
     def epoch(self, row: dict) -> None:
-        self.say(f"  {row['phase']} epoch {row['epoch']:>3}: train loss {row.get('train_loss', float('nan')):.4f} "
-                 f"acc {_pct(row.get('train_acc'))} | val loss {row['val_loss']:.4f} acc {_pct(row['val_acc'])} "
-                 f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s")
+        self.say(
+            f"  {row['phase']} epoch {row['epoch']:>3}: train loss {row.get('train_loss', float('nan')):.4f} "
+            f"acc {_pct(row.get('train_acc'))} | val loss {row['val_loss']:.4f} acc {_pct(row['val_acc'])} "
+            f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s"
+        )
 
     def phase_end(self, plan, result: dict) -> None:
         test = f", test acc {_pct(result['test']['accuracy'])}" if "test" in result else ""
-        self.say(f"{plan.name}: best epoch {result['best_epoch']} of {result['epochs_run']}: "
-                 f"val acc {_pct(result['val']['accuracy'])}{test} ({result['seconds']:.0f}s)")
+        self.say(
+            f"{plan.name}: best epoch {result['best_epoch']} of {result['epochs_run']}: "
+            f"val acc {_pct(result['val']['accuracy'])}{test} ({result['seconds']:.0f}s)"
+        )
 
     def finish(self, summary: dict, path) -> None:
         if self.quiet:
@@ -70,13 +81,13 @@ class Reporter:
             table.add_row(label, *cells, f"{r['best_epoch']}/{r['epochs_run']}", f"{r['seconds']:.0f}")
         if summary["gain"]:
             g = summary["gain"]
-            cells = [f"{100 * g[s][k]:+.1f}" if s in g else "-" for s in splits
-                     for k in ("accuracy", "auc")]
+            cells = [f"{100 * g[s][k]:+.1f}" if s in g else "-" for s in splits for k in ("accuracy", "auc")]
             table.add_row("gain", *cells, "", "")
         self.console.print()
         self.console.print(table)
         self.console.print("* the saved model; accuracy and AUC in %; gain = phase 2 - phase 1, in points")
         if summary["gain"] and summary["final_phase"] == "phase1":
             self.console.print("phase 2 lowered validation accuracy: the saved model keeps phase 1's weights")
-        self.console.print(f"results: {path}/ (summary.json, metrics.csv, curves.png, confusion.png, "
-                           f"model.safetensors)")
+        self.console.print(
+            f"results: {path}/ (summary.json, metrics.csv, curves.png, confusion.png, model.safetensors)"
+        )

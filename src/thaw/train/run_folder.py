@@ -27,8 +27,9 @@ class RunFolder:
     def __init__(self, out: Path) -> None:
         self.final = Path(out)
         if self.final.exists():
-            raise ThawError(f"run folder {self.final} already exists; choose another --out "
-                            f"(thaw never overwrites a run)")
+            raise ThawError(
+                f"run folder {self.final} already exists; choose another --out (thaw never overwrites a run)"
+            )
         self.path = staging_path(self.final)
         if self.path.exists():  # a crashed earlier attempt at this same name; it never looked complete
             shutil.rmtree(self.path)
