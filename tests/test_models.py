@@ -10,6 +10,9 @@ FAMILIES = [
     ("resnet18", 64), ("mobilenet_v2", 64), ("mobilenet_v3_small", 64), ("efficientnet_b0", 64),
     ("vit_b_16", 32), ("convnext_tiny", 64), ("regnet_y_400mf", 64), ("densenet121", 64), ("swin_t", 64),
     ("timm/resnet18", 64), ("timm/tf_efficientnet_lite0", 64), ("timm/vit_tiny_patch16_224", 32),
+    ("resnext50_32x4d", 32), ("wide_resnet50_2", 32), ("vit_b_32", 32), ("timm/deit_tiny_patch16_224", 32),
+    ("timm/vit_small_patch14_dinov2", 28),  # DINOv2 ViT-S/14 at 2x2 patches
+    pytest.param("efficientnet_v2_s", 32, marks=pytest.mark.slow),  # ~18 s: its first pass on 2 CPU cores
 ]
 
 

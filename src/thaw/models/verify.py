@@ -1,0 +1,237 @@
+"""Prove pretrained weights are real, offline: classify two photos that ship with scikit-image.
+
+With an ImageNet head (torchvision's own classifier, or a timm file that kept its classifier), ``chelsea``
+must have a cat class and ``coffee`` espresso among the top 5. Backbones without one (DINOv2) get a feature
+check instead: two crops of the same photo must be nearer each other (cosine) than to the other photo's,
+by a clear margin, and by clearly more than the same architecture with random weights manages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from thaw.config import ModelConfig
+from thaw.errors import ThawError
+from thaw.models import _is_path, build_classifier, offline, parse_model_name, torchvision_zoo
+from thaw.models.contract import Preprocessing
+from thaw.models.weights import load_into, read_state_dict
+
+CATS = frozenset(range(281, 286))  # ImageNet-1k: tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = frozenset({967})
+PHOTOS = (("chelsea", "a cat", CATS), ("coffee", "espresso", ESPRESSO))
+FEATURE_SIZE = 224
+MIN_MARGIN = 0.05  # cosine: same-photo crops vs the other photo, and over random init
+
+
+@dataclass
+class ImageNetModel:
+    """A full model with its 1000-class head, the transform its weights expect, and the class names."""
+
+    model: nn.Module
+    transform: object
+    categories: list[str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    weights: str  # what was checked: a weights name or a file
+    check: str  # "imagenet" or "features"
+    lines: tuple[str, ...]
+
+
+def verify(name: str, weights: str | None = None, log=print) -> Verdict:
+    """Check the weights thaw would use for ``name`` offline (or ``weights``: a name, a file, or ``none``
+    for random init). Logs what the model saw; raises :class:`ThawError` when the check fails."""
+    photos = _photos()
+    source, arch, tag = parse_model_name(name)
+    if source == "torchvision":
+        full, described, build_weights = _torchvision(arch, weights)
+    else:
+        full, described, build_weights = _timm(arch, tag, weights)
+    log(f"{name} ({described})")
+    if full is not None:
+        passed, lines = imagenet_check(full, photos)
+        check = "imagenet"
+    else:
+        build_name = f"timm/{arch}" if source == "timm" else arch
+        passed, lines = feature_check(build_name, build_weights, photos)
+        check = "features"
+    for line in lines:
+        log(line)
+    if not passed:
+        what = {
+            "imagenet": "a cat and espresso are not both in the top 5",
+            "features": "crops of one photo are not clearly nearer each other than random weights make them",
+        }[check]
+        raise ThawError(
+            f"{name} ({described}) failed the check: {what}. These are not working pretrained "
+            f"weights for this architecture; reinstall or re-import them"
+        )
+    log(f"{name}: ok, real pretrained weights ({'ImageNet top 5' if check == 'imagenet' else 'features'})")
+    return Verdict(name, described, check, tuple(lines))
+
+
+def imagenet_check(full: ImageNetModel, photos: dict[str, Image.Image]) -> tuple[bool, list[str]]:
+    model = full.model.eval()
+    passed, lines = True, []
+    with torch.no_grad():
+        for photo, label, expected in PHOTOS:
+            probs = model(full.transform(photos[photo]).unsqueeze(0)).softmax(-1)[0]
+            top = probs.topk(5)
+            hit = any(int(i) in expected for i in top.indices)
+            passed &= hit
+            shown = ", ".join(
+                f"{full.categories[int(i)]} {100 * float(p):.1f}%"
+                for p, i in zip(top.values, top.indices, strict=True)
+            )
+            verdict = "ok" if hit else f"FAIL: {label} is not in the top 5"
+            lines.append(f"  {photo} ({label}): {shown}  -> {verdict}")
+    return passed, lines
+
+
+def feature_check(name: str, weights: str, photos: dict[str, Image.Image]) -> tuple[bool, list[str]]:
+    """Cosine similarity of pooled features: two crops of each photo, against the other photo."""
+    config = ModelConfig(name=name, weights=weights, dropout=0.0)
+    pretrained = build_classifier(config, 1, image_size=FEATURE_SIZE)
+    same, cross = _crop_similarities(pretrained.backbone, pretrained.preprocessing, photos)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        random = build_classifier(dataclasses.replace(config, weights="none"), 1, image_size=FEATURE_SIZE)
+    random_same, random_cross = _crop_similarities(random.backbone, random.preprocessing, photos)
+    margin = round(min(same.values()) - cross, 3) + 0.0  # + 0.0: no "-0.000"
+    baseline = round(min(random_same.values()) - random_cross, 3) + 0.0
+    passed = margin >= MIN_MARGIN and margin >= baseline + MIN_MARGIN
+    return passed, [
+        f"  no ImageNet head: feature check at {FEATURE_SIZE} px (cosine similarity of pooled features)",
+        "  two crops of the same photo: "
+        + ", ".join(f"{p} {s:.3f}" for p, s in same.items())
+        + f"; across photos at most {cross:.3f}",
+        f"  margin {margin:.3f} (random init: {baseline:.3f}; needs >= {MIN_MARGIN} and "
+        f"{MIN_MARGIN} over random)  -> {'ok' if passed else 'FAIL'}",
+    ]
+
+
+def _crop_similarities(
+    backbone: nn.Module, pre: Preprocessing, photos: dict[str, Image.Image]
+) -> tuple[dict[str, float], float]:
+    from torchvision.transforms import InterpolationMode, v2
+
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(pre.resize_size, interpolation=InterpolationMode(pre.interpolation), antialias=True),
+            v2.CenterCrop(pre.size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre.mean, pre.std),
+        ]
+    )
+    names = [p for p, _, _ in PHOTOS]
+    crops = [transform(c) for p in names for c in _two_crops(photos[p])]
+    with torch.no_grad():
+        features = nn.functional.normalize(backbone.eval()(torch.stack(crops)), dim=-1)
+    sim = features @ features.T
+    same = {p: float(sim[2 * i, 2 * i + 1]) for i, p in enumerate(names)}
+    cross = float(sim[:2, 2:].max())
+    return same, cross
+
+
+def _two_crops(photo: Image.Image) -> list[Image.Image]:
+    """The top-left and bottom-right 80% of the photo: overlapping views of one scene."""
+    w, h = photo.size
+    cw, ch = int(0.8 * w), int(0.8 * h)
+    return [photo.crop((0, 0, cw, ch)), photo.crop((w - cw, h - ch, w, h))]
+
+
+def _photos() -> dict[str, Image.Image]:
+    try:
+        from skimage import data
+    except ImportError:
+        raise ThawError(
+            "`thaw weights verify` needs scikit-image for its test photos: pip install scikit-image"
+        ) from None
+    return {p: Image.fromarray(np.asarray(getattr(data, p)())).convert("RGB") for p, _, _ in PHOTOS}
+
+
+def _torchvision(arch: str, weights: str | None) -> tuple[ImageNetModel | None, str, str]:
+    """torchvision's full model with its original classifier, through its own weights API."""
+    from torchvision.models import get_model, get_model_weights
+
+    default = get_model_weights(arch).DEFAULT
+    categories = default.meta["categories"]
+    if weights is not None and _is_path(weights):
+        path = _weights_file(weights)
+        model = get_model(arch, weights=None)
+        state = read_state_dict(path)
+        if not set(model.state_dict()) <= set(state):  # no classifier in the file: features only
+            return None, str(path), str(path)
+        load_into(model, state, source=str(path))
+        return ImageNetModel(model, default.transforms(), categories), str(path), str(path)
+    if weights is None:  # what is here offline, the default weights first
+        cached = offline.torchvision_cached(arch)
+        chosen = default if default in cached or not cached else cached[0]
+    else:
+        chosen = torchvision_zoo.resolve_weights(arch, weights)
+    if chosen is None:
+        random = ImageNetModel(get_model(arch, weights=None), default.transforms(), categories)
+        return random, "random init", "none"
+    try:
+        model = get_model(arch, weights=chosen)
+    except (OSError, RuntimeError) as err:
+        raise ThawError(torchvision_zoo.offline_message(arch, chosen, err)) from err
+    described = f"{chosen.name}, {Path(torch.hub.get_dir()) / 'checkpoints' / chosen.url.rsplit('/', 1)[-1]}"
+    return ImageNetModel(model, chosen.transforms(), chosen.meta["categories"]), described, chosen.name
+
+
+def _timm(arch: str, tag: str | None, weights: str | None) -> tuple[ImageNetModel | None, str, str]:
+    """timm's model with its ImageNet head, from thaw's installed file, a given file, or timm's cache."""
+    import timm
+
+    from thaw.models import timm_zoo
+
+    if weights is not None and weights.lower() == "none":
+        return _timm_imagenet(timm.create_model(arch, pretrained=False)), "random init", "none"
+    path = None
+    if weights is not None and _is_path(weights):
+        path = _weights_file(weights)
+    elif tag is None and (weights is None or weights.upper() == "DEFAULT"):
+        path = offline.installed_file("timm", arch)
+    if path is not None:
+        model = timm.create_model(arch, pretrained=False)
+        state = read_state_dict(path)
+        build_weights = "DEFAULT" if path == offline.installed_file("timm", arch) else str(path)
+        if model.num_classes != 1000 or not set(model.state_dict()) <= set(state):
+            return None, str(path), build_weights
+        load_into(model, state, source=str(path))
+        return _timm_imagenet(model), str(path), build_weights
+    tag = tag or (weights if weights and weights.upper() != "DEFAULT" else None)
+    name = f"{arch}.{tag}" if tag else arch
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except (OSError, RuntimeError) as err:
+        raise ThawError(timm_zoo.offline_message(name, err)) from err
+    described = f"timm pretrained {model.pretrained_cfg.get('tag') or 'default'}"
+    build_weights = tag or "DEFAULT"
+    return (_timm_imagenet(model) if model.num_classes == 1000 else None), described, build_weights
+
+
+def _weights_file(weights: str) -> Path:
+    if not Path(weights).is_file():
+        raise ThawError(f"--weights {weights}: no such file; give a .pth/.safetensors file or a weights name")
+    return Path(weights)
+
+
+def _timm_imagenet(model: nn.Module) -> ImageNetModel:
+    import timm.data
+
+    info = timm.data.ImageNetInfo()
+    categories = [info.index_to_description(i).split(",")[0] for i in range(1000)]
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    return ImageNetModel(model, transform, categories)
