@@ -205,21 +205,28 @@ def count(source: str, arch: str, size: int = 224) -> tuple[int, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in _meta_model(source, arch, None).parameters())
+        model = _meta_model(source, arch)
+        params = sum(p.numel() for p in model.parameters())
+        if _sized(source, arch):
+            model = _meta_model(source, arch, size)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            _meta_model(source, arch, size).eval()(torch.empty(1, 3, size, size))
+            model.eval()(torch.empty(1, 3, size, size))
     return params, round(counter.get_total_flops() / 2e9, 3)
 
 
-def _meta_model(source: str, arch: str, size: int | None) -> torch.nn.Module:
+def _sized(source: str, arch: str) -> bool:
+    """Built for one input size (ViT-style position embeddings)."""
+    from thaw.models.timm_zoo import _takes_img_size
+
+    return _takes_img_size(arch) if source == "timm" else arch.startswith("vit_")
+
+
+def _meta_model(source: str, arch: str, size: int | None = None) -> torch.nn.Module:
     if source == "timm":
         import timm
 
-        from thaw.models.timm_zoo import _takes_img_size
-
-        kwargs = {"img_size": size} if size and _takes_img_size(arch) else {}
-        return timm.create_model(arch, pretrained=False, **kwargs)
+        return timm.create_model(arch, pretrained=False, **({"img_size": size} if size else {}))
     from torchvision.models import get_model
 
-    return get_model(arch, weights=None, **({"image_size": size} if size and arch.startswith("vit_") else {}))
+    return get_model(arch, weights=None, **({"image_size": size} if size else {}))
