@@ -7,10 +7,22 @@ from thaw.freeze import last_groups, set_trainable
 from thaw.models import build_classifier, load_model, save_model
 
 FAMILIES = [
-    ("resnet18", 64), ("mobilenet_v2", 64), ("mobilenet_v3_small", 64), ("efficientnet_b0", 64),
-    ("vit_b_16", 32), ("convnext_tiny", 64), ("regnet_y_400mf", 64), ("densenet121", 64), ("swin_t", 64),
-    ("timm/resnet18", 64), ("timm/tf_efficientnet_lite0", 64), ("timm/vit_tiny_patch16_224", 32),
-    ("resnext50_32x4d", 32), ("wide_resnet50_2", 32), ("vit_b_32", 32), ("timm/deit_tiny_patch16_224", 32),
+    ("resnet18", 64),
+    ("mobilenet_v2", 64),
+    ("mobilenet_v3_small", 64),
+    ("efficientnet_b0", 64),
+    ("vit_b_16", 32),
+    ("convnext_tiny", 64),
+    ("regnet_y_400mf", 64),
+    ("densenet121", 64),
+    ("swin_t", 64),
+    ("timm/resnet18", 64),
+    ("timm/tf_efficientnet_lite0", 64),
+    ("timm/vit_tiny_patch16_224", 32),
+    ("resnext50_32x4d", 32),
+    ("wide_resnet50_2", 32),
+    ("vit_b_32", 32),
+    ("timm/deit_tiny_patch16_224", 32),
     ("timm/vit_small_patch14_dinov2", 28),  # DINOv2 ViT-S/14 at 2x2 patches
     pytest.param("efficientnet_v2_s", 32, marks=pytest.mark.slow),  # ~18 s: its first pass on 2 CPU cores
 ]
@@ -94,8 +106,13 @@ def test_offline_download_failure_says_where_to_put_the_file(monkeypatch, tmp_pa
     # when another weights file of the same model is on the machine, the message names it
     v1 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "hub" / "checkpoints" / v1.url.split("/")[-1])
-    with pytest.raises(ThawError, match="IMAGENET1K_V1 weights are on this machine: use --weights IMAGENET1K_V1"):
+    torch.save(
+        torchvision.models.mobilenet_v2().state_dict(),
+        tmp_path / "hub" / "checkpoints" / v1.url.split("/")[-1],
+    )
+    with pytest.raises(
+        ThawError, match="IMAGENET1K_V1 weights are on this machine: use --weights IMAGENET1K_V1"
+    ):
         build_classifier(ModelConfig(name="mobilenet_v2", weights="DEFAULT"), 2)
 
 

