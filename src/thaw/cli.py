@@ -133,7 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nphase 1 (frozen backbone, head only): test accuracy {100 * p1['test']['accuracy']:.1f}%")
     print(
         f"phase 2 (fine-tuned, backbone lr {p2['backbone_lr']:g}): "
-        f"test accuracy {100 * p2['test']['accuracy']:.1f}%  ({100 * s['gain']['test']['accuracy']:+.1f} points)"
+        f"test accuracy {100 * p2['test']['accuracy']:.1f}%  "
+        f"({100 * s['gain']['test']['accuracy']:+.1f} points)"
     )
 
 
