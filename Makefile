@@ -20,6 +20,7 @@ demo: weights
 	$(BIN)/thaw demo
 
 test: weights
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
