@@ -63,6 +63,11 @@ def main() -> None:
     if not data_path.startswith("builtin:") and not Path(data_path).exists():
         sys.exit(f"skipped: {data_path} is absent")
     offline.install("mobilenet_v2", log=lambda *_: None)
+    if args.grid == "models":
+        offline.install("tf_efficientnet_lite0", log=lambda *_: None)
+        dinov2 = SHARED.parent / "weights" / "vit_small_patch14_dinov2.imgfocus.safetensors"
+        if not offline.installed_file("timm", "vit_small_patch14_dinov2") and dinov2.exists():
+            offline.import_weights("timm/vit_small_patch14_dinov2", dinov2, log=lambda *_: None)
     import yaml
 
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
