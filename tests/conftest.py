@@ -41,6 +41,22 @@ def split_folders(tmp_path: Path) -> Path:
     return root
 
 
+class _Evil:
+    """Unpickling this calls print: a stand-in for code hidden in a weights file."""
+
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.fixture
+def evil_pickle(tmp_path: Path) -> Path:
+    import torch
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": _Evil()}, path)
+    return path
+
+
 def shared_or_skip(relative: str) -> Path:
     path = SHARED / relative
     if not path.exists():

@@ -73,15 +73,9 @@ def test_local_weights_file_loads_strictly_and_reports_mismatches(tmp_path):
         build_classifier(ModelConfig(name="resnet18", weights=str(bad)), 2)
 
 
-def test_pickled_code_is_never_executed(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    path = tmp_path / "evil.pth"
-    torch.save({"x": Evil()}, path)
+def test_pickled_code_is_never_executed(evil_pickle):
     with pytest.raises(ThawError, match="without running code"):
-        build_classifier(ModelConfig(name="resnet18", weights=str(path)), 2)
+        build_classifier(ModelConfig(name="resnet18", weights=str(evil_pickle)), 2)
 
 
 def test_unknown_model_suggests_names():

@@ -146,15 +146,9 @@ def test_import_torchvision_gives_a_weights_path(home, tmp_path):
     assert torch.equal(model.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
 
 
-def test_import_never_runs_pickled_code(home, tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    path = tmp_path / "evil.pth"
-    torch.save({"x": Evil()}, path)
+def test_import_never_runs_pickled_code(home, evil_pickle):
     with pytest.raises(ThawError, match="without running code"):
-        offline.import_weights("timm/vit_tiny_patch16_224", path, log=quiet)
+        offline.import_weights("timm/vit_tiny_patch16_224", evil_pickle, log=quiet)
 
 
 @pytest.mark.slow  # DINOv2 ViT-S/14 from ../shared: import, build offline, feature check vs random (~15 s)

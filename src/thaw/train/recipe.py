@@ -72,7 +72,6 @@ def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool
         "final_phase": final,
         "gain": gain(phases),
     }
-    write_metrics_csv(rows, run / "metrics.csv")
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     final_eval = phases[final].get("test") or phases[final]["val"]
     plot_confusion(
@@ -99,6 +98,11 @@ def run_phase(
 ) -> dict:
     """Train one phase with early stopping on validation loss; end on its best epoch's weights."""
     set_trainable(model, plan.groups, config.bn_policy)
+
+    def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
+        report.epoch(row)
+        write_metrics_csv(rows, run / "metrics.csv")
+
     module = PhaseModule(model, plan, config.bn_policy, config.label_smoothing)
     report.phase_start(plan, model)
     checkpoint = ModelCheckpoint(
@@ -114,7 +118,7 @@ def run_phase(
         callbacks=[
             EarlyStopping(monitor="val_loss", mode="min", patience=plan.config.patience),
             checkpoint,
-            EpochRecorder(plan.name, len(rows), rows, report.epoch),
+            EpochRecorder(plan.name, len(rows), rows, on_row),
         ],
         logger=False,
         deterministic=True,
