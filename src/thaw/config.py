@@ -20,8 +20,8 @@ BN_POLICIES = ("frozen", "train", "fastai")
 
 - ``frozen`` (default): every backbone BN layer stays in eval mode in both phases; running statistics
   never change, and BN affine parameters train only where their layer group is unfrozen. This is the
-  Keras guide's advice; on small or far-from-ImageNet data, BN statistics drifting on small batches is
-  what turns phase 2 from a gain into a collapse (measured on BreastMNIST, see BENCHMARKS.md).
+  Keras guide's advice; on BreastMNIST, phase 2 with BN statistics updating on small batches was worse
+  on every test metric than with them frozen (see BENCHMARKS.md).
 - ``train``: BN layers in unfrozen groups use batch statistics and update running statistics (plain
   PyTorch behaviour); BN layers in frozen groups stay in eval mode.
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
