@@ -43,6 +43,3 @@ def batchnorm_eval(model: Classifier, groups: list[int], bn_policy: str) -> list
         return [m for m in all_bn if id(m) not in trainable]
     return []
 
-
-def trainable_names(model: nn.Module) -> list[str]:
-    return [name for name, p in model.named_parameters() if p.requires_grad]
