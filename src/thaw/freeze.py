@@ -42,4 +42,3 @@ def batchnorm_eval(model: Classifier, groups: list[int], bn_policy: str) -> list
         trainable = {id(m) for m in model.group_modules(groups)}
         return [m for m in all_bn if id(m) not in trainable]
     return []
-

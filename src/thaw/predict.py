@@ -7,10 +7,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
-from thaw.data.images import eval_transform, open_image
+from thaw.data.images import eval_transform, open_image, resized
 from thaw.data.sources import IMAGE_EXTENSIONS, Item
 from thaw.errors import ThawError
 from thaw.models import Classifier, load_model
@@ -38,13 +36,8 @@ class Predictor:
         return cls(load_model(path))
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
-        pre = self.preprocessing
         mode = "L" if self.model.spec.in_channels == 1 else "RGB"
-        img = F.pil_to_tensor(image.convert(mode))
-        img = F.resize(
-            img, [pre.resize_size], interpolation=InterpolationMode(pre.interpolation), antialias=True
-        )
-        return self._transform(img)
+        return self._transform(resized(image.convert(mode), self.preprocessing))
 
     @torch.no_grad()
     def predict_proba(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:

@@ -43,13 +43,19 @@ def open_image(item: Item, channels: int) -> Image.Image:
         return ImageOps.exif_transpose(img).convert(mode)
 
 
+def resized(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
+    """A uint8 [C, H, W] tensor with its shorter side at ``pre.resize_size``: what ``eval_transform``
+    (center crop, normalize) and ``train_transform`` take."""
+    interpolation = InterpolationMode(pre.interpolation)
+    return F.resize(F.pil_to_tensor(image), [pre.resize_size], interpolation=interpolation, antialias=True)
+
+
 def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -> tuple[Decoded, list[str]]:
     """Decode and resize every item; returns the decoded split and the keys that failed."""
-    interpolation = InterpolationMode(pre.interpolation)
     keys, images, labels, failed = [], [], [], []
     for item in items:
         try:
-            img = F.pil_to_tensor(open_image(item, channels))
+            img = resized(open_image(item, channels), pre)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for broken files
             if strict:
                 raise ThawError(
@@ -59,7 +65,7 @@ def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -
             failed.append(item.key)
             continue
         keys.append(item.key)
-        images.append(F.resize(img, [pre.resize_size], interpolation=interpolation, antialias=True))
+        images.append(img)
         labels.append(item.label)
     return Decoded(keys, images, labels), failed
 

@@ -65,7 +65,7 @@ def build_classifier(
     """
     source, arch, tag = parse_model_name(config.name)
     weights = config.weights
-    local = _is_path(weights)
+    local = is_weights_path(weights)
     if local and not Path(weights).is_file():
         raise ThawError(
             f"--weights {weights}: no such file; give an existing .pth/.safetensors file, "
@@ -170,7 +170,7 @@ def load_model(path: str | Path) -> Classifier:
     return model.eval()
 
 
-def _is_path(weights: str) -> bool:
+def is_weights_path(weights: str) -> bool:
     return weights.lower().endswith(WEIGHT_SUFFIXES) or "/" in weights or Path(weights).exists()
 
 

@@ -24,7 +24,7 @@ def build(arch: str, weights: str, image_size: int | None) -> tuple[nn.Module, i
     pretrained = weights.lower() != "none"
     name = arch if weights.upper() in ("DEFAULT", "NONE") else f"{arch}.{weights}"
     kwargs = {"num_classes": 0}
-    if image_size is not None and _takes_img_size(arch):
+    if image_size is not None and takes_img_size(arch):
         kwargs["img_size"] = image_size  # ViT-style models: timm resamples the position embeddings
     installed = offline.installed_file("timm", arch) if weights.upper() == "DEFAULT" else None
     if installed is not None:  # put there by `thaw weights install` / `import`: no download
@@ -73,7 +73,7 @@ def offline_message(name: str, err: Exception) -> str:
     )
 
 
-def _takes_img_size(arch: str) -> bool:
+def takes_img_size(arch: str) -> bool:
     cfg = timm.get_pretrained_cfg(arch)
     family = arch.split("_")[0]
     return family in ("vit", "deit", "deit3", "eva", "beit", "swin", "swinv2") or (

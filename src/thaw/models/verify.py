@@ -19,7 +19,7 @@ from torch import nn
 
 from thaw.config import ModelConfig
 from thaw.errors import ThawError
-from thaw.models import _is_path, build_classifier, offline, parse_model_name, torchvision_zoo
+from thaw.models import build_classifier, is_weights_path, offline, parse_model_name, torchvision_zoo
 from thaw.models.contract import Preprocessing
 from thaw.models.weights import load_into, read_state_dict
 
@@ -122,19 +122,11 @@ def feature_check(name: str, weights: str, photos: dict[str, Image.Image]) -> tu
 def _crop_similarities(
     backbone: nn.Module, pre: Preprocessing, photos: dict[str, Image.Image]
 ) -> tuple[dict[str, float], float]:
-    from torchvision.transforms import InterpolationMode, v2
+    from thaw.data.images import eval_transform, resized
 
-    transform = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(pre.resize_size, interpolation=InterpolationMode(pre.interpolation), antialias=True),
-            v2.CenterCrop(pre.size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(pre.mean, pre.std),
-        ]
-    )
+    transform = eval_transform(pre)
     names = [p for p, _, _ in PHOTOS]
-    crops = [transform(c) for p in names for c in _two_crops(photos[p])]
+    crops = [transform(resized(c, pre)) for p in names for c in _two_crops(photos[p])]
     with torch.no_grad():
         features = nn.functional.normalize(backbone.eval()(torch.stack(crops)), dim=-1)
     sim = features @ features.T
@@ -166,7 +158,7 @@ def _torchvision(arch: str, weights: str | None) -> tuple[ImageNetModel | None, 
 
     default = get_model_weights(arch).DEFAULT
     categories = default.meta["categories"]
-    if weights is not None and _is_path(weights):
+    if weights is not None and is_weights_path(weights):
         path = _weights_file(weights)
         model = get_model(arch, weights=None)
         state = read_state_dict(path)
@@ -199,7 +191,7 @@ def _timm(arch: str, tag: str | None, weights: str | None) -> tuple[ImageNetMode
     if weights is not None and weights.lower() == "none":
         return _timm_imagenet(timm.create_model(arch, pretrained=False)), "random init", "none"
     path = None
-    if weights is not None and _is_path(weights):
+    if weights is not None and is_weights_path(weights):
         path = _weights_file(weights)
     elif tag is None and (weights is None or weights.upper() == "DEFAULT"):
         path = offline.installed_file("timm", arch)

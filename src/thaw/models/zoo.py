@@ -4,7 +4,7 @@ ones, with size, cost, ImageNet accuracy, input size and whether the weights are
 torchvision's figures come from its weights metadata (``num_params``, ``_metrics``, ``_ops``,
 ``_file_size``). GFLOPs are at 224x224 for every row (multiply-adds, torchvision's convention): taken from
 metadata measured at 224 where there is one, otherwise counted on the meta device (no memory, no weights)
-and cached in ``$THAW_HOME/cache/gflops.json``.
+and cached in ``$THAW_HOME/cache/zoo.json``.
 """
 
 from __future__ import annotations
@@ -149,12 +149,13 @@ def _timm_entry(arch: str, counts: _Counts) -> ZooEntry:
     family, top1, top5 = TIMM_MODELS[arch]
     cfg = timm.get_pretrained_cfg(arch)
     local = offline.timm_cached(arch)
+    params, gflops = counts.get("timm", arch)
     return ZooEntry(
         name=f"timm/{arch}",
         family=family,
         source="timm",
-        params=counts.get("timm", arch)[0],
-        gflops=counts.get("timm", arch)[1],
+        params=params,
+        gflops=gflops,
         top1=top1,
         top5=top5,
         input_size=int(cfg.input_size[-1]),
@@ -217,9 +218,9 @@ def count(source: str, arch: str, size: int = 224) -> tuple[int, float]:
 
 def _sized(source: str, arch: str) -> bool:
     """Built for one input size (ViT-style position embeddings)."""
-    from thaw.models.timm_zoo import _takes_img_size
+    from thaw.models.timm_zoo import takes_img_size
 
-    return _takes_img_size(arch) if source == "timm" else arch.startswith("vit_")
+    return takes_img_size(arch) if source == "timm" else arch.startswith("vit_")
 
 
 def _meta_model(source: str, arch: str, size: int | None = None) -> torch.nn.Module:

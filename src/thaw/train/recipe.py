@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from thaw import data as thaw_data
-from thaw.config import RunConfig, unfreeze_groups
+from thaw.config import RunConfig, override, unfreeze_groups
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.freeze import last_groups, set_trainable
 from thaw.models import Classifier, build_classifier, save_model
@@ -42,7 +42,7 @@ def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool
     )
     loaders = Loaders(sources, model, config, report)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
-    config = config.__class__.from_dict({**config.to_dict(), "out": str(out)})
+    config = override(config, {"out": str(out)})
     run = RunFolder(out)
     (run / "config.yaml").write_text(config.to_yaml())
     thaw_data.write_split(sources, run / "split.csv")
