@@ -126,3 +126,14 @@ def test_model_file_round_trip(tmp_path):
     x = torch.randn(2, 3, 48, 48)
     assert torch.equal(model(x), loaded(x))
     assert loaded.class_names == ["a", "b", "c"] and loaded.preprocessing == model.preprocessing
+
+
+def test_no_weight_decay_names_tokens_and_position_embeddings_of_the_backbone(tmp_path):
+    tv = build_classifier(ModelConfig(name="vit_b_32", weights="none"), 2, image_size=32)
+    assert tv.no_weight_decay == {"class_token", "encoder.pos_embedding"}  # torchvision: its family table
+    vit = build_classifier(ModelConfig(name="timm/vit_tiny_patch16_224", weights="none"), 2, image_size=32)
+    assert vit.no_weight_decay == {"cls_token", "pos_embed"}  # timm: the model's own no_weight_decay()
+    assert vit.no_weight_decay <= dict(vit.backbone.named_parameters()).keys()
+    save_model(vit, tmp_path / "model.safetensors")
+    assert load_model(tmp_path).no_weight_decay == vit.no_weight_decay
+    assert build_classifier(ModelConfig(name="resnet18", weights="none"), 2).no_weight_decay == frozenset()

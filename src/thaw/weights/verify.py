@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,25 +17,17 @@ from PIL import Image
 from torch import nn
 
 from thaw.config import ModelConfig
+from thaw.data.images import eval_transform, resized
 from thaw.errors import ThawError
-from thaw.models import build_classifier, is_weights_path, offline, parse_model_name, torchvision_zoo
-from thaw.models.contract import Preprocessing
-from thaw.models.weights import load_into, read_state_dict
+from thaw.models.adapters import ImageNetModel, adapter_for
+from thaw.models.build import build_classifier, parse_model_name
+from thaw.preprocessing import Preprocessing
 
 CATS = frozenset(range(281, 286))  # ImageNet-1k: tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = frozenset({967})
 PHOTOS = (("chelsea", "a cat", CATS), ("coffee", "espresso", ESPRESSO))
 FEATURE_SIZE = 224
 MIN_MARGIN = 0.05  # cosine: same-photo crops vs the other photo, and over random init
-
-
-@dataclass
-class ImageNetModel:
-    """A full model with its 1000-class head, the transform its weights expect, and the class names."""
-
-    model: nn.Module
-    transform: object
-    categories: list[str]
 
 
 @dataclass(frozen=True)
@@ -52,17 +43,14 @@ def verify(name: str, weights: str | None = None, log=print) -> Verdict:
     for random init). Logs what the model saw; raises :class:`ThawError` when the check fails."""
     photos = _photos()
     source, arch, tag = parse_model_name(name)
-    if source == "torchvision":
-        full, described, build_weights = _torchvision(arch, weights)
-    else:
-        full, described, build_weights = _timm(arch, tag, weights)
+    adapter = adapter_for(source)
+    full, described, build_weights = adapter.imagenet_model(arch, tag, weights)
     log(f"{name} ({described})")
     if full is not None:
         passed, lines = imagenet_check(full, photos)
         check = "imagenet"
     else:
-        build_name = f"timm/{arch}" if source == "timm" else arch
-        passed, lines = feature_check(build_name, build_weights, photos)
+        passed, lines = feature_check(adapter.model_name(arch), build_weights, photos)
         check = "features"
     for line in lines:
         log(line)
@@ -122,8 +110,6 @@ def feature_check(name: str, weights: str, photos: dict[str, Image.Image]) -> tu
 def _crop_similarities(
     backbone: nn.Module, pre: Preprocessing, photos: dict[str, Image.Image]
 ) -> tuple[dict[str, float], float]:
-    from thaw.data.images import eval_transform, resized
-
     transform = eval_transform(pre)
     names = [p for p, _, _ in PHOTOS]
     crops = [transform(resized(c, pre)) for p in names for c in _two_crops(photos[p])]
@@ -150,80 +136,3 @@ def _photos() -> dict[str, Image.Image]:
             "`thaw weights verify` needs scikit-image for its test photos: pip install scikit-image"
         ) from None
     return {p: Image.fromarray(np.asarray(getattr(data, p)())).convert("RGB") for p, _, _ in PHOTOS}
-
-
-def _torchvision(arch: str, weights: str | None) -> tuple[ImageNetModel | None, str, str]:
-    """torchvision's full model with its original classifier, through its own weights API."""
-    from torchvision.models import get_model, get_model_weights
-
-    default = get_model_weights(arch).DEFAULT
-    categories = default.meta["categories"]
-    if weights is not None and is_weights_path(weights):
-        path = _weights_file(weights)
-        model = get_model(arch, weights=None)
-        state = read_state_dict(path)
-        if not set(model.state_dict()) <= set(state):  # no classifier in the file: features only
-            return None, str(path), str(path)
-        load_into(model, state, source=str(path))
-        return ImageNetModel(model, default.transforms(), categories), str(path), str(path)
-    if weights is None:  # what is here offline, the default weights first
-        cached = offline.torchvision_cached(arch)
-        chosen = default if default in cached or not cached else cached[0]
-    else:
-        chosen = torchvision_zoo.resolve_weights(arch, weights)
-    if chosen is None:
-        random = ImageNetModel(get_model(arch, weights=None), default.transforms(), categories)
-        return random, "random init", "none"
-    try:
-        model = get_model(arch, weights=chosen)
-    except (OSError, RuntimeError) as err:
-        raise ThawError(torchvision_zoo.offline_message(arch, chosen, err)) from err
-    described = f"{chosen.name}, {Path(torch.hub.get_dir()) / 'checkpoints' / chosen.url.rsplit('/', 1)[-1]}"
-    return ImageNetModel(model, chosen.transforms(), chosen.meta["categories"]), described, chosen.name
-
-
-def _timm(arch: str, tag: str | None, weights: str | None) -> tuple[ImageNetModel | None, str, str]:
-    """timm's model with its ImageNet head, from thaw's installed file, a given file, or timm's cache."""
-    import timm
-
-    from thaw.models import timm_zoo
-
-    if weights is not None and weights.lower() == "none":
-        return _timm_imagenet(timm.create_model(arch, pretrained=False)), "random init", "none"
-    path = None
-    if weights is not None and is_weights_path(weights):
-        path = _weights_file(weights)
-    elif tag is None and (weights is None or weights.upper() == "DEFAULT"):
-        path = offline.installed_file("timm", arch)
-    if path is not None:
-        model = timm.create_model(arch, pretrained=False)
-        state = read_state_dict(path)
-        build_weights = "DEFAULT" if path == offline.installed_file("timm", arch) else str(path)
-        if model.num_classes != 1000 or not set(model.state_dict()) <= set(state):
-            return None, str(path), build_weights
-        load_into(model, state, source=str(path))
-        return _timm_imagenet(model), str(path), build_weights
-    tag = tag or (weights if weights and weights.upper() != "DEFAULT" else None)
-    name = f"{arch}.{tag}" if tag else arch
-    try:
-        model = timm.create_model(name, pretrained=True)
-    except (OSError, RuntimeError) as err:
-        raise ThawError(timm_zoo.offline_message(name, err)) from err
-    described = f"timm pretrained {model.pretrained_cfg.get('tag') or 'default'}"
-    build_weights = tag or "DEFAULT"
-    return (_timm_imagenet(model) if model.num_classes == 1000 else None), described, build_weights
-
-
-def _weights_file(weights: str) -> Path:
-    if not Path(weights).is_file():
-        raise ThawError(f"--weights {weights}: no such file; give a .pth/.safetensors file or a weights name")
-    return Path(weights)
-
-
-def _timm_imagenet(model: nn.Module) -> ImageNetModel:
-    import timm.data
-
-    info = timm.data.ImageNetInfo()
-    categories = [info.index_to_description(i).split(",")[0] for i in range(1000)]
-    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
-    return ImageNetModel(model, transform, categories)

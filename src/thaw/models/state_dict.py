@@ -1,7 +1,8 @@
-"""Reading local weight files safely (never executing pickled code) and loading them strictly."""
+"""Weight files: reading them safely (never executing pickled code), loading them strictly, writing them."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -10,6 +11,12 @@ from torch import nn
 from thaw.errors import ThawError
 
 STRIP_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def is_weights_path(weights: str) -> bool:
+    """``--weights`` names a file rather than a weights name (``DEFAULT``, ``IMAGENET1K_V1``, a timm tag)."""
+    return weights.lower().endswith(WEIGHT_SUFFIXES) or "/" in weights or Path(weights).exists()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -86,3 +93,26 @@ def _resample_pos_embed(model: nn.Module, state: dict[str, torch.Tensor]) -> dic
         theirs, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix
     )
     return {**state, "pos_embed": resampled}
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    """A ``.safetensors`` file of ``state`` with string metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={**meta, "format": "pt"})
+
+
+def file_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
