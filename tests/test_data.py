@@ -16,9 +16,9 @@ PRE = Preprocessing(size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.25, 0.
 
 
 def test_class_folder_is_split_stratified_and_reproducibly(class_folder):
-    a = discover(DataConfig(path=str(class_folder), val_fraction=0.25, test_fraction=0.25), seed=1)
-    b = discover(DataConfig(path=str(class_folder), val_fraction=0.25, test_fraction=0.25), seed=1)
-    c = discover(DataConfig(path=str(class_folder), val_fraction=0.25, test_fraction=0.25), seed=2)
+    a = discover(DataConfig(path=str(class_folder), val_fraction=0.25, test_fraction=0.25, split_seed=1))
+    b = discover(DataConfig(path=str(class_folder), val_fraction=0.25, test_fraction=0.25, split_seed=1))
+    c = discover(DataConfig(path=str(class_folder), val_fraction=0.25, test_fraction=0.25, split_seed=2))
     assert a.class_names == ["blue", "red"]
     assert [it.split for it in a.items] == [it.split for it in b.items]
     assert [it.split for it in a.items] != [it.split for it in c.items]
@@ -118,7 +118,7 @@ def test_bad_data_gives_one_clear_error(tmp_path, case, message):
 def test_split_file_is_reused(class_folder, tmp_path):
     from thaw.data import write_split
 
-    a = discover(DataConfig(path=str(class_folder)), seed=3)
+    a = discover(DataConfig(path=str(class_folder), split_seed=3))
     write_split(a, tmp_path / "split.csv")
-    b = discover(DataConfig(path=str(class_folder), split_file=str(tmp_path / "split.csv")), seed=99)
+    b = discover(DataConfig(path=str(class_folder), split_file=str(tmp_path / "split.csv"), split_seed=99))
     assert [(it.key, it.split) for it in a.items] == [(it.key, it.split) for it in b.items]

@@ -2,21 +2,52 @@
 
 import thaw
 result = thaw.fit(thaw.RunConfig(data=thaw.DataConfig(path="hymenoptera")))
+print(result.summary.gain)          # what each phase added over the one before
 model = thaw.load(result.path)
 """
 
 from thaw.config import DataConfig, ModelConfig, PhaseConfig, RunConfig
 from thaw.errors import ThawError
+from thaw.results import Metrics, PhaseResult, RunSummary
 
 __version__ = "0.1.0"
-__all__ = ["DataConfig", "ModelConfig", "PhaseConfig", "RunConfig", "ThawError", "fit", "load", "__version__"]
+__all__ = [
+    "DataConfig",
+    "Metrics",
+    "ModelConfig",
+    "PhaseConfig",
+    "PhasePlan",
+    "PhaseResult",
+    "RunConfig",
+    "RunSummary",
+    "ThawError",
+    "evaluate",
+    "fit",
+    "load",
+    "resume",
+    "__version__",
+]
 
 
-def fit(config, sources=None, quiet=False):
-    """Run the two-phase recipe; see :func:`thaw.train.recipe.fit`."""
+def fit(config, sources=None, quiet=False, plans=None):
+    """Run the config's strategy (or ``plans``); see :func:`thaw.train.recipe.fit`."""
     from thaw.train.recipe import fit as _fit
 
-    return _fit(config, sources, quiet)
+    return _fit(config, sources, quiet, plans)
+
+
+def resume(path, quiet=False):
+    """Continue an interrupted run; see :func:`thaw.train.recipe.resume`."""
+    from thaw.train.recipe import resume as _resume
+
+    return _resume(path, quiet)
+
+
+def evaluate(run, data=None, fmt="auto"):
+    """Score a run on labelled data, never on its training images; see :func:`thaw.evaluate.evaluate_run`."""
+    from thaw.evaluate import evaluate_run
+
+    return evaluate_run(run, data, fmt)
 
 
 def load(path):
@@ -24,3 +55,11 @@ def load(path):
     from thaw.predict import Predictor
 
     return Predictor.load(path)
+
+
+def __getattr__(name):
+    if name == "PhasePlan":  # torch-free, but lives with the strategies
+        from thaw.train.strategies import PhasePlan
+
+        return PhasePlan
+    raise AttributeError(f"module 'thaw' has no attribute {name!r}")

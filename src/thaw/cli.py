@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
-from thaw.config import BN_POLICIES, DATA_FORMATS, IN_CHANNELS, RunConfig, override
+from thaw.config import DATA_FORMATS, RunConfig, override
 from thaw.errors import ThawError
 
 DEMO = {
@@ -26,97 +26,118 @@ DEMO = {
 }
 
 
-def fit_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--format", choices=DATA_FORMATS, help="data layout (default: detected from DATA)")
-    g.add_argument("--val-fraction", type=float, help="share of images for validation when splitting (0.15)")
-    g.add_argument("--test-fraction", type=float, help="share of images for test when splitting (0.15)")
-    g.add_argument("--split-file", help="reuse the split.csv of an earlier run")
-    g.add_argument(
-        "--image-size", type=int, help="input size in pixels (default: the weights' own, e.g. 224)"
+NONE = object()  # an optional setting (``int | None``) given as ``none`` on the command line
+
+
+def config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field, generated from the dataclasses: name, help, choices and the default
+    shown come from ``config.py``, so no setting is reachable only from YAML. ``--phase1-*`` and
+    ``--phase2-*`` set each phase; ``--patience`` sets both."""
+    defaults = RunConfig()
+    for section, key, f, default in _settings(defaults):
+        if key == "data.path":
+            continue
+        group = _group(p, section, defaults)
+        flags = f.metadata.get("flags") or (_flag(section, f.name),)
+        help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
+        kind = str(f.type).removesuffix("| None").strip()
+        if kind == "bool":
+            group.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        parse = {"int": int, "float": float}.get(kind, str)
+        group.add_argument(
+            *flags,
+            dest=key,
+            type=_optional(parse) if str(f.type).endswith("| None") else parse,
+            choices=f.metadata.get("choices") or None,
+            metavar=None if f.metadata.get("choices") else {"str": "TEXT"}.get(kind, kind.upper()),
+            help=help_text,
+        )
+    _group(p, "training", defaults).add_argument(
+        "--patience", type=int, metavar="INT", help="early-stopping patience of both phases (sets both)"
     )
-    g.add_argument("--batch-size", type=int, help="images per batch (32)")
-    g.add_argument("--no-augment", action="store_true", default=None, help="no random crops or flips")
-    g.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips (text, digits)")
-    g.add_argument(
-        "--strict-images",
-        action="store_true",
-        default=None,
-        help="stop on an undecodable image instead of skipping it",
-    )
-    g.add_argument("--workers", type=int, help="data loader worker processes (0)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="torchvision name (mobilenet_v2, resnet50, vit_b_16, ...) or timm/<name>")
-    g.add_argument(
-        "--weights", help="DEFAULT, a weights name (IMAGENET1K_V1), a timm tag, a file path, or none"
-    )
-    g.add_argument("--dropout", type=float, help="dropout before the new linear head (0.2)")
-    g.add_argument(
-        "--in-channels",
-        choices=IN_CHANNELS,
-        help="greyscale: replicate to 3 channels (default) or sum the first conv's RGB filters",
-    )
-    g = p.add_argument_group("training")
-    g.add_argument(
-        "--phase1-epochs", type=int, help="max epochs training the head on a frozen backbone (15); 0 skips"
-    )
-    g.add_argument(
-        "--phase2-epochs", type=int, help="max epochs fine-tuning (10); 0 = feature extraction only"
-    )
-    g.add_argument("--patience", type=int, help="early-stopping patience in epochs, both phases (3)")
-    g.add_argument("--unfreeze", help="phase 2: 'all' layer groups or the last N (default all)")
-    g.add_argument("--lr", type=float, help="head learning rate, both phases (1e-3)")
-    g.add_argument("--lr-ratio", type=float, help="phase 2 backbone LR = lr / lr-ratio (10)")
-    g.add_argument("--bn-policy", choices=BN_POLICIES, help="batch norm while training (frozen)")
-    g.add_argument("--label-smoothing", type=float, help="label smoothing for the training loss (0)")
-    g.add_argument("--seed", type=int, help="random seed for split, init and batches (0)")
-    g.add_argument("--out", help="run folder (default runs/<data>-<model>-<time>); never overwritten")
-    g.add_argument("--quiet", action="store_true", help="print only the result table")
+
+
+def _settings(config: RunConfig):
+    """(section, dotted key, field, default) for every scalar setting, sections in declaration order."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                yield f.name, f"{f.name}.{sub.name}", sub, getattr(value, sub.name)
+        else:
+            yield "training", f.name, f, value
+
+
+def _group(p: argparse.ArgumentParser, title: str, defaults: RunConfig):
+    groups = {g.title: g for g in p._action_groups}
+    if title in groups:
+        return groups[title]
+    section = next((f for f in dataclasses.fields(defaults) if f.name == title), None)
+    return p.add_argument_group(title, section.metadata.get("help") if section else None)
+
+
+def _flag(section: str, name: str) -> str:
+    dashed = name.replace("_", "-")
+    return f"--{section}-{dashed}" if section.startswith("phase") else f"--{dashed}"
+
+
+def _show(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def _optional(parse):
+    def convert(text: str):
+        return NONE if text.lower() == "none" else parse(text)
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
-    changes = {
-        "data.path": getattr(args, "data", None),
-        "data.format": args.format,
-        "data.val_fraction": args.val_fraction,
-        "data.test_fraction": args.test_fraction,
-        "data.split_file": args.split_file,
-        "data.image_size": args.image_size,
-        "data.batch_size": args.batch_size,
-        "data.augment": False if args.no_augment else None,
-        "data.hflip": False if args.no_flip else None,
-        "data.strict_images": args.strict_images,
-        "data.num_workers": args.workers,
-        "model.name": args.model,
-        "model.weights": args.weights,
-        "model.dropout": args.dropout,
-        "model.in_channels": args.in_channels,
-        "phase1.epochs": args.phase1_epochs,
-        "phase2.epochs": args.phase2_epochs,
-        "phase1.patience": args.patience,
-        "phase2.patience": args.patience,
-        "unfreeze": args.unfreeze,
-        "lr": args.lr,
-        "lr_ratio": args.lr_ratio,
-        "bn_policy": args.bn_policy,
-        "label_smoothing": args.label_smoothing,
-        "seed": args.seed,
-        "out": args.out,
-    }
-    return override(base, changes).validate()
+    """``base`` (defaults or a --config file) with every flag the user gave applied."""
+    changes = {}
+    for _, key, _, _ in _settings(base):
+        value = getattr(args, key, None)
+        if value is not None:
+            changes[key] = None if value is NONE else value
+    if getattr(args, "patience", None) is not None:
+        changes.setdefault("phase1.patience", args.patience)
+        changes.setdefault("phase2.patience", args.patience)
+    if getattr(args, "data", None):
+        changes["data.path"] = args.data
+    return override(base, changes, keep_none=True).validate()
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
     import thaw
 
+    if args.resume:
+        given = [k for k, v in vars(args).items() if "." in k and v is not None] + (["DATA"] if args.data else [])
+        if given or args.config:
+            raise ThawError(
+                f"--resume continues {args.resume} with its own config.yaml; drop the other settings "
+                f"({', '.join(given + (['--config'] if args.config else []))})"
+            )
+        thaw.resume(args.resume, quiet=args.quiet)
+        return
     base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
     if args.out is None and base.out and Path(base.out).exists():
         # rerunning a run's own config.yaml: a new run folder, never the old one
-        base = RunConfig.from_dict({**base.to_dict(), "out": None})
+        base = override(base, {"out": None}, keep_none=True)
     config = config_from_args(args, base)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return
     if not config.data.path:
         raise ThawError("no data given: thaw fit DATA (a folder, .csv or .npz), or data.path in --config")
     thaw.fit(config, quiet=args.quiet)
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    import thaw
+
+    thaw.resume(args.run, quiet=args.quiet)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -127,56 +148,28 @@ def cmd_demo(args: argparse.Namespace) -> None:
         offline.install("mobilenet_v2")
     config = override(RunConfig(), {**DEMO, "out": args.out, "seed": args.seed}).validate()
     print("thaw demo: fine-tune ImageNet MobileNetV2 on scikit-learn's handwritten digits (8x8 scans, 64 px)")
-    result = thaw.fit(config, quiet=args.quiet)
-    s = result.summary
-    p1, p2 = s["phase1"], s["phase2"]
-    print(f"\nphase 1 (frozen backbone, head only): test accuracy {100 * p1['test']['accuracy']:.1f}%")
-    print(
-        f"phase 2 (fine-tuned, backbone lr {p2['backbone_lr']:g}): "
-        f"test accuracy {100 * p2['test']['accuracy']:.1f}%  "
-        f"({100 * s['gain']['test']['accuracy']:+.1f} points)"
-    )
+    summary = thaw.fit(config, quiet=args.quiet).summary
+    print()
+    first = None
+    for result in summary.phases.values():
+        what = "frozen backbone, head only" if not result.backbone_lr else f"backbone lr {result.backbone_lr:g}"
+        gained = f"  ({100 * (result.test.accuracy - first):+.1f} points)" if first is not None else ""
+        print(f"{result.name} ({what}): test accuracy {100 * result.test.accuracy:.1f}%{gained}")
+        first = result.test.accuracy if first is None else first
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
+    from thaw.evaluate import evaluate_run
 
-    from thaw.data.images import open_image
-    from thaw.data.sources import evaluation_items
-    from thaw.evaluate import classification_metrics
-    from thaw.predict import Predictor
-
-    predictor = Predictor.load(args.run)
-    items, split, names = evaluation_items(args.data, args.format)
-    index = {c: i for i, c in enumerate(predictor.class_names)}
-    unknown = sorted(set(names) - set(index))
-    if unknown:
-        raise ThawError(
-            f"{args.data} has class(es) {', '.join(unknown)} the model was not trained on "
-            f"(it knows {', '.join(predictor.class_names)})"
-        )
-    images, labels, failed = [], [], []
-    for it in items:
-        try:
-            images.append(open_image(it, 3))
-            labels.append(index[names[it.label]])
-        except (OSError, ValueError, SyntaxError):
-            failed.append(it.key)
-    if failed:
-        print(
-            f"warning: skipped {len(failed)} undecodable image(s): {', '.join(failed[:5])}", file=sys.stderr
-        )
-    metrics = classification_metrics(predictor.predict_proba(images), torch.tensor(labels))
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    out = run_dir / "evaluations" / f"{Path(args.data).stem}-{split}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"data": str(args.data), "split": split, **metrics}, indent=2) + "\n")
+    e = evaluate_run(args.run, args.data, args.format)
+    if e.skipped:
+        print(f"warning: skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}", file=sys.stderr)
+    m = e.metrics
     print(
-        f"{args.data} ({split}, {metrics['n']} images): accuracy {100 * metrics['accuracy']:.1f}%, "
-        f"balanced {100 * metrics['balanced_accuracy']:.1f}%, macro-F1 {metrics['macro_f1']:.3f}, "
-        f"AUC {metrics['auc']:.3f}"
+        f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
+        f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
     )
-    print(f"written: {out}")
+    print(f"written: {e.path}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -305,8 +298,16 @@ def parser() -> argparse.ArgumentParser:
         "a .csv of path,label, a MedMNIST .npz, or builtin:digits",
     )
     f.add_argument("--config", help="a config.yaml (e.g. from a run folder); flags override it")
-    fit_options(f)
+    f.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    f.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN (same as thaw resume)")
+    f.add_argument("--quiet", action="store_true", help="print only the result table")
+    config_flags(f)
     f.set_defaults(func=cmd_fit)
+
+    rs = sub.add_parser("resume", help="continue an interrupted run where it stopped")
+    rs.add_argument("run", help="the run folder (runs/X or runs/X.incomplete)")
+    rs.add_argument("--quiet", action="store_true", help="print only the result table")
+    rs.set_defaults(func=cmd_resume)
 
     d = sub.add_parser("demo", help="offline demo: ImageNet MobileNetV2 fine-tuned on handwritten digits")
     d.add_argument("--out", help="run folder (default runs/digits-mobilenet_v2-<time>)")
@@ -316,7 +317,12 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
     e.add_argument("run", help="run folder (or its model.safetensors)")
-    e.add_argument("data", help="labelled data (test/ split if present, else val/, else every image)")
+    e.add_argument(
+        "data",
+        nargs="?",
+        help="labelled data; default: the run's own data, scored on its test split (else val) from split.csv. "
+        "Other data: its test split, else val, else every image, less the run's training images",
+    )
     e.add_argument("--format", choices=DATA_FORMATS, default="auto", help="data layout (detected)")
     e.set_defaults(func=cmd_evaluate)
 

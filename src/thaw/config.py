@@ -15,6 +15,12 @@ import yaml
 
 from thaw.errors import ThawError
 
+def setting(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
+    """A config field with what the command line needs: its help, its flag names, its choices. The
+    command line is generated from these fields (``cli.config_flags``): one source for both."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+
+
 BN_POLICIES = ("frozen", "train", "fastai")
 """How batch-norm layers behave while training:
 
@@ -37,18 +43,19 @@ SCHEDULES = ("constant", "cosine")
 class DataConfig:
     """Where the images are and how they become batches."""
 
-    path: str = ""
-    format: str = "auto"
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_file: str | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    augment: bool = True
-    hflip: bool = True
-    crop_scale_min: float = 0.5
-    strict_images: bool = False
-    num_workers: int = 0
+    path: str = setting("", "images: class folders, train/ val/ [test/] folders, a .csv, a .npz or builtin:digits")
+    format: str = setting("auto", "data layout; auto detects it from the path", choices=DATA_FORMATS)
+    val_fraction: float = setting(0.15, "share of images for validation when thaw makes the split")
+    test_fraction: float = setting(0.15, "share of images for test when thaw makes the split")
+    split_file: str | None = setting(None, "reuse the split.csv of an earlier run")
+    split_seed: int = setting(0, "seed of the split thaw makes; --seed varies training, not the split")
+    image_size: int | None = setting(None, "input size in pixels; none: the weights' own, e.g. 224")
+    batch_size: int = setting(32, "images per batch")
+    augment: bool = setting(True, "random resized crops (and flips) while training")
+    hflip: bool = setting(True, "random horizontal flips (turn off for text, digits)", flags=("--hflip", "--flip"))
+    crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
+    strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
+    num_workers: int = setting(0, "data loader worker processes", flags=("--num-workers", "--workers"))
 
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
@@ -65,16 +72,24 @@ class DataConfig:
             raise ThawError(f"--batch-size {self.batch_size} must be at least 1")
         if not 0.05 <= self.crop_scale_min <= 1.0:
             raise ThawError(f"crop_scale_min {self.crop_scale_min} must be in [0.05, 1]")
+        if self.split_seed < 0:
+            raise ThawError(f"--split-seed {self.split_seed} must be 0 or more")
+        if self.num_workers < 0:
+            raise ThawError(f"--workers {self.num_workers} must be 0 (load in the main process) or more")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which pretrained backbone, with which weights, and the new head."""
 
-    name: str = "mobilenet_v2"
-    weights: str = "DEFAULT"
-    dropout: float = 0.2
-    in_channels: str = "replicate"
+    name: str = setting(
+        "mobilenet_v2", "torchvision name (mobilenet_v2, resnet50, vit_b_16, ...) or timm/<name>", flags=("--model",)
+    )
+    weights: str = setting("DEFAULT", "DEFAULT, a weights name (IMAGENET1K_V1), a timm tag, a file path, or none")
+    dropout: float = setting(0.2, "dropout before the new linear head")
+    in_channels: str = setting(
+        "replicate", "greyscale: replicate to 3 channels or sum the first conv's RGB filters", choices=IN_CHANNELS
+    )
 
     def validate(self) -> None:
         if not self.name:
@@ -89,11 +104,11 @@ class ModelConfig:
 class PhaseConfig:
     """One phase of training. ``epochs`` is a maximum: early stopping on validation loss ends it sooner."""
 
-    epochs: int = 10
-    patience: int = 3
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.01
-    schedule: str = "cosine"
+    epochs: int = setting(10, "at most this many epochs; 0 skips the phase")
+    patience: int = setting(3, "early stopping: epochs without a lower validation loss")
+    warmup_epochs: float = setting(0.0, "linear LR warmup, in epochs")
+    weight_decay: float = setting(0.01, "AdamW weight decay (none on biases, norms, tokens)")
+    schedule: str = setting("cosine", "LR schedule after warmup", choices=SCHEDULES)
 
     def validate(self, phase: str) -> None:
         if self.epochs < 0:
@@ -104,6 +119,8 @@ class PhaseConfig:
             raise ThawError(f"{phase} warmup_epochs {self.warmup_epochs} must be 0 or more")
         if self.schedule not in SCHEDULES:
             raise ThawError(f"{phase} schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not self.weight_decay >= 0:
+            raise ThawError(f"--{phase}-weight-decay {self.weight_decay} must be 0 or more, e.g. 0.01")
 
 
 @dataclass(frozen=True)
@@ -114,16 +131,21 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     phase1: PhaseConfig = field(
-        default_factory=lambda: PhaseConfig(epochs=15, patience=3, schedule="constant")
+        default_factory=lambda: PhaseConfig(epochs=15, patience=3, schedule="constant"),
+        metadata={"help": "phase 1, feature extraction: the backbone frozen, a new head"},
     )
-    phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=10, patience=3, warmup_epochs=1))
-    lr: float = 1e-3
-    lr_ratio: float = 10.0
-    unfreeze: str = "all"
-    bn_policy: str = "frozen"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    out: str | None = None
+    phase2: PhaseConfig = field(
+        default_factory=lambda: PhaseConfig(epochs=10, patience=3, warmup_epochs=1),
+        metadata={"help": "phase 2, fine-tuning: unfrozen layer groups, the backbone at lr / lr_ratio"},
+    )
+    strategy: str = setting("two-phase", "the list of phase plans to run")
+    lr: float = setting(1e-3, "head learning rate in every phase")
+    lr_ratio: float = setting(10.0, "phase 2: backbone LR = lr / lr_ratio")
+    unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
+    bn_policy: str = setting("frozen", "batch norm while training", choices=BN_POLICIES)
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss")
+    seed: int = setting(0, "random seed for initialisation, batches and augmentation")
+    out: str | None = setting(None, "run folder (default runs/<data>-<model>-<time>); never overwritten")
 
     def validate(self) -> RunConfig:
         self.data.validate()
@@ -141,6 +163,8 @@ class RunConfig:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+        if self.seed < 0:
+            raise ThawError(f"--seed {self.seed} must be 0 or more")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,11 +201,12 @@ def unfreeze_groups(value: str | int) -> int | None:
     raise ThawError(f"--unfreeze {value!r} must be 'all' or a number of layer groups >= 1, e.g. --unfreeze 2")
 
 
-def override(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    """Apply dotted overrides such as ``{"data.batch_size": 16, "lr": 3e-4}``; ``None`` values are skipped."""
+def override(config: RunConfig, changes: dict[str, Any], keep_none: bool = False) -> RunConfig:
+    """Apply dotted overrides such as ``{"data.batch_size": 16, "lr": 3e-4}``; ``None`` values are skipped
+    unless ``keep_none`` (then they set the setting to None)."""
     raw = config.to_dict()
     for key, value in changes.items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         *parents, leaf = key.split(".")
         node = raw

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +16,9 @@ from torchmetrics.functional.classification import (
     multiclass_confusion_matrix,
     multiclass_f1_score,
 )
+
+from thaw.files import atomic_path, write_atomic
+from thaw.results import Metrics, dumps
 
 
 @torch.no_grad()
@@ -29,7 +35,7 @@ def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, t
     return torch.cat(probs), torch.cat(labels)
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
     """accuracy, balanced accuracy, macro-F1, AUC (binary: of class 1; multiclass: macro one-vs-rest),
     loss (cross-entropy), the confusion matrix and the count."""
     num_classes = probs.shape[1]
@@ -45,23 +51,24 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
 
         auc = binary_auroc(probs[:, 1], labels)
     nll = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
-    return {
-        "n": int(labels.numel()),
-        "accuracy": float((preds == labels).float().mean()),
-        "balanced_accuracy": float(multiclass_accuracy(preds, labels, num_classes, average="macro")),
-        "macro_f1": float(multiclass_f1_score(preds, labels, num_classes, average="macro")),
-        "auc": float(auc),
-        "loss": float(nll),
-        "confusion": multiclass_confusion_matrix(preds, labels, num_classes).tolist(),
-    }
+    return Metrics(
+        n=int(labels.numel()),
+        accuracy=float((preds == labels).float().mean()),
+        balanced_accuracy=float(multiclass_accuracy(preds, labels, num_classes, average="macro")),
+        macro_f1=float(multiclass_f1_score(preds, labels, num_classes, average="macro")),
+        auc=float(auc),
+        loss=float(nll),
+        confusion=multiclass_confusion_matrix(preds, labels, num_classes).tolist(),
+    )
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
@@ -77,18 +84,17 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [r.get(f"{split}_{metric}") for r in rows]
             ax.plot(x, ys, style, markersize=3, label=split)
-        boundaries = [r["step_epoch"] - 0.5 for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]]
-        for b in boundaries:
+        starts = [(r["step_epoch"] - 0.5, r["phase"]) for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]]
+        for b, phase in starts:
             ax.axvline(b, color="grey", linestyle="--")
-            ax.text(b, ax.get_ylim()[1], " phase 2 ", va="top", ha="left", fontsize=8, color="grey")
-        ax.set_xlabel("epoch (both phases)")
+            ax.text(b, ax.get_ylim()[1], f" {phase} ", va="top", ha="left", fontsize=8, color="grey")
+        ax.set_xlabel("epoch (all phases)")
         ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
@@ -111,5 +117,112 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip("."))
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A trained run scored on labelled images: which images (``split``, ``note``), the metrics, the files
+    that could not be decoded, and the JSON file the result was written to."""
+
+    data: str
+    split: str
+    note: str
+    metrics: Metrics
+    skipped: list[str]
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, "split": self.split, "note": self.note, **self.metrics.to_dict(),
+                "skipped": self.skipped}
+
+
+def evaluate_run(run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True) -> Evaluation:
+    """Score a run on ``data`` (default: the data it was trained on) and write ``evaluations/*.json``.
+
+    Never scores training images: on the run's own data it uses the run's ``split.csv`` and evaluates the
+    test split (else val); on other data, the test split if the data has one, else val, else every image,
+    leaving out any image the run trained on."""
+    from thaw.config import RunConfig, override
+    from thaw.data.images import open_image
+    from thaw.data.sources import discover, evaluation_items
+    from thaw.errors import ThawError
+    from thaw.predict import Predictor
+
+    predictor = Predictor.load(run)
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    config = RunConfig.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    split_file = run_dir / "split.csv"
+    if data is None and config is None:
+        raise ThawError(f"{run_dir} has no config.yaml: give the data to evaluate on, thaw evaluate RUN DATA")
+    own = config is not None and split_file.is_file() and (data is None or _same_data(data, config.data.path))
+    if own:
+        sources = discover(override(config, {"data.split_file": str(split_file)}).data)
+        split = "test" if sources.split("test") else "val"
+        items, names = sources.split(split), sources.class_names
+        note = f"the run's own {split} split (its split.csv)"
+        data = config.data.path
+    else:
+        items, split, names = evaluation_items(data, fmt)
+        trained = _training_keys(split_file)
+        kept = [it for it in items if str(Path(it.key).resolve()) not in trained]
+        note = f"the data's {split} split" if split != "all" else "every image in the data"
+        if len(kept) < len(items):
+            note += f", less {len(items) - len(kept)} image(s) the run trained on"
+        items = kept
+        if not items:
+            raise ThawError(f"{data}: every image in its {split} split was a training image of {run_dir}")
+    index = {c: i for i, c in enumerate(predictor.class_names)}
+    unknown = sorted({names[it.label] for it in items} - set(index))
+    if unknown:
+        raise ThawError(
+            f"{data} has class(es) {', '.join(unknown)} the model was not trained on "
+            f"(it knows {', '.join(predictor.class_names)})"
+        )
+    images, labels, skipped = [], [], []
+    for it in items:
+        try:
+            images.append(open_image(it, 3))
+            labels.append(index[names[it.label]])
+        except (OSError, ValueError, SyntaxError):
+            skipped.append(it.key)
+    if not images:
+        raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
+    metrics = classification_metrics(predictor.predict_proba(images), torch.tensor(labels))
+    evaluation = Evaluation(str(data), split, note, metrics, skipped)
+    if write:
+        out = _new_file(run_dir / "evaluations", f"{Path(str(data)).stem}-{split}")
+        write_atomic(out, dumps(evaluation.to_dict()))
+        evaluation = dataclasses.replace(evaluation, path=out)
+    return evaluation
+
+
+def _same_data(data: str, trained_on: str) -> bool:
+    return data == trained_on or Path(data).resolve() == Path(trained_on).resolve()
+
+
+def _training_keys(split_file: Path) -> set[str]:
+    if not split_file.is_file():
+        return set()
+    with split_file.open(newline="") as fh:
+        return {str(Path(r["key"]).resolve()) for r in csv.DictReader(fh) if r["split"] == "train"}
+
+
+def _new_file(folder: Path, stem: str) -> Path:
+    """``folder/stem-<time>.json``, never one that exists already (two evaluations in one second)."""
+    import time
+
+    folder.mkdir(exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = folder / f"{base}.json", 2
+    while path.exists():
+        path, n = folder / f"{base}-{n}.json", n + 1
+    return path

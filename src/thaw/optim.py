@@ -1,4 +1,5 @@
-"""Parameter groups (head vs backbone, no weight decay on norms and biases), optimizer and schedule."""
+"""Parameter groups (the head, then one per backbone layer group, each at its own LR; no weight decay on
+norms, biases and tokens), and the warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -10,21 +11,29 @@ from torch.optim.lr_scheduler import LambdaLR
 from thaw.models import Classifier
 
 
-def param_groups(model: Classifier, head_lr: float, backbone_lr: float, weight_decay: float) -> list[dict]:
+def param_groups(
+    model: Classifier, head_lr: float, group_lrs: list[float], weight_decay: float, other_lr: float
+) -> list[dict]:
     """AdamW groups over the *trainable* parameters only: a frozen parameter never reaches the optimizer.
 
-    Like timm and fastai, 1-d parameters (biases, norm scales) and tokens get no weight decay.
+    The head trains at ``head_lr``, backbone layer group ``g`` at ``group_lrs[g]``. A parameter that
+    trains although its group is frozen (batch-norm affine parameters under the ``fastai`` policy)
+    trains at ``other_lr``. Like timm and fastai, 1-d parameters (biases, norm scales) and the
+    backbone's own no-weight-decay parameters (position embeddings, class tokens) get no weight decay.
     """
+    backbone = dict(model.backbone.named_parameters())
+    parts: list[tuple[str, float, list[tuple[str, torch.nn.Parameter]]]] = [
+        ("head", head_lr, [(f"head.{n}", p) for n, p in model.head.named_parameters()])
+    ]
+    for g, names in enumerate(model.layer_groups):
+        lr = group_lrs[g] or other_lr
+        parts.append((f"group{g}", lr, [(n, backbone[n]) for n in names]))
     groups = []
-    for part, module, lr in (("head", model.head, head_lr), ("backbone", model.backbone, backbone_lr)):
+    for part, lr, named in parts:
         decay, no_decay = [], []
-        for name, p in module.named_parameters():
+        for name, p in named:
             if p.requires_grad:
-                (
-                    no_decay
-                    if p.ndim <= 1 or name.endswith(("token", "pos_embed", "pos_embedding"))
-                    else decay
-                ).append(p)
+                (no_decay if p.ndim <= 1 or name in model.no_weight_decay else decay).append(p)
         for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, "_no_decay")):
             if params:
                 groups.append({"name": part + suffix, "params": params, "lr": lr, "weight_decay": wd})

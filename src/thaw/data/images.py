@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
@@ -111,6 +111,9 @@ def eval_transform(pre: Preprocessing) -> v2.Transform:
 
 
 class ImageDataset(Dataset):
+    """Decoded images through a transform. A key ``(i, seed)`` (from :class:`EpochSampler`) draws the
+    random augmentation of item ``i`` from its own seed: the same in any worker, and after a resume."""
+
     def __init__(self, data: Decoded, transform: v2.Transform) -> None:
         self.data = data
         self.transform = transform
@@ -118,22 +121,52 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.data.images[i]), self.data.labels[i]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(key, tuple):
+            i, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.transform(self.data.images[i]), self.data.labels[i]
+        return self.transform(self.data.images[key]), self.data.labels[key]
+
+
+class EpochSampler(Sampler):
+    """A shuffled order that is a function of (seed, epoch) alone, with one augmentation seed per item.
+
+    Lightning calls ``set_epoch`` before every epoch, so epoch ``k`` of a resumed run sees the same order
+    and the same augmented images as epoch ``k`` of an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        return iter(zip(order, (seeds[i] for i in order), strict=True))
 
 
 def loader(
     data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``."""
     # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
     drop_last = shuffle and len(data.images) % config.batch_size == 1
     return DataLoader(
         ImageDataset(data, transform),
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(len(data.images), seed) if shuffle else None,
+        # its own generator: creating an iterator would otherwise draw from the global RNG (the workers'
+        # base seed), which dropout uses too, and a resumed run creates its iterators at other moments
+        generator=torch.Generator().manual_seed(seed),
         num_workers=config.num_workers,
-        generator=generator,
         drop_last=drop_last,
         persistent_workers=config.num_workers > 0,
     )

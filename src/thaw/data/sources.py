@@ -7,6 +7,7 @@ preprocessing is known.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 
 from thaw.config import DataConfig
 from thaw.errors import ThawError
+from thaw.files import write_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
@@ -48,26 +50,24 @@ class Sources:
         return [it for it in self.items if it.split == name]
 
 
-def discover(config: DataConfig, seed: int = 0) -> Sources:
-    """Find the images and labels at ``config.path`` and give every item a split."""
+def discover(config: DataConfig) -> Sources:
+    """Find the images and labels at ``config.path`` and give every item a split: the split file's, the
+    data's own, or a stratified one seeded by ``config.split_seed``."""
     if config.path.startswith("builtin:"):
         sources = builtin(config.path.removeprefix("builtin:"))
-        assign_splits(sources, config.val_fraction, config.test_fraction, seed)
-        check(sources)
-        return sources
-    path = Path(config.path)
-    if not config.path or not path.exists():
-        raise ThawError(
-            f"data path {config.path!r} does not exist; give a folder of class subfolders, "
-            f"a folder with train/ and val/, a .csv of path,label or a MedMNIST .npz"
-        )
-    fmt = config.format if config.format != "auto" else detect_format(path)
-    finder = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt]
-    sources = finder(path)
+    else:
+        path = Path(config.path)
+        if not config.path or not path.exists():
+            raise ThawError(
+                f"data path {config.path!r} does not exist; give a folder of class subfolders, "
+                f"a folder with train/ and val/, a .csv of path,label or a MedMNIST .npz"
+            )
+        fmt = config.format if config.format != "auto" else detect_format(path)
+        sources = FINDERS[fmt](path)
     if config.split_file:
         apply_split_file(sources, Path(config.split_file))
     else:
-        assign_splits(sources, config.val_fraction, config.test_fraction, seed)
+        assign_splits(sources, config.val_fraction, config.test_fraction, config.split_seed)
     check(sources)
     return sources
 
@@ -194,15 +194,16 @@ def _npz(path: Path) -> Sources:
     return Sources(path.stem, class_names, items, split_origin="given")
 
 
+FINDERS = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}
+
+
 def evaluation_items(path: str, fmt: str = "auto") -> tuple[list[Item], str, list[str]]:
     """Labelled items to evaluate on: the test split if the data has one, else val, else every image.
     Returns the items, the split's name and the dataset's class names (labels index into them)."""
     if not Path(path).exists():
         raise ThawError(f"data path {path!r} does not exist")
     fmt = fmt if fmt != "auto" else detect_format(Path(path))
-    sources = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}[fmt](
-        Path(path)
-    )
+    sources = FINDERS[fmt](Path(path))
     for split in ("test", "val"):
         if sources.split(split):
             return sources.split(split), split, sources.class_names
@@ -309,8 +310,9 @@ def check(sources: Sources) -> None:
 
 
 def write_split(sources: Sources, path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["key", "label", "class", "split"])
-        for it in sources.items:
-            writer.writerow([it.key, it.label, sources.class_names[it.label], it.split])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["key", "label", "class", "split"])
+    for it in sources.items:
+        writer.writerow([it.key, it.label, sources.class_names[it.label], it.split])
+    write_atomic(path, text.getvalue())

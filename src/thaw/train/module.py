@@ -1,48 +1,59 @@
-"""The Lightning module for one phase, and the callback that records each epoch."""
+"""The Lightning module for one phase plan, and the callback that records each epoch."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from thaw.config import PhaseConfig
-from thaw.freeze import batchnorm_eval
+from thaw.freeze import batchnorm_eval, set_trainable
 from thaw.models import Classifier
 from thaw.optim import param_groups, warmup_cosine
+from thaw.train.strategies import PhasePlan
 
 
-@dataclass(frozen=True)
-class PhasePlan:
-    """What one phase trains and how fast: the head always, plus the listed layer groups."""
-
-    name: str
-    groups: list[int]
-    head_lr: float
-    backbone_lr: float
-    config: PhaseConfig
+def epoch_seed(seed: int, phase: int, epoch: int) -> int:
+    """The RNG seed of one epoch of one phase: a resumed run draws exactly what an uninterrupted one does."""
+    return (seed * 1_000_003 + phase * 10_007 + epoch) % (2**63)
 
 
 class PhaseModule(L.LightningModule):
-    """Trains a :class:`Classifier` for one phase. A new module, and so a new optimizer and schedule
-    built from exactly the trainable parameters, for every phase: no param groups added mid-run."""
+    """Trains a :class:`Classifier` for one plan. A new module, and so a new optimizer and schedule built
+    from exactly the trainable parameters, for every plan: no param groups added mid-run.
 
-    def __init__(self, model: Classifier, plan: PhasePlan, bn_policy: str, label_smoothing: float = 0.0):
+    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan.
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        plan: PhasePlan,
+        seed: int = 0,
+        index: int = 0,
+        anchor: dict[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.plan = plan
-        self.label_smoothing = label_smoothing
-        # Modules that stay in eval mode while training. A fully frozen backbone (phase 1) runs entirely
+        self.seed, self.index = seed, index
+        self.groups = plan.groups(len(model.layer_groups))
+        set_trainable(model, self.groups, plan.bn_policy)
+        # Modules that stay in eval mode while training. A fully frozen backbone (head only) runs entirely
         # in eval mode, dropout included, so its features are a fixed function of the image.
-        if not plan.groups and bn_policy != "fastai":
+        if not self.groups and plan.bn_policy != "fastai":
             self._eval_modules = [model.backbone]
         else:
-            self._eval_modules = batchnorm_eval(model, plan.groups, bn_policy)
+            self._eval_modules = batchnorm_eval(model, self.groups, plan.bn_policy)
+        self._anchored: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        if plan.regularizer == "l2-sp":
+            if anchor is None:
+                raise ValueError("an l2-sp plan needs the pretrained backbone parameters as anchor")
+            params = dict(model.backbone.named_parameters())
+            self._anchored = [(params[n], anchor[n]) for n in params if params[n].requires_grad]
         self.train()
 
     def train(self, mode: bool = True) -> PhaseModule:
@@ -58,14 +69,22 @@ class PhaseModule(L.LightningModule):
         # restores per-module modes after validation), so a module that arrives in train mode would
         # silently update frozen batch-norm statistics. Set the modes explicitly every epoch.
         self.train()
+        # Dropout draws from the global RNG: seed it per epoch so a resumed run continues exactly.
+        torch.manual_seed(epoch_seed(self.seed, self.index, self.current_epoch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def regularizer(self) -> torch.Tensor:
+        """L2-SP: squared distance of the trainable backbone parameters from the pretrained ones."""
+        total = sum(((p - a.to(p.device)) ** 2).sum() for p, a in self._anchored)
+        return self.plan.regularizer_strength * total
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
+        smoothing = self.plan.label_smoothing if split == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         acc = (logits.argmax(dim=1) == y).float().mean()
         self.log_dict(
             {f"{split}_loss": loss, f"{split}_acc": acc},
@@ -74,6 +93,10 @@ class PhaseModule(L.LightningModule):
             prog_bar=True,
             batch_size=len(y),
         )
+        if split == "train" and self._anchored:
+            reg = self.regularizer()
+            self.log("train_reg", reg, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + reg
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -83,35 +106,47 @@ class PhaseModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        cfg = self.plan.config
+        plan = self.plan
+        group_lrs = plan.group_lr(len(self.model.layer_groups))
         optimizer = torch.optim.AdamW(
-            param_groups(self.model, self.plan.head_lr, self.plan.backbone_lr, cfg.weight_decay)
+            param_groups(self.model, plan.lr, group_lrs, plan.weight_decay, plan.lr / plan.lr_ratio)
         )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = math.ceil(total / max(1, self.trainer.max_epochs))
         scheduler = warmup_cosine(
-            optimizer, round(cfg.warmup_epochs * per_epoch), total, cfg.schedule == "cosine"
+            optimizer, round(plan.warmup_epochs * per_epoch), total, plan.schedule == "cosine"
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class EpochRecorder(L.Callback):
-    """One row per epoch: phase, losses, accuracies, the LR of each part, seconds, images/s."""
+    """One row per epoch: phase, losses, accuracies, the head's and the top backbone group's LR, seconds,
+    images/s. Its rows travel in every checkpoint, so a resumed phase keeps its history."""
 
-    def __init__(
-        self, phase: str, offset: int, rows: list[dict], on_row: Callable[[dict], None] | None = None
-    ):
-        self.phase, self.offset, self.rows, self.on_row = phase, offset, rows, on_row
+    def __init__(self, phase: str, offset: int, on_row: Callable[[dict], None] | None = None):
+        self.phase, self.offset, self.on_row = phase, offset, on_row
+        self.rows: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
-        groups = trainer.optimizers[0].param_groups
-        self._lrs = {g["name"].removesuffix("_no_decay"): g["lr"] for g in groups}
+        lrs: dict[str, float] = {}
+        for g in trainer.optimizers[0].param_groups:
+            name = "head" if g["name"].startswith("head") else "backbone"
+            lrs[name] = max(lrs.get(name, 0.0), g["lr"])
+        self._lrs = lrs
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._val_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        # Runs before the checkpoint of this epoch is saved (ModelCheckpoint is a monitoring callback,
+        # called after the others), so the checkpoint holds this row too.
         m = trainer.callback_metrics
         end = time.perf_counter()
         train_seconds = getattr(self, "_val_start", end) - self._start

@@ -1,87 +1,107 @@
-"""The two-phase recipe. Phase 1: freeze the backbone, train the new head until validation loss stops
-improving. Phase 2: restore the best head, unfreeze all (or the last N) layer groups and train again with
-a fresh optimizer, the backbone at ``lr / lr_ratio``. Everything below ``fit`` is machinery."""
+"""The engine: run a strategy's phase plans in order, each from the best weights of the one before, and
+keep the weights of the phase with the best validation accuracy. The default strategy is two plans
+(``strategies.two_phase``): train a new head on the frozen backbone, then unfreeze and fine-tune with
+the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is machinery."""
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
-from thaw.config import RunConfig, override, unfreeze_groups
+from thaw.config import RunConfig, override
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
-from thaw.freeze import last_groups, set_trainable
+from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
-from thaw.train.module import EpochRecorder, PhaseModule, PhasePlan
+from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
 from thaw.train.run_folder import RunFolder, default_out
+from thaw.train.strategies import PhasePlan, check_plans, plans_for
 
 
 @dataclass
 class RunResult:
     path: Path
-    summary: dict
+    summary: RunSummary
     model: Classifier
 
 
-def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool = False) -> RunResult:
-    """Fine-tune a pretrained classifier with the two-phase recipe and write a run folder."""
+def fit(
+    config: RunConfig,
+    sources: thaw_data.Sources | None = None,
+    quiet: bool = False,
+    plans: list[PhasePlan] | None = None,
+) -> RunResult:
+    """Fine-tune a pretrained classifier with ``plans`` (default: the config's strategy, ``two-phase``)
+    and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
-    quiet_lightning()
-    report = Reporter(quiet)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    sources = sources or thaw_data.discover(config.data, config.seed)
-    model = build_classifier(
-        config.model, len(sources.class_names), sources.class_names, config.data.image_size
-    )
-    loaders = Loaders(sources, model, config, report)
+    plans = check_plans(list(plans)) if plans is not None else plans_for(config)
+    sources = sources or thaw_data.discover(config.data)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
-    run = RunFolder(out)
-    (run / "config.yaml").write_text(config.to_yaml())
+    run = RunFolder.create(out)
+    run.write_text("config.yaml", config.to_yaml())
+    run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
     thaw_data.write_split(sources, run / "split.csv")
-    report.start(config, sources, model, loaders)
+    return train(run, config, plans, sources, Reporter(quiet))
 
-    rows: list[dict] = []
-    phases: dict[str, dict] = {}
-    states: dict[str, dict] = {}
-    if config.phase1.epochs:  # Phase 1, feature extraction: backbone frozen, fresh head
-        plan = PhasePlan("phase1", [], config.lr, 0.0, config.phase1)
-        phases["phase1"] = run_phase(model, plan, config, loaders, run, rows, report)
-        states["phase1"] = copy.deepcopy(model.state_dict())
-    if config.phase2.epochs:  # Phase 2, fine-tuning: unfreeze, new optimizer, backbone LR = lr / lr_ratio
-        groups = last_groups(model, unfreeze_groups(config.unfreeze))
-        plan = PhasePlan("phase2", groups, config.lr, config.lr / config.lr_ratio, config.phase2)
-        phases["phase2"] = run_phase(model, plan, config, loaders, run, rows, report)
-        states["phase2"] = model.state_dict()
 
-    final = choose_final(phases)
-    model.load_state_dict(states[final])
-    summary = {
-        "dataset": sources.name,
-        "model": config.model.name,
-        "classes": sources.class_names,
-        "images": {s: len(d.images) for s, d in loaders.decoded.items()},
-        **phases,
-        "final_phase": final,
-        "gain": gain(phases),
-    }
-    plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
-    final_eval = phases[final].get("test") or phases[final]["val"]
-    plot_confusion(
-        final_eval["confusion"],
-        sources.class_names,
-        run / "confusion.png",
-        f"{final} on {'test' if 'test' in phases[final] else 'val'}",
+def resume(path: str | Path, quiet: bool = False) -> RunResult:
+    """Continue an interrupted run: finished phases are not rerun, the interrupted one goes on from its
+    last epoch with its optimizer, schedule, early-stopping and RNG state."""
+    run = RunFolder.reopen(Path(path))
+    config = RunConfig.from_yaml(run / "config.yaml").validate()
+    plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
+    sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
+    report = Reporter(quiet)
+    report.say(f"resuming {run.path}")
+    return train(run, config, plans, sources, report)
+
+
+def train(
+    run: RunFolder, config: RunConfig, plans: list[PhasePlan], sources: thaw_data.Sources, report: Reporter
+) -> RunResult:
+    quiet_lightning()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_classifier(config.model, len(sources.class_names), sources.class_names, config.data.image_size)
+    loaders = Loaders(sources, model, config, report)
+    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}  # for l2-sp plans
+    report.start(config, sources, model, loaders, plans)
+
+    results: dict[str, PhaseResult] = {}
+    for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
+        results[plan.name] = run.finished_phase(plan.name) or run_phase(
+            model, plan, index, config, loaders, run, results, report, anchor
+        )
+        load_weights(model, run, plan.name)
+    final = choose_final(results)
+    load_weights(model, run, final)
+
+    summary = RunSummary(
+        dataset=sources.name,
+        model=config.model.name,
+        classes=sources.class_names,
+        images={s: len(d.images) for s, d in loaders.decoded.items()},
+        phases=results,
+        final_phase=final,
+        strategy=config.strategy,
+        seed=config.seed,
+        gain=gains(results),
     )
-    save_model(model.eval(), run / "model.safetensors")
-    run.write_json("summary.json", summary)
+    rows = [row for r in results.values() for row in r.epochs]
+    plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
+    split = "test" if summary.final.test is not None else "val"
+    plot_confusion(summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}")
+    with atomic_path(run / "model.safetensors") as tmp:
+        save_model(model.eval(), tmp)
+    run.write_json("summary.json", summary.to_dict())
     path = run.commit()
     report.finish(summary, path)
     return RunResult(path, summary, model)
@@ -90,36 +110,38 @@ def fit(config: RunConfig, sources: thaw_data.Sources | None = None, quiet: bool
 def run_phase(
     model: Classifier,
     plan: PhasePlan,
+    index: int,
     config: RunConfig,
     loaders: Loaders,
     run: RunFolder,
-    rows: list[dict],
+    before: dict[str, PhaseResult],
     report: Reporter,
-) -> dict:
-    """Train one phase with early stopping on validation loss; end on its best epoch's weights."""
-    set_trainable(model, plan.groups, config.bn_policy)
+    anchor: dict[str, torch.Tensor],
+) -> PhaseResult:
+    """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
+    attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``."""
+    earlier = [row for r in before.values() for row in r.epochs]
 
     def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
         report.epoch(row)
-        write_metrics_csv(rows, run / "metrics.csv")
+        write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
-    module = PhaseModule(model, plan, config.bn_policy, config.label_smoothing)
-    report.phase_start(plan, model)
+    module = PhaseModule(model, plan, config.seed, index, anchor if plan.regularizer == "l2-sp" else None)
+    recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
-        dirpath=run / "checkpoints",
+        dirpath=run.checkpoints,
         filename=f"{plan.name}-best",
         monitor="val_loss",
         mode="min",
-        save_weights_only=True,
+        save_last=True,
         enable_version_counter=False,
     )
+    checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
+    last = run.checkpoints / f"{plan.name}-last.ckpt"
     trainer = L.Trainer(
-        max_epochs=plan.config.epochs,
-        callbacks=[
-            EarlyStopping(monitor="val_loss", mode="min", patience=plan.config.patience),
-            checkpoint,
-            EpochRecorder(plan.name, len(rows), rows, on_row),
-        ],
+        max_epochs=plan.epochs,
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience), checkpoint, recorder],
+        plugins=[AtomicCheckpointIO()],
         logger=False,
         deterministic=True,
         num_sanity_val_steps=0,
@@ -129,51 +151,89 @@ def run_phase(
         devices=1,
         log_every_n_steps=1,
     )
-    start = time.perf_counter()
-    trainer.fit(module, loaders.train, loaders.val)
-    seconds = time.perf_counter() - start
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(best)
+    report.phase_start(plan, model, resumed=last.is_file())
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+    if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
+        recorder.load_state_dict(state["callbacks"][recorder.state_key])
+    else:
+        trainer.fit(module, loaders.train(index), loaders.val, ckpt_path=last if state is not None else None)
+    best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
+    module.load_state_dict(best["state_dict"])
     model.cpu()
-    mine = [r for r in rows if r["phase"] == plan.name]
-    best_row = min(mine, key=lambda r: r["val_loss"])
-    result = {
-        "best_epoch": best_row["epoch"],
-        "epochs_run": len(mine),
-        "stopped_early": len(mine) < plan.config.epochs,
-        "seconds": round(seconds, 1),
-        "train_images_per_s": round(sum(r["train_images_per_s"] for r in mine) / len(mine), 1),
-        "head_lr": plan.head_lr,
-        "backbone_lr": plan.backbone_lr,
-        "trainable_groups": f"{len(plan.groups)}/{len(model.layer_groups)}",
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "val": classification_metrics(*predict(model, loaders.val)),
-    }
-    if loaders.test is not None:
-        result["test"] = classification_metrics(*predict(model, loaders.test))
-    report.phase_end(plan, result)
+    rows = recorder.rows
+    best_row = min(rows, key=lambda r: r["val_loss"])
+    n_groups = len(model.layer_groups)
+    group_lrs = plan.group_lr(n_groups)
+    result = PhaseResult(
+        name=plan.name,
+        best_epoch=best_row["epoch"],
+        epochs_run=len(rows),
+        stopped_early=len(rows) < plan.epochs,
+        seconds=round(sum(r["seconds"] for r in rows), 1),
+        train_images_per_s=round(sum(r["train_images_per_s"] for r in rows) / len(rows), 1),
+        head_lr=plan.lr,
+        backbone_lr=max(group_lrs, default=0.0),
+        group_lrs=group_lrs,
+        trainable_groups=f"{len(module.groups)}/{n_groups}",
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        val=classification_metrics(*predict(model, loaders.val)),
+        test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
+        epochs=rows,
+    )
+    save_weights(model, run, plan.name)
+    run.save_phase(result)  # from here on the plan counts as finished
+    for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt"):
+        stale.unlink(missing_ok=True)
+    report.phase_end(result)
     return result
 
 
+def phase_over(state: dict, plan: PhasePlan) -> bool:
+    """A last checkpoint saved after the phase's final epoch: the budget spent or early stopping fired."""
+    stopper = next((v for k, v in state["callbacks"].items() if k.startswith("EarlyStopping")), {})
+    return state["epoch"] + 1 >= plan.epochs or stopper.get("stopped_epoch", 0) > 0
+
+
+def save_weights(model: Classifier, run: RunFolder, name: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run.checkpoints / f"{name}.safetensors") as tmp:
+        save_file(state, str(tmp))
+
+
+def load_weights(model: Classifier, run: RunFolder, name: str) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run.checkpoints / f"{name}.safetensors")))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning writes checkpoints in place; a kill mid-write would leave a truncated ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
 class Loaders:
-    """Decode once, then a shuffled augmented train loader and deterministic val/test loaders."""
+    """Decode once, then a shuffled augmented train loader per phase and deterministic val/test loaders."""
 
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
-        self.decoded = thaw_data.decode_sources(
-            sources, pre, channels, config.data.strict_images, report.warn
-        )
+        self.config = config
+        self.decoded = thaw_data.decode_sources(sources, pre, channels, config.data.strict_images, report.warn)
+        self.train_transform = thaw_data.train_transform(pre, config.data)
         evaluation = thaw_data.eval_transform(pre)
-        self.train = thaw_data.loader(
-            self.decoded["train"],
-            thaw_data.train_transform(pre, config.data),
-            config.data,
-            shuffle=True,
-            seed=config.seed,
-        )
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
         test = self.decoded.get("test")
         self.test = thaw_data.loader(test, evaluation, config.data, shuffle=False) if test else None
+
+    def train(self, phase: int):
+        """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
+        seed = self.config.seed * 1009 + phase
+        return thaw_data.loader(self.decoded["train"], self.train_transform, self.config.data, True, seed)
 
 
 def quiet_lightning() -> None:
@@ -191,25 +251,3 @@ def quiet_lightning() -> None:
         ".*LeafSpec.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
-
-
-def choose_final(phases: dict[str, dict]) -> str:
-    """Phase 2's weights, unless fine-tuning lowered validation accuracy: then phase 1's are kept."""
-    if "phase2" in phases and "phase1" in phases:
-        better = phases["phase2"]["val"]["accuracy"] >= phases["phase1"]["val"]["accuracy"]
-        return "phase2" if better else "phase1"
-    return next(iter(phases))
-
-
-def gain(phases: dict[str, dict]) -> dict:
-    """What phase 2 added over phase 1, per split and metric (positive = better)."""
-    if "phase1" not in phases or "phase2" not in phases:
-        return {}
-    out = {}
-    for split in ("val", "test"):
-        if split in phases["phase1"] and split in phases["phase2"]:
-            a, b = phases["phase1"][split], phases["phase2"][split]
-            out[split] = {
-                k: round(b[k] - a[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")
-            }
-    return out

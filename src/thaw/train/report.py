@@ -1,10 +1,14 @@
-"""What a run prints: the plan, one line per epoch, and what each phase gained."""
+"""What a run prints: the plan, one line per epoch, and what each phase gained over the one before."""
 
 from __future__ import annotations
+
+import sys
 
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
+
+from thaw.results import PhaseResult, RunSummary
 
 
 def _pct(x: float | None) -> str:
@@ -14,16 +18,16 @@ def _pct(x: float | None) -> str:
 class Reporter:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.console = Console(stderr=False, highlight=False)
+        self.console = Console(highlight=False)
 
     def say(self, text: str) -> None:
         if not self.quiet:
             tqdm.write(text)
 
     def warn(self, text: str) -> None:
-        tqdm.write(f"warning: {text}")
+        tqdm.write(f"warning: {text}", file=sys.stderr)
 
-    def start(self, config, sources, model, loaders) -> None:
+    def start(self, config, sources, model, loaders, plans) -> None:
         sizes = ", ".join(f"{s} {len(d.images)}" for s, d in loaders.decoded.items())
         pre = model.preprocessing
         classes = len(sources.class_names)
@@ -31,20 +35,15 @@ class Reporter:
         self.say(
             f"model: {config.model.name} [{model.spec.source}] weights {config.model.weights}; "
             f"{len(model.layer_groups)} layer groups; {model.norm_kind}; input {pre.size}px "
-            f"(resize {pre.resize_size}, {pre.interpolation}); bn_policy {config.bn_policy}"
+            f"(resize {pre.resize_size}, {pre.interpolation})"
         )
-        self.say(f"run folder: {config.out}")
+        self.say(f"strategy: {config.strategy} ({', '.join(p.name for p in plans)}); run folder: {config.out}")
 
-    def phase_start(self, plan, model) -> None:
-        if plan.groups:
-            what = (
-                f"Phase 2, fine-tuning: {len(plan.groups)} of {len(model.layer_groups)} layer groups "
-                f"unfrozen, head lr {plan.head_lr:g}, backbone lr {plan.backbone_lr:g}, new optimizer"
-            )
-        else:
-            what = f"Phase 1, feature extraction: backbone frozen, new head, lr {plan.head_lr:g}"
+    def phase_start(self, plan, model, resumed: bool = False) -> None:
+        again = " (resumed from its last checkpoint)" if resumed else ""
         self.say(
-            f"\n{what}; at most {plan.config.epochs} epochs, early stopping patience {plan.config.patience}"
+            f"\n{plan.describe(len(model.layer_groups))}; bn {plan.bn_policy}; at most {plan.epochs} epochs, "
+            f"early stopping patience {plan.patience}{again}"
         )
 
     def epoch(self, row: dict) -> None:
@@ -54,40 +53,42 @@ class Reporter:
             f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s"
         )
 
-    def phase_end(self, plan, result: dict) -> None:
-        test = f", test acc {_pct(result['test']['accuracy'])}" if "test" in result else ""
+    def phase_end(self, result: PhaseResult) -> None:
+        test = f", test acc {_pct(result.test.accuracy)}" if result.test is not None else ""
         self.say(
-            f"{plan.name}: best epoch {result['best_epoch']} of {result['epochs_run']}: "
-            f"val acc {_pct(result['val']['accuracy'])}{test} ({result['seconds']:.0f}s)"
+            f"{result.name}: best epoch {result.best_epoch} of {result.epochs_run}: "
+            f"val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)"
         )
 
-    def finish(self, summary: dict, path) -> None:
+    def finish(self, summary: RunSummary, path) -> None:
         if self.quiet:
             return
-        table = Table(title=f"{summary['dataset']} - {summary['model']}")
+        phases = list(summary.phases.values())
+        table = Table(title=f"{summary.dataset} - {summary.model}")
         table.add_column("phase")
-        splits = [s for s in ("val", "test") if any(s in summary.get(p, {}) for p in ("phase1", "phase2"))]
+        splits = [s for s in ("val", "test") if any(r.on(s) is not None for r in phases)]
         for s in splits:
             for metric in ("acc", "AUC"):
                 table.add_column(f"{s} {metric}", justify="right")
         table.add_column("best/ran", justify="right")
         table.add_column("s", justify="right")
-        for phase in ("phase1", "phase2"):
-            if phase not in summary:
-                continue
-            r = summary[phase]
-            cells = [_pct(r[s][k]) if s in r else "-" for s in splits for k in ("accuracy", "auc")]
-            label = phase + ("*" if summary["final_phase"] == phase else "")
-            table.add_row(label, *cells, f"{r['best_epoch']}/{r['epochs_run']}", f"{r['seconds']:.0f}")
-        if summary["gain"]:
-            g = summary["gain"]
-            cells = [f"{100 * g[s][k]:+.1f}" if s in g else "-" for s in splits for k in ("accuracy", "auc")]
-            table.add_row("gain", *cells, "", "")
+        for r in phases:
+            cells = [_pct(getattr(r.on(s), k)) if r.on(s) else "-" for s in splits for k in ("accuracy", "auc")]
+            label = r.name + ("*" if summary.final_phase == r.name else "")
+            table.add_row(label, *cells, f"{r.best_epoch}/{r.epochs_run}", f"{r.seconds:.0f}")
+            if r.name in summary.gain:
+                g = summary.gain[r.name]
+                cells = [f"{100 * g[s][k]:+.1f}" if s in g else "-" for s in splits for k in ("accuracy", "auc")]
+                table.add_row("  gain", *cells, "", "")
         self.console.print()
         self.console.print(table)
-        self.console.print("* the saved model; accuracy and AUC in %; gain = phase 2 - phase 1, in points")
-        if summary["gain"] and summary["final_phase"] == "phase1":
-            self.console.print("phase 2 lowered validation accuracy: the saved model keeps phase 1's weights")
+        self.console.print("* the saved model; accuracy and AUC in %; gain = over the phase above, in points")
+        last = phases[-1].name
+        if summary.final_phase != last:
+            self.console.print(
+                f"{last} did not raise validation accuracy above {summary.final_phase}: "
+                f"the saved model keeps {summary.final_phase}'s weights"
+            )
         self.console.print(
             f"results: {path}/ (summary.json, metrics.csv, curves.png, confusion.png, model.safetensors)"
         )

@@ -1,14 +1,22 @@
 """The run folder: written under ``<out>.incomplete`` and renamed to ``<out>`` only when the run is
-complete, so a folder named like a run is always a whole run; an existing run is never overwritten."""
+complete, so a folder named like a run is always a whole run; an existing run is never overwritten, and
+an interrupted one is never deleted: ``thaw resume`` continues it.
+
+Every file is written atomically (a temporary file in the same folder, then a rename), so a run killed at
+any moment leaves each file either as it was or complete, never truncated.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from thaw.errors import ThawError
+from thaw.files import write_atomic
+from thaw.results import PhaseResult, dumps
+
+STAGING = ".incomplete"
 
 
 def default_out(dataset: str, model: str, root: str = "runs") -> Path:
@@ -20,26 +28,77 @@ def default_out(dataset: str, model: str, root: str = "runs") -> Path:
 
 
 def staging_path(out: Path) -> Path:
-    return out.with_name(out.name + ".incomplete")
+    return out.with_name(out.name + STAGING)
+
+
+def final_path(path: Path) -> Path:
+    """``runs/x.incomplete`` -> ``runs/x``; ``runs/x`` -> itself."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(STAGING)) if path.name.endswith(STAGING) else path
 
 
 class RunFolder:
-    def __init__(self, out: Path) -> None:
-        self.final = Path(out)
-        if self.final.exists():
-            raise ThawError(
-                f"run folder {self.final} already exists; choose another --out (thaw never overwrites a run)"
-            )
+    """``RunFolder.create(out)`` for a new run, ``RunFolder.reopen(path)`` to resume an interrupted one."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = Path(final)
         self.path = staging_path(self.final)
-        if self.path.exists():  # a crashed earlier attempt at this same name; it never looked complete
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
+
+    @classmethod
+    def create(cls, out: Path) -> RunFolder:
+        run = cls(final_path(out))
+        if run.final.exists():
+            raise ThawError(
+                f"run folder {run.final} already exists; choose another --out (thaw never overwrites a run)"
+            )
+        if run.path.exists():
+            raise ThawError(
+                f"{run.path} holds an interrupted run: continue it with `thaw resume {run.path}`, "
+                f"or choose another --out, or delete that folder yourself"
+            )
+        run.path.mkdir(parents=True)
+        return run
+
+    @classmethod
+    def reopen(cls, path: Path) -> RunFolder:
+        run = cls(final_path(path))
+        if not run.path.is_dir():
+            if (run.final / "summary.json").is_file():
+                raise ThawError(f"{run.final} is a finished run: there is nothing to resume")
+            raise ThawError(f"no interrupted run at {run.path}; give the folder `thaw fit` was writing")
+        if not (run.path / "config.yaml").is_file():
+            raise ThawError(
+                f"{run.path} has no config.yaml: it was interrupted before it started; delete it and "
+                f"run `thaw fit` again"
+            )
+        return run
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    def write_text(self, name: str, text: str) -> None:
+        write_atomic(self.path / name, text)
+
     def write_json(self, name: str, data: dict) -> None:
-        (self.path / name).write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(self.path / name, dumps(data))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def phase_file(self, name: str) -> Path:
+        return self.path / "phases" / f"{name}.json"
+
+    def finished_phase(self, name: str) -> PhaseResult | None:
+        """The result of a plan that finished in an earlier attempt of this run, if any."""
+        path = self.phase_file(name)
+        if not path.is_file():
+            return None
+        return PhaseResult.from_dict(json.loads(path.read_text()))
+
+    def save_phase(self, result: PhaseResult) -> None:
+        self.phase_file(result.name).parent.mkdir(exist_ok=True)
+        write_atomic(self.phase_file(result.name), dumps(result.to_dict()))
 
     def commit(self) -> Path:
         self.path.rename(self.final)

@@ -1,0 +1,175 @@
+"""What a run found, typed: one :class:`PhaseResult` per plan, and the :class:`RunSummary` of the run.
+
+``summary.json`` is ``RunSummary.to_dict()``; ``RunSummary.read`` reads it back, including the layout
+written before phases were a list (top-level ``phase1`` / ``phase2`` keys, version 1). Non-finite numbers
+(an AUC on a split with one class) are written as ``null`` and read back as NaN: the file stays JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thaw.errors import ThawError
+
+SUMMARY_VERSION = 2
+GAIN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Classification metrics on one split. ``auc``: binary, of class 1; multiclass, macro one-vs-rest;
+    NaN when the split holds a single class."""
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    auc: float
+    loss: float
+    confusion: list[list[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Metrics:
+        return cls(**{f.name: _number(raw.get(f.name)) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """One plan's outcome, measured on its best epoch's weights."""
+
+    name: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    train_images_per_s: float
+    head_lr: float
+    backbone_lr: float  # the highest backbone group LR (0 when the backbone is frozen)
+    group_lrs: list[float]
+    trainable_groups: str  # "k/n"
+    trainable_params: int
+    val: Metrics
+    test: Metrics | None = None
+    epochs: list[dict] = field(default_factory=list)  # the rows of metrics.csv for this plan
+
+    def on(self, split: str) -> Metrics | None:
+        return self.val if split == "val" else self.test if split == "test" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], name: str | None = None) -> PhaseResult:
+        raw = {**raw, "name": raw.get("name", name)}
+        raw["val"] = Metrics.from_dict(raw["val"])
+        raw["test"] = Metrics.from_dict(raw["test"]) if raw.get("test") else None
+        raw.setdefault("group_lrs", [])
+        raw.setdefault("epochs", [])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: _number(v) if k not in ("val", "test") else v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run: its data, model, the plans' results in order, the phase whose weights were saved, and what
+    each phase gained over the one before it (per split and metric, in absolute units)."""
+
+    dataset: str
+    model: str
+    classes: list[str]
+    images: dict[str, int]
+    phases: dict[str, PhaseResult]
+    final_phase: str
+    strategy: str = "two-phase"
+    seed: int = 0
+    gain: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    version: int = SUMMARY_VERSION
+
+    @property
+    def final(self) -> PhaseResult:
+        return self.phases[self.final_phase]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["phases"] = {name: r.to_dict() for name, r in self.phases.items()}
+        return out
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSummary:
+        raw = dict(raw)
+        if "phases" not in raw:  # version 1: phases at the top level, gain of phase2 over phase1
+            names = [k for k in ("phase1", "phase2") if k in raw]
+            raw["phases"] = {k: raw.pop(k) for k in names}
+            old_gain = raw.pop("gain", {}) or {}
+            raw["gain"] = {"phase2": old_gain} if old_gain else {}
+            raw["version"] = 1
+        raw["phases"] = {k: PhaseResult.from_dict(v, k) for k, v in raw["phases"].items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunSummary:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "summary.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ThawError(f"no summary at {path}: is this a finished run folder made by `thaw fit`?") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ThawError(f"{path} is not a thaw run summary ({err})") from err
+
+
+def choose_final(results: dict[str, PhaseResult]) -> str:
+    """The plan whose weights are kept: the best validation accuracy, the later plan on a tie. So a
+    fine-tuning phase that lowered validation accuracy does not replace the weights before it."""
+    order = list(results)
+    return max(order, key=lambda name: (_finite(results[name].val.accuracy), order.index(name)))
+
+
+def gains(results: dict[str, PhaseResult]) -> dict[str, dict[str, dict[str, float]]]:
+    """What each plan added over the plan before it, per split and metric (positive = better)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    items = list(results.values())
+    for before, after in zip(items, items[1:]):
+        per_split = {}
+        for split in ("val", "test"):
+            a, b = before.on(split), after.on(split)
+            if a is not None and b is not None:
+                per_split[split] = {k: round(getattr(b, k) - getattr(a, k), 4) for k in GAIN_METRICS}
+        out[after.name] = per_split
+    return out
+
+
+def dumps(data: Any) -> str:
+    """JSON with non-finite floats as null: ``json.dumps`` would write bare NaN, which is not JSON."""
+    return json.dumps(_finite_json(data), indent=2, allow_nan=False) + "\n"
+
+
+def _finite_json(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _number(value: Any) -> Any:
+    return float("nan") if value is None else value
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf

@@ -1,0 +1,190 @@
+"""A strategy is a list of phase plans; the engine (``recipe.fit``) runs any list, in order.
+
+A :class:`PhasePlan` is data (no torch): which layer groups train, the learning rate of the head and of
+every backbone group, the schedule, the epoch budget and early stopping, the batch-norm policy, and the
+extras a plan may carry (an L2-SP pull toward the pretrained weights). Each plan starts from the best
+weights of the plan before it and gets a new optimizer built from exactly its trainable parameters.
+
+The default strategy, ``two-phase``, is fastai's ``fine_tune`` written as two plans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from thaw.config import BN_POLICIES, SCHEDULES, PhaseConfig, RunConfig, unfreeze_groups
+from thaw.errors import ThawError
+
+REGULARIZERS = ("none", "l2-sp")
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase of training, as data.
+
+    ``train`` says which backbone layer groups train besides the head: ``head`` (none: feature
+    extraction), ``all``, ``last:N``, ``first:N`` or ``groups:0,3,4`` (indices from the input side).
+    The head trains at ``lr``; the topmost trainable group at ``lr / lr_ratio``, and each group below it
+    at ``layer_decay`` times the LR of the group above (ULMFiT's discriminative LRs; timm's
+    ``layer_decay``). ``group_lrs`` sets every group's LR explicitly instead (a frozen group ignores its
+    entry). ``regularizer="l2-sp"`` adds ``regularizer_strength * ||w - w_pretrained||^2`` over the
+    trainable backbone parameters to the loss (Li et al. 2018).
+    """
+
+    name: str
+    train: str = "head"
+    lr: float = 1e-3
+    lr_ratio: float = 10.0
+    layer_decay: float = 1.0
+    group_lrs: tuple[float, ...] | None = None
+    epochs: int = 10
+    patience: int = 3
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    bn_policy: str = "frozen"
+    label_smoothing: float = 0.0
+    regularizer: str = "none"
+    regularizer_strength: float = 0.0
+
+    def groups(self, n_groups: int) -> list[int]:
+        """The indices of the backbone layer groups this plan trains, for a model with ``n_groups``."""
+        kind, _, arg = self.train.partition(":")
+        if kind == "head":
+            return []
+        if kind == "all":
+            return list(range(n_groups))
+        if kind in ("last", "first"):
+            n = min(int(arg), n_groups)
+            return list(range(n_groups - n, n_groups)) if kind == "last" else list(range(n))
+        chosen = sorted({int(i) for i in arg.split(",")})
+        if chosen[-1] >= n_groups:
+            raise ThawError(f"plan {self.name}: train={self.train!r} but the model has {n_groups} layer groups")
+        return chosen
+
+    def group_lr(self, n_groups: int) -> list[float]:
+        """The LR of every backbone layer group (0.0 for the groups this plan keeps frozen)."""
+        trainable = self.groups(n_groups)
+        if self.group_lrs is not None:
+            if len(self.group_lrs) != n_groups:
+                raise ThawError(
+                    f"plan {self.name}: group_lrs has {len(self.group_lrs)} values; the model has "
+                    f"{n_groups} layer groups"
+                )
+            return [float(lr) if g in trainable else 0.0 for g, lr in enumerate(self.group_lrs)]
+        top = self.lr / self.lr_ratio
+        rank = {g: len(trainable) - 1 - i for i, g in enumerate(trainable)}  # 0 for the topmost group
+        return [top * self.layer_decay ** rank[g] if g in rank else 0.0 for g in range(n_groups)]
+
+    def describe(self, n_groups: int) -> str:
+        groups = self.groups(n_groups)
+        if not groups:
+            return f"{self.name}: backbone frozen, head only, lr {self.lr:g}"
+        lrs = [lr for lr in self.group_lr(n_groups) if lr]
+        spread = f"{min(lrs):g}..{max(lrs):g}" if min(lrs) != max(lrs) else f"{lrs[0]:g}"
+        extra = f", {self.regularizer} {self.regularizer_strength:g}" if self.regularizer != "none" else ""
+        return (
+            f"{self.name}: {len(groups)} of {n_groups} layer groups trainable, head lr {self.lr:g}, "
+            f"backbone lr {spread}{extra}, new optimizer"
+        )
+
+    def validate(self) -> PhasePlan:
+        where = f"plan {self.name!r}"
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ThawError(f"{where}: a plan needs a name usable as a file name, e.g. phase1")
+        kind, _, arg = self.train.partition(":")
+        ok = (
+            kind in ("head", "all")
+            and not arg
+            or kind in ("last", "first")
+            and arg.isdigit()
+            and int(arg) >= 1
+            or kind == "groups"
+            and bool(arg)
+            and all(p.strip().isdigit() for p in arg.split(","))
+        )
+        if not ok:
+            raise ThawError(
+                f"{where}: train={self.train!r} must be head, all, last:N, first:N or groups:I,J,..."
+            )
+        if not 0 < self.lr <= 1:
+            raise ThawError(f"{where}: lr {self.lr} must be in (0, 1]")
+        if not self.lr_ratio >= 1:
+            raise ThawError(f"{where}: lr_ratio {self.lr_ratio} must be >= 1 (backbone LR = lr / lr_ratio)")
+        if not 0 < self.layer_decay <= 1:
+            raise ThawError(f"{where}: layer_decay {self.layer_decay} must be in (0, 1]; 1 = no decay")
+        if self.group_lrs is not None and not all(0 <= lr <= 1 for lr in self.group_lrs):
+            raise ThawError(f"{where}: every group_lrs value must be in [0, 1]")
+        PhaseConfig(self.epochs, self.patience, self.warmup_epochs, self.weight_decay, self.schedule).validate(
+            self.name
+        )
+        if self.epochs < 1:
+            raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")
+        if self.bn_policy not in BN_POLICIES:
+            raise ThawError(f"{where}: bn_policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
+        if self.schedule not in SCHEDULES:
+            raise ThawError(f"{where}: schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ThawError(f"{where}: label_smoothing {self.label_smoothing} must be in [0, 1)")
+        if self.regularizer not in REGULARIZERS:
+            raise ThawError(f"{where}: regularizer {self.regularizer!r} is not one of {', '.join(REGULARIZERS)}")
+        if not self.regularizer_strength >= 0:
+            raise ThawError(f"{where}: regularizer_strength {self.regularizer_strength} must be >= 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PhasePlan:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ThawError(f"phase plan: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        group_lrs = raw.get("group_lrs")
+        return cls(**{**raw, "group_lrs": tuple(group_lrs) if group_lrs is not None else None})
+
+
+def check_plans(plans: list[PhasePlan]) -> list[PhasePlan]:
+    if not plans:
+        raise ThawError("the strategy has no phases with epochs > 0: nothing to train")
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise ThawError(f"phase plan names must be unique; got {', '.join(names)}")
+    return [p.validate() for p in plans]
+
+
+def _phase(config: PhaseConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def two_phase(c: RunConfig) -> list[PhasePlan]:
+    """Phase 1: the backbone frozen, a new head trained until validation loss stops improving.
+    Phase 2: from phase 1's best weights, all (or the last N) layer groups unfrozen, a new optimizer,
+    the backbone at ``lr / lr_ratio``. A phase with 0 epochs is left out."""
+    unfreeze = unfreeze_groups(c.unfreeze)
+    common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
+    plans = [
+        PhasePlan("phase1", train="head", **common, **_phase(c.phase1)),
+        PhasePlan(
+            "phase2",
+            train="all" if unfreeze is None else f"last:{unfreeze}",
+            lr_ratio=c.lr_ratio,
+            **common,
+            **_phase(c.phase2),
+        ),
+    ]
+    return [p for p in plans if p.epochs > 0]
+
+
+STRATEGIES: dict[str, Callable[[RunConfig], list[PhasePlan]]] = {"two-phase": two_phase}
+
+
+def plans_for(config: RunConfig) -> list[PhasePlan]:
+    """The strategy named in ``config.strategy``, as a checked list of plans."""
+    if config.strategy not in STRATEGIES:
+        raise ThawError(f"--strategy {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    return check_plans(STRATEGIES[config.strategy](config))

@@ -1,0 +1,141 @@
+"""A run killed with SIGKILL at any point and resumed ends exactly where an uninterrupted one does."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from thaw.cli import main
+from thaw.config import ModelConfig
+from thaw.models import build_classifier
+
+ARGS = [
+    "--model",
+    "mobilenet_v3_small",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--lr",
+    "0.01",
+    "--phase1-epochs",
+    "3",
+    "--phase2-epochs",
+    "3",
+    "--patience",
+    "5",
+    "--unfreeze",
+    "2",
+    "--quiet",
+]
+
+# Runs `thaw fit` in a subprocess that kills itself (SIGKILL: no cleanup, no atexit) at one point.
+KILLER = """
+import os, signal, sys
+from thaw.train import module, run_folder
+where, phase, epoch, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
+    if self.phase == phase and trainer.current_epoch + 1 == epoch and batch_idx == batch:
+        die()
+
+if where == "batch":
+    module.EpochRecorder.on_train_batch_end = on_train_batch_end
+elif where == "save_phase":  # the phase is trained and its last checkpoint saved, its result not yet
+    original = run_folder.RunFolder.save_phase
+    run_folder.RunFolder.save_phase = lambda self, r: die() if r.name == phase else original(self, r)
+elif where == "commit":  # every file written, the folder not yet renamed
+    run_folder.RunFolder.commit = die
+from thaw.cli import main
+sys.exit(main(sys.argv[5:]))
+"""
+
+KILL_POINTS = {
+    "phase1, mid-epoch 2": ("batch", "phase1", 2, 1),
+    "phase1, trained, result not saved": ("save_phase", "phase1", 0, 0),
+    "phase2, mid-epoch 2": ("batch", "phase2", 2, 0),
+    "before the rename": ("commit", "-", 0, 0),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import make_class_folder
+
+    root = tmp_path_factory.mktemp("resume")
+    data = make_class_folder(root / "shapes", per_class=14)
+    out = root / "whole"
+    assert main(["fit", str(data), *ARGS, "--out", str(out)]) == 0
+    return data, out
+
+
+def outcome(run: Path) -> dict:
+    """Everything a run measured, without its timings."""
+    summary = json.loads((run / "summary.json").read_text())
+    for phase in summary["phases"].values():
+        for key in ("seconds", "train_images_per_s"):
+            phase.pop(key)
+        for row in phase.pop("epochs"):
+            assert row["phase"] == phase["name"]
+    rows = [
+        {k: v for k, v in row.items() if k not in ("seconds", "train_images_per_s")}
+        for row in csv.DictReader((run / "metrics.csv").open())
+    ]
+    return {"summary": summary, "rows": rows}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, point):
+    data, whole = uninterrupted
+    out = tmp_path / "run"
+    where, phase, epoch, batch = KILL_POINTS[point]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, where, phase, str(epoch), str(batch), "fit", str(data), *ARGS, "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    staging = out.with_name("run.incomplete")
+    assert staging.is_dir() and not out.exists()
+    assert not list(staging.rglob("*.tmp")) or where == "batch"  # a kill mid-write may leave a temp file
+    # a new run at the same place refuses, naming the way out, and deletes nothing
+    assert main(["fit", str(data), *ARGS, "--out", str(out)]) == 2
+    assert staging.is_dir()
+    assert main(["resume", str(staging), "--quiet"]) == 0
+    assert out.is_dir() and not staging.exists()
+    assert outcome(out) == outcome(whole)
+    ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(whole / "model.safetensors"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_resume_keeps_frozen_groups_frozen(uninterrupted):
+    """Lightning's BackboneFinetuning re-freezes or loses frozen state on resume (its #21901): here the
+    groups phase 2 never unfroze are bitwise the initial weights, batch-norm statistics included."""
+    _, whole = uninterrupted
+    L.seed_everything(0, verbose=False)
+    initial = build_classifier(ModelConfig(name="mobilenet_v3_small", weights="none"), 2, ["blue", "red"], 32)
+    final = load_file(str(whole / "model.safetensors"))
+    frozen = {f"backbone.{n}" for group in initial.layer_groups[:-2] for n in group}
+    state = initial.state_dict()
+    assert frozen and all(torch.equal(final[k], state[k]) for k in frozen)
+    trainable = {f"backbone.{n}" for n in initial.layer_groups[-1]}
+    assert any(not torch.equal(final[k], state[k]) for k in trainable)
+
+
+def test_resume_refuses_a_finished_or_missing_run(uninterrupted, tmp_path, capsys):
+    _, whole = uninterrupted
+    assert main(["resume", str(whole)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path / "nope")]) == 2
+    assert "no interrupted run" in capsys.readouterr().err
