@@ -17,7 +17,9 @@ from pathlib import Path
 
 import thaw
 from thaw.config import override
-from thaw.models import offline
+from thaw.models.paths import installed_file
+from thaw.weights.imports import import_weights
+from thaw.weights.install import install
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATASETS = {
@@ -62,12 +64,12 @@ def main() -> None:
     data_path = DATASETS[args.dataset]["data.path"]
     if not data_path.startswith("builtin:") and not Path(data_path).exists():
         sys.exit(f"skipped: {data_path} is absent")
-    offline.install("mobilenet_v2", log=lambda *_: None)
+    install("mobilenet_v2", log=lambda *_: None)
     if args.grid == "models":
-        offline.install("tf_efficientnet_lite0", log=lambda *_: None)
+        install("tf_efficientnet_lite0", log=lambda *_: None)
         dinov2 = SHARED.parent / "weights" / "vit_small_patch14_dinov2.imgfocus.safetensors"
-        if not offline.installed_file("timm", "vit_small_patch14_dinov2") and dinov2.exists():
-            offline.import_weights("timm/vit_small_patch14_dinov2", dinov2, log=lambda *_: None)
+        if not installed_file("timm", "vit_small_patch14_dinov2") and dinov2.exists():
+            import_weights("timm/vit_small_patch14_dinov2", dinov2, log=lambda *_: None)
     import yaml
 
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -88,42 +90,35 @@ def main() -> None:
             },
         )
         summary = thaw.fit(config, quiet=True).summary
-        row = {"setting": name}
-        for phase in ("phase1", "phase2"):
-            if phase in summary:
-                r = summary[phase]
-                row[phase] = {
-                    s: {k: r[s][k] for k in ("accuracy", "auc", "macro_f1")}
-                    for s in ("val", "test")
-                    if s in r
-                }
-                row[phase]["seconds"] = r["seconds"]
-                row[phase]["epochs"] = f"{r['best_epoch']}/{r['epochs_run']}"
-        row["final_phase"] = summary["final_phase"]
+        row = {"setting": name, "phases": {}, "final_phase": summary.final_phase}
+        for r in summary.phases.values():
+            metrics = {s: r.on(s) for s in ("val", "test") if r.on(s) is not None}
+            row["phases"][r.name] = {
+                **{
+                    s: {k: getattr(m, k) for k in ("accuracy", "auc", "macro_f1")} for s, m in metrics.items()
+                },
+                "seconds": r.seconds,
+                "epochs": f"{r.best_epoch}/{r.epochs_run}",
+            }
         rows.append(row)
         print_row(row, header=len(rows) == 1)
     (out_root / "rows.json").write_text(json.dumps(rows, indent=2))
 
 
 def print_row(row: dict, header: bool) -> None:
+    """One line per setting: each phase's val/test accuracy and test AUC, in the strategy's order."""
     if header:
-        print(
-            f"{'setting':34} | {'phase 1 val/test acc, test AUC':31} | "
-            f"{'phase 2 val/test acc, test AUC':31} | {'seconds p1+p2':13}"
-        )
+        print(f"{'setting':34} | phases: val / test acc, test AUC (best/ran epochs) | seconds")
     cells = []
-    for phase in ("phase1", "phase2"):
-        r = row.get(phase)
-        if r is None:
-            cells.append(f"{'-':31}")
-            continue
+    for name, r in row["phases"].items():
         test = r.get("test", {"accuracy": float("nan"), "auc": float("nan")})
+        star = "*" if name == row["final_phase"] else ""
         cells.append(
-            f"{pct(r['val']['accuracy'])} / {pct(test['accuracy'])}, "
+            f"{name}{star} {pct(r['val']['accuracy'])} / {pct(test['accuracy'])}, "
             f"AUC {pct(test['auc'])} ({r['epochs']:>5})"
         )
-    seconds = sum(row[p]["seconds"] for p in ("phase1", "phase2") if p in row)
-    print(f"{row['setting']:34} | {cells[0]:31} | {cells[1]:31} | {seconds:9.0f}", flush=True)
+    seconds = sum(r["seconds"] for r in row["phases"].values())
+    print(f"{row['setting']:34} | {' | '.join(cells)} | {seconds:7.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from thaw.config import DataConfig, ModelConfig, PhaseConfig
+from thaw.config import DataConfig, ModelConfig
 from thaw.data import Decoded, loader, train_transform
-from thaw.freeze import last_groups, set_trainable
+from thaw.freeze import set_trainable
 from thaw.models import build_classifier
 from thaw.optim import param_groups
-from thaw.train.module import PhaseModule, PhasePlan
+from thaw.train.module import PhaseModule
 from thaw.train.recipe import quiet_lightning
+from thaw.train.strategies import PhasePlan
 
 
 def make_loader(model, size: int, batch: int, n: int):
@@ -40,9 +41,12 @@ def make_loader(model, size: int, batch: int, n: int):
 
 def plain(model, plan: PhasePlan, data) -> float:
     """What a user writes by hand: the same optimizer groups, eval-mode frozen parts, the same batches."""
-    optimizer = torch.optim.AdamW(param_groups(model, plan.head_lr, plan.backbone_lr, 0.01))
+    n_groups = len(model.layer_groups)
+    set_trainable(model, plan.groups(n_groups), plan.bn_policy)
+    groups = param_groups(model, plan.lr, plan.group_lr(n_groups), plan.weight_decay, plan.lr / plan.lr_ratio)
+    optimizer = torch.optim.AdamW(groups)
     model.train()
-    if not plan.groups:
+    if not plan.groups(n_groups):
         model.backbone.eval()
     else:
         for m in model.backbone.modules():
@@ -59,7 +63,7 @@ def plain(model, plan: PhasePlan, data) -> float:
 
 
 def with_thaw(model, plan: PhasePlan, data) -> float:
-    module = PhaseModule(model, plan, "frozen")
+    module = PhaseModule(model, plan)
     trainer = L.Trainer(
         max_epochs=1,
         logger=False,
@@ -91,9 +95,10 @@ def main() -> None:
         f"{args.model} at {args.size}px, batch {args.batch}, {args.batches} batches, {args.rounds} rounds, "
         f"{torch.get_num_threads()} threads"
     )
-    for phase, groups in (("phase1", []), ("phase2", last_groups(model, None))):
-        plan = PhasePlan(phase, groups, 1e-3, 1e-4, PhaseConfig(epochs=1, schedule="constant"))
-        set_trainable(model, groups, "frozen")
+    for plan in (
+        PhasePlan("head only (phase 1)", "head", epochs=1, schedule="constant"),
+        PhasePlan("all trainable (phase 2)", "all", epochs=1, schedule="constant"),
+    ):
         plain(model, plan, data)  # warm-up: allocator, threads
         ours, theirs = [], []
         for _ in range(args.rounds):
@@ -101,7 +106,7 @@ def main() -> None:
             ours.append(with_thaw(model, plan, data))
         ratio = statistics.median(o / t for o, t in zip(ours, theirs))
         print(
-            f"{phase}: plain PyTorch {statistics.median(theirs):6.1f} img/s | "
+            f"{plan.name}: plain PyTorch {statistics.median(theirs):6.1f} img/s | "
             f"thaw {statistics.median(ours):6.1f} img/s | ratio thaw/plain {ratio:.2f}"
         )
 

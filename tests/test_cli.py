@@ -54,11 +54,13 @@ def test_fit_writes_a_complete_run_folder(run):
         assert (out / name).is_file(), name
     assert not out.with_name("first.incomplete").exists()
     summary = json.loads((out / "summary.json").read_text())
-    for phase in ("phase1", "phase2"):
+    assert list(summary["phases"]) == ["phase1", "phase2"]
+    for phase in summary["phases"].values():
         for split in ("val", "test"):
-            assert 0.0 <= summary[phase][split]["accuracy"] <= 1.0
-    assert summary["phase2"]["backbone_lr"] == pytest.approx(summary["phase2"]["head_lr"] / 10)
-    assert set(summary["gain"]["val"]) >= {"accuracy", "auc"}
+            assert 0.0 <= phase[split]["accuracy"] <= 1.0
+    phase2 = summary["phases"]["phase2"]
+    assert phase2["backbone_lr"] == pytest.approx(phase2["head_lr"] / 10)
+    assert set(summary["gain"]["phase2"]["val"]) >= {"accuracy", "auc"}
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["phase"] for r in rows] == ["phase1", "phase1", "phase2"]
     assert float(rows[0]["lr_backbone"]) == 0.0 and float(rows[2]["lr_backbone"]) > 0
@@ -81,11 +83,35 @@ def test_predict_table_and_csv(run):
     assert preds[0].label in ("red", "blue") and not failed
 
 
-def test_evaluate_writes_a_new_result(run):
+def test_evaluate_scores_the_runs_own_test_split_never_training_images(run, capsys):
     data, out = run
+    test_keys = {r["key"] for r in csv.DictReader((out / "split.csv").open()) if r["split"] == "test"}
     assert main(["evaluate", str(out), str(data)]) == 0
-    results = list((out / "evaluations").glob("*.json"))
-    assert len(results) == 1 and json.loads(results[0].read_text())["n"] == 20
+    assert main(["evaluate", str(out)]) == 0  # the run's own data by default
+    assert "the run's own test split" in capsys.readouterr().out
+    results = sorted((out / "evaluations").glob("*.json"))
+    assert len(results) == 2  # two evaluations in one second: two files, neither overwritten
+    for path in results:
+        result = json.loads(path.read_text())
+        assert result["split"] == "test" and result["n"] == len(test_keys)
+
+
+def test_evaluate_on_other_data_leaves_out_training_images(run, tmp_path):
+    data, out = run
+    import shutil
+
+    import thaw
+
+    trained = [r["key"] for r in csv.DictReader((out / "split.csv").open()) if r["split"] == "train"]
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    mixed = tmp_path / "mixed.csv"
+    rows = [("path", "label")] + [(k, "red" if "/red/" in k else "blue") for k in trained[:4]]
+    rows += [(str(p), p.parent.name) for p in sorted((other / "red").glob("*.png"))[:3]]
+    mixed.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    evaluation = thaw.evaluate_run(out, str(mixed))
+    assert evaluation.split == "all" and evaluation.metrics.n == 3
+    assert "less 4 image(s) the run trained on" in evaluation.note
 
 
 def test_rerun_from_config_and_never_overwrite(run, capsys):
@@ -97,7 +123,7 @@ def test_rerun_from_config_and_never_overwrite(run, capsys):
         main(["fit", "--config", str(out / "config.yaml"), "--out", str(again), "--phase2-epochs", "0"]) == 0
     )
     summary = json.loads((again / "summary.json").read_text())
-    assert "phase1" in summary and "phase2" not in summary  # pure feature extraction
+    assert list(summary["phases"]) == ["phase1"]  # pure feature extraction
     first = list(csv.DictReader((out / "split.csv").open()))
     second = list(csv.DictReader((again / "split.csv").open()))
     assert first == second  # same seed, same split

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from thaw.config import RunConfig, override, unfreeze_groups
 from thaw.errors import ThawError
@@ -48,3 +49,64 @@ def test_unfreeze_groups():
     assert unfreeze_groups("3") == 3
     with pytest.raises(ThawError):
         unfreeze_groups("0")
+
+
+def test_every_setting_has_a_flag_with_its_default_in_the_help():
+    from thaw.cli import _settings, parser
+
+    fit = parser()._subparsers._group_actions[0].choices["fit"]
+    by_dest = {a.dest: a for a in fit._actions}
+    for _, key, _f, default in _settings(RunConfig()):
+        if key == "data.path":
+            continue  # the positional DATA
+        assert key in by_dest, f"no flag for {key}"
+        shown = "none" if default is None else str(default)
+        assert f"(default: {shown})" in by_dest[key].help, key
+
+
+def test_flags_override_the_file_per_phase_and_patience_sets_both(tmp_path, capsys):
+    from thaw.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(override(RunConfig(), {"lr": 3e-4, "phase1.epochs": 4}).to_yaml())
+    args = [
+        "fit",
+        "x",
+        "--config",
+        str(path),
+        "--patience",
+        "7",
+        "--phase2-patience",
+        "2",
+        "--phase2-warmup-epochs",
+        "0.5",
+        "--phase1-schedule",
+        "cosine",
+        "--crop-scale-min",
+        "0.8",
+        "--no-flip",
+        "--workers",
+        "1",
+        "--split-seed",
+        "3",
+        "--image-size",
+        "96",
+        "--print-config",
+    ]
+    assert main(args) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    config = RunConfig.from_dict(printed)
+    assert config.lr == 3e-4 and config.phase1.epochs == 4  # from the file
+    assert (config.phase1.patience, config.phase2.patience) == (7, 2)
+    assert config.phase2.warmup_epochs == 0.5 and config.phase1.schedule == "cosine"
+    assert config.data.crop_scale_min == 0.8 and config.data.hflip is False and config.data.num_workers == 1
+    assert config.data.split_seed == 3 and config.data.image_size == 96 and config.data.path == "x"
+    assert main(["fit", "x", "--config", str(path), "--image-size", "none", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["image_size"] is None
+
+
+def test_resume_takes_no_other_settings(tmp_path, capsys):
+    from thaw.cli import main
+
+    assert main(["fit", "--resume", str(tmp_path), "--lr", "0.1"]) == 2
+    assert "drop the other settings (lr)" in capsys.readouterr().err

@@ -5,14 +5,14 @@ from conftest import shared_or_skip
 
 import thaw
 from thaw.config import override
-from thaw.models import offline
+from thaw.weights.install import install
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def mobilenet_v2_weights():
-    offline.install("mobilenet_v2")  # a no-op when `make test` already put the verified file in place
+    install("mobilenet_v2")  # a no-op when `make test` already put the verified file in place
 
 
 def test_hymenoptera_reaches_90_percent_validation_accuracy(mobilenet_v2_weights, tmp_path):
@@ -31,10 +31,9 @@ def test_hymenoptera_reaches_90_percent_validation_accuracy(mobilenet_v2_weights
     )
     result = thaw.fit(config, quiet=True)
     summary = result.summary
-    assert summary["images"] == {"train": 245, "val": 153}  # the official split; its one GIF decodes too
-    best = summary[summary["final_phase"]]["val"]["accuracy"]
-    assert best >= 0.90, summary
-    assert summary["phase1"]["val"]["accuracy"] >= 0.85  # ImageNet features alone separate ants and bees
+    assert summary.images == {"train": 245, "val": 153}  # the official split; its one GIF decodes too
+    assert summary.final.val.accuracy >= 0.90, summary
+    assert summary.phases["phase1"].val.accuracy >= 0.85  # ImageNet features alone separate ants and bees
 
 
 def test_pretrained_weights_beat_random_init_on_digits(mobilenet_v2_weights, tmp_path):
@@ -54,5 +53,5 @@ def test_pretrained_weights_beat_random_init_on_digits(mobilenet_v2_weights, tmp
                 "out": str(tmp_path / weights),
             },
         )
-        results[weights] = thaw.fit(config, quiet=True).summary["phase1"]["val"]["accuracy"]
+        results[weights] = thaw.fit(config, quiet=True).summary.phases["phase1"].val.accuracy
     assert results["IMAGENET1K_V1"] > results["none"] + 0.2, results

@@ -101,7 +101,20 @@ def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, po
     out = tmp_path / "run"
     where, phase, epoch, batch = KILL_POINTS[point]
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, where, phase, str(epoch), str(batch), "fit", str(data), *ARGS, "--out", str(out)],
+        [
+            sys.executable,
+            "-c",
+            KILLER,
+            where,
+            phase,
+            str(epoch),
+            str(batch),
+            "fit",
+            str(data),
+            *ARGS,
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
     )

@@ -21,7 +21,7 @@ __all__ = [
     "RunConfig",
     "RunSummary",
     "ThawError",
-    "evaluate",
+    "evaluate_run",
     "fit",
     "load",
     "resume",
@@ -43,7 +43,7 @@ def resume(path, quiet=False):
     return _resume(path, quiet)
 
 
-def evaluate(run, data=None, fmt="auto"):
+def evaluate_run(run, data=None, fmt="auto"):
     """Score a run on labelled data, never on its training images; see :func:`thaw.evaluate.evaluate_run`."""
     from thaw.evaluate import evaluate_run
 

@@ -113,7 +113,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     import thaw
 
     if args.resume:
-        given = [k for k, v in vars(args).items() if "." in k and v is not None] + (["DATA"] if args.data else [])
+        keys = [key for _, key, _, _ in _settings(RunConfig())] + ["patience"]
+        given = [k for k in keys if getattr(args, k, None) is not None] + (["DATA"] if args.data else [])
         if given or args.config:
             raise ThawError(
                 f"--resume continues {args.resume} with its own config.yaml; drop the other settings "
@@ -142,17 +143,19 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     import thaw
-    from thaw.models import offline
+    from thaw.weights.install import install, is_installed
 
-    if not offline.is_installed("mobilenet_v2"):
-        offline.install("mobilenet_v2")
+    if not is_installed("mobilenet_v2"):
+        install("mobilenet_v2")
     config = override(RunConfig(), {**DEMO, "out": args.out, "seed": args.seed}).validate()
     print("thaw demo: fine-tune ImageNet MobileNetV2 on scikit-learn's handwritten digits (8x8 scans, 64 px)")
     summary = thaw.fit(config, quiet=args.quiet).summary
     print()
     first = None
     for result in summary.phases.values():
-        what = "frozen backbone, head only" if not result.backbone_lr else f"backbone lr {result.backbone_lr:g}"
+        what = (
+            "frozen backbone, head only" if not result.backbone_lr else f"backbone lr {result.backbone_lr:g}"
+        )
         gained = f"  ({100 * (result.test.accuracy - first):+.1f} points)" if first is not None else ""
         print(f"{result.name} ({what}): test accuracy {100 * result.test.accuracy:.1f}%{gained}")
         first = result.test.accuracy if first is None else first
@@ -163,7 +166,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     e = evaluate_run(args.run, args.data, args.format)
     if e.skipped:
-        print(f"warning: skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}", file=sys.stderr)
+        print(
+            f"warning: skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}",
+            file=sys.stderr,
+        )
     m = e.metrics
     print(
         f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
@@ -204,15 +210,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
-    from thaw.models import offline
-
     if args.action == "install":
+        from thaw.weights.install import install
+
         for name in args.names:
-            offline.install(name)
+            install(name)
     elif args.action == "import":
-        offline.import_weights(args.model, args.file)
+        from thaw.weights.imports import import_weights
+
+        import_weights(args.model, args.file)
     elif args.action == "verify":
-        from thaw.models.verify import verify
+        from thaw.weights.verify import verify
 
         for name in args.names:
             verify(name, args.weights)
@@ -299,7 +307,9 @@ def parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--config", help="a config.yaml (e.g. from a run folder); flags override it")
     f.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    f.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN (same as thaw resume)")
+    f.add_argument(
+        "--resume", metavar="RUN", help="continue the interrupted run in RUN (same as thaw resume)"
+    )
     f.add_argument("--quiet", action="store_true", help="print only the result table")
     config_flags(f)
     f.set_defaults(func=cmd_fit)
@@ -320,8 +330,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "data",
         nargs="?",
-        help="labelled data; default: the run's own data, scored on its test split (else val) from split.csv. "
-        "Other data: its test split, else val, else every image, less the run's training images",
+        help="labelled data; default: the run's own data, scored on its test split (else val) from "
+        "split.csv. Other data: its test split, else val, else every image, less the run's training images",
     )
     e.add_argument("--format", choices=DATA_FORMATS, default="auto", help="data layout (detected)")
     e.set_defaults(func=cmd_evaluate)

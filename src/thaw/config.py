@@ -15,6 +15,7 @@ import yaml
 
 from thaw.errors import ThawError
 
+
 def setting(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
     """A config field with what the command line needs: its help, its flag names, its choices. The
     command line is generated from these fields (``cli.config_flags``): one source for both."""
@@ -43,7 +44,9 @@ SCHEDULES = ("constant", "cosine")
 class DataConfig:
     """Where the images are and how they become batches."""
 
-    path: str = setting("", "images: class folders, train/ val/ [test/] folders, a .csv, a .npz or builtin:digits")
+    path: str = setting(
+        "", "images: class folders, train/ val/ [test/] folders, a .csv, a .npz or builtin:digits"
+    )
     format: str = setting("auto", "data layout; auto detects it from the path", choices=DATA_FORMATS)
     val_fraction: float = setting(0.15, "share of images for validation when thaw makes the split")
     test_fraction: float = setting(0.15, "share of images for test when thaw makes the split")
@@ -52,7 +55,9 @@ class DataConfig:
     image_size: int | None = setting(None, "input size in pixels; none: the weights' own, e.g. 224")
     batch_size: int = setting(32, "images per batch")
     augment: bool = setting(True, "random resized crops (and flips) while training")
-    hflip: bool = setting(True, "random horizontal flips (turn off for text, digits)", flags=("--hflip", "--flip"))
+    hflip: bool = setting(
+        True, "random horizontal flips (turn off for text, digits)", flags=("--hflip", "--flip")
+    )
     crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
     strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
     num_workers: int = setting(0, "data loader worker processes", flags=("--num-workers", "--workers"))
@@ -83,12 +88,18 @@ class ModelConfig:
     """Which pretrained backbone, with which weights, and the new head."""
 
     name: str = setting(
-        "mobilenet_v2", "torchvision name (mobilenet_v2, resnet50, vit_b_16, ...) or timm/<name>", flags=("--model",)
+        "mobilenet_v2",
+        "torchvision name (mobilenet_v2, resnet50, vit_b_16, ...) or timm/<name>",
+        flags=("--model",),
     )
-    weights: str = setting("DEFAULT", "DEFAULT, a weights name (IMAGENET1K_V1), a timm tag, a file path, or none")
+    weights: str = setting(
+        "DEFAULT", "DEFAULT, a weights name (IMAGENET1K_V1), a timm tag, a file path, or none"
+    )
     dropout: float = setting(0.2, "dropout before the new linear head")
     in_channels: str = setting(
-        "replicate", "greyscale: replicate to 3 channels or sum the first conv's RGB filters", choices=IN_CHANNELS
+        "replicate",
+        "greyscale: replicate to 3 channels or sum the first conv's RGB filters",
+        choices=IN_CHANNELS,
     )
 
     def validate(self) -> None:

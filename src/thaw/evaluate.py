@@ -84,7 +84,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [r.get(f"{split}_{metric}") for r in rows]
             ax.plot(x, ys, style, markersize=3, label=split)
-        starts = [(r["step_epoch"] - 0.5, r["phase"]) for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]]
+        starts = [
+            (r["step_epoch"] - 0.5, r["phase"]) for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]
+        ]
         for b, phase in starts:
             ax.axvline(b, color="grey", linestyle="--")
             ax.text(b, ax.get_ylim()[1], f" {phase} ", va="top", ha="left", fontsize=8, color="grey")
@@ -141,11 +143,18 @@ class Evaluation:
     path: Path | None = None
 
     def to_dict(self) -> dict:
-        return {"data": self.data, "split": self.split, "note": self.note, **self.metrics.to_dict(),
-                "skipped": self.skipped}
+        return {
+            "data": self.data,
+            "split": self.split,
+            "note": self.note,
+            **self.metrics.to_dict(),
+            "skipped": self.skipped,
+        }
 
 
-def evaluate_run(run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True) -> Evaluation:
+def evaluate_run(
+    run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True
+) -> Evaluation:
     """Score a run on ``data`` (default: the data it was trained on) and write ``evaluations/*.json``.
 
     Never scores training images: on the run's own data it uses the run's ``split.csv`` and evaluates the

@@ -126,7 +126,9 @@ class RunSummary:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
-            raise ThawError(f"no summary at {path}: is this a finished run folder made by `thaw fit`?") from None
+            raise ThawError(
+                f"no summary at {path}: is this a finished run folder made by `thaw fit`?"
+            ) from None
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ThawError(f"{path} is not a thaw run summary ({err})") from err
 

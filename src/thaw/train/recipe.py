@@ -70,7 +70,9 @@ def train(
 ) -> RunResult:
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    model = build_classifier(config.model, len(sources.class_names), sources.class_names, config.data.image_size)
+    model = build_classifier(
+        config.model, len(sources.class_names), sources.class_names, config.data.image_size
+    )
     loaders = Loaders(sources, model, config, report)
     anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}  # for l2-sp plans
     report.start(config, sources, model, loaders, plans)
@@ -98,7 +100,9 @@ def train(
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     split = "test" if summary.final.test is not None else "val"
-    plot_confusion(summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}")
+    plot_confusion(
+        summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}"
+    )
     with atomic_path(run / "model.safetensors") as tmp:
         save_model(model.eval(), tmp)
     run.write_json("summary.json", summary.to_dict())
@@ -140,7 +144,11 @@ def run_phase(
     last = run.checkpoints / f"{plan.name}-last.ckpt"
     trainer = L.Trainer(
         max_epochs=plan.epochs,
-        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience), checkpoint, recorder],
+        callbacks=[
+            EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience),
+            checkpoint,
+            recorder,
+        ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
         deterministic=True,
@@ -223,7 +231,9 @@ class Loaders:
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
         self.config = config
-        self.decoded = thaw_data.decode_sources(sources, pre, channels, config.data.strict_images, report.warn)
+        self.decoded = thaw_data.decode_sources(
+            sources, pre, channels, config.data.strict_images, report.warn
+        )
         self.train_transform = thaw_data.train_transform(pre, config.data)
         evaluation = thaw_data.eval_transform(pre)
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)

@@ -37,7 +37,9 @@ class Reporter:
             f"{len(model.layer_groups)} layer groups; {model.norm_kind}; input {pre.size}px "
             f"(resize {pre.resize_size}, {pre.interpolation})"
         )
-        self.say(f"strategy: {config.strategy} ({', '.join(p.name for p in plans)}); run folder: {config.out}")
+        self.say(
+            f"strategy: {config.strategy} ({', '.join(p.name for p in plans)}); run folder: {config.out}"
+        )
 
     def phase_start(self, plan, model, resumed: bool = False) -> None:
         again = " (resumed from its last checkpoint)" if resumed else ""
@@ -73,12 +75,16 @@ class Reporter:
         table.add_column("best/ran", justify="right")
         table.add_column("s", justify="right")
         for r in phases:
-            cells = [_pct(getattr(r.on(s), k)) if r.on(s) else "-" for s in splits for k in ("accuracy", "auc")]
+            cells = [
+                _pct(getattr(r.on(s), k)) if r.on(s) else "-" for s in splits for k in ("accuracy", "auc")
+            ]
             label = r.name + ("*" if summary.final_phase == r.name else "")
             table.add_row(label, *cells, f"{r.best_epoch}/{r.epochs_run}", f"{r.seconds:.0f}")
             if r.name in summary.gain:
                 g = summary.gain[r.name]
-                cells = [f"{100 * g[s][k]:+.1f}" if s in g else "-" for s in splits for k in ("accuracy", "auc")]
+                cells = [
+                    f"{100 * g[s][k]:+.1f}" if s in g else "-" for s in splits for k in ("accuracy", "auc")
+                ]
                 table.add_row("  gain", *cells, "", "")
         self.console.print()
         self.console.print(table)

@@ -62,7 +62,9 @@ class PhasePlan:
             return list(range(n_groups - n, n_groups)) if kind == "last" else list(range(n))
         chosen = sorted({int(i) for i in arg.split(",")})
         if chosen[-1] >= n_groups:
-            raise ThawError(f"plan {self.name}: train={self.train!r} but the model has {n_groups} layer groups")
+            raise ThawError(
+                f"plan {self.name}: train={self.train!r} but the model has {n_groups} layer groups"
+            )
         return chosen
 
     def group_lr(self, n_groups: int) -> list[float]:
@@ -118,9 +120,9 @@ class PhasePlan:
             raise ThawError(f"{where}: layer_decay {self.layer_decay} must be in (0, 1]; 1 = no decay")
         if self.group_lrs is not None and not all(0 <= lr <= 1 for lr in self.group_lrs):
             raise ThawError(f"{where}: every group_lrs value must be in [0, 1]")
-        PhaseConfig(self.epochs, self.patience, self.warmup_epochs, self.weight_decay, self.schedule).validate(
-            self.name
-        )
+        PhaseConfig(
+            self.epochs, self.patience, self.warmup_epochs, self.weight_decay, self.schedule
+        ).validate(self.name)
         if self.epochs < 1:
             raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")
         if self.bn_policy not in BN_POLICIES:
@@ -130,7 +132,9 @@ class PhasePlan:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"{where}: label_smoothing {self.label_smoothing} must be in [0, 1)")
         if self.regularizer not in REGULARIZERS:
-            raise ThawError(f"{where}: regularizer {self.regularizer!r} is not one of {', '.join(REGULARIZERS)}")
+            raise ThawError(
+                f"{where}: regularizer {self.regularizer!r} is not one of {', '.join(REGULARIZERS)}"
+            )
         if not self.regularizer_strength >= 0:
             raise ThawError(f"{where}: regularizer_strength {self.regularizer_strength} must be >= 0")
         return self

@@ -1,0 +1,83 @@
+"""Parameter groups, layer-wise learning rates and the warmup + cosine schedule."""
+
+import math
+
+import pytest
+import torch
+
+from thaw.config import ModelConfig
+from thaw.freeze import set_trainable
+from thaw.models import build_classifier
+from thaw.optim import param_groups, warmup_cosine
+from thaw.train.strategies import PhasePlan
+
+
+def test_no_weight_decay_on_biases_norms_and_tokens_and_nothing_frozen():
+    model = build_classifier(ModelConfig(name="timm/vit_tiny_patch16_224", weights="none"), 3, image_size=32)
+    n = len(model.layer_groups)
+    set_trainable(model, [0, n - 1], "frozen")
+    groups = param_groups(model, 1e-3, [1e-4] + [0.0] * (n - 2) + [2e-4], 0.05, 1e-4)
+    names = {id(p): n for n, p in model.backbone.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            assert p.requires_grad
+            name = names.get(id(p), "head")
+            no_decay = p.ndim <= 1 or name in ("pos_embed", "cls_token")
+            assert (g["weight_decay"] == 0.0) == no_decay, name
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["head"]["lr"] == 1e-3 and by_name["head_no_decay"]["weight_decay"] == 0.0
+    assert by_name["group0_no_decay"]["lr"] == 1e-4 and by_name[f"group{n - 1}"]["lr"] == 2e-4
+    assert {g["name"].removesuffix("_no_decay") for g in groups} == {"head", "group0", f"group{n - 1}"}
+    pos = dict(model.backbone.named_parameters())["pos_embed"]
+    assert any(p is pos for p in by_name["group0_no_decay"]["params"])  # a 3-d tensor, still no decay
+
+
+def test_layer_wise_lr_decay_and_explicit_group_lrs():
+    plan = PhasePlan("ft", "last:3", lr=1e-2, lr_ratio=10, layer_decay=0.5)
+    assert plan.group_lr(5) == pytest.approx([0.0, 0.0, 2.5e-4, 5e-4, 1e-3])
+    assert PhasePlan("p", "head").group_lr(4) == [0.0] * 4
+    assert PhasePlan("p", "first:1", lr=1e-3, lr_ratio=1).group_lr(3) == pytest.approx([1e-3, 0.0, 0.0])
+    explicit = PhasePlan("p", "groups:0,2", group_lrs=(1e-5, 1e-4, 1e-3))
+    assert explicit.group_lr(3) == [1e-5, 0.0, 1e-3]
+    with pytest.raises(Exception, match="group_lrs has 3 values"):
+        explicit.group_lr(4)
+
+
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        (PhasePlan("p", "some"), "must be head, all, last:N"),
+        (PhasePlan("p", "last:0"), "must be head, all, last:N"),
+        (PhasePlan("p", lr_ratio=0.5), "lr_ratio"),
+        (PhasePlan("p", layer_decay=1.5), "layer_decay"),
+        (PhasePlan("p", regularizer="l3"), "regularizer"),
+        (PhasePlan("p", bn_policy="magic"), "bn_policy"),
+        (PhasePlan("a/b"), "file name"),
+        (PhasePlan("p", epochs=0), "epochs"),
+    ],
+)
+def test_bad_plans_name_the_setting(plan, message):
+    from thaw.errors import ThawError
+
+    with pytest.raises(ThawError, match=message):
+        plan.validate()
+
+
+def test_warmup_then_cosine_to_zero_or_constant():
+    p = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [p], "lr": 0.1}])
+    schedule = warmup_cosine(optimizer, warmup_steps=4, total_steps=14, cosine=True)
+    lrs = []
+    for _ in range(14):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert lrs[4] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    optimizer = torch.optim.SGD([{"params": [p], "lr": 0.1}])
+    constant = warmup_cosine(optimizer, warmup_steps=0, total_steps=10, cosine=False)
+    for _ in range(5):
+        optimizer.step()
+        constant.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
