@@ -147,3 +147,33 @@ def test_failed_run_leaves_no_complete_looking_folder(class_folder, tmp_path):
     with pytest.raises(thaw.ThawError, match="already exists"):
         thaw.fit(config, quiet=True)
     assert not any((tmp_path / "bad").iterdir())  # the existing folder is untouched
+
+
+def test_weight_interpolation_step_wise_ft(class_folder, tmp_path):
+    """WiSE-FT as a plan: no training, phase1 and phase2 weights mixed, alpha chosen on validation."""
+    plans = [
+        PhasePlan("phase1", "head", lr=1e-2, epochs=2),
+        PhasePlan("phase2", "all", lr=1e-2, lr_ratio=10, epochs=1),
+        PhasePlan("wise-ft", interpolate_from="phase1", alphas=(0.0, 0.5, 1.0)),
+    ]
+    result = thaw.fit(tiny(class_folder, tmp_path / "wise"), quiet=True, plans=plans)
+    wise = result.summary.phases["wise-ft"]
+    assert [c["alpha"] for c in wise.curve] == [0.0, 0.5, 1.0] and wise.alpha in (0.0, 0.5, 1.0)
+    chosen = next(c for c in wise.curve if c["alpha"] == wise.alpha)
+    assert wise.val.accuracy == pytest.approx(chosen["val_accuracy"])
+    assert max(c["val_accuracy"] for c in wise.curve) == pytest.approx(wise.val.accuracy)
+    by_alpha = {c["alpha"]: c["val_accuracy"] for c in wise.curve}  # the ends are the two plans' weights
+    assert by_alpha[0.0] == pytest.approx(result.summary.phases["phase1"].val.accuracy)
+    assert by_alpha[1.0] == pytest.approx(result.summary.phases["phase2"].val.accuracy)
+    p1, p2, mixed = (
+        load_file(str(result.path / "checkpoints" / f"{n}.safetensors"))
+        for n in ("phase1", "phase2", "wise-ft")
+    )
+    k = "head.1.weight"
+    assert torch.allclose(mixed[k], wise.alpha * p2[k] + (1 - wise.alpha) * p1[k])
+    with pytest.raises(thaw.ThawError, match="interpolate_from"):
+        thaw.fit(
+            tiny(class_folder, tmp_path / "bad"),
+            quiet=True,
+            plans=[plans[0], PhasePlan("w", interpolate_from="x")],
+        )

@@ -59,6 +59,8 @@ class PhaseResult:
     val: Metrics
     test: Metrics | None = None
     epochs: list[dict] = field(default_factory=list)  # the rows of metrics.csv for this plan
+    alpha: float | None = None  # a weight-interpolation step: the mixing coefficient kept
+    curve: list[dict] = field(default_factory=list)  # ... and validation accuracy and loss per alpha
 
     def on(self, split: str) -> Metrics | None:
         return self.val if split == "val" else self.test if split == "test" else None

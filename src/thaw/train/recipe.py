@@ -5,6 +5,7 @@ the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is ma
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def train(
 
     results: dict[str, PhaseResult] = {}
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
-        results[plan.name] = run.finished_phase(plan.name) or run_phase(
+        step = interpolate if plan.interpolate_from else run_phase
+        results[plan.name] = run.finished_phase(plan.name) or step(
             model, plan, index, config, loaders, run, results, report, anchor
         )
         load_weights(model, run, plan.name)
@@ -194,6 +196,67 @@ def run_phase(
         stale.unlink(missing_ok=True)
     report.phase_end(result)
     return result
+
+
+def interpolate(
+    model: Classifier,
+    plan: PhasePlan,
+    index: int,
+    config: RunConfig,
+    loaders: Loaders,
+    run: RunFolder,
+    before: dict[str, PhaseResult],
+    report: Reporter,
+    anchor: dict[str, torch.Tensor],
+) -> PhaseResult:
+    """WiSE-FT: ``alpha * (the plan before) + (1 - alpha) * (plan interpolate_from)``, every alpha scored on
+    validation; the best accuracy (then the lowest loss) is kept."""
+    from safetensors.torch import load_file
+
+    start = time.perf_counter()
+    report.phase_start(plan, model)
+    end = {k: v.clone() for k, v in model.state_dict().items()}
+    origin = load_file(str(run.checkpoints / f"{plan.interpolate_from}.safetensors"))
+    curve, best = [], None
+    for alpha in plan.alphas:
+        model.load_state_dict(mix(origin, end, alpha))
+        m = classification_metrics(*predict(model, loaders.val))
+        curve.append({"alpha": alpha, "val_accuracy": m.accuracy, "val_loss": m.loss})
+        if best is None or (m.accuracy, -m.loss) > best[0]:
+            best = ((m.accuracy, -m.loss), alpha)
+    alpha = best[1]
+    model.load_state_dict(mix(origin, end, alpha))
+    report.say(
+        "  " + ", ".join(f"alpha {c['alpha']:g}: val acc {100 * c['val_accuracy']:.1f}" for c in curve)
+    )
+    result = PhaseResult(
+        name=plan.name,
+        best_epoch=0,
+        epochs_run=0,
+        stopped_early=False,
+        seconds=round(time.perf_counter() - start, 1),
+        train_images_per_s=0.0,
+        head_lr=0.0,
+        backbone_lr=0.0,
+        group_lrs=[],
+        trainable_groups=f"0/{len(model.layer_groups)}",
+        trainable_params=0,
+        val=classification_metrics(*predict(model, loaders.val)),
+        test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
+        alpha=alpha,
+        curve=curve,
+    )
+    save_weights(model, run, plan.name)
+    run.save_phase(result)
+    report.phase_end(result)
+    return result
+
+
+def mix(
+    origin: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """``alpha * end + (1 - alpha) * origin`` for floating-point tensors; counters come from ``end``."""
+    return {k: alpha * v + (1 - alpha) * origin[k] if v.is_floating_point() else v for k, v in end.items()}
 
 
 def phase_over(state: dict, plan: PhasePlan) -> bool:

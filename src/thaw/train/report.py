@@ -42,6 +42,9 @@ class Reporter:
         )
 
     def phase_start(self, plan, model, resumed: bool = False) -> None:
+        if plan.interpolate_from:
+            self.say(f"\n{plan.describe(len(model.layer_groups))}, alphas {', '.join(map(str, plan.alphas))}")
+            return
         again = " (resumed from its last checkpoint)" if resumed else ""
         self.say(
             f"\n{plan.describe(len(model.layer_groups))}; bn {plan.bn_policy}; at most {plan.epochs} epochs, "
@@ -57,8 +60,9 @@ class Reporter:
 
     def phase_end(self, result: PhaseResult) -> None:
         test = f", test acc {_pct(result.test.accuracy)}" if result.test is not None else ""
+        kept = f"alpha {result.alpha:g}" if result.alpha is not None else f"best epoch {result.best_epoch}"
         self.say(
-            f"{result.name}: best epoch {result.best_epoch} of {result.epochs_run}: "
+            f"{result.name}: {kept} of {result.epochs_run or len(result.curve)}: "
             f"val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)"
         )
 

@@ -32,6 +32,10 @@ class PhasePlan:
     ``layer_decay``). ``group_lrs`` sets every group's LR explicitly instead (a frozen group ignores its
     entry). ``regularizer="l2-sp"`` adds ``regularizer_strength * ||w - w_pretrained||^2`` over the
     trainable backbone parameters to the loss (Li et al. 2018).
+
+    ``interpolate_from`` makes the plan a weight-interpolation step instead of training (WiSE-FT,
+    Wortsman et al. 2022): ``alpha * previous plan + (1 - alpha) * plan interpolate_from``, for every
+    alpha in ``alphas``, the alpha with the best validation accuracy kept (the whole curve is reported).
     """
 
     name: str
@@ -49,6 +53,8 @@ class PhasePlan:
     label_smoothing: float = 0.0
     regularizer: str = "none"
     regularizer_strength: float = 0.0
+    interpolate_from: str | None = None
+    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
     def groups(self, n_groups: int) -> list[int]:
         """The indices of the backbone layer groups this plan trains, for a model with ``n_groups``."""
@@ -82,6 +88,8 @@ class PhasePlan:
         return [top * self.layer_decay ** rank[g] if g in rank else 0.0 for g in range(n_groups)]
 
     def describe(self, n_groups: int) -> str:
+        if self.interpolate_from:
+            return f"{self.name}: weights interpolated between {self.interpolate_from} and the plan before"
         groups = self.groups(n_groups)
         if not groups:
             return f"{self.name}: backbone frozen, head only, lr {self.lr:g}"
@@ -123,8 +131,10 @@ class PhasePlan:
         PhaseConfig(
             self.epochs, self.patience, self.warmup_epochs, self.weight_decay, self.schedule
         ).validate(self.name)
-        if self.epochs < 1:
+        if self.epochs < 1 and not self.interpolate_from:
             raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")
+        if self.interpolate_from and not (self.alphas and all(0 <= a <= 1 for a in self.alphas)):
+            raise ThawError(f"{where}: alphas must be values in [0, 1], e.g. 0, 0.5, 1")
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"{where}: bn_policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if self.schedule not in SCHEDULES:
@@ -149,7 +159,8 @@ class PhasePlan:
         if unknown:
             raise ThawError(f"phase plan: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
         group_lrs = raw.get("group_lrs")
-        return cls(**{**raw, "group_lrs": tuple(group_lrs) if group_lrs is not None else None})
+        raw = {**raw, "group_lrs": tuple(group_lrs) if group_lrs is not None else None}
+        return cls(**{**raw, "alphas": tuple(raw.get("alphas", cls.alphas))})
 
 
 def check_plans(plans: list[PhasePlan]) -> list[PhasePlan]:
@@ -158,6 +169,12 @@ def check_plans(plans: list[PhasePlan]) -> list[PhasePlan]:
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise ThawError(f"phase plan names must be unique; got {', '.join(names)}")
+    for i, p in enumerate(plans):
+        if p.interpolate_from and (i == 0 or p.interpolate_from not in names[: i - 1]):
+            raise ThawError(
+                f"plan {p.name!r}: interpolate_from={p.interpolate_from!r} must name a plan before the one "
+                f"it follows ({', '.join(names[: max(0, i - 1)]) or 'none'})"
+            )
     return [p.validate() for p in plans]
 
 
