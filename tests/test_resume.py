@@ -34,6 +34,8 @@ ARGS = [
     "5",
     "--unfreeze",
     "2",
+    "--phase1",
+    "online",
     "--quiet",
 ]
 
@@ -57,6 +59,13 @@ elif where == "save_phase":  # the phase is trained and its last checkpoint save
     run_folder.RunFolder.save_phase = lambda self, r: die() if r.name == phase else original(self, r)
 elif where == "commit":  # every file written, the folder not yet renamed
     run_folder.RunFolder.commit = die
+elif where == "features":  # phase 1 cached: killed while writing the feature cache
+    from thaw.data import features
+    original_compute = features.compute
+    def compute(backbone, dataset, keys, folder, *args, **kwargs):
+        kwargs["progress"] = lambda done, total: die() if done >= 8 else None
+        return original_compute(backbone, dataset, keys, folder, *args, **kwargs)
+    features.compute = compute
 from thaw.cli import main
 sys.exit(main(sys.argv[5:]))
 """
@@ -66,6 +75,7 @@ KILL_POINTS = {
     "phase1, trained, result not saved": ("save_phase", "phase1", 0, 0),
     "phase2, mid-epoch 2": ("batch", "phase2", 2, 0),
     "before the rename": ("commit", "-", 0, 0),
+    "phase1 cached, writing features": ("features", "-", 0, 0),
 }
 
 
@@ -86,6 +96,8 @@ def outcome(run: Path) -> dict:
     for phase in summary["phases"].values():
         for key in ("seconds", "train_images_per_s"):
             phase.pop(key)
+        for key in ("features_seconds", "solve_seconds", "features_from_cache"):
+            phase["solver"].pop(key, None)
         for row in phase.pop("epochs"):
             assert row["phase"] == phase["name"]
     rows = [
@@ -95,41 +107,51 @@ def outcome(run: Path) -> dict:
     return {"summary": summary, "rows": rows}
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, point):
-    data, whole = uninterrupted
-    out = tmp_path / "run"
+def kill_and_resume(data, args, out, point, env=None):
     where, phase, epoch, batch = KILL_POINTS[point]
-    killed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            KILLER,
-            where,
-            phase,
-            str(epoch),
-            str(batch),
-            "fit",
-            str(data),
-            *ARGS,
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-c", KILLER, where, phase, str(epoch), str(batch), "fit", str(data), *args]
+    killed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    staging = out.with_name("run.incomplete")
+    staging = out.with_name(out.name + ".incomplete")
     assert staging.is_dir() and not out.exists()
     assert not list(staging.rglob("*.tmp")) or where == "batch"  # a kill mid-write may leave a temp file
     # a new run at the same place refuses, naming the way out, and deletes nothing
-    assert main(["fit", str(data), *ARGS, "--out", str(out)]) == 2
+    assert main(["fit", str(data), *args, "--out", str(out)]) == 2
     assert staging.is_dir()
     assert main(["resume", str(staging), "--quiet"]) == 0
     assert out.is_dir() and not staging.exists()
-    assert outcome(out) == outcome(whole)
-    ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(whole / "model.safetensors"))
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def same_model(a: Path, b: Path) -> bool:
+    ours, theirs = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("point", [p for p in KILL_POINTS if p != "phase1 cached, writing features"])
+def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, point):
+    data, whole = uninterrupted
+    kill_and_resume(data, ARGS, tmp_path / "run", point)
+    assert outcome(tmp_path / "run") == outcome(whole)
+    assert same_model(tmp_path / "run", whole)
+
+
+def test_killed_while_caching_features_and_resumed(uninterrupted, tmp_path, monkeypatch):
+    """A half-written feature cache is never used: the resumed run rebuilds it and ends like a whole run."""
+    data, _ = uninterrupted
+    home = tmp_path / "home"
+    monkeypatch.setenv("THAW_HOME", str(home))
+    args = [*ARGS[:-3], "--phase1", "cached", "--quiet"]
+    assert main(["fit", str(data), *args, "--out", str(tmp_path / "whole")]) == 0
+    import shutil
+
+    shutil.rmtree(home)  # an empty cache again: the killed run must write it
+    import os
+
+    kill_and_resume(data, args, tmp_path / "run", "phase1 cached, writing features", {**os.environ})
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "whole")
+    assert same_model(tmp_path / "run", tmp_path / "whole")
+    folders = list((home / "cache" / "features").iterdir())
+    assert all((f / "meta.json").is_file() for f in folders)  # no half-written cache left behind
 
 
 def test_resume_keeps_frozen_groups_frozen(uninterrupted):

@@ -150,6 +150,13 @@ class RunConfig:
         metadata={"help": "phase 2, fine-tuning: unfrozen layer groups, the backbone at lr / lr_ratio"},
     )
     strategy: str = setting("two-phase", "the list of phase plans to run")
+    phase1_features: str = setting(
+        "cached",
+        "phase 1: cached = backbone features computed once, head solved to convergence; online = epochs",
+        flags=("--phase1",),
+        choices=("cached", "online"),
+    )
+    cache_views: int = setting(1, "phase 1 cached: augmented views per training image (1 = none)")
     lr: float = setting(1e-3, "head learning rate in every phase")
     lr_ratio: float = setting(10.0, "phase 2: backbone LR = lr / lr_ratio")
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")

@@ -60,7 +60,8 @@ class PhaseResult:
     test: Metrics | None = None
     epochs: list[dict] = field(default_factory=list)  # the rows of metrics.csv for this plan
     alpha: float | None = None  # a weight-interpolation step: the mixing coefficient kept
-    curve: list[dict] = field(default_factory=list)  # ... and validation accuracy and loss per alpha
+    curve: list[dict] = field(default_factory=list)  # validation accuracy and loss per alpha or L2 strength
+    solver: dict = field(default_factory=dict)  # a head solved on cached features: what was chosen, and how
 
     def on(self, split: str) -> Metrics | None:
         return self.val if split == "val" else self.test if split == "test" else None
@@ -76,7 +77,7 @@ class PhaseResult:
         raw.setdefault("group_lrs", [])
         raw.setdefault("epochs", [])
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: _number(v) if k not in ("val", "test") else v for k, v in raw.items() if k in known})
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is ma
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from thaw.results import PhaseResult, RunSummary, choose_final, gains
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
 from thaw.train.run_folder import RunFolder, default_out
+from thaw.train.steps import cached_head, interpolate
 from thaw.train.strategies import PhasePlan, check_plans, plans_for
 
 
@@ -32,6 +32,18 @@ class RunResult:
     path: Path
     summary: RunSummary
     model: Classifier
+
+
+@dataclass
+class Context:
+    """What every step of a run shares: the config, the data, the run folder, the console, and the
+    pretrained backbone parameters (the anchor of an ``l2-sp`` plan)."""
+
+    config: RunConfig
+    loaders: Loaders
+    run: RunFolder
+    report: Reporter
+    anchor: dict[str, torch.Tensor]
 
 
 def fit(
@@ -75,18 +87,19 @@ def train(
         config.model, len(sources.class_names), sources.class_names, config.data.image_size
     )
     loaders = Loaders(sources, model, config, report)
-    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}  # for l2-sp plans
+    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    ctx = Context(config, loaders, run, report, anchor)
     report.start(config, sources, model, loaders, plans)
 
     results: dict[str, PhaseResult] = {}
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
-        step = interpolate if plan.interpolate_from else run_phase
-        results[plan.name] = run.finished_phase(plan.name) or step(
-            model, plan, index, config, loaders, run, results, report, anchor
+        step = (
+            interpolate if plan.interpolate_from else cached_head if plan.features == "cached" else run_phase
         )
-        load_weights(model, run, plan.name)
+        results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
+        model.load_state_dict(run.load_weights(plan.name))
     final = choose_final(results)
-    load_weights(model, run, final)
+    model.load_state_dict(run.load_weights(final))
 
     summary = RunSummary(
         dataset=sources.name,
@@ -113,26 +126,17 @@ def train(
     return RunResult(path, summary, model)
 
 
-def run_phase(
-    model: Classifier,
-    plan: PhasePlan,
-    index: int,
-    config: RunConfig,
-    loaders: Loaders,
-    run: RunFolder,
-    before: dict[str, PhaseResult],
-    report: Reporter,
-    anchor: dict[str, torch.Tensor],
-) -> PhaseResult:
+def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
     """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
     attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``."""
+    config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
     earlier = [row for r in before.values() for row in r.epochs]
 
     def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
         report.epoch(row)
         write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
-    module = PhaseModule(model, plan, config.seed, index, anchor if plan.regularizer == "l2-sp" else None)
+    module = PhaseModule(model, plan, config.seed, index, ctx.anchor if plan.regularizer == "l2-sp" else None)
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
@@ -190,7 +194,7 @@ def run_phase(
         test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
         epochs=rows,
     )
-    save_weights(model, run, plan.name)
+    run.save_weights(plan.name, model)
     run.save_phase(result)  # from here on the plan counts as finished
     for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt"):
         stale.unlink(missing_ok=True)
@@ -198,85 +202,10 @@ def run_phase(
     return result
 
 
-def interpolate(
-    model: Classifier,
-    plan: PhasePlan,
-    index: int,
-    config: RunConfig,
-    loaders: Loaders,
-    run: RunFolder,
-    before: dict[str, PhaseResult],
-    report: Reporter,
-    anchor: dict[str, torch.Tensor],
-) -> PhaseResult:
-    """WiSE-FT: ``alpha * (the plan before) + (1 - alpha) * (plan interpolate_from)``, every alpha scored on
-    validation; the best accuracy (then the lowest loss) is kept."""
-    from safetensors.torch import load_file
-
-    start = time.perf_counter()
-    report.phase_start(plan, model)
-    end = {k: v.clone() for k, v in model.state_dict().items()}
-    origin = load_file(str(run.checkpoints / f"{plan.interpolate_from}.safetensors"))
-    curve, best = [], None
-    for alpha in plan.alphas:
-        model.load_state_dict(mix(origin, end, alpha))
-        m = classification_metrics(*predict(model, loaders.val))
-        curve.append({"alpha": alpha, "val_accuracy": m.accuracy, "val_loss": m.loss})
-        if best is None or (m.accuracy, -m.loss) > best[0]:
-            best = ((m.accuracy, -m.loss), alpha)
-    alpha = best[1]
-    model.load_state_dict(mix(origin, end, alpha))
-    report.say(
-        "  " + ", ".join(f"alpha {c['alpha']:g}: val acc {100 * c['val_accuracy']:.1f}" for c in curve)
-    )
-    result = PhaseResult(
-        name=plan.name,
-        best_epoch=0,
-        epochs_run=0,
-        stopped_early=False,
-        seconds=round(time.perf_counter() - start, 1),
-        train_images_per_s=0.0,
-        head_lr=0.0,
-        backbone_lr=0.0,
-        group_lrs=[],
-        trainable_groups=f"0/{len(model.layer_groups)}",
-        trainable_params=0,
-        val=classification_metrics(*predict(model, loaders.val)),
-        test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
-        alpha=alpha,
-        curve=curve,
-    )
-    save_weights(model, run, plan.name)
-    run.save_phase(result)
-    report.phase_end(result)
-    return result
-
-
-def mix(
-    origin: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
-) -> dict[str, torch.Tensor]:
-    """``alpha * end + (1 - alpha) * origin`` for floating-point tensors; counters come from ``end``."""
-    return {k: alpha * v + (1 - alpha) * origin[k] if v.is_floating_point() else v for k, v in end.items()}
-
-
 def phase_over(state: dict, plan: PhasePlan) -> bool:
     """A last checkpoint saved after the phase's final epoch: the budget spent or early stopping fired."""
     stopper = next((v for k, v in state["callbacks"].items() if k.startswith("EarlyStopping")), {})
     return state["epoch"] + 1 >= plan.epochs or stopper.get("stopped_epoch", 0) > 0
-
-
-def save_weights(model: Classifier, run: RunFolder, name: str) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run.checkpoints / f"{name}.safetensors") as tmp:
-        save_file(state, str(tmp))
-
-
-def load_weights(model: Classifier, run: RunFolder, name: str) -> None:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(run.checkpoints / f"{name}.safetensors")))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -293,7 +222,7 @@ class Loaders:
 
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
-        self.config = config
+        self.config, self.sources = config, sources
         self.decoded = thaw_data.decode_sources(
             sources, pre, channels, config.data.strict_images, report.warn
         )

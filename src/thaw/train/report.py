@@ -42,8 +42,9 @@ class Reporter:
         )
 
     def phase_start(self, plan, model, resumed: bool = False) -> None:
-        if plan.interpolate_from:
-            self.say(f"\n{plan.describe(len(model.layer_groups))}, alphas {', '.join(map(str, plan.alphas))}")
+        if plan.interpolate_from or plan.features == "cached":
+            alphas = f", alphas {', '.join(map(str, plan.alphas))}" if plan.interpolate_from else ""
+            self.say(f"\n{plan.describe(len(model.layer_groups))}{alphas}")
             return
         again = " (resumed from its last checkpoint)" if resumed else ""
         self.say(
@@ -60,11 +61,14 @@ class Reporter:
 
     def phase_end(self, result: PhaseResult) -> None:
         test = f", test acc {_pct(result.test.accuracy)}" if result.test is not None else ""
-        kept = f"alpha {result.alpha:g}" if result.alpha is not None else f"best epoch {result.best_epoch}"
-        self.say(
-            f"{result.name}: {kept} of {result.epochs_run or len(result.curve)}: "
-            f"val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)"
+        kept = (
+            f"alpha {result.alpha:g} of {len(result.curve)}"
+            if result.alpha is not None
+            else f"L2 {result.solver['l2']:g} of {len(result.curve)}, chosen on val loss"
+            if result.solver
+            else f"best epoch {result.best_epoch} of {result.epochs_run}"
         )
+        self.say(f"{result.name}: {kept}: val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)")
 
     def finish(self, summary: RunSummary, path) -> None:
         if self.quiet:

@@ -100,6 +100,22 @@ class RunFolder:
         self.phase_file(result.name).parent.mkdir(exist_ok=True)
         write_atomic(self.phase_file(result.name), dumps(result.to_dict()))
 
+    def save_weights(self, name: str, model) -> None:
+        """A plan's best weights: ``checkpoints/<plan>.safetensors``."""
+        from safetensors.torch import save_file
+
+        from thaw.files import atomic_path
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        self.checkpoints.mkdir(exist_ok=True)
+        with atomic_path(self.checkpoints / f"{name}.safetensors") as tmp:
+            save_file(state, str(tmp))
+
+    def load_weights(self, name: str) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.checkpoints / f"{name}.safetensors"))
+
     def commit(self) -> Path:
         self.path.rename(self.final)
         return self.final

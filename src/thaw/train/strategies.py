@@ -19,6 +19,7 @@ from thaw.config import BN_POLICIES, SCHEDULES, PhaseConfig, RunConfig, unfreeze
 from thaw.errors import ThawError
 
 REGULARIZERS = ("none", "l2-sp")
+FEATURES = ("online", "cached")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class PhasePlan:
     ``layer_decay``). ``group_lrs`` sets every group's LR explicitly instead (a frozen group ignores its
     entry). ``regularizer="l2-sp"`` adds ``regularizer_strength * ||w - w_pretrained||^2`` over the
     trainable backbone parameters to the loss (Li et al. 2018).
+
+    ``features="cached"`` (head-only plans): the backbone runs once over every image (``views``
+    augmented views per training image; 1 = the deterministic eval transform), and the head is solved to
+    convergence on those features (L-BFGS, L2 strength chosen on validation) instead of trained by epochs.
 
     ``interpolate_from`` makes the plan a weight-interpolation step instead of training (WiSE-FT,
     Wortsman et al. 2022): ``alpha * previous plan + (1 - alpha) * plan interpolate_from``, for every
@@ -53,6 +58,8 @@ class PhasePlan:
     label_smoothing: float = 0.0
     regularizer: str = "none"
     regularizer_strength: float = 0.0
+    features: str = "online"
+    views: int = 1
     interpolate_from: str | None = None
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -91,6 +98,9 @@ class PhasePlan:
         if self.interpolate_from:
             return f"{self.name}: weights interpolated between {self.interpolate_from} and the plan before"
         groups = self.groups(n_groups)
+        if self.features == "cached":
+            views = f", {self.views} augmented views per image" if self.views > 1 else ""
+            return f"{self.name}: backbone frozen, head solved to convergence on cached features{views}"
         if not groups:
             return f"{self.name}: backbone frozen, head only, lr {self.lr:g}"
         lrs = [lr for lr in self.group_lr(n_groups) if lr]
@@ -133,6 +143,22 @@ class PhasePlan:
         ).validate(self.name)
         if self.epochs < 1 and not self.interpolate_from:
             raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")
+        if self.features not in FEATURES:
+            raise ThawError(f"{where}: features {self.features!r} is not one of {', '.join(FEATURES)}")
+        if self.features == "cached":
+            why = (
+                "it trains backbone layer groups"
+                if self.train != "head"
+                else "bn_policy fastai trains batch norm in the backbone"
+                if self.bn_policy == "fastai"
+                else ""
+            )
+            if why:
+                raise ThawError(
+                    f"{where}: features are cached only for a frozen backbone, and {why}; use online"
+                )
+        if not 1 <= self.views <= 100:
+            raise ThawError(f"{where}: views {self.views} must be 1 (no augmentation) to 100")
         if self.interpolate_from and not (self.alphas and all(0 <= a <= 1 for a in self.alphas)):
             raise ThawError(f"{where}: alphas must be values in [0, 1], e.g. 0, 0.5, 1")
         if self.bn_policy not in BN_POLICIES:
@@ -183,13 +209,21 @@ def _phase(config: PhaseConfig) -> dict[str, Any]:
 
 
 def two_phase(c: RunConfig) -> list[PhasePlan]:
-    """Phase 1: the backbone frozen, a new head trained until validation loss stops improving.
+    """Phase 1: the backbone frozen, a new head solved to convergence on cached features (or, with
+    ``--phase1 online``, trained by epochs until validation loss stops improving).
     Phase 2: from phase 1's best weights, all (or the last N) layer groups unfrozen, a new optimizer,
     the backbone at ``lr / lr_ratio``. A phase with 0 epochs is left out."""
     unfreeze = unfreeze_groups(c.unfreeze)
     common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
     plans = [
-        PhasePlan("phase1", train="head", **common, **_phase(c.phase1)),
+        PhasePlan(
+            "phase1",
+            train="head",
+            features=c.phase1_features,
+            views=c.cache_views,
+            **common,
+            **_phase(c.phase1),
+        ),
         PhasePlan(
             "phase2",
             train="all" if unfreeze is None else f"last:{unfreeze}",

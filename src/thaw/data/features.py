@@ -1,0 +1,279 @@
+"""Pay for the frozen backbone once: the pooled features of every image, computed once and kept on disk.
+
+A frozen backbone in eval mode is a fixed function of its input image, so its features can be computed
+once per image (``views`` = 1: the deterministic eval transform) or once per augmented view (``views`` =
+K: K seeded random crops/flips per training image) and reused by every epoch, every seed that shares the
+views, every strategy that starts from the same phase 1, and ``thaw embed`` / ``thaw probe``.
+
+The cache lives in ``$THAW_HOME/cache/features/<key>/`` (``~/.cache/thaw``): ``x.npy`` (float32
+[N * views, D], memory-mapped, written batch by batch, so memory does not grow with the number of
+images), ``labels.npy``, ``keys.json``, and ``meta.json``, written last: a folder without it is a
+half-written cache (a killed run) and is rebuilt. The key hashes everything the features depend on:
+the backbone's weights (their bytes), its input preprocessing and channels, the transform and views and
+seed, and the images (path, size and modification time of each file; the pixels of in-memory images).
+A stale cache is never used: any change gives another key. ``rm -r ~/.cache/thaw/cache/features``
+clears it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from thaw.data.images import Decoded, open_image, resized
+from thaw.data.sources import Item
+from thaw.errors import ThawError
+from thaw.preprocessing import Preprocessing
+
+FORMAT = 1
+
+
+@dataclass
+class Features:
+    """Pooled features of one split: ``x`` [N * views, D] (view-major per image: image i's views are rows
+    i * views ... i * views + views - 1), labels per row, and the image keys (one per image)."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    keys: list[str]
+    views: int
+    seconds: float = 0.0  # spent computing them (0 when they came from the cache)
+    cached: bool = False
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.x))  # a copy: the cache stays read-only
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("THAW_HOME") or "~/.cache/thaw").expanduser() / "cache" / "features"
+
+
+def backbone_fingerprint(backbone: nn.Module) -> str:
+    """A hash of the backbone's parameters and buffers: two backbones with equal bytes share features."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def images_fingerprint(items: list[Item]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for it in items:
+        digest.update(it.key.encode())
+        if it.array is not None:
+            digest.update(np.ascontiguousarray(it.array).tobytes())
+        else:
+            stat = os.stat(it.key)
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+class Views(Dataset):
+    """``views`` transformed copies of every image, stacked: [views, C, H, W]. Augmented views draw from a
+    seed per (image, view), so the cache is reproducible. Images come decoded (``Decoded``) or are decoded
+    here from ``items``, one at a time, so nothing holds the whole dataset in memory."""
+
+    def __init__(
+        self,
+        transform: Callable,
+        views: int,
+        seed: int,
+        decoded: Decoded | None = None,
+        items: list[Item] | None = None,
+        pre: Preprocessing | None = None,
+        channels: int = 3,
+    ) -> None:
+        self.transform, self.views, self.seed = transform, views, seed
+        self.decoded, self.items, self.pre, self.channels = decoded, items, pre, channels
+
+    def __len__(self) -> int:
+        return len(self.decoded.images) if self.decoded is not None else len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        if self.decoded is not None:
+            image, label = self.decoded.images[i], self.decoded.labels[i]
+        else:
+            try:
+                image, label = (
+                    resized(open_image(self.items[i], self.channels), self.pre),
+                    self.items[i].label,
+                )
+            except (OSError, ValueError, SyntaxError):
+                size = self.pre.size
+                return torch.zeros(self.views, self.channels, size, size), self.items[i].label, False
+        out = []
+        for v in range(self.views):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + i * 1009 + v)
+                out.append(self.transform(image))
+        return torch.stack(out), label, True
+
+
+@torch.no_grad()
+def compute(
+    backbone: nn.Module,
+    dataset: Views,
+    keys: list[str],
+    folder: Path,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """Run ``backbone`` (eval mode) over ``dataset`` and write the features to ``folder/x.npy`` batch by
+    batch. Returns the indices of images that could not be decoded (their rows are left out)."""
+    was_training = backbone.training
+    backbone.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    x = None
+    row, labels, failed, kept_keys, done = 0, [], [], [], 0
+    for batch, y, ok in loader:
+        n, v = batch.shape[:2]
+        feats = backbone(batch.flatten(0, 1)).float().reshape(n, v, -1)
+        for j in range(n):
+            index = done + j
+            if not bool(ok[j]):
+                failed.append(index)
+                continue
+            if x is None:
+                shape = (len(dataset) * v, feats.shape[-1])
+                x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.float32, shape=shape)
+            x[row : row + v] = feats[j].numpy()
+            row += v
+            labels += [int(y[j])] * v
+            kept_keys.append(keys[index])
+        done += n
+        if progress:
+            progress(done, len(dataset))
+    if x is None:
+        raise ThawError("no image could be decoded: there are no features to compute")
+    x.flush()
+    del x
+    if row < len(dataset) * dataset.views:  # undecodable images: shrink the file to the rows written
+        full = np.load(folder / "x.npy", mmap_mode="r")
+        trimmed = np.lib.format.open_memmap(
+            folder / "x.tmp.npy", mode="w+", dtype=np.float32, shape=(row, full.shape[1])
+        )
+        for start in range(0, row, 4096):
+            trimmed[start : start + 4096] = full[start : start + 4096]
+        trimmed.flush()
+        del trimmed, full
+        os.replace(folder / "x.tmp.npy", folder / "x.npy")
+    np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
+    (folder / "keys.json").write_text(json.dumps(kept_keys))
+    backbone.train(was_training)
+    return failed
+
+
+def features(
+    backbone: nn.Module,
+    items: list[Item],
+    transform: Callable,
+    transform_id: dict,
+    pre: Preprocessing,
+    channels: int,
+    views: int = 1,
+    seed: int = 0,
+    decoded: Decoded | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    root: Path | None = None,
+    warn: Callable[[str], None] = print,
+) -> Features:
+    """The features of ``items`` through ``backbone``: from the cache when it holds them, else computed
+    (from ``decoded`` images if given, else decoded from disk one at a time) and cached."""
+    import time
+
+    root = root or cache_root()
+    identity = {
+        "format": FORMAT,
+        "backbone": backbone_fingerprint(backbone),
+        "preprocessing": dataclasses.asdict(pre),
+        "channels": channels,
+        "transform": transform_id,
+        "views": views,
+        "seed": seed if views > 1 else None,
+        "images": images_fingerprint(items),
+        "decoded_keys": None
+        if decoded is None
+        else hashlib.blake2b("\n".join(decoded.keys).encode()).hexdigest(),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    folder = root / key
+    found = _read(folder, warn)
+    if found is not None:
+        return found
+    _remove_orphans(root)
+    start = time.perf_counter()
+    keys = decoded.keys if decoded is not None else [it.key for it in items]
+    dataset = Views(
+        transform,
+        views,
+        seed,
+        decoded=decoded,
+        items=None if decoded is not None else items,
+        pre=pre,
+        channels=channels,
+    )
+    partial = root / f"{key}.partial-{os.getpid()}"
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        failed = compute(backbone, dataset, keys, partial, batch_size, workers)
+        meta = {**identity, "views": views, "failed": [keys[i] for i in failed]}
+        (partial / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ThawError(
+            f"cannot write the feature cache in {root} ({err.strerror or err}): set THAW_HOME to a writable "
+            f"folder with free space, or use --phase1 online"
+        ) from err
+    result = _read(folder, warn)
+    if result is None:
+        raise ThawError(f"the feature cache in {folder} could not be read back; use --phase1 online")
+    result.seconds, result.cached = time.perf_counter() - start, False
+    return result
+
+
+def _remove_orphans(root: Path) -> None:
+    """Partial caches left by killed processes (``<key>.partial-<pid>`` whose process is gone)."""
+    for partial in root.glob("*.partial-*") if root.is_dir() else ():
+        pid = int(partial.name.rpartition("-")[2] or 0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
+def _read(folder: Path, warn: Callable[[str], None]) -> Features | None:
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        if folder.exists():  # no meta.json: a half-written cache (a killed run); rebuild it
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        x = np.load(folder / "x.npy", mmap_mode="r")
+        labels = np.load(folder / "labels.npy")
+        keys = json.loads((folder / "keys.json").read_text())
+        if x.shape[0] != len(labels) or len(labels) != len(keys) * meta["views"]:
+            raise ValueError(f"{x.shape[0]} rows, {len(labels)} labels, {len(keys)} keys")
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        warn(f"the feature cache in {folder} is corrupt ({err}); computing the features again")
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return Features(x, labels, keys, meta["views"], cached=True)

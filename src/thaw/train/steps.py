@@ -1,0 +1,184 @@
+"""Steps of a run that are not epochs of training: the head solved on cached features, and weight
+interpolation. Each takes what ``run_phase`` takes and returns a :class:`PhaseResult`."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from thaw import data as thaw_data
+from thaw.data import features as feature_cache
+from thaw.evaluate import classification_metrics, predict
+from thaw.models import Classifier
+from thaw.results import PhaseResult
+from thaw.train.head_solver import solve_head
+from thaw.train.strategies import PhasePlan
+
+if TYPE_CHECKING:
+    from thaw.train.recipe import Context
+
+
+def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
+    """Phase 1 paid once: the frozen backbone runs over every image once (``plan.views`` views of each
+    training image), and the linear head is solved to convergence on those features (L-BFGS, L2 strength
+    chosen on validation loss). The model then predicts exactly what the solved head does on the cached
+    features, and phase 2 starts from that head (LP-FT)."""
+    config, loaders, report = ctx.config, ctx.loaders, ctx.report
+    report.phase_start(plan, model)
+    start = time.perf_counter()
+    pre = model.preprocessing
+    augmented = plan.views > 1 and config.data.augment
+    train_transform = (
+        thaw_data.train_transform(pre, config.data) if augmented else thaw_data.eval_transform(pre)
+    )
+    train_id = (
+        {"kind": "train", "crop_scale_min": config.data.crop_scale_min, "hflip": config.data.hflip}
+        if augmented
+        else {"kind": "eval"}
+    )
+
+    def features(split: str, transform, transform_id: dict, views: int) -> feature_cache.Features:
+        return feature_cache.features(
+            model.backbone,
+            loaders.sources.split(split),
+            transform,
+            transform_id,
+            pre,
+            model.spec.in_channels,
+            views=views,
+            seed=config.seed,
+            decoded=loaders.decoded[split],
+            batch_size=max(config.data.batch_size, 64),
+            warn=report.warn,
+        )
+
+    evaluation = thaw_data.eval_transform(pre)
+    train = features("train", train_transform, train_id, plan.views if augmented else 1)
+    splits = {
+        s: features(s, evaluation, {"kind": "eval"}, 1) for s in ("val", "test") if s in loaders.decoded
+    }
+    computed = [f for f in (train, *splits.values()) if not f.cached]
+    report.say(
+        f"  features: {train.x.shape[0]} train rows x {train.x.shape[1]}"
+        + (f" ({train.views} augmented views per image)" if train.views > 1 else "")
+        + (f", computed in {sum(f.seconds for f in computed):.1f}s" if computed else ", all from the cache")
+    )
+    solve_start = time.perf_counter()
+    val = splits["val"]
+    solution = solve_head(
+        train.tensor(),
+        torch.from_numpy(train.labels),
+        val.tensor(),
+        torch.from_numpy(val.labels),
+        len(model.class_names),
+    )
+    solve_seconds = time.perf_counter() - solve_start
+    linear = model.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(solution.weight)
+        linear.bias.copy_(solution.bias)
+
+    def metrics(f: feature_cache.Features):
+        logits = torch.nn.functional.linear(f.tensor(), solution.weight, solution.bias)
+        return classification_metrics(logits.softmax(1), torch.from_numpy(f.labels))
+
+    chosen = next(c for c in solution.curve if c["l2"] == solution.l2)
+    seconds = time.perf_counter() - start
+    feature_seconds = sum(f.seconds for f in computed)
+    row = {
+        "phase": plan.name,
+        "epoch": 1,
+        "step_epoch": sum(r.epochs_run for r in before.values()) + 1,
+        "train_loss": round(chosen["train_loss"], 6),
+        "train_acc": round(chosen["train_accuracy"], 6),
+        "val_loss": round(chosen["val_loss"], 6),
+        "val_acc": round(chosen["val_accuracy"], 6),
+        "lr_head": 0.0,
+        "lr_backbone": 0.0,
+        "seconds": round(seconds, 2),
+        "train_images_per_s": round(train.x.shape[0] / feature_seconds, 1) if feature_seconds else 0.0,
+    }
+    report.epoch(row)
+    result = PhaseResult(
+        name=plan.name,
+        best_epoch=1,
+        epochs_run=1,
+        stopped_early=False,
+        seconds=round(seconds, 1),
+        train_images_per_s=row["train_images_per_s"],
+        head_lr=0.0,
+        backbone_lr=0.0,
+        group_lrs=[0.0] * len(model.layer_groups),
+        trainable_groups=f"0/{len(model.layer_groups)}",
+        trainable_params=sum(p.numel() for p in model.head.parameters()),
+        val=metrics(val),
+        test=metrics(splits["test"]) if "test" in splits else None,
+        epochs=[row],
+        curve=solution.curve,
+        solver={
+            "mode": "cached",
+            "method": "L-BFGS, multinomial logistic regression on standardised features",
+            "l2": solution.l2,
+            "chosen_on": "val_loss",
+            "views": train.views,
+            "features_seconds": round(feature_seconds, 1),
+            "features_from_cache": not computed,
+            "solve_seconds": round(solve_seconds, 1),
+        },
+    )
+    ctx.run.save_weights(plan.name, model)
+    ctx.run.save_phase(result)
+    report.phase_end(result)
+    return result
+
+
+def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
+    """WiSE-FT: ``alpha * (the plan before) + (1 - alpha) * (plan interpolate_from)``, every alpha scored on
+    validation; the best accuracy (then the lowest loss) is kept."""
+    loaders, report = ctx.loaders, ctx.report
+    start = time.perf_counter()
+    report.phase_start(plan, model)
+    end = {k: v.clone() for k, v in model.state_dict().items()}
+    origin = ctx.run.load_weights(plan.interpolate_from)
+    curve, best = [], None
+    for alpha in plan.alphas:
+        model.load_state_dict(mix(origin, end, alpha))
+        m = classification_metrics(*predict(model, loaders.val))
+        curve.append({"alpha": alpha, "val_accuracy": m.accuracy, "val_loss": m.loss})
+        if best is None or (m.accuracy, -m.loss) > best[0]:
+            best = ((m.accuracy, -m.loss), alpha)
+    alpha = best[1]
+    model.load_state_dict(mix(origin, end, alpha))
+    report.say(
+        "  " + ", ".join(f"alpha {c['alpha']:g}: val acc {100 * c['val_accuracy']:.1f}" for c in curve)
+    )
+    result = PhaseResult(
+        name=plan.name,
+        best_epoch=0,
+        epochs_run=0,
+        stopped_early=False,
+        seconds=round(time.perf_counter() - start, 1),
+        train_images_per_s=0.0,
+        head_lr=0.0,
+        backbone_lr=0.0,
+        group_lrs=[],
+        trainable_groups=f"0/{len(model.layer_groups)}",
+        trainable_params=0,
+        val=classification_metrics(*predict(model, loaders.val)),
+        test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
+        alpha=alpha,
+        curve=curve,
+    )
+    ctx.run.save_weights(plan.name, model)
+    ctx.run.save_phase(result)
+    report.phase_end(result)
+    return result
+
+
+def mix(
+    origin: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """``alpha * end + (1 - alpha) * origin`` for floating-point tensors; counters come from ``end``."""
+    return {k: alpha * v + (1 - alpha) * origin[k] if v.is_floating_point() else v for k, v in end.items()}
