@@ -29,13 +29,13 @@ DEMO = {
 NONE = object()  # an optional setting (``int | None``) given as ``none`` on the command line
 
 
-def config_flags(p: argparse.ArgumentParser) -> None:
+def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
     """One flag per config field, generated from the dataclasses: name, help, choices and the default
     shown come from ``config.py``, so no setting is reachable only from YAML. ``--phase1-*`` and
     ``--phase2-*`` set each phase; ``--patience`` sets both."""
     defaults = RunConfig()
     for section, key, f, default in _settings(defaults):
-        if key == "data.path":
+        if key == "data.path" or sections is not None and section not in sections:
             continue
         group = _group(p, section, defaults)
         flags = f.metadata.get("flags") or (_flag(section, f.name),)
@@ -53,9 +53,10 @@ def config_flags(p: argparse.ArgumentParser) -> None:
             metavar=None if f.metadata.get("choices") else {"str": "TEXT"}.get(kind, kind.upper()),
             help=help_text,
         )
-    _group(p, "training", defaults).add_argument(
-        "--patience", type=int, metavar="INT", help="early-stopping patience of both phases (sets both)"
-    )
+    if sections is None:
+        _group(p, "training", defaults).add_argument(
+            "--patience", type=int, metavar="INT", help="early-stopping patience of both phases (sets both)"
+        )
 
 
 def _settings(config: RunConfig):
@@ -176,6 +177,72 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
     )
     print(f"written: {e.path}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from thaw.probe import embed, write_embedding
+
+    config = config_from_args(args, RunConfig())
+    out = Path(args.out_file)
+    if out.exists():  # before any work
+        raise ThawError(f"{out} already exists; choose another --out (thaw embed never overwrites a file)")
+    e = embed(config.data, config.model, warn=_warn)
+    write_embedding(e, out)
+    splits = ", ".join(f"{s} {e.splits.count(s)}" for s in dict.fromkeys(e.splits))
+    print(
+        f"{out}: {e.features.shape[0]} images x {e.features.shape[1]} features ({splits}) in {e.seconds:.1f}s"
+    )
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    import dataclasses as dc
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from thaw.probe import ProbeResult, probe
+
+    config = config_from_args(args, RunConfig())
+    names = [n.strip() for n in config.model.name.split(",") if n.strip()]
+    models = [dc.replace(config.model, name=n) for n in names]
+    results = probe(config.data, models, folds=args.folds, seed=config.seed, warn=_warn)
+    table = Table(
+        title=f"{config.data.path}: frozen features, {results[0].folds}-fold stratified cross-validation "
+        f"over train+val ({results[0].images} images)",
+        caption="accuracy and macro-F1 in %, mean +- sd over folds; linear: logistic regression, L2 chosen "
+        "on an inner split; k-NN: cosine, k chosen on an inner split",
+    )
+    for col in ("model", "dims", "linear acc", "linear F1", "k-NN acc", "k-NN F1", "s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+
+    def cell(values: list[float]) -> str:
+        mean, sd = ProbeResult.summary(values)
+        return f"{100 * mean:.1f} +- {100 * sd:.1f}"
+
+    for r in results:
+        table.add_row(
+            r.model,
+            str(r.dims),
+            cell(r.linear),
+            cell(r.linear_f1),
+            cell(r.knn),
+            cell(r.knn_f1),
+            f"{r.seconds:.0f}",
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped: no wrapping
+    console.print(table)
+    if args.json:
+        from thaw.files import write_atomic
+        from thaw.results import dumps
+
+        write_atomic(Path(args.json), dumps([dc.asdict(r) for r in results]))
+        print(f"written: {args.json}")
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -335,6 +402,21 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--format", choices=DATA_FORMATS, default="auto", help="data layout (detected)")
     e.set_defaults(func=cmd_evaluate)
+
+    em = sub.add_parser("embed", help="write the frozen backbone's features of every image to a file")
+    em.add_argument("data", help="the images, as for thaw fit")
+    em.add_argument(
+        "--out", dest="out_file", required=True, help="a .npz (or .parquet) file; never overwritten"
+    )
+    config_flags(em, sections=("data", "model"))
+    em.set_defaults(func=cmd_embed)
+
+    pr = sub.add_parser("probe", help="how good are pretrained features for DATA: linear and k-NN probes")
+    pr.add_argument("data", help="the images, as for thaw fit")
+    pr.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default: 5)")
+    pr.add_argument("--json", help="also write the results to this JSON file")
+    config_flags(pr, sections=("data", "model"))
+    pr.set_defaults(func=cmd_probe)
 
     r = sub.add_parser("predict", help="classify images with a trained run")
     r.add_argument("run", help="run folder (or its model.safetensors)")

@@ -166,7 +166,8 @@ def compute(
             folder / "x.tmp.npy", mode="w+", dtype=np.float32, shape=(row, full.shape[1])
         )
         for start in range(0, row, 4096):
-            trimmed[start : start + 4096] = full[start : start + 4096]
+            stop = min(row, start + 4096)
+            trimmed[start:stop] = full[start:stop]
         trimmed.flush()
         del trimmed, full
         os.replace(folder / "x.tmp.npy", folder / "x.npy")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 L2_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # strongest first
+SMALL = 4_000_000  # features (rows x dims) below which the solve runs on one thread
 TOLERANCE = (0.02, 0.002)  # relative, absolute: validation losses this close to the lowest count as equal
 
 
@@ -40,6 +41,16 @@ def solve_head(
     and keep the strongest whose validation loss is within ``TOLERANCE`` of the lowest: on separable data
     the weakest penalties reach the same (near zero) validation loss with ever larger weights, and a head
     with huge weights makes the first steps of fine-tuning blow up."""
+    threads = torch.get_num_threads()
+    if train_x.numel() <= SMALL:  # small matrices: one thread is faster, and immune to busy cores
+        torch.set_num_threads(1)
+    try:
+        return _solve(train_x, train_y, val_x, val_y, num_classes, grid, max_iter)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _solve(train_x, train_y, val_x, val_y, num_classes, grid, max_iter) -> HeadSolution:
     x64, v64 = train_x.double(), val_x.double()
     mean = x64.mean(0)
     scale = (x64 - mean).pow(2).sum(1).mean().sqrt().clamp_min(1e-12) / x64.shape[1] ** 0.5  # RMS per feature
