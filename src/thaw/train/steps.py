@@ -119,7 +119,7 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         curve=solution.curve,
         solver={
             "mode": "cached",
-            "method": "L-BFGS, multinomial logistic regression on standardised features",
+            "method": "L-BFGS, multinomial logistic regression on centred, scaled features",
             "l2": solution.l2,
             "chosen_on": "val_loss",
             "views": train.views,
