@@ -62,8 +62,9 @@ def test_fit_writes_a_complete_run_folder(run):
     assert phase2["backbone_lr"] == pytest.approx(phase2["head_lr"] / 10)
     assert set(summary["gain"]["phase2"]["val"]) >= {"accuracy", "auc"}
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [r["phase"] for r in rows] == ["phase1", "phase1", "phase2"]
-    assert float(rows[0]["lr_backbone"]) == 0.0 and float(rows[2]["lr_backbone"]) > 0
+    assert [r["phase"] for r in rows] == ["phase1", "phase2"]  # phase 1 solved on cached features: one row
+    assert float(rows[0]["lr_backbone"]) == 0.0 and float(rows[1]["lr_backbone"]) > 0
+    assert summary["phases"]["phase1"]["solver"]["mode"] == "cached"
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["data"]["path"] == str(data) and config["out"] == str(out)
 
