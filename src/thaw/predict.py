@@ -33,6 +33,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
+        verify_model_file(path)
         return cls(load_model(path))
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
@@ -70,6 +71,28 @@ class Predictor:
                 )
             )
         return preds, failed
+
+
+def verify_model_file(path: str | Path) -> None:
+    """A run's ``model.safetensors`` must be the file the run wrote: its sha256 is in ``summary.json``."""
+    import json
+
+    from thaw.models.state_dict import sha256
+
+    path = Path(path)
+    model = path / "model.safetensors" if path.is_dir() else path
+    summary = model.parent / "summary.json"
+    if not model.is_file() or not summary.is_file():
+        return
+    try:
+        expected = json.loads(summary.read_text()).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable summary says nothing about the model; load_model checks the file itself
+    if expected and sha256(model) != expected:
+        raise ThawError(
+            f"{model} has changed since the run wrote it (its sha256 is not the one in {summary}); "
+            f"restore the original file or train again"
+        )
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:

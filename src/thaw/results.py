@@ -61,6 +61,7 @@ class PhaseResult:
     epochs: list[dict] = field(default_factory=list)  # the rows of metrics.csv for this plan
     alpha: float | None = None  # a weight-interpolation step: the mixing coefficient kept
     curve: list[dict] = field(default_factory=list)  # ... and validation accuracy and loss per alpha
+    halted: str | None = None  # why a non-finite loss or weight stopped the plan early, if one did
 
     def on(self, split: str) -> Metrics | None:
         return self.val if split == "val" else self.test if split == "test" else None
@@ -76,7 +77,8 @@ class PhaseResult:
         raw.setdefault("group_lrs", [])
         raw.setdefault("epochs", [])
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: _number(v) if k not in ("val", "test") else v for k, v in raw.items() if k in known})
+        kept = ("val", "test", "halted")
+        return cls(**{k: _number(v) if k not in kept else v for k, v in raw.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class RunSummary:
     seed: int = 0
     gain: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
+    model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
 
     @property
     def final(self) -> PhaseResult:

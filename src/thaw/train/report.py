@@ -65,6 +65,8 @@ class Reporter:
             f"{result.name}: {kept} of {result.epochs_run or len(result.curve)}: "
             f"val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)"
         )
+        if result.halted:
+            self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
 
     def finish(self, summary: RunSummary, path) -> None:
         if self.quiet:

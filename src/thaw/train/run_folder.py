@@ -18,6 +18,9 @@ from thaw.results import PhaseResult, dumps
 
 STAGING = ".incomplete"
 
+active: Path | None = None
+"""The staging folder of the run this process is writing, if any: what an interrupted command names."""
+
 
 def default_out(dataset: str, model: str, root: str = "runs") -> Path:
     stem = f"{dataset}-{model.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -56,7 +59,13 @@ class RunFolder:
                 f"{run.path} holds an interrupted run: continue it with `thaw resume {run.path}`, "
                 f"or choose another --out, or delete that folder yourself"
             )
-        run.path.mkdir(parents=True)
+        try:
+            run.path.mkdir(parents=True)
+        except OSError as err:
+            raise ThawError(
+                f"cannot create the run folder {run.path} ({err.strerror}); choose a writable --out"
+            ) from err
+        run._activate()
         return run
 
     @classmethod
@@ -71,7 +80,14 @@ class RunFolder:
                 f"{run.path} has no config.yaml: it was interrupted before it started; delete it and "
                 f"run `thaw fit` again"
             )
+        for stale in run.path.rglob(".*.tmp"):  # the temporary file of a write the kill interrupted
+            stale.unlink()
+        run._activate()
         return run
+
+    def _activate(self) -> None:
+        global active
+        active = self.path
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -101,5 +117,7 @@ class RunFolder:
         write_atomic(self.phase_file(result.name), dumps(result.to_dict()))
 
     def commit(self) -> Path:
+        global active
         self.path.rename(self.final)
+        active = None
         return self.final
