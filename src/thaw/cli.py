@@ -176,6 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
         f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
     )
+    if e.write_error:
+        raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
     print(f"written: {e.path}")
 
 

@@ -26,7 +26,7 @@ from thaw.results import PhaseResult, RunSummary, choose_final, gains
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
-from thaw.train.run_folder import RunFolder, default_out
+from thaw.train.run_folder import RunFolder, check_outside_data, default_out
 from thaw.train.strategies import PhasePlan, check_plans, plans_for
 
 
@@ -50,6 +50,7 @@ def fit(
     sources = sources or thaw_data.discover(config.data)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
+    check_outside_data(out, config.data.path)
     run = RunFolder.create(out)
     run.write_text("config.yaml", config.to_yaml())
     run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))

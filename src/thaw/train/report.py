@@ -69,8 +69,7 @@ class Reporter:
             self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
 
     def finish(self, summary: RunSummary, path) -> None:
-        if self.quiet:
-            return
+        """The result table, printed with --quiet too."""
         phases = list(summary.phases.values())
         table = Table(title=f"{summary.dataset} - {summary.model}")
         table.add_column("phase")

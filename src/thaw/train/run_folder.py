@@ -30,6 +30,18 @@ def default_out(dataset: str, model: str, root: str = "runs") -> Path:
     return out
 
 
+def check_outside_data(out: Path, data_path: str) -> None:
+    """A run folder inside a data folder would be read as a class of images by the next run there."""
+    data = Path(data_path)
+    if not data_path or data_path.startswith("builtin:") or not data.is_dir():
+        return
+    if Path(out).resolve().is_relative_to(data.resolve()):
+        raise ThawError(
+            f"the run folder {out} would be inside the data folder {data} (its plots would become a class "
+            f"of the next run); run thaw from outside {data} or give --out outside it"
+        )
+
+
 def staging_path(out: Path) -> Path:
     return out.with_name(out.name + STAGING)
 
