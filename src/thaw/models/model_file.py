@@ -29,7 +29,8 @@ def save_model(model: Classifier, path: Path) -> None:
             f"refusing to save a model with non-finite weights ({', '.join(bad[:3])}); the training "
             f"diverged: lower --lr and run again"
         )
-    save_file(state, str(path), metadata={"thaw": json.dumps(meta), "format": "pt"})
+    # one metadata key: safetensors writes a map's keys in random order, and the file's sha256 must not vary
+    save_file(state, str(path), metadata={"thaw": json.dumps(meta)})
 
 
 def non_finite(state: dict) -> list[str]:

@@ -87,9 +87,10 @@ class RunFolder:
             if (run.final / "summary.json").is_file():
                 raise ThawError(f"{run.final} is a finished run: there is nothing to resume")
             raise ThawError(f"no interrupted run at {run.path}; give the folder `thaw fit` was writing")
-        if not (run.path / "config.yaml").is_file():
+        missing = [n for n in ("config.yaml", "plans.yaml", "split.csv") if not (run.path / n).is_file()]
+        if missing:
             raise ThawError(
-                f"{run.path} has no config.yaml: it was interrupted before it started; delete it and "
+                f"{run.path} has no {missing[0]}: it was interrupted before it started; delete it and "
                 f"run `thaw fit` again"
             )
         for stale in run.path.rglob(".*.tmp"):  # the temporary file of a write the kill interrupted
