@@ -77,7 +77,7 @@ class PhaseResult:
         raw.setdefault("group_lrs", [])
         raw.setdefault("epochs", [])
         known = {f.name for f in dataclasses.fields(cls)}
-        kept = ("val", "test", "halted")
+        kept = ("val", "test", "alpha", "halted")  # None stays None: not a plan that interpolates, not halted
         return cls(**{k: _number(v) if k not in kept else v for k, v in raw.items() if k in known})
 
 

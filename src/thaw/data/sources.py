@@ -108,7 +108,7 @@ def split_name(value: str, where: str) -> str:
 def _images_in_class_dirs(root: Path) -> dict[str, list[Path]]:
     """Every class folder's images. A folder without images, two folders that are one (a symlink), or
     one file in two classes is an error, not a class silently dropped or doubled."""
-    classes, seen_dirs, owner = {}, {}, {}
+    classes, seen_dirs, owner, empty = {}, {}, {}, []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         real = d.resolve()
         if real in seen_dirs:
@@ -118,15 +118,18 @@ def _images_in_class_dirs(root: Path) -> dict[str, list[Path]]:
         seen_dirs[real] = d
         files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
         if not files:
-            raise ThawError(
-                f"class folder {d} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                f"add images or move the folder out of {root}"
-            )
+            empty.append(d)
+            continue
         for f in files:
             first = owner.setdefault(f.resolve(), d.name)
             if first != d.name:
                 raise ThawError(f"{f} is in two classes, {first} and {d.name} (a symlink?); keep one")
         classes[d.name] = files
+    if classes and empty:  # (no images anywhere is the caller's "found 0 images")
+        raise ThawError(
+            f"class folder {empty[0]} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+            f"add images or move the folder out of {root}"
+        )
     return classes
 
 
