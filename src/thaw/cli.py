@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -176,6 +177,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
         f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
     )
+    if e.write_error:
+        raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
     print(f"written: {e.path}")
 
 
@@ -457,21 +460,48 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit 0 on success; 2 and one line on stderr for a problem the user can fix (or a
+    file that cannot be written); 130 on Ctrl-C; 1 and one line for anything unexpected (--debug: the
+    traceback). An interrupted run says where it stands and how to continue it."""
+    from thaw.train import run_folder
+
     args = parser().parse_args(argv)
+    run_folder.active = None
     try:
         args.func(args)
-    except ThawError as err:
-        if args.debug:
-            raise
-        print(f"thaw: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("thaw: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `thaw models --json | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores a second Ctrl-C
+        _error("interrupted", run_folder.active, prefix="thaw: ")
+        return 130
+    except ThawError as err:
+        if args.debug:
+            raise
+        _error(str(err), run_folder.active)
+        return 2
+    except OSError as err:  # a full disk, a folder that is not writable: name the file and the cause
+        if args.debug:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        _error(f"{err.strerror or err}{where}", run_folder.active)
+        return 2
+    except Exception as err:
+        if args.debug:
+            raise
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        what = f"unexpected {type(err).__name__}: {text} (run with --debug for the traceback)"
+        _error(what, run_folder.active)
+        return 1
     return 0
+
+
+def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
+    """One line on stderr; when a run was being written, where it is and how to continue it."""
+    if run is not None and run.is_dir():
+        message += f"; the run so far is in {run}: continue it with `thaw resume {run}`"
+    print(f"{prefix}{message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the run folder (``config.yaml``) and into the model file, and rerunnable with ``
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,12 @@ class DataConfig:
             raise ThawError(f"crop_scale_min {self.crop_scale_min} must be in [0.05, 1]")
         if self.split_seed < 0:
             raise ThawError(f"--split-seed {self.split_seed} must be 0 or more")
-        if self.num_workers < 0:
-            raise ThawError(f"--workers {self.num_workers} must be 0 (load in the main process) or more")
+        if not 0 <= self.num_workers <= 256:
+            raise ThawError(f"--workers {self.num_workers} must be 0 (load in the main process) to 256")
+        if self.batch_size > 65536:
+            raise ThawError(f"--batch-size {self.batch_size} is too large: use 1 to 65536, e.g. 32")
+        if self.split_seed >= 2**32:
+            raise ThawError(f"--split-seed {self.split_seed} must be below 2**32")
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,8 @@ class PhaseConfig:
             raise ThawError(f"--{phase}-epochs {self.epochs} must be 0 (skip the phase) or more")
         if self.patience < 1:
             raise ThawError(f"{phase} patience {self.patience} must be at least 1")
-        if self.warmup_epochs < 0:
-            raise ThawError(f"{phase} warmup_epochs {self.warmup_epochs} must be 0 or more")
+        if not self.warmup_epochs >= 0:
+            raise ThawError(f"--{phase}-warmup-epochs {self.warmup_epochs} must be 0 or more, e.g. 1")
         if self.schedule not in SCHEDULES:
             raise ThawError(f"{phase} schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not self.weight_decay >= 0:
@@ -166,6 +171,12 @@ class RunConfig:
     out: str | None = setting(None, "run folder (default runs/<data>-<model>-<time>); never overwritten")
 
     def validate(self) -> RunConfig:
+        for key, value in _numbers(self):
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = "--" + key.replace(".", "-").replace("_", "-").removeprefix("data-").removeprefix(
+                    "model-"
+                )
+                raise ThawError(f"{key} = {value} is not a finite number; give a real value ({flag})")
         self.data.validate()
         self.model.validate()
         self.phase1.validate("phase1")
@@ -174,15 +185,15 @@ class RunConfig:
             raise ThawError("--phase1-epochs and --phase2-epochs are both 0: nothing to train")
         if not 0 < self.lr <= 1:
             raise ThawError(f"--lr {self.lr} must be in (0, 1]; 1e-3 is a good start for AdamW")
-        if self.lr_ratio < 1:
+        if not self.lr_ratio >= 1:
             raise ThawError(f"--lr-ratio {self.lr_ratio} must be >= 1 (backbone LR = head LR / ratio)")
         unfreeze_groups(self.unfreeze)
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
-        if self.seed < 0:
-            raise ThawError(f"--seed {self.seed} must be 0 or more")
+        if not 0 <= self.seed < 2**32:
+            raise ThawError(f"--seed {self.seed} must be 0 or more and below 2**32")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +218,16 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ThawError(f"config file {path} must hold a mapping (data:, model:, phase1:, ...)")
         return cls.from_dict(raw, source=str(path))
+
+
+def _numbers(config: Any, prefix: str = ""):
+    """(dotted key, value) for every setting of ``config``, nested sections included."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
 
 
 def unfreeze_groups(value: str | int) -> int | None:

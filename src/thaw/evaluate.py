@@ -141,6 +141,7 @@ class Evaluation:
     metrics: Metrics
     skipped: list[str]
     path: Path | None = None
+    write_error: str | None = None  # why the JSON could not be written (the metrics are still here)
 
     def to_dict(self) -> dict:
         return {
@@ -161,7 +162,7 @@ def evaluate_run(
     test split (else val); on other data, the test split if the data has one, else val, else every image,
     leaving out any image the run trained on."""
     from thaw.config import RunConfig, override
-    from thaw.data.images import open_image
+    from thaw.data.images import DECODE_ERRORS, open_image
     from thaw.data.sources import discover, evaluation_items
     from thaw.errors import ThawError
     from thaw.predict import Predictor
@@ -201,16 +202,20 @@ def evaluate_run(
         try:
             images.append(open_image(it, 3))
             labels.append(index[names[it.label]])
-        except (OSError, ValueError, SyntaxError):
+        except DECODE_ERRORS:
             skipped.append(it.key)
     if not images:
         raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
     metrics = classification_metrics(predictor.predict_proba(images), torch.tensor(labels))
     evaluation = Evaluation(str(data), split, note, metrics, skipped)
     if write:
-        out = _new_file(run_dir / "evaluations", f"{Path(str(data)).stem}-{split}")
-        write_atomic(out, dumps(evaluation.to_dict()))
-        evaluation = dataclasses.replace(evaluation, path=out)
+        try:
+            out = _new_file(run_dir / "evaluations", f"{Path(str(data)).stem}-{split}")
+            write_atomic(out, dumps(evaluation.to_dict()))
+            evaluation = dataclasses.replace(evaluation, path=out)
+        except OSError as err:  # a read-only run folder: keep the metrics, say why they are not on disk
+            where = err.filename or run_dir / "evaluations"
+            evaluation = dataclasses.replace(evaluation, write_error=f"{where}: {err.strerror or err}")
     return evaluation
 
 

@@ -62,6 +62,7 @@ class PhaseResult:
     alpha: float | None = None  # a weight-interpolation step: the mixing coefficient kept
     curve: list[dict] = field(default_factory=list)  # validation accuracy and loss per alpha or L2 strength
     solver: dict = field(default_factory=dict)  # a head solved on cached features: what was chosen, and how
+    halted: str | None = None  # why a non-finite loss or weight stopped the plan early, if one did
 
     def on(self, split: str) -> Metrics | None:
         return self.val if split == "val" else self.test if split == "test" else None
@@ -95,6 +96,7 @@ class RunSummary:
     seed: int = 0
     gain: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
+    model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
 
     @property
     def final(self) -> PhaseResult:

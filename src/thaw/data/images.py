@@ -3,6 +3,12 @@
 Images are decoded, converted to the model's channels and resized (shorter side to the preprocessing's
 ``resize_size``) once, up front, and kept as uint8 tensors: on a CPU, JPEG decoding each epoch costs more
 than the small-image forward pass. Undecodable files are reported by name and skipped (or rejected).
+
+Awkward images: 16-bit (and 32-bit, float) images are decoded at full depth and scaled per image, from
+their darkest to their brightest pixel, to 0-255 (Pillow's own conversion would clip a 12-bit scan to
+near white); images over Pillow's decompression-bomb limit (about 179 megapixels) are skipped by name;
+an image more than ``MAX_ASPECT`` times longer than wide (or the reverse) is center-cropped to that ratio
+before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 """
 
 from __future__ import annotations
@@ -31,16 +37,49 @@ class Decoded:
     labels: list[int]
 
 
+MAX_ASPECT = 4
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+"""What Pillow raises for a broken, truncated, foreign or oversized file: such a file is skipped by name."""
+
+
 def open_image(item: Item, channels: int) -> Image.Image:
+    """The image in ``L`` (``channels`` 1) or ``RGB``: EXIF rotation applied, the first frame of an
+    animation, 16-bit depth scaled per image, the long side at most ``MAX_ASPECT`` times the short."""
     mode = "L" if channels == 1 else "RGB"
     if item.array is not None:
         array = np.asarray(item.array)
         if array.dtype != np.uint8:
             raise ThawError(f"{item.key}: in-memory images must be uint8, got {array.dtype}")
-        return Image.fromarray(array).convert(mode)
+        return bounded(Image.fromarray(array)).convert(mode)
     with Image.open(item.key) as img:
         img.seek(0)  # first frame of a GIF
-        return ImageOps.exif_transpose(img).convert(mode)
+        img = ImageOps.exif_transpose(img)
+        return bounded(to_8bit(img, item.key)).convert(mode)
+
+
+def to_8bit(img: Image.Image, key: str) -> Image.Image:
+    """Images deeper than 8 bits per channel (``I;16*``, ``I``, ``F``) scaled from their own minimum to
+    their maximum onto 0-255; others unchanged."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    array = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{key} holds NaN or infinite pixel values")
+    low, high = float(array.min()), float(array.max())
+    scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+def bounded(img: Image.Image) -> Image.Image:
+    """Center-crop the long side to at most ``MAX_ASPECT`` times the short side."""
+    w, h = img.size
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        return img.crop((left, 0, left + MAX_ASPECT * h, h))
+    if h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        return img.crop((0, top, w, top + MAX_ASPECT * w))
+    return img
 
 
 def resized(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
@@ -56,10 +95,10 @@ def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -
     for item in items:
         try:
             img = resized(open_image(item, channels), pre)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for broken files
+        except DECODE_ERRORS as err:
             if strict:
                 raise ThawError(
-                    f"cannot decode image {item.key} ({err}); fix or remove it, or drop "
+                    f"cannot decode image {item.key} ({_first_line(err)}); fix or remove it, or drop "
                     f"--strict-images to skip undecodable files"
                 ) from err
             failed.append(item.key)
@@ -70,8 +109,19 @@ def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -
     return Decoded(keys, images, labels), failed
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _stderr(text: str) -> None:
+    import sys
+
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def decode_sources(
-    sources: Sources, pre: Preprocessing, channels: int, strict: bool = False, warn=print
+    sources: Sources, pre: Preprocessing, channels: int, strict: bool = False, warn=_stderr
 ) -> dict[str, Decoded]:
     """Decode every split; undecodable files are reported by name and skipped."""
     decoded, failed = {}, []

@@ -93,12 +93,43 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
+def split_name(value: str, where: str) -> str:
+    """``train``, ``val`` or ``test`` for a split value in any case or alias (``Training``, ``valid``)."""
+    text = value.strip().lower()
+    for split, aliases in SPLIT_ALIASES.items():
+        if text in aliases:
+            return split
+    raise ThawError(
+        f"{where}: split {value!r} is not one of {', '.join(SPLITS)} (or training, valid, validation, "
+        f"testing); fix that value"
+    )
+
+
 def _images_in_class_dirs(root: Path) -> dict[str, list[Path]]:
-    classes = {}
+    """Every class folder's images. A folder without images, two folders that are one (a symlink), or
+    one file in two classes is an error, not a class silently dropped or doubled."""
+    classes, seen_dirs, owner, empty = {}, {}, {}, []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        real = d.resolve()
+        if real in seen_dirs:
+            raise ThawError(
+                f"class folders {seen_dirs[real]} and {d} are the same folder (a symlink); remove one"
+            )
+        seen_dirs[real] = d
         files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-        if files:
-            classes[d.name] = files
+        if not files:
+            empty.append(d)
+            continue
+        for f in files:
+            first = owner.setdefault(f.resolve(), d.name)
+            if first != d.name:
+                raise ThawError(f"{f} is in two classes, {first} and {d.name} (a symlink?); keep one")
+        classes[d.name] = files
+    if classes and empty:  # (no images anywhere is the caller's "found 0 images")
+        raise ThawError(
+            f"class folder {empty[0]} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+            f"add images or move the folder out of {root}"
+        )
     return classes
 
 
@@ -140,7 +171,7 @@ def _class_folder(root: Path) -> Sources:
 
 
 def _csv(path: Path) -> Sources:
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: Excel's byte-order mark
         reader = csv.DictReader(fh)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         if "path" not in columns or "label" not in columns:
@@ -151,16 +182,24 @@ def _csv(path: Path) -> Sources:
         rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
         raise ThawError(f"{path}: the CSV has no rows")
+    for line, r in enumerate(rows, start=2):
+        if not r.get("path") or not r.get("label"):
+            empty = "path" if not r.get("path") else "label"
+            raise ThawError(f"{path}, line {line}: the {empty} is empty; give every row a path and a label")
     class_names = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(class_names)}
-    items = []
-    for r in rows:
+    items, first_line = [], {}
+    for line, r in enumerate(rows, start=2):
         file = (path.parent / r["path"]).resolve()
         if not file.is_file():
             raise ThawError(f"{path}: image {r['path']} (relative to the CSV's folder) does not exist")
-        split = r.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise ThawError(f"{path}: split {split!r} for {r['path']} must be one of {', '.join(SPLITS)}")
+        if file in first_line:
+            raise ThawError(
+                f"{path}: image {r['path']} is listed twice (lines {first_line[file]} and {line}); "
+                f"list every image once, with one label"
+            )
+        first_line[file] = line
+        split = split_name(r["split"], f"{path}, line {line}") if r.get("split") else None
         items.append(Item(str(file), index[r["label"]], split))
     has_split = any(it.split for it in items)
     return Sources(path.stem, class_names, items, split_origin="given" if has_split else "stratified")
@@ -168,9 +207,11 @@ def _csv(path: Path) -> Sources:
 
 def _npz(path: Path) -> Sources:
     try:
-        data = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ThawError(f"{path}: cannot read as .npz ({err})") from err
+        data = np.load(path, allow_pickle=False)  # never unpickle: an object array could run code
+    except (OSError, ValueError, EOFError) as err:
+        raise ThawError(f"{path}: cannot read as .npz ({err}); save it with numpy.savez") from err
+    if not hasattr(data, "files"):
+        raise ThawError(f"{path}: holds one array, not an .npz archive of train_images, train_labels, ...")
     if "train_images" not in data or "train_labels" not in data:
         raise ThawError(
             f"{path}: expected MedMNIST keys train_images, train_labels, val_*, test_*; "
@@ -181,7 +222,13 @@ def _npz(path: Path) -> Sources:
     for split in SPLITS:
         if f"{split}_images" not in data:
             continue
-        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        if f"{split}_labels" not in data:
+            raise ThawError(f"{path}: has {split}_images but no {split}_labels; add the labels")
+        try:
+            images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        except (OSError, ValueError) as err:  # object arrays (pickles) and damaged members
+            raise ThawError(f"{path}: cannot read {split}_images/{split}_labels ({err})") from err
+        _check_npz_arrays(path, split, images, labels)
         if labels.ndim == 2 and labels.shape[1] > 1:
             raise ThawError(
                 f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label); "
@@ -192,6 +239,30 @@ def _npz(path: Path) -> Sources:
         items += [Item(f"{split}_images[{i}]", int(y), split, images[i]) for i, y in enumerate(labels)]
     class_names = [str(c) for c in range(max(labels_seen) + 1)]
     return Sources(path.stem, class_names, items, split_origin="given")
+
+
+def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    if images.dtype != np.uint8:
+        raise ThawError(
+            f"{path}: {split}_images has dtype {images.dtype}; thaw reads uint8 pixels (0-255), "
+            f"convert with (x * 255).astype(np.uint8) or similar"
+        )
+    if not (images.ndim == 3 or images.ndim == 4 and images.shape[3] in (1, 3)) or 0 in images.shape:
+        raise ThawError(
+            f"{path}: {split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 1 or 3)"
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (1, 2):
+        raise ThawError(
+            f"{path}: {split}_labels must be integers of shape (N,) or (N, 1); "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    if len(labels) != len(images):
+        raise ThawError(
+            f"{path}: {split}_images holds {len(images)} images but {split}_labels {len(labels)} labels; "
+            f"they must match one to one"
+        )
+    if labels.size and labels.min() < 0:
+        raise ThawError(f"{path}: {split}_labels has negative values; labels are class indices 0, 1, ...")
 
 
 FINDERS = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}
@@ -275,8 +346,17 @@ def apply_split_file(sources: Sources, split_file: Path) -> None:
     """Reuse a run's ``split.csv`` (columns key, split): the same images in the same splits."""
     if not split_file.is_file():
         raise ThawError(f"--split-file {split_file} does not exist; use the split.csv of an earlier run")
-    with split_file.open(newline="") as fh:
-        given = {row["key"]: row["split"] for row in csv.DictReader(fh)}
+    with split_file.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not {"key", "split"} <= set(reader.fieldnames or []):
+            raise ThawError(
+                f"--split-file {split_file} needs columns key and split (found "
+                f"{', '.join(reader.fieldnames or []) or 'none'}); use the split.csv of an earlier run"
+            )
+        given = {
+            row["key"]: split_name(row["split"] or "", f"--split-file {split_file}, line {line}")
+            for line, row in enumerate(reader, start=2)
+        }
     missing = [it.key for it in sources.items if it.key not in given]
     if missing:
         raise ThawError(
@@ -299,6 +379,14 @@ def check(sources: Sources) -> None:
     for split in ("train", "val"):
         if not sources.split(split):
             raise ThawError(f"{sources.name}: the {split} split is empty; add images or lower the fractions")
+    empty = [
+        c for i, c in enumerate(sources.class_names) if i not in train_labels and i not in _labels(sources)
+    ]
+    if empty:
+        raise ThawError(
+            f"{sources.name}: class(es) {', '.join(empty)} have no images at all (label indices with "
+            f"no image); relabel the data so labels run 0..{len(sources.class_names) - 1 - len(empty)}"
+        )
     for split in ("val", "test"):
         unseen = {it.label for it in sources.split(split)} - set(train_labels)
         if unseen:
@@ -307,6 +395,10 @@ def check(sources: Sources) -> None:
                 f"{sources.name}: class(es) {names} appear in {split} but not in train; "
                 f"add training images for them"
             )
+
+
+def _labels(sources: Sources) -> set[int]:
+    return {it.label for it in sources.items}
 
 
 def write_split(sources: Sources, path: Path) -> None:

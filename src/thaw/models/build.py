@@ -114,5 +114,5 @@ def sum_first_conv(backbone: nn.Module) -> None:
 
 
 def _did_you_mean(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""

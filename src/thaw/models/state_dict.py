@@ -25,7 +25,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors' own error types: truncated, not safetensors at all
+            why = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ThawError(
+                f"cannot read {path} as safetensors ({why}); "
+                f"is it truncated or another format? Re-download or re-export it"
+            ) from err
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -41,6 +48,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ThawError(
             f"{path} holds no state dict of tensors; save one with torch.save(model.state_dict())"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ThawError(
+            f"{path} holds NaN or infinite values (in {', '.join(bad[:3])}); these weights are broken"
         )
     return strip_prefixes(state)
 

@@ -5,6 +5,7 @@ the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is ma
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from thaw.config import RunConfig, override
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
+from thaw.models.state_dict import sha256
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.train.guards import NonFiniteGuard
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
-from thaw.train.run_folder import RunFolder, default_out
+from thaw.train.run_folder import RunFolder, check_outside_data, default_out
 from thaw.train.steps import cached_head, interpolate
 from thaw.train.strategies import PhasePlan, check_plans, plans_for
 
@@ -59,6 +62,7 @@ def fit(
     sources = sources or thaw_data.discover(config.data)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
+    check_outside_data(out, config.data.path)
     run = RunFolder.create(out)
     run.write_text("config.yaml", config.to_yaml())
     run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
@@ -120,6 +124,7 @@ def train(
     )
     with atomic_path(run / "model.safetensors") as tmp:
         save_model(model.eval(), tmp)
+    summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
     run.write_json("summary.json", summary.to_dict())
     path = run.commit()
     report.finish(summary, path)
@@ -148,9 +153,11 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
     )
     checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
     last = run.checkpoints / f"{plan.name}-last.ckpt"
+    guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good weights
     trainer = L.Trainer(
         max_epochs=plan.epochs,
         callbacks=[
+            guard,
             EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience),
             checkpoint,
             recorder,
@@ -169,6 +176,7 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
     state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
     if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
         recorder.load_state_dict(state["callbacks"][recorder.state_key])
+        guard.load_state_dict(state["callbacks"].get(guard.state_key, {}))
     else:
         trainer.fit(module, loaders.train(index), loaders.val, ckpt_path=last if state is not None else None)
     best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
@@ -183,6 +191,7 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         best_epoch=best_row["epoch"],
         epochs_run=len(rows),
         stopped_early=len(rows) < plan.epochs,
+        halted=guard.reason,
         seconds=round(sum(r["seconds"] for r in rows), 1),
         train_images_per_s=round(sum(r["train_images_per_s"] for r in rows) / len(rows), 1),
         head_lr=plan.lr,
@@ -205,7 +214,9 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
 def phase_over(state: dict, plan: PhasePlan) -> bool:
     """A last checkpoint saved after the phase's final epoch: the budget spent or early stopping fired."""
     stopper = next((v for k, v in state["callbacks"].items() if k.startswith("EarlyStopping")), {})
-    return state["epoch"] + 1 >= plan.epochs or stopper.get("stopped_epoch", 0) > 0
+    guard = next((v for k, v in state["callbacks"].items() if k.startswith("NonFiniteGuard")), {})
+    halted = bool(guard.get("reason"))  # a non-finite loss stopped it
+    return state["epoch"] + 1 >= plan.epochs or stopper.get("stopped_epoch", 0) > 0 or halted
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

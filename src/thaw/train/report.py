@@ -69,10 +69,11 @@ class Reporter:
             else f"best epoch {result.best_epoch} of {result.epochs_run}"
         )
         self.say(f"{result.name}: {kept}: val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)")
+        if result.halted:
+            self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
 
     def finish(self, summary: RunSummary, path) -> None:
-        if self.quiet:
-            return
+        """The result table, printed with --quiet too."""
         phases = list(summary.phases.values())
         table = Table(title=f"{summary.dataset} - {summary.model}")
         table.add_column("phase")

@@ -18,6 +18,9 @@ from thaw.results import PhaseResult, dumps
 
 STAGING = ".incomplete"
 
+active: Path | None = None
+"""The staging folder of the run this process is writing, if any: what an interrupted command names."""
+
 
 def default_out(dataset: str, model: str, root: str = "runs") -> Path:
     stem = f"{dataset}-{model.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -25,6 +28,18 @@ def default_out(dataset: str, model: str, root: str = "runs") -> Path:
     while out.exists() or staging_path(out).exists():
         out, n = Path(root) / f"{stem}-{n}", n + 1
     return out
+
+
+def check_outside_data(out: Path, data_path: str) -> None:
+    """A run folder inside a data folder would be read as a class of images by the next run there."""
+    data = Path(data_path)
+    if not data_path or data_path.startswith("builtin:") or not data.is_dir():
+        return
+    if Path(out).resolve().is_relative_to(data.resolve()):
+        raise ThawError(
+            f"the run folder {out} would be inside the data folder {data} (its plots would become a class "
+            f"of the next run); run thaw from outside {data} or give --out outside it"
+        )
 
 
 def staging_path(out: Path) -> Path:
@@ -56,7 +71,13 @@ class RunFolder:
                 f"{run.path} holds an interrupted run: continue it with `thaw resume {run.path}`, "
                 f"or choose another --out, or delete that folder yourself"
             )
-        run.path.mkdir(parents=True)
+        try:
+            run.path.mkdir(parents=True)
+        except OSError as err:
+            raise ThawError(
+                f"cannot create the run folder {run.path} ({err.strerror}); choose a writable --out"
+            ) from err
+        run._activate()
         return run
 
     @classmethod
@@ -66,12 +87,20 @@ class RunFolder:
             if (run.final / "summary.json").is_file():
                 raise ThawError(f"{run.final} is a finished run: there is nothing to resume")
             raise ThawError(f"no interrupted run at {run.path}; give the folder `thaw fit` was writing")
-        if not (run.path / "config.yaml").is_file():
+        missing = [n for n in ("config.yaml", "plans.yaml", "split.csv") if not (run.path / n).is_file()]
+        if missing:
             raise ThawError(
-                f"{run.path} has no config.yaml: it was interrupted before it started; delete it and "
+                f"{run.path} has no {missing[0]}: it was interrupted before it started; delete it and "
                 f"run `thaw fit` again"
             )
+        for stale in run.path.rglob(".*.tmp"):  # the temporary file of a write the kill interrupted
+            stale.unlink()
+        run._activate()
         return run
+
+    def _activate(self) -> None:
+        global active
+        active = self.path
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -117,5 +146,7 @@ class RunFolder:
         return load_file(str(self.checkpoints / f"{name}.safetensors"))
 
     def commit(self) -> Path:
+        global active
         self.path.rename(self.final)
+        active = None
         return self.final

@@ -1,0 +1,68 @@
+"""Callbacks that keep a phase honest: a loss or weight that stops being a finite number ends the phase on
+its last good weights, and Ctrl-C leaves the trainer as a plain ``KeyboardInterrupt`` the CLI reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+
+def finite(tensors) -> bool:
+    """Every floating-point tensor in ``tensors`` holds only finite numbers."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+class NonFiniteGuard(L.Callback):
+    """Stops the phase when the training loss or the trained weights become NaN or infinite.
+
+    The weights each epoch starts from are kept in memory; when the loss of a batch is not finite, or the
+    weights are not finite when validation starts, they are put back and the trainer stops. Validation
+    and the checkpoints then see the last good weights, never non-finite ones, and the phase ends on its
+    best checkpoint as usual. ``reason`` says what happened (``None``: nothing did); it travels in the
+    checkpoints, so a resumed run knows the phase is over."""
+
+    def __init__(self, phase: str, warn: Callable[[str], None] | None = None) -> None:
+        self.phase, self.warn = phase, warn
+        self.reason: str | None = None
+        self._good: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        return {"reason": self.reason}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reason = state.get("reason")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._good = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if self.reason is None and loss is not None and not torch.isfinite(loss.detach()).all():
+            what = f"the training loss became {float(loss):g} at batch {batch_idx + 1}"
+            self._stop(trainer, pl_module, what)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.reason is not None or self._good is None:
+            return
+        if not finite(pl_module.parameters()) or not finite(pl_module.buffers()):
+            self._stop(trainer, pl_module, "the weights stopped being finite numbers")
+
+    def _stop(self, trainer, pl_module, what: str) -> None:
+        epoch = trainer.current_epoch + 1
+        self.reason = f"epoch {epoch}: {what}"
+        if self._good is not None:
+            pl_module.load_state_dict(self._good)
+        trainer.should_stop = True
+        if self.warn:
+            self.warn(
+                f"{self.phase} stopped in {self.reason}; it ends on its best weights before that "
+                f"(lower --lr, or check the images for NaN)"
+            )
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Lightning answers Ctrl-C with sys.exit(1) and no word; raise it on as KeyboardInterrupt instead,
+        # so the caller says where the run stands and how to resume it.
+        if isinstance(exception, KeyboardInterrupt):
+            raise exception
