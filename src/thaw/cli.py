@@ -209,6 +209,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"warning: could not decode {len(failed)} file(s): {', '.join(failed[:5])}", file=sys.stderr)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from thaw.reporting.html import write_report
+
+    print(f"written: {write_report(Path(args.run))}")
+
+
 def cmd_weights(args: argparse.Namespace) -> None:
     if args.action == "install":
         from thaw.weights.install import install
@@ -343,6 +349,10 @@ def parser() -> argparse.ArgumentParser:
         "--csv", action="store_true", help="CSV on stdout: path, prediction, confidence, p_<class>..."
     )
     r.set_defaults(func=cmd_predict)
+
+    rp = sub.add_parser("report", help="(re)build a run folder's report.html: one self-contained page")
+    rp.add_argument("run", help="a finished run folder made by `thaw fit`")
+    rp.set_defaults(func=cmd_report)
 
     w = sub.add_parser("weights", help="get real pretrained weights onto an offline machine, and check them")
     wsub = w.add_subparsers(dest="action", required=True)

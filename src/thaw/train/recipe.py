@@ -20,6 +20,7 @@ from thaw.config import RunConfig, override
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
+from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
@@ -108,6 +109,7 @@ def train(
     with atomic_path(run / "model.safetensors") as tmp:
         save_model(model.eval(), tmp)
     run.write_json("summary.json", summary.to_dict())
+    write_report(run.path, warn=report.warn)  # report.html; a failure there is a warning, not a lost run
     path = run.commit()
     report.finish(summary, path)
     return RunResult(path, summary, model)
