@@ -179,34 +179,86 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from thaw.predict import Predictor
+    if args.run.lower().endswith(".onnx"):  # onnxruntime only: torch is never imported
+        from thaw.onnx_predict import OnnxPredictor
 
-    predictor = Predictor.load(args.run)
-    preds, failed = predictor.predict_files(args.images)
-    if args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "prediction", "confidence", *[f"p_{c}" for c in predictor.class_names]])
+        predictor = OnnxPredictor(args.run)
+    else:
+        from thaw.predict import Predictor
+
+        predictor = Predictor.load(args.run)
+    preds = predictor.predict_paths(args.images, tta=args.tta)
+    names, k = predictor.class_names, args.top_k
+    if args.jsonl:
         for p in preds:
-            writer.writerow(
-                [
-                    p.path,
-                    p.label,
-                    f"{p.confidence:.4f}",
-                    *[f"{p.probabilities[c]:.4f}" for c in predictor.class_names],
-                ]
+            print(
+                json.dumps(p.to_dict(k), allow_nan=False if p.error is None else True).replace("NaN", "null")
             )
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        tops = [c for i in range(1, (k or 0) + 1) for c in (f"top{i}", f"p_top{i}")]
+        writer.writerow(["path", "prediction", "confidence", *tops, *[f"p_{c}" for c in names], "error"])
+        for p in preds:
+            if p.error:
+                writer.writerow([p.path, "", "", *[""] * len(tops), *[""] * len(names), p.error])
+                continue
+            top = [v for c, q in p.top(k or 0) for v in (c, f"{q:.4f}")]
+            probs = [f"{p.probabilities[c]:.4f}" for c in names]
+            writer.writerow([p.path, p.label, f"{p.confidence:.4f}", *top, *probs, ""])
     else:
         from rich.console import Console
         from rich.table import Table
 
         table = Table()
-        for col in ("image", "prediction", "confidence"):
+        for col in ("image", "prediction", "confidence", *(["top " + str(k)] if k else []), "error"):
             table.add_column(col, justify="right" if col == "confidence" else "left")
         for p in preds:
-            table.add_row(p.path, p.label, f"{100 * p.confidence:.1f}%")
+            top = [", ".join(f"{c} {100 * q:.1f}%" for c, q in p.top(k))] if k else []
+            if p.error:
+                table.add_row(p.path, "-", "-", *["-"] * len(top), p.error)
+            else:
+                table.add_row(p.path, p.label, f"{100 * p.confidence:.1f}%", *top, "")
         Console().print(table)
+    failed = [p.path for p in preds if p.error]
     if failed:
-        print(f"warning: could not decode {len(failed)} file(s): {', '.join(failed[:5])}", file=sys.stderr)
+        print(f"warning: could not read {len(failed)} file(s): {', '.join(failed[:5])}", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from thaw.export import export_run
+
+    exported = export_run(args.run, args.format, args.out, args.force)
+    print(f"written: {exported.path} and {exported.metadata_path.name} (class names, preprocessing)")
+    if args.format == "onnx" and not args.no_check:
+        check = _export_parity(args.run, exported)
+        print(check)
+
+
+def _export_parity(run: str, exported) -> str:
+    """Parity of the exported file with the PyTorch model on the run's own test (else val) images."""
+    from thaw.export import parity
+    from thaw.reporting.html import Predictions
+
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    try:
+        from thaw.config import RunConfig
+        from thaw.results import RunSummary
+
+        found = Predictions.of(
+            run_dir, RunConfig.from_yaml(run_dir / "config.yaml"), RunSummary.read(run_dir)
+        )
+    except ThawError as err:
+        return f"parity not checked: {err}"
+    if not found.ok:
+        return f"parity not checked: {found.reason}"
+    images = [(c.transpose(2, 0, 1)[: exported.metadata["input"]["shape"][1]] / 255.0) for c in found.crops]
+    import numpy as np
+
+    result = parity(exported, run_dir, np.stack(images).astype(np.float32))
+    return (
+        f"parity with PyTorch on {result.images} {found.split} images: max |probability difference| "
+        f"{result.max_abs_diff:.2e}, top-1 agreement {100 * result.top1_agreement:.1f}%"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -343,12 +395,28 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify images with a trained run")
-    r.add_argument("run", help="run folder (or its model.safetensors)")
+    r.add_argument("run", help="run folder, its model.safetensors, or an ONNX file from `thaw export`")
     r.add_argument("images", nargs="+", help="image files or folders")
+    out = r.add_mutually_exclusive_group()
+    out.add_argument(
+        "--csv", action="store_true", help="CSV on stdout: path, prediction, confidence, p_<class>..., error"
+    )
+    out.add_argument("--jsonl", action="store_true", help="JSON lines on stdout, one object per file")
+    r.add_argument("--top-k", type=int, metavar="K", help="also list the K most likely classes")
     r.add_argument(
-        "--csv", action="store_true", help="CSV on stdout: path, prediction, confidence, p_<class>..."
+        "--tta", action="store_true", help="test-time augmentation: average the flip and 4 small crops"
     )
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="export a run's model for serving (ONNX, TorchScript, safetensors)")
+    x.add_argument("run", help="run folder (or its model.safetensors)")
+    x.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
+    x.add_argument("--out", help="the file to write (default RUN/export/model.<format suffix>)")
+    x.add_argument("--force", action="store_true", help="replace an existing file")
+    x.add_argument(
+        "--no-check", action="store_true", help="skip the parity check against PyTorch on the run's images"
+    )
+    x.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("report", help="(re)build a run folder's report.html: one self-contained page")
     rp.add_argument("run", help="a finished run folder made by `thaw fit`")

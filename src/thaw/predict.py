@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from thaw.data.images import eval_transform, open_image, resized
-from thaw.data.sources import IMAGE_EXTENSIONS, Item
-from thaw.errors import ThawError
+from thaw.data.sources import Item
 from thaw.models import Classifier, load_model
+from thaw.predictions import Prediction, expand_paths, failure, result, views
 
-
-@dataclass
-class Prediction:
-    path: str
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
+__all__ = ["Prediction", "Predictor", "expand_paths"]
 
 
 class Predictor:
@@ -40,49 +33,54 @@ class Predictor:
         return self._transform(resized(image.convert(mode), self.preprocessing))
 
     @torch.no_grad()
-    def predict_proba(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
+    def predict_proba(
+        self, images: list[Image.Image], batch_size: int = 64, tta: bool = False
+    ) -> torch.Tensor:
+        """Class probabilities [N, C]; with ``tta``, averaged over the flip and small-crop views."""
+        if not tta:
+            return self._run([self.tensor(im) for im in images], batch_size)
         out = []
-        for i in range(0, len(images), batch_size):
-            batch = torch.stack([self.tensor(im) for im in images[i : i + batch_size]])
-            out.append(self.model(batch).softmax(dim=1))
+        for im in images:
+            mode = "L" if self.model.spec.in_channels == 1 else "RGB"
+            x = resized(im.convert(mode), self.preprocessing)
+            pre = self.preprocessing
+            crops = []
+            for top, left, flip in views(x.shape[1], x.shape[2], pre.size, pre.resize_size, tta=True):
+                crop = x[:, top : top + pre.size, left : left + pre.size]
+                crops.append(self._normalise(crop.flip(-1) if flip else crop))
+            out.append(self._run(crops, batch_size).mean(dim=0))
+        return torch.stack(out) if out else torch.empty(0, len(self.class_names))
+
+    def _normalise(self, crop: torch.Tensor) -> torch.Tensor:
+        pre = self.preprocessing
+        mean, std = torch.tensor(pre.mean).view(-1, 1, 1), torch.tensor(pre.std).view(-1, 1, 1)
+        return (crop.float() / 255 - mean) / std
+
+    def _run(self, tensors: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        out = [
+            self.model(torch.stack(tensors[i : i + batch_size])).softmax(dim=1)
+            for i in range(0, len(tensors), batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
-    def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
-        """Predictions for the image files (folders are searched recursively), and the files that failed."""
+    def predict_paths(self, paths: list[str | Path], tta: bool = False) -> list[Prediction]:
+        """One prediction per image file (folders are searched recursively), in order; a file that cannot
+        be read gets a prediction with ``error`` set instead of a label."""
         files = expand_paths(paths)
-        images, kept, failed = [], [], []
+        images, slots, out = [], [], []
         for f in files:
             try:
                 images.append(open_image(Item(str(f), -1), 3))
-                kept.append(str(f))
-            except (OSError, ValueError, SyntaxError):
-                failed.append(str(f))
-        probs = self.predict_proba(images)
-        preds = []
-        for path, p in zip(kept, probs):
-            top = int(p.argmax())
-            preds.append(
-                Prediction(
-                    path,
-                    self.class_names[top],
-                    float(p[top]),
-                    {c: float(v) for c, v in zip(self.class_names, p)},
-                )
-            )
-        return preds, failed
+                slots.append(len(out))
+                out.append(None)
+            except (OSError, ValueError, SyntaxError) as err:
+                out.append(failure(str(f), err))
+        probs = self.predict_proba(images, tta=tta)
+        for slot, p in zip(slots, probs):
+            out[slot] = result(str(files[slot]), self.class_names, p.tolist())
+        return out
 
-
-def expand_paths(paths: list[str | Path]) -> list[Path]:
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ThawError(f"{p}: no such image file or folder")
-    if not files:
-        raise ThawError(
-            f"no images found in {', '.join(map(str, paths))} (extensions {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return files
+    def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
+        """Predictions for the image files (folders are searched recursively), and the files that failed."""
+        done = self.predict_paths(paths)
+        return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]
