@@ -26,6 +26,7 @@ DEMO = {
 }
 
 
+DISTRIBUTION = "thaw-transfer"  # the name on the package index; `thaw` there is another project
 NONE = object()  # an optional setting (``int | None``) given as ``none`` on the command line
 
 
@@ -352,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
         description="Transfer learning for image classifiers: "
         "train the head on a frozen backbone, then fine-tune, and see what each phase gained.",
     )
-    p.add_argument("--version", action="version", version=f"thaw {__version__}")
+    p.add_argument("--version", action="version", version=f"thaw {__version__} (distribution {DISTRIBUTION})")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 

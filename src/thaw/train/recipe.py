@@ -22,6 +22,7 @@ from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
 from thaw.train.run_folder import RunFolder, default_out
@@ -44,6 +45,7 @@ def fit(
     """Fine-tune a pretrained classifier with ``plans`` (default: the config's strategy, ``two-phase``)
     and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
+    check_logger(config.logger)
     plans = check_plans(list(plans)) if plans is not None else plans_for(config)
     sources = sources or thaw_data.discover(config.data)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
@@ -152,9 +154,10 @@ def run_phase(
             EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience),
             checkpoint,
             recorder,
+            *logger_callbacks(config.logger),
         ],
         plugins=[AtomicCheckpointIO()],
-        logger=False,
+        logger=lightning_logger(config.logger, run.path, plan.name),
         deterministic=True,
         num_sanity_val_steps=0,
         enable_model_summary=False,
