@@ -90,8 +90,9 @@ def build_report(run: Path) -> str:
 
     title = f"{summary.dataset} - {summary.model}"
     page = Page(title)
+    name = run.name.removesuffix(".incomplete")  # the engine reports before the run folder is renamed
     page.text(
-        f"<p class=meta>{_e(run.name)} &middot; strategy <b>{_e(summary.strategy)}</b> "
+        f"<p class=meta>{_e(name)} &middot; strategy <b>{_e(summary.strategy)}</b> "
         f"({_e(', '.join(summary.phases))}) &middot; seed {summary.seed} &middot; made "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime((run / 'summary.json').stat().st_mtime))} "
         f"&middot; report by thaw {_e(__version__)}</p>"
@@ -195,7 +196,7 @@ def _training(page: Page, summary: RunSummary, rows: list[dict], title: str) -> 
         figures.group_lrs(rows, summary.phases),
         "learning rates per layer group",
         "LR of the head and of each backbone layer group (0 = input side) at each epoch's start; "
-        "a frozen group has no line.",
+        "a frozen group has no line, and groups at the same LR draw over each other.",
     )
     for name, p in summary.phases.items():
         if p.curve:
