@@ -231,35 +231,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     exported = export_run(args.run, args.format, args.out, args.force)
     print(f"written: {exported.path} and {exported.metadata_path.name} (class names, preprocessing)")
     if args.format == "onnx" and not args.no_check:
-        check = _export_parity(args.run, exported)
-        print(check)
+        from thaw.export import check_on_run
 
-
-def _export_parity(run: str, exported) -> str:
-    """Parity of the exported file with the PyTorch model on the run's own test (else val) images."""
-    from thaw.export import parity
-    from thaw.reporting.html import Predictions
-
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    try:
-        from thaw.config import RunConfig
-        from thaw.results import RunSummary
-
-        found = Predictions.of(
-            run_dir, RunConfig.from_yaml(run_dir / "config.yaml"), RunSummary.read(run_dir)
-        )
-    except ThawError as err:
-        return f"parity not checked: {err}"
-    if not found.ok:
-        return f"parity not checked: {found.reason}"
-    images = [(c.transpose(2, 0, 1)[: exported.metadata["input"]["shape"][1]] / 255.0) for c in found.crops]
-    import numpy as np
-
-    result = parity(exported, run_dir, np.stack(images).astype(np.float32))
-    return (
-        f"parity with PyTorch on {result.images} {found.split} images: max |probability difference| "
-        f"{result.max_abs_diff:.2e}, top-1 agreement {100 * result.top1_agreement:.1f}%"
-    )
+        print(check_on_run(exported, args.run))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

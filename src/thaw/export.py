@@ -182,3 +182,27 @@ def parity(exported: Exported, run: str | Path, images: np.ndarray) -> Parity:
         float(np.abs(got - reference).max()),
         float((got.argmax(1) == reference.argmax(1)).mean()),
     )
+
+
+def check_on_run(exported: Exported, run: str | Path) -> str:
+    """:func:`parity` on the run's own test (else val) images, as one line; or why it was not checked."""
+    from thaw.config import RunConfig
+    from thaw.reporting.html import Predictions
+    from thaw.results import RunSummary
+
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    try:
+        found = Predictions.of(
+            run_dir, RunConfig.from_yaml(run_dir / "config.yaml"), RunSummary.read(run_dir)
+        )
+    except ThawError as err:
+        return f"parity not checked: {err}"
+    if not found.ok:
+        return f"parity not checked: {found.reason}"
+    channels = exported.metadata["input"]["shape"][1]
+    images = np.stack([c.transpose(2, 0, 1)[:channels] for c in found.crops]).astype(np.float32) / 255.0
+    result = parity(exported, run_dir, images)
+    return (
+        f"parity with PyTorch on {result.images} {found.split} images: max |probability difference| "
+        f"{result.max_abs_diff:.2e}, top-1 agreement {100 * result.top1_agreement:.1f}%"
+    )
