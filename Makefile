@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint weights bench clean
+.PHONY: demo test test-fast lint weights bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ weights: $(STAMP)
 demo: weights
 	$(BIN)/thaw demo
 
-test: weights
+# The report's browser test needs headless Chromium (the Debian package); apt-get runs only if it is missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: weights chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q -ra
 

@@ -55,7 +55,7 @@ def main() -> None:
         print(f"{'images':>8} {'images/s':>9} {'RSS MiB':>8}")
         start, n, samples = time.perf_counter(), 0, []
         print(f"{0:>8} {'-':>9} {rss_mib():>8.0f}")
-        for _result in predictor.iter_files([root / "images"]):
+        for _result in predictor.iter_paths([root / "images"]):
             n += 1
             if n % 1000 == 0:
                 samples.append(rss_mib())

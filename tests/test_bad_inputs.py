@@ -606,7 +606,7 @@ def test_unexpected_error_is_one_line_with_a_debug_hint(trained, monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody planned for\nsecond line")
 
-    monkeypatch.setattr(predict.Predictor, "predict_files", broken)
+    monkeypatch.setattr(predict.Predictor, "predict_paths", broken)
     assert main(["predict", str(run), str(data)]) == 1
     line = one_line(capsys.readouterr().err)
     assert "RuntimeError: something nobody planned for" in line and "--debug" in line

@@ -39,6 +39,7 @@ BN_POLICIES = ("frozen", "train", "fastai")
 DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz")
 IN_CHANNELS = ("replicate", "sum")
 SCHEDULES = ("constant", "cosine")
+LOGGERS = ("none", "csv", "tensorboard", "mlflow", "wandb")
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,12 @@ class RunConfig:
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")
     out: str | None = setting(None, "run folder (default runs/<data>-<model>-<time>); never overwritten")
+    logger: str = setting(
+        "none",
+        "also log each phase to a Lightning logger, under RUN/logs/ (the run folder's own files stay the "
+        "source of truth)",
+        choices=LOGGERS,
+    )
 
     def validate(self) -> RunConfig:
         for key, value in _numbers(self):
@@ -194,6 +201,8 @@ class RunConfig:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         if not 0 <= self.seed < 2**32:
             raise ThawError(f"--seed {self.seed} must be 0 or more and below 2**32")
+        if self.logger not in LOGGERS:
+            raise ThawError(f"--logger {self.logger!r} is not one of {', '.join(LOGGERS)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
-from thaw.data.sources import IMAGE_EXTENSIONS, Item
+from thaw.data.sources import Item
 from thaw.errors import ThawError
 from thaw.models import Classifier, load_model
+from thaw.predictions import Prediction, expand_paths, failure, result, views
 
-
-@dataclass
-class Prediction:
-    path: str
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
+__all__ = ["Prediction", "Predictor", "expand_paths"]
 
 
 class Predictor:
@@ -42,48 +36,66 @@ class Predictor:
         return self._transform(resized(image.convert(mode), self.preprocessing))
 
     @torch.no_grad()
-    def predict_proba(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
+    def predict_proba(
+        self, images: list[Image.Image], batch_size: int = 64, tta: bool = False
+    ) -> torch.Tensor:
+        """Class probabilities [N, C]; with ``tta``, averaged over the flip and small-crop views."""
+        if not tta:
+            return self._run([self.tensor(im) for im in images], batch_size)
         out = []
-        for i in range(0, len(images), batch_size):
-            batch = torch.stack([self.tensor(im) for im in images[i : i + batch_size]])
-            out.append(self.model(batch).softmax(dim=1))
+        for im in images:
+            mode = "L" if self.model.spec.in_channels == 1 else "RGB"
+            x = resized(im.convert(mode), self.preprocessing)
+            pre = self.preprocessing
+            crops = []
+            for top, left, flip in views(x.shape[1], x.shape[2], pre.size, pre.resize_size, tta=True):
+                crop = x[:, top : top + pre.size, left : left + pre.size]
+                crops.append(self._normalise(crop.flip(-1) if flip else crop))
+            out.append(self._run(crops, batch_size).mean(dim=0))
+        return torch.stack(out) if out else torch.empty(0, len(self.class_names))
+
+    def _normalise(self, crop: torch.Tensor) -> torch.Tensor:
+        pre = self.preprocessing
+        mean, std = torch.tensor(pre.mean).view(-1, 1, 1), torch.tensor(pre.std).view(-1, 1, 1)
+        return (crop.float() / 255 - mean) / std
+
+    def _run(self, tensors: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        out = [
+            self.model(torch.stack(tensors[i : i + batch_size])).softmax(dim=1)
+            for i in range(0, len(tensors), batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def predict_paths(self, paths: list[str | Path], tta: bool = False) -> list[Prediction]:
+        """One prediction per image file (folders are searched recursively), in order; a file that cannot
+        be read gets a prediction with ``error`` set instead of a label."""
+        return list(self.iter_paths(paths, tta))
+
+    def iter_paths(
+        self, paths: list[str | Path], tta: bool = False, batch_size: int = 64
+    ) -> Iterator[Prediction]:
+        """:meth:`predict_paths` one at a time: files are decoded and classified ``batch_size`` at a time,
+        so memory stays flat over any number of files."""
+        files = expand_paths(paths)
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            images, slots, out = [], [], []
+            for f in chunk:
+                try:
+                    images.append(open_image(Item(str(f), -1), 3))
+                    slots.append(len(out))
+                    out.append(None)
+                except DECODE_ERRORS as err:
+                    out.append(failure(str(f), err))
+            probs = self.predict_proba(images, batch_size=batch_size, tta=tta)
+            for slot, p in zip(slots, probs):
+                out[slot] = result(str(chunk[slot]), self.class_names, p.tolist())
+            yield from out
 
     def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
         """Predictions for the image files (folders are searched recursively), and the files that failed."""
-        preds, failed = [], []
-        for result in self.iter_files(paths):
-            (preds if isinstance(result, Prediction) else failed).append(result)
-        return preds, failed
-
-    def iter_files(self, paths: list[str | Path], batch_size: int = 64) -> Iterator[Prediction | str]:
-        """A :class:`Prediction` per image file, or its path when it cannot be decoded, in order; decoded
-        and classified ``batch_size`` files at a time, so memory stays flat over any number of files."""
-        files = expand_paths(paths)
-        for start in range(0, len(files), batch_size):
-            batch, order = [], []
-            for f in files[start : start + batch_size]:
-                try:
-                    batch.append(self.tensor(open_image(Item(str(f), -1), 3)))
-                    order.append(str(f))
-                except DECODE_ERRORS:
-                    order.append(None)
-                    batch.append(None)
-            tensors = [t for t in batch if t is not None]
-            with torch.no_grad():
-                probs = iter(self.model(torch.stack(tensors)).softmax(dim=1) if tensors else [])
-            for f, path in zip(files[start : start + batch_size], order):
-                if path is None:
-                    yield str(f)
-                    continue
-                p = next(probs)
-                top = int(p.argmax())
-                yield Prediction(
-                    path,
-                    self.class_names[top],
-                    float(p[top]),
-                    {c: float(v) for c, v in zip(self.class_names, p)},
-                )
+        done = self.predict_paths(paths)
+        return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]
 
 
 def verify_model_file(path: str | Path) -> None:
@@ -106,19 +118,3 @@ def verify_model_file(path: str | Path) -> None:
             f"{model} has changed since the run wrote it (its sha256 is not the one in {summary}); "
             f"restore the original file or train again"
         )
-
-
-def expand_paths(paths: list[str | Path]) -> list[Path]:
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ThawError(f"{p}: no such image file or folder")
-    if not files:
-        raise ThawError(
-            f"no images found in {', '.join(map(str, paths))} (extensions {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return files

@@ -21,8 +21,10 @@ from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, p
 from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
+from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
 from thaw.train.guards import NonFiniteGuard
+from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
 from thaw.train.run_folder import RunFolder, check_outside_data, default_out
@@ -58,6 +60,7 @@ def fit(
     """Fine-tune a pretrained classifier with ``plans`` (default: the config's strategy, ``two-phase``)
     and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
+    check_logger(config.logger)
     plans = check_plans(list(plans)) if plans is not None else plans_for(config)
     sources = sources or thaw_data.discover(config.data)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
@@ -126,6 +129,7 @@ def train(
         save_model(model.eval(), tmp)
     summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
     run.write_json("summary.json", summary.to_dict())
+    write_report(run.path, warn=report.warn)  # report.html; a failure there is a warning, not a lost run
     path = run.commit()
     report.finish(summary, path)
     return RunResult(path, summary, model)
@@ -161,9 +165,10 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
             EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience),
             checkpoint,
             recorder,
+            *logger_callbacks(config.logger),
         ],
         plugins=[AtomicCheckpointIO()],
-        logger=False,
+        logger=lightning_logger(config.logger, run.path, plan.name),
         deterministic=True,
         num_sanity_val_steps=0,
         enable_model_summary=False,

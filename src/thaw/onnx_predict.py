@@ -1,0 +1,92 @@
+"""Predicting with a file from ``thaw export --format onnx``: onnxruntime, numpy and Pillow, no torch.
+
+The preprocessing comes from the file's own metadata (written by ``thaw export``): resize the shorter
+side with Pillow (antialiased, as torchvision's resize of the training images), center-crop, scale to
+[0, 1]; normalisation and softmax are inside the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from thaw.errors import ThawError
+from thaw.predictions import Prediction, expand_paths, failure, result, views
+
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+class OnnxPredictor:
+    """``OnnxPredictor(path).predict_paths([...])``: the results of :class:`thaw.predict.Predictor`."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ThawError(
+                "predicting with an ONNX file needs onnxruntime: pip install onnxruntime"
+            ) from None
+        path = Path(path)
+        if not path.is_file():
+            raise ThawError(f"no ONNX file at {path}")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for files it cannot load
+            raise ThawError(f"{path} is not a readable ONNX model ({str(err).splitlines()[0]})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get("thaw")
+        if raw is None:
+            raise ThawError(
+                f"{path} has no thaw metadata (class names, preprocessing); export the run with "
+                f"`thaw export RUN --format onnx`, or predict with the run folder itself"
+            )
+        self.metadata = json.loads(raw)
+        self.class_names: list[str] = self.metadata["class_names"]
+        self.preprocessing: dict = self.metadata["preprocessing"]
+        self.channels = self.metadata["input"]["shape"][1]
+
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """uint8 [H, W, C] with the shorter side at ``resize_size`` (torchvision's output size rule)."""
+        pre = self.preprocessing
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = pre["resize_size"], int(pre["resize_size"] * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        array = np.asarray(image.resize(size, RESAMPLE.get(pre["interpolation"], Image.Resampling.BILINEAR)))
+        return array[..., None] if array.ndim == 2 else array
+
+    def arrays(self, image: Image.Image, tta: bool = False) -> np.ndarray:
+        """The model's inputs for one image: ``[views, C, size, size]`` float32 in [0, 1]."""
+        pre, x = self.preprocessing, self.resized(image)
+        size = pre["size"]
+        out = []
+        for top, left, flip in views(x.shape[0], x.shape[1], size, pre["resize_size"], tta):
+            crop = x[top : top + size, left : left + size]
+            out.append((crop[:, ::-1] if flip else crop).transpose(2, 0, 1))
+        return np.stack(out).astype(np.float32) / 255.0
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def predict_paths(
+        self, paths: list[str | Path], tta: bool = False, batch_size: int = 64
+    ) -> list[Prediction]:
+        out: list[Prediction] = []
+        for f in expand_paths(paths):
+            try:
+                with Image.open(f) as img:
+                    img.seek(0)
+                    image = ImageOps.exif_transpose(img).convert("RGB")
+            except (OSError, ValueError, SyntaxError) as err:
+                out.append(failure(str(f), err))
+                continue
+            probs = self.predict_proba(self.arrays(image, tta)).mean(axis=0)
+            out.append(result(str(f), self.class_names, probs.tolist()))
+        return out

@@ -1,0 +1,166 @@
+"""report.html: written by every run, rebuilt by ``thaw report``, self-contained, and checked in a real
+browser (headless Chromium from the Debian package, offline), with screenshots at desktop and phone
+width saved under build/test-artefacts/."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from thaw.cli import main
+
+TINY = [
+    "--model",
+    "mobilenet_v3_small",
+    "--weights",
+    "none",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--phase1-epochs",
+    "2",
+    "--phase2-epochs",
+    "1",
+    "--quiet",
+]
+ARTEFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artefacts"
+SECTIONS = (
+    "decision",
+    "configuration",
+    "data",
+    "training",
+    "results",
+    "evaluation",
+    "top-losses",
+    "forgetting",
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import make_class_folder
+
+    root = tmp_path_factory.mktemp("report")
+    data = make_class_folder(root / "shapes", per_class=10, classes=("red", "blue", "green"))
+    (data / "red" / "broken.png").write_bytes(b"not an image")
+    out = root / "runs" / "shapes"
+    assert main(["fit", str(data), *TINY, "--out", str(out)]) == 0
+    return data, out
+
+
+def embedded_images(page: str) -> list[Image.Image]:
+    found = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in found]
+
+
+def test_every_run_writes_a_self_contained_report(run):
+    _, out = run
+    page = (out / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"<section id={section}>" in page, section
+    images = embedded_images(page)
+    split = (out / "split.csv").read_text().splitlines()
+    test = [row for row in split if row.endswith(",test") and "broken" not in row]
+    # curves, LRs, confusion, ROC, reliability, and one tile per readable test image (at most 12)
+    assert len(images) == 5 + min(12, len(test))
+    for image in images:
+        image.verify()
+    assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)  # nothing fetched from a network
+    assert "<link" not in page
+    assert "Failed images (undecodable, skipped)" in page and "broken.png" not in page.split("Top losses")[1]
+    assert "Grad-CAM of the predicted class" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"<b>{summary['final_phase']}</b>'s weights" in page
+
+
+def test_report_command_rebuilds_it_and_says_why_when_the_data_is_gone(run, tmp_path, capsys):
+    data, out = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    config = (copy / "config.yaml").read_text().replace(str(data), str(tmp_path / "gone"))
+    (copy / "config.yaml").write_text(config)
+    assert main(["report", str(copy)]) == 0
+    assert "written:" in capsys.readouterr().out
+    page = (copy / "report.html").read_text()
+    assert "data is not available here" in page
+    assert "<section id=top-losses>" in page and len(embedded_images(page)) == 3  # curves, LRs, confusion
+
+
+def test_bad_input_is_one_clear_line(run, tmp_path):
+    _, out = run
+    incomplete = tmp_path / "x.incomplete"
+    incomplete.mkdir()
+    for name in ("config.yaml", "plans.yaml"):
+        shutil.copy(out / name, incomplete / name)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    summary = json.loads((old / "summary.json").read_text())
+    phases = summary.pop("phases")
+    summary.pop("version")
+    (old / "summary.json").write_text(json.dumps({**summary, **phases}))  # version 1: phases at the top
+    cases = [(tmp_path, "not a thaw run folder"), (incomplete, "incomplete run"), (old, "older thaw")]
+    for folder, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "thaw.cli", "report", str(folder)], capture_output=True, text=True
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no chromium binary: `make chromium` (apt-get install chromium) installs it")
+
+
+def browse(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        page.resolve().as_uri(),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("device, width, height", [("desktop", 1280, 900), ("phone", 390, 844)])
+def test_report_renders_in_a_real_browser(run, tmp_path, device, width, height):
+    _, out = run
+    page = out / "report.html"
+    done = browse(page, tmp_path / "profile", f"--window-size={width},{height}", "--dump-dom")
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console  # no script errors, no broken images (the page's self-check logs them)
+    dom = done.stdout
+    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert images == len(embedded_images(page.read_text())) and 'data-broken-images="0"' in dom
+    viewport = int(re.search(r'data-viewport-width="(\d+)"', dom).group(1))  # headless: at least 500
+    assert int(re.search(r'data-scroll-width="(\d+)"', dom).group(1)) <= viewport  # no sideways scroll
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in dom
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTEFACTS / f"report-{device}.png"
+    browse(page, tmp_path / "profile", f"--window-size={width},{4 * height}", f"--screenshot={shot}")
+    image = Image.open(shot)
+    assert image.size == (width, 4 * height)
+    assert len(image.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # not a blank page
