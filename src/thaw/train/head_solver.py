@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 L2_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # strongest first
-SMALL = 4_000_000  # features (rows x dims) below which the solve runs on one thread
+PAST_MINIMUM = 3  # L2 strengths tried after the one with the lowest validation loss
 TOLERANCE = (0.02, 0.002)  # relative, absolute: validation losses this close to the lowest count as equal
 
 
@@ -37,26 +37,16 @@ def solve_head(
     grid: tuple[float, ...] = L2_GRID,
     max_iter: int = 500,
 ) -> HeadSolution:
-    """Fit ``CE(x W^T + b) + l2 / 2 * ||W||^2`` for each L2 strength (warm-started from the stronger one)
-    and keep the strongest whose validation loss is within ``TOLERANCE`` of the lowest: on separable data
+    """Fit ``CE(x W^T + b) + l2 / 2 * ||W||^2`` for each L2 strength (warm-started from the stronger one;
+    ``PAST_MINIMUM`` strengths past the lowest validation loss, then stop) and keep the strongest whose validation loss is within ``TOLERANCE`` of the lowest: on separable data
     the weakest penalties reach the same (near zero) validation loss with ever larger weights, and a head
     with huge weights makes the first steps of fine-tuning blow up."""
-    threads = torch.get_num_threads()
-    if train_x.numel() <= SMALL:  # small matrices: one thread is faster, and immune to busy cores
-        torch.set_num_threads(1)
-    try:
-        return _solve(train_x, train_y, val_x, val_y, num_classes, grid, max_iter)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _solve(train_x, train_y, val_x, val_y, num_classes, grid, max_iter) -> HeadSolution:
-    x64, v64 = train_x.double(), val_x.double()
-    mean = x64.mean(0)
-    scale = (x64 - mean).pow(2).sum(1).mean().sqrt().clamp_min(1e-12) / x64.shape[1] ** 0.5  # RMS per feature
-    z, zv = (x64 - mean) / scale, (v64 - mean) / scale
-    weight = torch.zeros(num_classes, z.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    x, v = train_x.float(), val_x.float()
+    mean = x.mean(0)
+    scale = (x - mean).pow(2).sum(1).mean().sqrt().clamp_min(1e-12) / x.shape[1] ** 0.5  # RMS per feature
+    z, zv = (x - mean) / scale, (v - mean) / scale
+    weight = torch.zeros(num_classes, z.shape[1], requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
     curve, solutions = [], []
     for l2 in grid:
         iterations = _lbfgs(z, train_y, weight, bias, l2, max_iter)
@@ -65,21 +55,24 @@ def _solve(train_x, train_y, val_x, val_y, num_classes, grid, max_iter) -> HeadS
             point = {
                 "l2": l2,
                 "train_loss": float(F.cross_entropy(train_logits, train_y)),
-                "train_accuracy": float((train_logits.argmax(1) == train_y).double().mean()),
+                "train_accuracy": float((train_logits.argmax(1) == train_y).float().mean()),
                 "val_loss": float(F.cross_entropy(val_logits, val_y)),
-                "val_accuracy": float((val_logits.argmax(1) == val_y).double().mean()),
+                "val_accuracy": float((val_logits.argmax(1) == val_y).float().mean()),
                 "iterations": iterations,
             }
         curve.append(point)
         solutions.append((weight.detach().clone(), bias.detach().clone()))
+        lowest = min(range(len(curve)), key=lambda i: curve[i]["val_loss"])
+        if len(curve) - 1 - lowest >= PAST_MINIMUM:  # validation loss has risen since: weaker ones overfit more
+            break
     lowest = min(p["val_loss"] for p in curve)
     chosen = next(
         i for i, p in enumerate(curve) if p["val_loss"] <= lowest * (1 + TOLERANCE[0]) + TOLERANCE[1]
     )
-    l2, (w, b) = grid[chosen], solutions[chosen]
+    l2, (w, b) = curve[chosen]["l2"], solutions[chosen]
     raw_weight = w / scale  # fold the scaling into the head: W z + b = (W / s) x + (b - (W / s) m)
     raw_bias = b - raw_weight @ mean
-    return HeadSolution(raw_weight.float(), raw_bias.float(), l2, curve)
+    return HeadSolution(raw_weight, raw_bias, l2, curve)
 
 
 def _lbfgs(z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: int) -> int:
@@ -88,8 +81,8 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: 
         lr=1.0,
         max_iter=max_iter,
         history_size=20,
-        tolerance_grad=1e-7,
-        tolerance_change=1e-10,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
         line_search_fn="strong_wolfe",
     )
 
