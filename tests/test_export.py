@@ -47,6 +47,7 @@ def run(tmp_path_factory):
     model = load_model(out)
     torch.manual_seed(0)
     torch.nn.init.normal_(model.head[1].weight, std=2.0)
+    torch.nn.init.zeros_(model.head[1].bias)  # a bias solved for other features would pick one class
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
@@ -56,6 +57,13 @@ def run(tmp_path_factory):
     with torch.no_grad():
         model.train()(torch.from_numpy(model_inputs(out, images_of(data))).sub(mean).div(std))
     save_model(model.eval(), out / "model.safetensors")
+    import json
+
+    from thaw.models.state_dict import sha256
+
+    summary = json.loads((out / "summary.json").read_text())  # the model changed on purpose: record it
+    summary["model_sha256"] = sha256(out / "model.safetensors")
+    (out / "summary.json").write_text(json.dumps(summary))
     return data, out
 
 

@@ -41,6 +41,8 @@ ARGS = [
     "5",
     "--unfreeze",
     "2",
+    "--phase1",
+    "online",  # epochs to kill in: cached phase 1 has its own kill test in test_resume.py
     "--quiet",
 ]
 

@@ -5,7 +5,7 @@ import pytest
 from thaw.cli import main
 
 TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-        "--phase1-epochs", "2", "--phase2-epochs", "1", "--quiet"]  # fmt: skip
+        "--phase1-epochs", "2", "--phase2-epochs", "1", "--phase1", "online", "--quiet"]  # fmt: skip
 
 
 def test_tensorboard_logger_writes_every_phase_offline(tmp_path):

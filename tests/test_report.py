@@ -71,8 +71,9 @@ def test_every_run_writes_a_self_contained_report(run):
     images = embedded_images(page)
     split = (out / "split.csv").read_text().splitlines()
     test = [row for row in split if row.endswith(",test") and "broken" not in row]
-    # curves, LRs, confusion, ROC, reliability, and one tile per readable test image (at most 12)
-    assert len(images) == 5 + min(12, len(test))
+    # curves, LRs, phase 1's L2 path (its head solved on cached features), confusion, ROC, reliability,
+    # and one tile per readable test image (at most 12)
+    assert len(images) == 6 + min(12, len(test))
     for image in images:
         image.verify()
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)  # nothing fetched from a network
@@ -94,7 +95,8 @@ def test_report_command_rebuilds_it_and_says_why_when_the_data_is_gone(run, tmp_
     assert "written:" in capsys.readouterr().out
     page = (copy / "report.html").read_text()
     assert "data is not available here" in page
-    assert "<section id=top-losses>" in page and len(embedded_images(page)) == 3  # curves, LRs, confusion
+    # curves, LRs, the cached phase 1 L2 path, confusion
+    assert "<section id=top-losses>" in page and len(embedded_images(page)) == 4
 
 
 def test_bad_input_is_one_clear_line(run, tmp_path):

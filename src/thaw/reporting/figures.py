@@ -196,6 +196,27 @@ def interpolation_curve(curve: list[dict], alpha: float | None, title: str) -> b
     return png(fig)
 
 
+def solver_curve(curve: list[dict], l2: float, title: str) -> bytes:
+    """Training and validation loss (and validation accuracy) of the cached-feature head per L2 strength."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    strengths = [c["l2"] for c in curve]
+    ax.plot(strengths, [c["train_loss"] for c in curve], "-o", markersize=3, label="train loss")
+    ax.plot(strengths, [c["val_loss"] for c in curve], "-s", markersize=3, label="val loss")
+    ax.axvline(l2, color="grey", linestyle="--", label=f"kept L2 {l2:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("L2 strength")
+    ax.set_ylabel("cross-entropy")
+    right = ax.twinx()
+    right.plot(strengths, [c["val_accuracy"] for c in curve], ":", color="green", label="val accuracy")
+    right.set_ylabel("validation accuracy")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return png(fig)
+
+
 def _float(value) -> float:
     try:
         return float(value)

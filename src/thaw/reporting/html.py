@@ -199,7 +199,14 @@ def _training(page: Page, summary: RunSummary, rows: list[dict], title: str) -> 
         "a frozen group has no line, and groups at the same LR draw over each other.",
     )
     for name, p in summary.phases.items():
-        if p.curve:
+        if p.solver:
+            page.figure(
+                figures.solver_curve(p.curve, p.solver["l2"], f"{name}: head solved on cached features"),
+                f"{name} L2 path",
+                "The head is solved to convergence for each L2 strength (strongest first); the strongest "
+                "whose validation loss is within 2% of the lowest is kept.",
+            )
+        elif p.curve:
             page.figure(
                 figures.interpolation_curve(p.curve, p.alpha, f"{name}: validation accuracy per alpha"),
                 f"{name} interpolation curve",

@@ -38,9 +38,10 @@ def solve_head(
     max_iter: int = 500,
 ) -> HeadSolution:
     """Fit ``CE(x W^T + b) + l2 / 2 * ||W||^2`` for each L2 strength (warm-started from the stronger one;
-    ``PAST_MINIMUM`` strengths past the lowest validation loss, then stop) and keep the strongest whose validation loss is within ``TOLERANCE`` of the lowest: on separable data
-    the weakest penalties reach the same (near zero) validation loss with ever larger weights, and a head
-    with huge weights makes the first steps of fine-tuning blow up."""
+    ``PAST_MINIMUM`` strengths past the lowest validation loss, then stop) and keep the strongest whose
+    validation loss is within ``TOLERANCE`` of the lowest: on separable data the weakest penalties reach
+    the same (near zero) validation loss with ever larger weights, and a head with huge weights makes the
+    first steps of fine-tuning blow up."""
     x, v = train_x.float(), val_x.float()
     mean = x.mean(0)
     scale = (x - mean).pow(2).sum(1).mean().sqrt().clamp_min(1e-12) / x.shape[1] ** 0.5  # RMS per feature
@@ -63,7 +64,9 @@ def solve_head(
         curve.append(point)
         solutions.append((weight.detach().clone(), bias.detach().clone()))
         lowest = min(range(len(curve)), key=lambda i: curve[i]["val_loss"])
-        if len(curve) - 1 - lowest >= PAST_MINIMUM:  # validation loss has risen since: weaker ones overfit more
+        if (
+            len(curve) - 1 - lowest >= PAST_MINIMUM
+        ):  # validation loss has risen since: weaker ones overfit more
             break
     lowest = min(p["val_loss"] for p in curve)
     chosen = next(
