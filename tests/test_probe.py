@@ -39,7 +39,7 @@ def test_probe_two_models_side_by_side(class_folder, tmp_path, capsys):
     import json
 
     out = tmp_path / "probe.json"
-    args = ["probe", str(class_folder), "--model", "mobilenet_v3_small,resnet18", "--weights", "none"]
+    args = ["probe", str(class_folder), "--model", "mobilenet_v3_small@none,resnet18", "--weights", "none"]
     assert main([*args, "--image-size", "32", "--folds", "3", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "mobilenet_v3_small" in printed and "resnet18" in printed and "+-" in printed

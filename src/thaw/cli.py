@@ -207,8 +207,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from thaw.probe import ProbeResult, probe
 
     config = config_from_args(args, RunConfig())
-    names = [n.strip() for n in config.model.name.split(",") if n.strip()]
-    models = [dc.replace(config.model, name=n) for n in names]
+    models = []
+    for entry in (n.strip() for n in config.model.name.split(",")):
+        name, _, weights = entry.partition("@")  # mobilenet_v2@IMAGENET1K_V1: weights per model
+        if name:
+            models.append(dc.replace(config.model, name=name, weights=weights or config.model.weights))
     results = probe(config.data, models, folds=args.folds, seed=config.seed, warn=_warn)
     table = Table(
         title=f"{config.data.path}: frozen features, {results[0].folds}-fold stratified cross-validation "
@@ -482,7 +485,11 @@ def parser() -> argparse.ArgumentParser:
     config_flags(em, sections=("data", "model"))
     em.set_defaults(func=cmd_embed)
 
-    pr = sub.add_parser("probe", help="how good are pretrained features for DATA: linear and k-NN probes")
+    pr = sub.add_parser(
+        "probe",
+        help="how good are pretrained features for DATA: linear and k-NN probes; "
+        "--model a,b@WEIGHTS,c compares several (weights per model after @)",
+    )
     pr.add_argument("data", help="the images, as for thaw fit")
     pr.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default: 5)")
     pr.add_argument("--json", help="also write the results to this JSON file")
