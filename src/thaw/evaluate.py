@@ -100,26 +100,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
-    import matplotlib
+    from thaw.reporting.figures import confusion as confusion_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(class_names)
-    size = min(12, 2 + 0.6 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    top = max(max(row) for row in confusion) or 1
-    for i, row in enumerate(confusion):
-        for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    save_figure(fig, path)
+    write_atomic(path, confusion_png(confusion, class_names, title))
 
 
 def save_figure(fig, path: Path) -> None:
