@@ -94,7 +94,8 @@ def train(
         config.model, len(sources.class_names), sources.class_names, config.data.image_size
     )
     loaders = Loaders(sources, model, config, report)
-    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    l2_sp = any(p.regularizer == "l2-sp" for p in plans)  # a copy of the backbone only where it is needed
+    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()} if l2_sp else {}
     ctx = Context(config, loaders, run, report, anchor)
     report.start(config, sources, model, loaders, plans)
 
