@@ -62,3 +62,38 @@ def shared_or_skip(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real data lives in ../shared on development and CI machines)")
     return path
+
+
+def tiny_flags(size: int = 32, batch: int = 8) -> list[str]:
+    """The command-line flags of a tiny CPU run: MobileNetV3-small, random weights, small images."""
+    return [
+        "--model",
+        "mobilenet_v3_small",
+        "--weights",
+        "none",
+        "--image-size",
+        str(size),
+        "--batch-size",
+        str(batch),
+    ]
+
+
+def tiny_config(data, out, **changes):
+    """The same tiny run as a config: 2 online-budget epochs of phase 1 (cached by default), 1 of phase 2."""
+    import thaw
+    from thaw.config import override
+
+    return override(
+        thaw.RunConfig(),
+        {
+            "data.path": str(data),
+            "data.image_size": 32,
+            "data.batch_size": 8,
+            "model.name": "mobilenet_v3_small",
+            "model.weights": "none",
+            "phase1.epochs": 2,
+            "phase2.epochs": 1,
+            "out": str(out),
+            **changes,
+        },
+    )

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, make_image
+from conftest import make_class_folder, make_image, tiny_flags
 from PIL import Image
 
 from thaw.cli import main
 
-FAST = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8"]
+FAST = tiny_flags()
 TINY = [*FAST, "--phase1-epochs", "1", "--phase2-epochs", "0", "--quiet"]
 
 

@@ -9,24 +9,11 @@ from contextlib import redirect_stdout
 
 import pytest
 import yaml
+from conftest import tiny_flags
 
 from thaw.cli import main
 
-TINY = [
-    "--model",
-    "mobilenet_v3_small",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "8",
-    "--phase1-epochs",
-    "2",
-    "--phase2-epochs",
-    "1",
-    "--quiet",
-]
+TINY = [*tiny_flags(), "--phase1-epochs", "2", "--phase2-epochs", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_flags
 
 from thaw.cli import main
 
-TINY = [
-    "--model",
-    "mobilenet_v3_small",
-    "--weights",
-    "none",
-    "--image-size",
-    "48",
-    "--batch-size",
-    "8",
-    "--phase1-epochs",
-    "1",
-    "--phase2-epochs",
-    "1",
-    "--quiet",
-]
+TINY = [*tiny_flags(48), "--phase1-epochs", "1", "--phase2-epochs", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,13 @@ from unittest import mock
 import pytest
 import torch
 import yaml
+from conftest import tiny_flags
 from safetensors.torch import load_file
 
 from thaw.cli import main
 
 ARGS = [
-    "--model",
-    "mobilenet_v3_small",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
+    *tiny_flags(32, batch=4),
     "--lr",
     "0.01",
     "--phase1-epochs",
@@ -42,7 +36,7 @@ ARGS = [
     "--unfreeze",
     "2",
     "--phase1",
-    "online",  # epochs to kill in: cached phase 1 has its own kill test in test_resume.py
+    "online",
     "--quiet",
 ]
 

@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 import thaw
-from thaw.config import ModelConfig, override
+from thaw.config import ModelConfig
 from thaw.data import decode_sources, discover, eval_transform
 from thaw.data import features as cache
 from thaw.models import build_classifier
@@ -20,20 +21,7 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def tiny(data, out, **changes):
-    return override(
-        thaw.RunConfig(),
-        {
-            "data.path": str(data),
-            "data.image_size": 32,
-            "data.batch_size": 8,
-            "model.name": "mobilenet_v3_small",
-            "model.weights": "none",
-            "phase2.epochs": 1,
-            "out": str(out),
-            **changes,
-        },
-    )
+tiny = tiny_config
 
 
 def model_and_items(folder):

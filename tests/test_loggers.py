@@ -1,11 +1,11 @@
 """--logger passes each phase to a Lightning logger under RUN/logs/; tensorboard works offline."""
 
 import pytest
+from conftest import tiny_flags
 
 from thaw.cli import main
 
-TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-        "--phase1-epochs", "2", "--phase2-epochs", "1", "--phase1", "online", "--quiet"]  # fmt: skip
+TINY = [*tiny_flags(), "--phase1-epochs", "2", "--phase2-epochs", "1", "--phase1", "online", "--quiet"]
 
 
 def test_tensorboard_logger_writes_every_phase_offline(tmp_path):

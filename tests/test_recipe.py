@@ -3,30 +3,16 @@ import csv
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 import thaw
-from thaw.config import ModelConfig, override
+from thaw.config import ModelConfig
 from thaw.models import build_classifier
 from thaw.results import Metrics, PhaseResult, RunSummary, choose_final, gains
 from thaw.train.strategies import PhasePlan
 
-
-def tiny(data, out, **changes):
-    return override(
-        thaw.RunConfig(),
-        {
-            "data.path": str(data),
-            "data.image_size": 32,
-            "data.batch_size": 8,
-            "model.name": "mobilenet_v3_small",
-            "model.weights": "none",
-            "phase1.epochs": 2,
-            "phase2.epochs": 1,
-            "out": str(out),
-            **changes,
-        },
-    )
+tiny = tiny_config
 
 
 def losses(run):

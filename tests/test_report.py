@@ -14,25 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_flags
 from PIL import Image
 
 from thaw.cli import main
 
-TINY = [
-    "--model",
-    "mobilenet_v3_small",
-    "--weights",
-    "none",
-    "--image-size",
-    "64",
-    "--batch-size",
-    "8",
-    "--phase1-epochs",
-    "2",
-    "--phase2-epochs",
-    "1",
-    "--quiet",
-]
+TINY = [*tiny_flags(64), "--phase1-epochs", "2", "--phase2-epochs", "1", "--quiet"]
 ARTEFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artefacts"
 SECTIONS = (
     "decision",

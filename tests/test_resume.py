@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_flags
 from safetensors.torch import load_file
 
 from thaw.cli import main
@@ -16,14 +17,7 @@ from thaw.config import ModelConfig
 from thaw.models import build_classifier
 
 ARGS = [
-    "--model",
-    "mobilenet_v3_small",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "8",
+    *tiny_flags(),
     "--lr",
     "0.01",
     "--phase1-epochs",
