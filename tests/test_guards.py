@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from thaw.cli import main
+from thaw.errors import ThawError
 from thaw.train import module
 
 TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8"]
@@ -54,7 +55,7 @@ def test_load_refuses_non_finite_weights(class_folder, tmp_path, capsys):
     assert main(["predict", str(path), str(class_folder)]) == 2
     err = capsys.readouterr().err
     assert "non-finite weights" in err and key in err
-    with pytest.raises(Exception, match="non-finite"):
+    with pytest.raises(ThawError, match="non-finite"):
         save_model(_poison(model), tmp_path / "again.safetensors")
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from thaw.config import ModelConfig
+from thaw.errors import ThawError
 from thaw.freeze import set_trainable
 from thaw.models import build_classifier
 from thaw.optim import param_groups, warmup_cosine
@@ -39,7 +40,7 @@ def test_layer_wise_lr_decay_and_explicit_group_lrs():
     assert PhasePlan("p", "first:1", lr=1e-3, lr_ratio=1).group_lr(3) == pytest.approx([1e-3, 0.0, 0.0])
     explicit = PhasePlan("p", "groups:0,2", group_lrs=(1e-5, 1e-4, 1e-3))
     assert explicit.group_lr(3) == [1e-5, 0.0, 1e-3]
-    with pytest.raises(Exception, match="group_lrs has 3 values"):
+    with pytest.raises(ThawError, match="group_lrs has 3 values"):
         explicit.group_lr(4)
 
 
