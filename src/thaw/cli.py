@@ -489,7 +489,12 @@ def parser() -> argparse.ArgumentParser:
         help="1: the head on the frozen backbone; 2: the unfrozen backbone, the head fixed at --lr after a "
         "phase-1 head solved on cached features (default: 1)",
     )
-    lf.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (default: 100)")
+    lf.add_argument(
+        "--steps",
+        type=int,
+        help="mini-batches in the sweep (default: 100, or fewer if the training split is small: at most "
+        "10 passes over it)",
+    )
     lf.add_argument("--start-lr", type=float, default=1e-7, help="the sweep's first LR (default: 1e-7)")
     lf.add_argument("--end-lr", type=float, default=1.0, help="the sweep's last LR (default: 1)")
     config_flags(lf, sections=("data", "model", "training"))

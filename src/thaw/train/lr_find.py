@@ -43,13 +43,14 @@ from thaw.files import write_atomic
 from thaw.models import Classifier
 from thaw.optim import param_groups
 from thaw.results import dumps
+from thaw.train.module import PhaseModule
 from thaw.train.strategies import PhasePlan, plans_for
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100  # fastai: 1e-7 .. 10 over 100 steps; thaw's LRs are <= 1
 BETA = 0.98  # the loss is smoothed as fastai and Lightning do: a debiased exponential moving average
-DIVERGED = 4.0  # the sweep stops when the smoothed loss exceeds 4 x its lowest value (fastai, Lightning)
+DIVERGED = 4.0  # stop when the smoothed loss exceeds 4 x its lowest (fastai, Lightning) and ln(classes)
 MIN_STEPS = 20
-MAX_PASSES = 20  # the sweep cycles through the training batches; more passes than this: too little data
+MAX_PASSES = 10  # the sweep cycles through the training batches; more passes than this: too little data
 RULE = "valley"
 
 
@@ -102,7 +103,7 @@ class LRFind:
         text = (
             f"phase {self.phase}: suggested {what} {self.suggestion:.2g} (rule: {self.rule}, fastai's "
             f"default: the middle of the longest falling stretch of the smoothed loss; {alts}); "
-            f"default {self.default:g}"
+            f"default {self.default:.2g}"
         )
         if self.lr_ratio is not None:
             text += f"; suggested lr_ratio {self.lr_ratio:.3g} (head {self.head_lr:.2g} / backbone)"
@@ -147,7 +148,7 @@ def valley(losses: list[float]) -> int:
             if losses[i] < losses[j] and length[i] < length[j] + 1:
                 length[i] = length[j] + 1
         if length[i] > length[end]:
-            end, start = i, i - length[i]
+            end, start = i, i - length[i] + 1
     third = (end - start) / 3
     return min(n - 1, max(0, start + int(third) + int(third / 2)))
 
@@ -199,8 +200,6 @@ def sweep(
     decay), one batch per LR of ``lrs``; ``swept="head"`` scales every parameter group's LR with the sweep,
     ``"backbone"`` only the backbone's (the head stays at ``plan.lr``). Stops when the smoothed loss
     diverges. The model and the RNG are restored afterwards."""
-    from thaw.train.module import PhaseModule
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with restored(model):
         torch.manual_seed(seed)
@@ -222,7 +221,9 @@ def sweep(
             for g, scale in zip(optimizer.param_groups, scales):
                 if scale:
                     g["lr"] = lr * scale
-            loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=plan.label_smoothing)
+            logits = model(x.to(device))
+            loss = F.cross_entropy(logits, y.to(device), label_smoothing=plan.label_smoothing)
+            chance = math.log(logits.shape[1])  # the loss of a uniform guess
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -231,7 +232,10 @@ def sweep(
             s = avg / (1 - BETA ** (i + 1))
             raw.append(value)
             smooth.append(s)
-            if not math.isfinite(s) or i > 0 and s > DIVERGED * best:
+            # Diverged: 4 x the lowest smoothed loss and worse than a uniform guess, after the first tenth of
+            # the sweep (which the rules skip). A solved phase-1 head starts phase 2 near zero loss, where
+            # 4 x the lowest alone is batch noise, not a destroyed backbone.
+            if not math.isfinite(s) or i >= max(1, len(lrs) // 10) and s > max(DIVERGED * best, chance):
                 break
             best = min(best, s)
         model.cpu()
@@ -250,23 +254,25 @@ def cycle(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch += 1
 
 
-def check_sweep_data(n_images: int, batch_size: int, steps: int) -> int:
-    """Raise if the training split is too small for a ``steps``-step sweep; return batches per pass."""
+def sweep_steps(n_images: int, batch_size: int, steps: int | None = None) -> int:
+    """The sweep's length: ``steps``, or by default 100 (fastai's) or as many as ``MAX_PASSES`` passes
+    over the training batches allow. Raises if the training split is too small for a sweep."""
+    batches = n_images // batch_size + (n_images % batch_size > 1)  # the loader drops a last batch of 1
+    most = batches * MAX_PASSES
+    if steps is None:
+        steps = min(STEPS, most)
+    if most < MIN_STEPS or steps > most:
+        fix = f"use --steps {most} or fewer, " if most >= MIN_STEPS else ""
+        raise ThawError(
+            f"the training split ({n_images} images, {batches} batch(es) of {batch_size}) is too small for a "
+            f"{steps}-step LR sweep: it would pass over every image more than {MAX_PASSES} times; {fix}"
+            f"a smaller --batch-size, or more images"
+        )
     if steps < MIN_STEPS:
         raise ThawError(
             f"--steps {steps} is too few for an LR sweep: use at least {MIN_STEPS} (default {STEPS})"
         )
-    batches = n_images // batch_size + (n_images % batch_size > 1)
-    passes = math.ceil(steps / max(batches, 1))
-    if batches == 0 or passes > MAX_PASSES:
-        fewer = batches * MAX_PASSES
-        fix = f"--steps {fewer}, " if fewer >= MIN_STEPS else ""
-        raise ThawError(
-            f"the training split ({n_images} images, {batches} batch(es) of {batch_size}) is too small for a "
-            f"{steps}-step LR sweep: every image would be seen {passes} times (at most {MAX_PASSES}); use "
-            f"{fix}a smaller --batch-size, or more images"
-        )
-    return batches
+    return steps
 
 
 # ---- one phase, from a config ------------------------------------------------------------------------
@@ -277,7 +283,7 @@ def lr_find(
     phase: int = 1,
     out: str | Path | None = None,
     sources: thaw_data.Sources | None = None,
-    steps: int = STEPS,
+    steps: int | None = None,
     start_lr: float = START_LR,
     end_lr: float = END_LR,
     say: Callable[[str], None] = print,
@@ -300,7 +306,7 @@ def lr_find(
     if not 0 < start_lr < end_lr <= 10:
         raise ThawError(f"the sweep needs 0 < --start-lr < --end-lr <= 10; got {start_lr:g} .. {end_lr:g}")
     sources = sources or thaw_data.discover(config.data)
-    check_sweep_data(len(sources.split("train")), config.data.batch_size, steps)
+    steps = sweep_steps(len(sources.split("train")), config.data.batch_size, steps)
     out = Path(out) if out is not None else _default_out(sources.name, config.model.name)
     head_first = phase == 2 and config.lr == AUTO and config.lr_found is None
     names = [
