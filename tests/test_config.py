@@ -40,7 +40,7 @@ def test_unknown_and_mistyped_yaml_keys(tmp_path):
     with pytest.raises(ThawError, match="unknown setting.*epoch.*valid: epochs"):
         RunConfig.from_yaml(bad)
     bad.write_text("lr: fast\n")
-    with pytest.raises(ThawError, match="lr = 'fast' must be of type float"):
+    with pytest.raises(ThawError, match="lr = 'fast' must be a number or auto"):
         RunConfig.from_yaml(bad)
 
 
