@@ -323,13 +323,17 @@ def lr_find(
     if phase == 2 and config.lr == AUTO:
         config = override(config, {"lr": config.lr_found})
     resolved = placeholder(config)
-    trained = [p for p in plans_for(resolved) if not p.interpolate_from]
-    matching = [p for p in trained if (p.train == "head") == (phase == 1)]
+    plans = [p for p in plans_for(resolved) if not p.interpolate_from]
+    matching = [i for i, p in enumerate(plans) if (p.train == "head") == (phase == 1)]
+    if phase == 1 and not matching:  # no phase 1 (fine-tuning from the start): a fresh head all the same
+        plans, matching = [head_plan(resolved)], [0]
     if not matching:
-        which = "head-only phase (--phase1-epochs 0?)" if phase == 1 else "phase that unfreezes the backbone"
-        raise ThawError(f"lr-find --phase {phase}: the strategy has no {which}; there is nothing to sweep")
-    plan = dataclasses.replace(matching[0], features="online")
-    index = plans_for(resolved).index(matching[0])
+        raise ThawError(
+            f"lr-find --phase {phase}: the strategy has no phase that unfreezes the backbone "
+            "(--phase2-epochs 0?); there is nothing to sweep"
+        )
+    index = matching[0]
+    plan = dataclasses.replace(plans[index], features="online")
     start = time.perf_counter()
     with _seeded(config.seed):
         L.seed_everything(config.seed, verbose=False)
@@ -409,6 +413,18 @@ def check_auto(config: RunConfig, plans: list[PhasePlan]) -> None:
             "--lr-ratio auto: no phase of this run unfreezes the backbone (phase 2 is skipped); drop "
             "--lr-ratio auto or give --phase2-epochs > 0"
         )
+
+
+def head_plan(config: RunConfig) -> PhasePlan:
+    """Phase 1 of the two-phase recipe trained by epochs: the plan a head-only sweep follows."""
+    c = config.phase1
+    return PhasePlan(
+        "phase1",
+        lr=config.lr,
+        weight_decay=c.weight_decay,
+        bn_policy=config.bn_policy,
+        label_smoothing=config.label_smoothing,
+    )
 
 
 def placeholder(config: RunConfig) -> RunConfig:
