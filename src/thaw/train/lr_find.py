@@ -350,7 +350,7 @@ def lr_find(
             f"over {steps} batches of {config.data.batch_size} ({sources.name}, {config.model.name})"
         )
         result = sweep(model, plan, batches, lrs, "head" if phase == 1 else "backbone", config.seed)
-    _check_curve(result, steps, start_lr)
+    _check_curve(result, steps, start_lr, phase)
     chosen = suggest(result.lrs, result.losses, steps)
     suggestion = chosen.pop(RULE)
     head_lr = plan.lr if phase == 2 else None
@@ -489,19 +489,26 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn) -> None:
         model.head[-1].bias.copy_(solution.bias)
 
 
-def _check_curve(result: Sweep, steps: int, start_lr: float) -> None:
-    """A sweep that diverged at once, or whose first loss is not a number, has no curve to read."""
+def _check_curve(result: Sweep, steps: int, start_lr: float, phase: int) -> None:
+    """A sweep whose first loss is not a number, that diverged before the rules have points to read
+    (they skip the first tenth and the last 5), or whose head never learned, has no curve to read. (From a
+    solved head, a phase-2 curve that only rises is a finding, not an error.)"""
     if not result.raw_losses or not math.isfinite(result.raw_losses[0]):
         raise ThawError(
             f"the loss of the first batch is not finite (lr {start_lr:g}): check the images and labels "
             f"(thaw fit would stop on it too)"
         )
     lowest = min(range(len(result.losses)), key=result.losses.__getitem__)
-    if result.diverged and (len(result.lrs) < max(10, steps // 10) or lowest == 0):
+    where = f"stopped at lr {result.lrs[-1]:.2g} after {len(result.lrs)} of {steps} steps"
+    if result.diverged and len(result.lrs) < steps // 10 + 10:
         raise ThawError(
-            f"the loss diverged from the first steps of the sweep (it never fell below its first value; "
-            f"stopped at lr {result.lrs[-1]:.2g} after {len(result.lrs)} steps): start lower, e.g. "
+            f"the loss diverged from the first steps of the sweep ({where}): start lower, e.g. "
             f"--start-lr {start_lr / 100:g}, or check the images and labels"
+        )
+    if phase == 1 and result.diverged and lowest == 0:
+        raise ThawError(
+            f"the head's loss never fell below its first value before it diverged ({where}): check the "
+            f"images and labels, or sweep from lower, e.g. --start-lr {start_lr / 100:g}"
         )
 
 
