@@ -40,7 +40,7 @@ class PhaseModule(L.LightningModule):
     ):
         super().__init__()
         self.model = model
-        self._forward = forward or model  # not a submodule: checkpoints hold exactly the model's state
+        self._forward = forward or model.__call__  # a function, not a submodule: the state holds one model
         self.plan = plan
         self.seed, self.index = seed, index
         self.groups = plan.groups(len(model.layer_groups))
