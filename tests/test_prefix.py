@@ -179,6 +179,7 @@ def test_a_cached_phase2_it_cannot_honour_is_refused(changes, message):
         plans_for(config)
 
 
+@pytest.mark.slow  # two runs and a killed subprocess: about 30 s alone
 def test_a_killed_cached_prefix_phase_resumes_where_it_stopped(tmp_path, home):
     from test_resume import ARGS, kill_and_resume, outcome, same_model
 
