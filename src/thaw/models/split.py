@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-# Modules whose training-mode forward is random: in a frozen prefix they are active online (only batch
-# norm is held in eval mode) but not in the cache, so a prefix holding one is not exact.
-STOCHASTIC = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "StochasticDepth", "DropPath")
+# Leaf modules whose training-mode forward is random: in a frozen prefix they are active online (only batch
+# norm is held in eval mode) but not in the cache, so a prefix holding one is not exact. Stochastic depth
+# (torchvision's StochasticDepth, timm's DropPath) is traced through: its prefix traces differently in
+# training and eval mode, which is checked too.
+STOCHASTIC = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout")
 
 
 class CannotSplit(Exception):
