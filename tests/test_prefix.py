@@ -47,6 +47,15 @@ def test_prefix_then_suffix_is_the_backbone(name):
     assert not suffix_params & {id(p) for p in split.prefix.parameters()}
 
 
+def test_stochastic_depth_in_the_prefix_is_flagged_as_not_exact():
+    """torchvision's EfficientNet drops residual branches at random in training mode (online, the frozen
+    prefix runs in training mode, batch norm aside); the cache is the eval-mode prefix."""
+    model = build_classifier(ModelConfig(name="efficientnet_b0", weights="none"), 3, image_size=32)
+    n = len(model.layer_groups)
+    split = split_backbone(model.backbone, model.layer_groups, n - 2, torch.randn(2, 3, 32, 32))
+    assert split.stochastic_prefix == ["code that runs differently in training mode"]
+
+
 def test_cached_prefix_steps_give_the_same_weights_as_the_full_model(shapes, tmp_path, home):
     """No augmentation, batch norm frozen, the same batches in the same order: a few AdamW steps on the
     cached activations end on the same weights as the same steps through the whole model."""
