@@ -166,6 +166,14 @@ class RunConfig:
     lr: float = setting(1e-3, "head learning rate in every phase")
     lr_ratio: float = setting(10.0, "phase 2: backbone LR = lr / lr_ratio")
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
+    phase2_features: str = setting(
+        "online",
+        "phase 2 with --unfreeze N: cached = the frozen layers before the last N run once, their "
+        "activations cached; online = every step",
+        flags=("--phase2",),
+        choices=("cached", "online"),
+    )
+    prefix_views: int = setting(1, "phase 2 cached: augmented views per training image (1 = none)")
     bn_policy: str = setting("frozen", "batch norm while training", choices=BN_POLICIES)
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")
