@@ -204,12 +204,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from thaw.probe import embed, write_embedding
+    from thaw.probe import check_out, embed, write_embedding
 
     config = config_from_args(args, RunConfig())
-    out = Path(args.out_file)
-    if out.exists():  # before any work
-        raise ThawError(f"{out} already exists; choose another --out (thaw embed never overwrites a file)")
+    out = check_out(Path(args.out_file))  # before any work
     e = embed(config.data, config.model, warn=_warn)
     write_embedding(e, out)
     splits = ", ".join(f"{s} {e.splits.count(s)}" for s in dict.fromkeys(e.splits))

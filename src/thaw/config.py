@@ -196,6 +196,14 @@ class RunConfig:
     lr_found: float | None = setting(None, "what lr auto resolved to in this run", recorded=True)
     lr_ratio_found: float | None = setting(None, "what lr_ratio auto resolved to in this run", recorded=True)
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
+    phase2_features: str = setting(
+        "online",
+        "phase 2 with --unfreeze N: cached = the frozen layers before the last N run once, their "
+        "activations cached; online = every step",
+        flags=("--phase2",),
+        choices=("cached", "online"),
+    )
+    prefix_views: int = setting(1, "phase 2 cached: augmented views per training image (1 = none)")
     bn_policy: str = setting("frozen", "batch norm while training", choices=BN_POLICIES)
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +31,7 @@ from thaw.train import lr_find
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
+from thaw.train.prefix import cached_prefix
 from thaw.train.report import Reporter
 from thaw.train.run_folder import RunFolder, check_outside_data, default_out
 from thaw.train.steps import cached_head, interpolate
@@ -122,7 +124,13 @@ def train(
     results: dict[str, PhaseResult] = {}
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
         step = (
-            interpolate if plan.interpolate_from else cached_head if plan.features == "cached" else run_phase
+            interpolate
+            if plan.interpolate_from
+            else run_phase
+            if plan.features == "online"
+            else cached_head  # a frozen backbone: features once, the head solved
+            if plan.train == "head"
+            else cached_prefix  # a frozen prefix: its activations once, the suffix trained
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
         model.load_state_dict(run.load_weights(plan.name))
@@ -157,17 +165,33 @@ def train(
     return RunResult(path, summary, model)
 
 
-def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
+@dataclass
+class Feed:
+    """What a phase trains and validates on: image loaders (the default), or cached activations with the
+    forward from them to logits (``thaw.train.prefix``); ``record`` goes to ``PhaseResult.features``."""
+
+    train: object
+    val: object
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # None: the whole model
+    record: dict = field(default_factory=lambda: {"mode": "online"})
+    note: str = ""  # said under the phase's heading
+
+
+def run_phase(
+    model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict, feed: Feed | None = None
+) -> PhaseResult:
     """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
     attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``."""
     config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
+    feed = feed or Feed(loaders.train(index), loaders.val)
     earlier = [row for r in before.values() for row in r.epochs]
 
     def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
         report.epoch(row)
         write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
-    module = PhaseModule(model, plan, config.seed, index, ctx.anchor if plan.regularizer == "l2-sp" else None)
+    anchor = ctx.anchor if plan.regularizer == "l2-sp" else None
+    module = PhaseModule(model, plan, config.seed, index, anchor, feed.forward)
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
@@ -200,12 +224,14 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         log_every_n_steps=1,
     )
     report.phase_start(plan, model, resumed=last.is_file())
+    if feed.note:
+        report.say(f"  {feed.note}")
     state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
     if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
         recorder.load_state_dict(state["callbacks"][recorder.state_key])
         guard.load_state_dict(state["callbacks"].get(guard.state_key, {}))
     else:
-        trainer.fit(module, loaders.train(index), loaders.val, ckpt_path=last if state is not None else None)
+        trainer.fit(module, feed.train, feed.val, ckpt_path=last if state is not None else None)
     best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])
     model.cpu()
@@ -229,6 +255,7 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         val=classification_metrics(*predict(model, loaders.val)),
         test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
         epochs=rows,
+        features=feed.record,
     )
     run.save_weights(plan.name, model)
     run.save_phase(result)  # from here on the plan counts as finished
@@ -272,8 +299,11 @@ class Loaders:
 
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
-        seed = self.config.seed * 1009 + phase
-        return thaw_data.loader(self.decoded["train"], self.train_transform, self.config.data, True, seed)
+        data, seed = self.decoded["train"], self.train_seed(phase)
+        return thaw_data.loader(data, self.train_transform, self.config.data, True, seed)
+
+    def train_seed(self, phase: int) -> int:
+        return self.config.seed * 1009 + phase
 
 
 def quiet_lightning() -> None:
