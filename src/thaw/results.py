@@ -98,6 +98,7 @@ class RunSummary:
     gain: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
     model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
+    lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
 
     @property
     def final(self) -> PhaseResult:

@@ -6,6 +6,8 @@ the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is ma
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +20,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
 from thaw.config import RunConfig, override
+from thaw.errors import ThawError
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
-from thaw.files import atomic_path
+from thaw.files import atomic_path, write_atomic
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.train import lr_find
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
@@ -63,23 +67,39 @@ def fit(
     and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
     check_logger(config.logger)
-    plans = check_plans(list(plans)) if plans is not None else plans_for(config)
+    if config.auto and plans is not None:
+        raise ThawError("lr or lr_ratio auto is found for the config's strategy: give plans with numbers")
+    plans = check_plans(list(plans)) if plans is not None else plans_for(lr_find.placeholder(config))
+    lr_find.check_auto(config, plans)
     sources = sources or thaw_data.discover(config.data)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
+    if not config.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
+        config = override(config, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
     check_outside_data(out, config.data.path)
+    report = Reporter(quiet)
+    found, files = {}, {}
+    if config.auto:  # --lr auto: thaw lr-find first; config.yaml records auto and the value found
+        with tempfile.TemporaryDirectory() as tmp:
+            config, found = lr_find.resolve_auto(config, sources, Path(tmp), report.say, report.warn)
+            plans = plans_for(config.resolved())
+            files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
     run = RunFolder.create(out)
+    for name, data in files.items():  # the finders' plots and curves
+        write_atomic(run / name, data)
+    if found:
+        run.write_json("lr_find.json", found)
     run.write_text("config.yaml", config.to_yaml())
     run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
     thaw_data.write_split(sources, run / "split.csv")
-    return train(run, config, plans, sources, Reporter(quiet))
+    return train(run, config, plans, sources, report)
 
 
 def resume(path: str | Path, quiet: bool = False) -> RunResult:
     """Continue an interrupted run: finished phases are not rerun, the interrupted one goes on from its
     last epoch with its optimizer, schedule, early-stopping and RNG state."""
     run = RunFolder.reopen(Path(path))
-    config = RunConfig.from_yaml(run / "config.yaml").validate()
+    config = RunConfig.from_yaml(run / "config.yaml").validate().resolved()
     plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
     sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
     report = Reporter(quiet)
@@ -127,6 +147,7 @@ def train(
         strategy=config.strategy,
         seed=config.seed,
         gain=gains(results),
+        lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
     )
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
