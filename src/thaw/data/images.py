@@ -187,8 +187,8 @@ class EpochSampler(Sampler):
     and the same augmented images as epoch ``k`` of an uninterrupted one.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None) -> None:
+        self.n, self.seed, self.epoch, self.weights = n, seed, 0, weights
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -198,21 +198,60 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:  # --balance sampler: n draws with replacement, each class equally likely
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        if self.weights is not None:  # an image drawn twice gets two augmentations
+            return iter(zip(order, seeds, strict=True))
         return iter(zip(order, (seeds[i] for i in order), strict=True))
 
 
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """``n / (classes * n_c)`` per class: each class weighs as much as the others in total."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float()
+    return len(labels) / (num_classes * counts.clamp_min(1))
+
+
+def sample_weights(labels: list[int]) -> torch.Tensor:
+    """One weight per image, inverse to its class's count: a class-balanced draw."""
+    y = torch.as_tensor(labels)
+    return (1.0 / torch.bincount(y).float())[y].double()
+
+
+def dataset_statistics(data: Decoded) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (0-1 scale) of the decoded training images."""
+    total = torch.zeros(data.images[0].shape[0], dtype=torch.float64)
+    squares, count = total.clone(), 0
+    for img in data.images:
+        x = img.double().flatten(1) / 255.0
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+        count += x.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt().clamp_min(1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
 def loader(
-    data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0
+    data: Decoded,
+    transform: v2.Transform,
+    config: DataConfig,
+    shuffle: bool,
+    seed: int = 0,
+    balanced: bool = False,
 ) -> DataLoader:
-    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``."""
+    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``;
+    ``balanced``: drawn with replacement, each class equally likely (``--balance sampler``)."""
     # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
     drop_last = shuffle and len(data.images) % config.batch_size == 1
     return DataLoader(
         ImageDataset(data, transform),
         batch_size=config.batch_size,
-        sampler=EpochSampler(len(data.images), seed) if shuffle else None,
+        sampler=EpochSampler(len(data.images), seed, sample_weights(data.labels) if balanced else None)
+        if shuffle
+        else None,
         # its own generator: creating an iterator would otherwise draw from the global RNG (the workers'
         # base seed), which dropout uses too, and a resumed run creates its iterators at other moments
         generator=torch.Generator().manual_seed(seed),

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
+from thaw.clinical import operating_point, plot_reliability
 from thaw.config import RunConfig, override
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path
@@ -106,8 +107,11 @@ def train(
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
         model.load_state_dict(run.load_weights(plan.name))
-    final = choose_final(results)
+    final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
+    operating, scored = operating_point(
+        model, loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
+    )
 
     summary = RunSummary(
         dataset=sources.name,
@@ -119,6 +123,7 @@ def train(
         strategy=config.strategy,
         seed=config.seed,
         gain=gains(results),
+        operating=operating,
     )
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
@@ -126,6 +131,7 @@ def train(
     plot_confusion(
         summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}"
     )
+    plot_reliability(*scored[split], run / "reliability.png", f"{final} on {split}:")
     with atomic_path(run / "model.safetensors") as tmp:
         save_model(model.eval(), tmp)
     summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
@@ -146,13 +152,21 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         report.epoch(row)
         write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
-    module = PhaseModule(model, plan, config.seed, index, ctx.anchor if plan.regularizer == "l2-sp" else None)
+    module = PhaseModule(
+        model,
+        plan,
+        config.seed,
+        index,
+        ctx.anchor if plan.regularizer == "l2-sp" else None,
+        loaders.class_weights if config.balance == "loss" else None,
+    )
+    monitor, mode = config.monitor, "min" if config.monitor == "val_loss" else "max"
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
         filename=f"{plan.name}-best",
-        monitor="val_loss",
-        mode="min",
+        monitor=monitor,
+        mode=mode,
         save_last=True,
         enable_version_counter=False,
     )
@@ -163,7 +177,7 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         max_epochs=plan.epochs,
         callbacks=[
             guard,
-            EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience),
+            EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience),
             checkpoint,
             recorder,
             *logger_callbacks(config.logger),
@@ -189,7 +203,7 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
     module.load_state_dict(best["state_dict"])
     model.cpu()
     rows = recorder.rows
-    best_row = min(rows, key=lambda r: r["val_loss"])
+    best_row = min(rows, key=lambda r: r[monitor] if mode == "min" else -r[monitor])
     n_groups = len(model.layer_groups)
     group_lrs = plan.group_lr(n_groups)
     result = PhaseResult(
@@ -243,6 +257,11 @@ class Loaders:
         self.decoded = thaw_data.decode_sources(
             sources, pre, channels, config.data.strict_images, report.warn
         )
+        if config.data.normalize == "dataset":  # the model file keeps these, so prediction uses them too
+            mean, std = thaw_data.dataset_statistics(self.decoded["train"])
+            pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
+            report.say(f"normalize: training-set statistics mean {mean}, std {std}")
+        self.class_weights = thaw_data.class_weights(self.decoded["train"].labels, len(sources.class_names))
         self.train_transform = thaw_data.train_transform(pre, config.data)
         evaluation = thaw_data.eval_transform(pre)
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
@@ -252,7 +271,10 @@ class Loaders:
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
         seed = self.config.seed * 1009 + phase
-        return thaw_data.loader(self.decoded["train"], self.train_transform, self.config.data, True, seed)
+        balanced = self.config.balance == "sampler"
+        return thaw_data.loader(
+            self.decoded["train"], self.train_transform, self.config.data, True, seed, balanced
+        )
 
 
 def quiet_lightning() -> None:
