@@ -37,7 +37,9 @@ def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, t
     return torch.cat(probs), torch.cat(labels)
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float | None = None) -> Metrics:
+def classification_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, threshold: float | None = None
+) -> Metrics:
     """accuracy, balanced accuracy, macro-F1, AUC (binary: of class 1; multiclass: macro one-vs-rest),
     loss (cross-entropy), the confusion matrix, the count, ECE (top-class confidence, 15 bins) and, for
     binary tasks, sensitivity and specificity of class 1. Binary predictions are class 1 where its

@@ -79,7 +79,9 @@ def solve_head(
     return HeadSolution(raw_weight, raw_bias, l2, curve)
 
 
-def _lbfgs(z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: int, class_weight=None) -> int:
+def _lbfgs(
+    z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: int, class_weight=None
+) -> int:
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,

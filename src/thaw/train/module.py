@@ -87,7 +87,9 @@ class PhaseModule(L.LightningModule):
         x, y = batch
         logits = self.model(x)
         smoothing = self.plan.label_smoothing if split == "train" else 0.0
-        weight = self.class_weights.to(logits.device) if split == "train" and self.class_weights is not None else None
+        weight = None
+        if split == "train" and self.class_weights is not None:
+            weight = self.class_weights.to(logits.device)
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
         if split == "val":
             self._val_outputs.append((logits.detach().float().softmax(1).cpu(), y.detach().cpu()))
