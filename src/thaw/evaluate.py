@@ -207,7 +207,8 @@ def evaluate_run(
             skipped.append(it.key)
     if not images:
         raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
-    metrics = classification_metrics(predictor.predict_proba(images), torch.tensor(labels))
+    probs = predictor.predict_proba(images)
+    metrics = classification_metrics(probs, torch.tensor(labels), predictor.threshold)
     evaluation = Evaluation(str(data), split, note, metrics, skipped)
     if write:
         try:

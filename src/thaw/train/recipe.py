@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
 from thaw.clinical import operating_point, plot_reliability
-from thaw.config import RunConfig, override
+from thaw.config import RunConfig, dicom_window, override
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
@@ -254,8 +254,9 @@ class Loaders:
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
         self.config, self.sources = config, sources
+        window = dicom_window(config.data.dicom_window) if config.data.dicom_window else None
         self.decoded = thaw_data.decode_sources(
-            sources, pre, channels, config.data.strict_images, report.warn
+            sources, pre, channels, config.data.strict_images, report.warn, window
         )
         if config.data.normalize == "dataset":  # the model file keeps these, so prediction uses them too
             mean, std = thaw_data.dataset_statistics(self.decoded["train"])
