@@ -155,7 +155,7 @@ class Evaluation:
 
 
 def evaluate_run(
-    run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True
+    run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True, tta: bool = False
 ) -> Evaluation:
     """Score a run on ``data`` (default: the data it was trained on) and write ``evaluations/*.json``.
 
@@ -207,8 +207,11 @@ def evaluate_run(
             skipped.append(it.key)
     if not images:
         raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
-    probs = predictor.predict_proba(images)
+    probs = predictor.predict_proba(images, tta=tta)
     metrics = classification_metrics(probs, torch.tensor(labels), predictor.threshold)
+    from thaw.clinical import bootstrap_ci
+
+    metrics = dataclasses.replace(metrics, ci=bootstrap_ci(probs, torch.tensor(labels), predictor.threshold))
     evaluation = Evaluation(str(data), split, note, metrics, skipped)
     if write:
         try:
