@@ -244,3 +244,10 @@ def test_sampler_balance_runs_and_resume_config_round_trips(tmp_path):
     result = thaw.fit(config, quiet=True)
     loaded = RunConfig.from_yaml(result.path / "config.yaml")
     assert loaded.balance == "sampler" and loaded.monitor == "val_balanced_accuracy"
+
+
+def test_a_csv_with_several_label_columns_is_named_multi_label(tmp_path):
+    make_class_folder(tmp_path / "d", per_class=2)
+    (tmp_path / "d" / "labels.csv").write_text("path,effusion,nodule\nred/red_0.png,1,0\nred/red_1.png,0,1\n")
+    with pytest.raises(ThawError, match="several label columns.*multi-label"):
+        discover(override(RunConfig(), {"data.path": str(tmp_path / "d" / "labels.csv")}).data)

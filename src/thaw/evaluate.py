@@ -201,7 +201,7 @@ def evaluate_run(
     images, labels, skipped = [], [], []
     for it in items:
         try:
-            images.append(open_image(it, 3))
+            images.append(open_image(it, 3, predictor.window))
             labels.append(index[names[it.label]])
         except DECODE_ERRORS:
             skipped.append(it.key)

@@ -177,6 +177,11 @@ def _csv(path: Path) -> Sources:
     with path.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: Excel's byte-order mark
         reader = csv.DictReader(fh)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" in columns and "label" not in columns and len(set(columns) - {"path", "split"}) > 1:
+            raise ThawError(
+                f"{path}: the CSV has several label columns ({', '.join(columns)}): multi-label data, "
+                f"which thaw does not train yet; give one column named label (path,label[,split])"
+            )
         if "path" not in columns or "label" not in columns:
             raise ThawError(
                 f"{path}: the CSV needs a header with columns path,label (optional: split); "
