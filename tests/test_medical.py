@@ -234,6 +234,9 @@ def test_a_run_with_the_medical_options(tmp_path, capsys):
     predictor = Predictor.load(out)  # the model file keeps the training set's statistics and the threshold
     assert predictor.preprocessing.mean != (0.485, 0.456, 0.406)
     assert predictor.threshold == pytest.approx(op.threshold)
+    from thaw.export import export_run
+
+    assert export_run(out).metadata["threshold"] == pytest.approx(op.threshold)  # and thaw predict model.onnx
 
 
 def test_sampler_balance_runs_and_resume_config_round_trips(tmp_path):
