@@ -256,11 +256,12 @@ def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.nda
             f"{path}: {split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 1 or 3) "
             f"(a 2D MedMNIST set; the 3D ones, (N, D, H, W), are volumes thaw does not classify)"
         )
-    deep = np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
-    if images.dtype != np.uint8 and not (deep and images.ndim == 3):
+    deep = np.issubdtype(images.dtype, np.integer) and images.ndim == 3  # e.g. uint16 greyscale scans
+    if images.dtype != np.uint8 and not deep:
         raise ThawError(
             f"{path}: {split}_images has dtype {images.dtype} and shape {images.shape}; thaw reads uint8 "
-            f"pixels, or greyscale (N, H, W) numbers of any depth (each image scaled min to max)"
+            f"pixels, or greyscale (N, H, W) integers of any depth (each image scaled min to max); "
+            f"convert floats with (x * 255).astype(np.uint8) or similar"
         )
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (1, 2) or 0 in labels.shape[1:]:
         raise ThawError(
