@@ -56,7 +56,8 @@ class Reporter:
         self.say(
             f"  {row['phase']} epoch {row['epoch']:>3}: train loss {row.get('train_loss', float('nan')):.4f} "
             f"acc {_pct(row.get('train_acc'))} | val loss {row['val_loss']:.4f} acc {_pct(row['val_acc'])} "
-            f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s"
+            + (f"AUC {row['val_auc']:.3f} " if row.get("val_auc") is not None else "")
+            + f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s"
         )
 
     def phase_end(self, result: PhaseResult) -> None:
