@@ -53,6 +53,16 @@ def run(names: list[str], seeds: list[int]) -> None:
 
 
 def scores(run_dir: Path) -> dict:
+    """The run's figures, computed once and kept beside it (``OUT/<run>.scores.json``)."""
+    cache = run_dir.with_name(run_dir.name + ".scores.json")
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    out = _scores(run_dir)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def _scores(run_dir: Path) -> dict:
     import torch
 
     from thaw.clinical import predict_views
