@@ -103,9 +103,9 @@ def table() -> None:
     def ms(values, pct=False):
         k = 100 if pct else 1
         values = [k * v for v in values]
-        if len(values) < 2:
-            return f"{values[0]:.3f}" if values else "-"
         fmt = ".1f" if pct else ".3f"
+        if len(values) < 2:
+            return f"{values[0]:{fmt}}" if values else "-"
         return f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt}}"
 
     print(
