@@ -97,6 +97,7 @@ class RunSummary:
     gain: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
     model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
+    hardware: dict[str, Any] = field(default_factory=dict)  # accelerator, devices, precision, ... as run
 
     @property
     def final(self) -> PhaseResult:

@@ -1,5 +1,6 @@
 """Data: finding labelled images (``sources``) and turning them into batches (``images``)."""
 
+from thaw.data import store
 from thaw.data.images import Decoded, decode_sources, eval_transform, loader, train_transform
 from thaw.data.sources import Item, Sources, discover, from_arrays, write_split
 
@@ -12,6 +13,7 @@ __all__ = [
     "eval_transform",
     "from_arrays",
     "loader",
+    "store",
     "train_transform",
     "write_split",
 ]

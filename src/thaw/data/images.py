@@ -13,6 +13,7 @@ before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,11 @@ from thaw.preprocessing import Preprocessing
 
 @dataclass
 class Decoded:
-    """One split in memory: uint8 image tensors [C, H, W], labels, and the keys they came from."""
+    """One split: uint8 image tensors [C, H, W] (a list in memory, or ``store.DiskImages`` read from a
+    file image by image), labels, and the keys they came from."""
 
     keys: list[str]
-    images: list[torch.Tensor]
+    images: Sequence[torch.Tensor]
     labels: list[int]
 
 
@@ -89,24 +91,59 @@ def resized(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
     return F.resize(F.pil_to_tensor(image), [pre.resize_size], interpolation=interpolation, antialias=True)
 
 
-def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -> tuple[Decoded, list[str]]:
-    """Decode and resize every item; returns the decoded split and the keys that failed."""
+def decode(
+    items: list[Item], pre: Preprocessing, channels: int, strict: bool, workers: int = 0
+) -> tuple[Decoded, list[str]]:
+    """Decode and resize every item (in ``workers`` processes); returns the decoded split and the keys
+    that failed."""
     keys, images, labels, failed = [], [], [], []
-    for item in items:
+    for i, image in decoded_items(items, pre, channels, strict, workers):
+        if image is None:
+            failed.append(items[i].key)
+            continue
+        keys.append(items[i].key)
+        images.append(image)
+        labels.append(items[i].label)
+    return Decoded(keys, images, labels), failed
+
+
+class _Decode(Dataset):
+    """Item ``i`` decoded and resized: ``(i, image)``, ``(i, None)`` for an undecodable file, or
+    ``(i, message)`` for a problem to report as a ThawError; run in DataLoader workers."""
+
+    def __init__(self, items: list[Item], pre: Preprocessing, channels: int, strict: bool) -> None:
+        self.items, self.pre, self.channels, self.strict = items, pre, channels, strict
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
         try:
-            img = resized(open_image(item, channels), pre)
+            return i, resized(open_image(item, self.channels), self.pre)
         except DECODE_ERRORS as err:
-            if strict:
-                raise ThawError(
+            if self.strict:
+                return i, (
                     f"cannot decode image {item.key} ({_first_line(err)}); fix or remove it, or drop "
                     f"--strict-images to skip undecodable files"
-                ) from err
-            failed.append(item.key)
-            continue
-        keys.append(item.key)
-        images.append(img)
-        labels.append(item.label)
-    return Decoded(keys, images, labels), failed
+                )
+            return i, None
+        except ThawError as err:
+            return i, str(err)
+
+
+def decoded_items(items: list[Item], pre: Preprocessing, channels: int, strict: bool, workers: int = 0):
+    """``(index, uint8 image or None)`` for every item, in order, decoded in ``workers`` processes (0: in
+    this one): decoding is what they speed up."""
+    dataset = _Decode(items, pre, channels, strict)
+    if workers > 0 and len(items) > 1:
+        stream = DataLoader(dataset, batch_size=None, num_workers=min(workers, len(items)))
+    else:
+        stream = (dataset[i] for i in range(len(dataset)))
+    for i, image in stream:
+        if isinstance(image, str):
+            raise ThawError(image)
+        yield int(i), image
 
 
 def _first_line(err: Exception) -> str:
@@ -121,14 +158,26 @@ def _stderr(text: str) -> None:
 
 
 def decode_sources(
-    sources: Sources, pre: Preprocessing, channels: int, strict: bool = False, warn=_stderr
+    sources: Sources,
+    pre: Preprocessing,
+    channels: int,
+    strict: bool = False,
+    warn=_stderr,
+    store: str = "memory",
+    workers: int = 0,
 ) -> dict[str, Decoded]:
-    """Decode every split; undecodable files are reported by name and skipped."""
+    """Decode every split, into memory or (``store`` ``disk``) into the decoded-image cache on disk;
+    undecodable files are reported by name and skipped."""
+    from thaw.data import store as disk
+
     decoded, failed = {}, []
     for split in ("train", "val", "test"):
         items = sources.split(split)
         if items:
-            decoded[split], bad = decode(items, pre, channels, strict)
+            if store == "disk":
+                decoded[split], bad = disk.decode_to_disk(items, pre, channels, strict, workers)
+            else:
+                decoded[split], bad = decode(items, pre, channels, strict, workers)
             failed += bad
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
@@ -185,34 +234,65 @@ class EpochSampler(Sampler):
 
     Lightning calls ``set_epoch`` before every epoch, so epoch ``k`` of a resumed run sees the same order
     and the same augmented images as epoch ``k`` of an uninterrupted one.
+
+    Under DDP (``world`` > 1) every rank draws the same order and takes every ``world``-th item of it from
+    position ``rank`` (the order is padded with its first items to a multiple of ``world``, as
+    ``DistributedSampler`` does, so every rank takes as many steps): the ranks' batches ``k`` together
+    are batch ``k`` of one process with ``world`` times the batch size, augmented the same way.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
-        return iter(zip(order, (seeds[i] for i in order), strict=True))
+        padded = (order * self.world)[: len(self) * self.world]
+        mine = padded[self.rank :: self.world]
+        return iter(zip(mine, (seeds[i] for i in mine), strict=True))
+
+
+class ShardSampler(Sampler):
+    """Items ``rank``, ``rank + world``, ... in order, no padding: the ranks' shards together are the
+    whole split once (validation under DDP; its metrics are summed over the ranks)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 def loader(
-    data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0
+    data: Decoded,
+    transform: v2.Transform,
+    config: DataConfig,
+    shuffle: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
-    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``."""
+    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``; rank
+    ``rank`` of ``world`` gets its shard (of the shuffled order, or of the split in order)."""
+    n = len(data.images)
+    sampler = EpochSampler(n, seed, rank, world) if shuffle else ShardSampler(n, rank, world)
     # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
-    drop_last = shuffle and len(data.images) % config.batch_size == 1
+    drop_last = shuffle and len(sampler) % config.batch_size == 1
     return DataLoader(
         ImageDataset(data, transform),
         batch_size=config.batch_size,
-        sampler=EpochSampler(len(data.images), seed) if shuffle else None,
+        sampler=sampler if shuffle or world > 1 else None,
         # its own generator: creating an iterator would otherwise draw from the global RNG (the workers'
         # base seed), which dropout uses too, and a resumed run creates its iterators at other moments
         generator=torch.Generator().manual_seed(seed),

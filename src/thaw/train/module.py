@@ -9,6 +9,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torchmetrics import MeanMetric
 
 from thaw.freeze import batchnorm_eval, set_trainable
 from thaw.models import Classifier
@@ -25,7 +26,11 @@ class PhaseModule(L.LightningModule):
     """Trains a :class:`Classifier` for one plan. A new module, and so a new optimizer and schedule built
     from exactly the trainable parameters, for every plan: no param groups added mid-run.
 
-    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan.
+    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan. ``compile``: train through
+    ``torch.compile(model)`` (the weights stay the model's own); ``channels_last``: that memory layout.
+
+    Losses and accuracies are torchmetrics means over images: under DDP their sums are gathered from every
+    rank, so the epoch's figures are those of the whole split, as one process would compute them.
     """
 
     def __init__(
@@ -35,9 +40,18 @@ class PhaseModule(L.LightningModule):
         seed: int = 0,
         index: int = 0,
         anchor: dict[str, torch.Tensor] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.model = model
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        # kept out of the module tree: its parameters are the model's, under the same names
+        self.__dict__["net"] = torch.compile(model) if compile else model
+        names = [f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc")]
+        self.metrics = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
         self.plan = plan
         self.seed, self.index = seed, index
         self.groups = plan.groups(len(model.layer_groups))
@@ -82,17 +96,16 @@ class PhaseModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.net(x)
         smoothing = self.plan.label_smoothing if split == "train" else 0.0
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log_dict(
-            {f"{split}_loss": loss, f"{split}_acc": acc},
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-        )
+        losses = F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="none")
+        loss = losses.mean()
+        for name, values in (("loss", losses), ("acc", (logits.argmax(dim=1) == y).float())):
+            metric = self.metrics[f"{split}_{name}"]
+            metric.update(values.detach())
+            self.log(f"{split}_{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
         if split == "train" and self._anchored:
             reg = self.regularizer()
             self.log("train_reg", reg, on_step=False, on_epoch=True, batch_size=len(y))

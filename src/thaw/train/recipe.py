@@ -17,17 +17,19 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
 from thaw.config import RunConfig, override
+from thaw.errors import ThawError
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.train import distributed
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.report import Reporter
-from thaw.train.run_folder import RunFolder, check_outside_data, default_out
+from thaw.train.run_folder import FollowerRun, RunFolder, check_outside_data, default_out, final_path
 from thaw.train.steps import cached_head, interpolate
 from thaw.train.strategies import PhasePlan, check_plans, plans_for
 
@@ -61,26 +63,44 @@ def fit(
     and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
     check_logger(config.logger)
+    distributed.check(config.hardware)
+    distributed.start(config.hardware)  # several processes: from here on, each one runs this
     plans = check_plans(list(plans)) if plans is not None else plans_for(config)
-    sources = sources or thaw_data.discover(config.data)
-    out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
+    given = [sources]
+
+    def create() -> Path:  # rank 0 alone names, creates and fills the run folder
+        found = given[0] = given[0] or thaw_data.discover(config.data)
+        out = Path(config.out) if config.out else default_out(found.name, config.model.name)
+        check_outside_data(out, config.data.path)
+        run = RunFolder.create(out)
+        run.write_text("config.yaml", override(config, {"out": str(out)}).to_yaml())
+        run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
+        thaw_data.write_split(found, run / "split.csv")
+        return out
+
+    out = distributed.on_zero(create)
     config = override(config, {"out": str(out)})
-    check_outside_data(out, config.data.path)
-    run = RunFolder.create(out)
-    run.write_text("config.yaml", config.to_yaml())
-    run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
-    thaw_data.write_split(sources, run / "split.csv")
-    return train(run, config, plans, sources, Reporter(quiet))
+    run = RunFolder(out) if distributed.is_zero() else FollowerRun(out)
+    sources = given[0]
+    if sources is None:  # the other ranks read the split rank 0 wrote: the same split everywhere
+        sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
+    return train(run, config, plans, sources, Reporter(quiet or not distributed.is_zero()))
 
 
 def resume(path: str | Path, quiet: bool = False) -> RunResult:
     """Continue an interrupted run: finished phases are not rerun, the interrupted one goes on from its
     last epoch with its optimizer, schedule, early-stopping and RNG state."""
-    run = RunFolder.reopen(Path(path))
+    staged = RunFolder(final_path(Path(path))).path
+    config = RunConfig.from_yaml(staged / "config.yaml").validate() if staged.is_dir() else None
+    if config is not None:
+        distributed.check(config.hardware)
+        distributed.start(config.hardware)
+    run = distributed.on_zero(lambda: RunFolder.reopen(Path(path)))
+    run = run if distributed.is_zero() else FollowerRun(run.final)
     config = RunConfig.from_yaml(run / "config.yaml").validate()
     plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
     sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
-    report = Reporter(quiet)
+    report = Reporter(quiet or not distributed.is_zero())
     report.say(f"resuming {run.path}")
     return train(run, config, plans, sources, report)
 
@@ -93,7 +113,8 @@ def train(
     model = build_classifier(
         config.model, len(sources.class_names), sources.class_names, config.data.image_size
     )
-    loaders = Loaders(sources, model, config, report)
+    with distributed.rank_zero_first():  # rank 0 fills the decoded-image store, the others read it
+        loaders = Loaders(sources, model, config, report)
     l2_sp = any(p.regularizer == "l2-sp" for p in plans)  # a copy of the backbone only where it is needed
     anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()} if l2_sp else {}
     ctx = Context(config, loaders, run, report, anchor)
@@ -105,6 +126,7 @@ def train(
             interpolate if plan.interpolate_from else cached_head if plan.features == "cached" else run_phase
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
+        distributed.barrier()  # rank 0 has saved the plan's weights: every rank goes on from them
         model.load_state_dict(run.load_weights(plan.name))
     final = choose_final(results)
     model.load_state_dict(run.load_weights(final))
@@ -119,7 +141,10 @@ def train(
         strategy=config.strategy,
         seed=config.seed,
         gain=gains(results),
+        hardware=hardware_summary(config, loaders),
     )
+    if not distributed.is_zero():  # rank 0 writes the run folder
+        return RunResult(run.final, summary, model)
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     split = "test" if summary.final.test is not None else "val"
@@ -144,9 +169,12 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
 
     def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
         report.epoch(row)
-        write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
+        if distributed.is_zero():
+            write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
-    module = PhaseModule(model, plan, config.seed, index, ctx.anchor if plan.regularizer == "l2-sp" else None)
+    anchor = ctx.anchor if plan.regularizer == "l2-sp" else None
+    hw = config.hardware
+    module = PhaseModule(model, plan, config.seed, index, anchor, hw.compile, hw.channels_last)
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
@@ -175,8 +203,8 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         enable_model_summary=False,
         enable_progress_bar=not report.quiet,
         default_root_dir=run.path,
-        devices=1,
         log_every_n_steps=1,
+        **distributed.trainer_args(config.hardware),
     )
     report.phase_start(plan, model, resumed=last.is_file())
     state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
@@ -184,7 +212,8 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         recorder.load_state_dict(state["callbacks"][recorder.state_key])
         guard.load_state_dict(state["callbacks"].get(guard.state_key, {}))
     else:
-        trainer.fit(module, loaders.train(index), loaders.val, ckpt_path=last if state is not None else None)
+        resume_from = last if state is not None else None
+        trainer.fit(module, loaders.train(index), loaders.val_shard, ckpt_path=resume_from)
     best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])
     model.cpu()
@@ -211,7 +240,8 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
     )
     run.save_weights(plan.name, model)
     run.save_phase(result)  # from here on the plan counts as finished
-    for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt"):
+    distributed.barrier()  # every rank has read the best checkpoint
+    for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt") if distributed.is_zero() else ():
         stale.unlink(missing_ok=True)
     report.phase_end(result)
     return result
@@ -240,19 +270,51 @@ class Loaders:
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
         self.config, self.sources = config, sources
+        data = config.data
+        n = sum(len(sources.split(s)) for s in ("train", "val", "test"))
+        self.store = thaw_data.store.choose(data.image_store, n, pre, channels, data.disk_above_mb)
         self.decoded = thaw_data.decode_sources(
-            sources, pre, channels, config.data.strict_images, report.warn
+            sources, pre, channels, data.strict_images, report.warn, self.store, data.num_workers
         )
+        self.rank, self.world = distributed.rank(), distributed.size()
+        if len(self.decoded["val"].images) < self.world:
+            raise ThawError(
+                f"{len(self.decoded['val'].images)} validation images cannot be shared by {self.world} "
+                f"processes; use fewer --devices or more validation images"
+            )
         self.train_transform = thaw_data.train_transform(pre, config.data)
         evaluation = thaw_data.eval_transform(pre)
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
+        # under DDP each rank validates its shard; the metrics are summed over the ranks (PhaseModule)
+        self.val_shard = thaw_data.loader(
+            self.decoded["val"], evaluation, config.data, False, 0, self.rank, self.world
+        )
         test = self.decoded.get("test")
         self.test = thaw_data.loader(test, evaluation, config.data, shuffle=False) if test else None
 
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
         seed = self.config.seed * 1009 + phase
-        return thaw_data.loader(self.decoded["train"], self.train_transform, self.config.data, True, seed)
+        data, transform = self.decoded["train"], self.train_transform
+        return thaw_data.loader(data, transform, self.config.data, True, seed, self.rank, self.world)
+
+
+def hardware_summary(config: RunConfig, loaders: Loaders) -> dict:
+    """Where the run trained, for summary.json: the settings as resolved on this machine."""
+    hw = config.hardware
+    return {
+        "accelerator": distributed.accelerator(hw),
+        "devices": hw.devices,
+        "num_nodes": hw.num_nodes,
+        "processes": distributed.size(),
+        "precision": hw.precision,
+        "dist_strategy": hw.dist_strategy,
+        "compile": hw.compile,
+        "channels_last": hw.channels_last,
+        "workers": config.data.num_workers,
+        "image_store": loaders.store,
+        "machine": distributed.machine(),
+    }
 
 
 def quiet_lightning() -> None:
