@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_class_folder
+from conftest import make_class_folder, tiny_config
 
 from thaw.config import HardwareConfig, RunConfig, override
 from thaw.data.images import EpochSampler, ShardSampler
@@ -92,6 +92,7 @@ def test_gpu_settings_pass_the_check_where_there_are_gpus(monkeypatch):
     args = distributed.trainer_args(hw)
     assert args == {
         "accelerator": "gpu",
+        "deterministic": "warn",
         "devices": 2,
         "num_nodes": 1,
         "precision": "16-mixed",
@@ -180,3 +181,32 @@ def test_two_process_early_stopping_stops_every_rank(tmp_path):
         timeout=240,
     )  # fmt: skip
     assert two["phases"]["phase1"]["stopped_early"]
+
+
+def _tiny_run(tmp_path, data, name: str, **changes):
+    import thaw
+
+    config = tiny_config(data, tmp_path / name, **{"phase1.epochs": 1, "phase2.epochs": 1, **changes})
+    return thaw.fit(config, quiet=True).summary
+
+
+def test_channels_last_trains_as_eager_does_and_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
+    data = make_class_folder(tmp_path / "d", per_class=5)
+    eager = _tiny_run(tmp_path, data, "eager")
+    last = _tiny_run(tmp_path, data, "last", **{"hardware.channels_last": True})
+    assert last.hardware["channels_last"] and not eager.hardware["channels_last"]
+    assert "channels_last: true" in (tmp_path / "last" / "config.yaml").read_text()
+    a, b = eager.phases["phase2"].val, last.phases["phase2"].val
+    assert a.loss == pytest.approx(b.loss, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_compile_trains_as_eager_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
+    data = make_class_folder(tmp_path / "d", per_class=5)
+    eager = _tiny_run(tmp_path, data, "eager")
+    compiled = _tiny_run(tmp_path, data, "compiled", **{"hardware.compile": True})
+    assert compiled.hardware["compile"]
+    a, b = eager.phases["phase2"].val, compiled.phases["phase2"].val
+    assert a.loss == pytest.approx(b.loss, rel=1e-3)

@@ -99,9 +99,12 @@ def strategy(hw: HardwareConfig):
 
 def trainer_args(hw: HardwareConfig) -> dict:
     """The Lightning Trainer arguments of these settings. thaw shards the data itself (``EpochSampler``),
-    so Lightning's DistributedSampler is off."""
+    so Lightning's DistributedSampler is off. Bit-for-bit determinism on the CPU; on a GPU some kernels
+    (adaptive pooling's backward) have no deterministic version, so there it is asked for with a warning."""
+    acc = accelerator(hw)
     return {
-        "accelerator": accelerator(hw),
+        "accelerator": acc,
+        "deterministic": True if acc == "cpu" else "warn",
         "devices": hw.devices,
         "num_nodes": hw.num_nodes,
         "precision": hw.precision,

@@ -64,6 +64,7 @@ def fit(
     config.validate()
     check_logger(config.logger)
     distributed.check(config.hardware)
+    quiet_lightning()
     distributed.start(config.hardware)  # several processes: from here on, each one runs this
     plans = check_plans(list(plans)) if plans is not None else plans_for(config)
     given = [sources]
@@ -94,6 +95,7 @@ def resume(path: str | Path, quiet: bool = False) -> RunResult:
     config = RunConfig.from_yaml(staged / "config.yaml").validate() if staged.is_dir() else None
     if config is not None:
         distributed.check(config.hardware)
+        quiet_lightning()
         distributed.start(config.hardware)
     run = distributed.on_zero(lambda: RunFolder.reopen(Path(path)))
     run = run if distributed.is_zero() else FollowerRun(run.final)
@@ -198,7 +200,6 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         ],
         plugins=[AtomicCheckpointIO()],
         logger=lightning_logger(config.logger, run.path, plan.name),
-        deterministic=True,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=not report.quiet,
