@@ -142,15 +142,19 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
     install("mobilenet_v2")  # a no-op when `make test` already put the verified file in place
     data = make_class_folder(tmp_path / "shapes", per_class=10)
     home = tmp_path / "home"
+    ddp = ["--batch-size", "4", "--devices", "2", "--dist-strategy", "ddp"]
+    two = _fit(data, tmp_path / "two", home, ddp)  # first: it fills the feature cache
     one = _fit(data, tmp_path / "one", home, ["--batch-size", "8"])
-    two = _fit(
-        data, tmp_path / "two", home, ["--batch-size", "4", "--devices", "2", "--dist-strategy", "ddp"]
-    )
 
     assert (tmp_path / "one" / "split.csv").read_text() == (tmp_path / "two" / "split.csv").read_text()
     assert two["hardware"]["processes"] == 2 and one["hardware"]["processes"] == 1
     assert two["images"] == one["images"]
-    assert two["phases"]["phase1"]["solver"]["features_from_cache"]  # the 1-process run computed them
+    # the DDP run computed the features once (rank 0; rank 1 read them): one folder per split, complete,
+    # and the 1-process run found every one of them in the cache
+    assert not two["phases"]["phase1"]["solver"]["features_from_cache"]
+    assert one["phases"]["phase1"]["solver"]["features_from_cache"]
+    cache = sorted(p.name for p in (home / "cache" / "features").iterdir())
+    assert len(cache) == 3 and not [n for n in cache if "partial" in n]
     for phase in ("phase1", "phase2"):
         for split in ("val", "test"):
             a, b = one["phases"][phase][split], two["phases"][phase][split]
