@@ -60,14 +60,14 @@ def matmul_flops(n: int = 1024, reps: int = 20) -> float:
     return 2 * n**3 / best
 
 
-def measure(name: str, size: int, batch: int, steps: int, rounds: int) -> dict:
+def measure(name: str, size: int, batch: int, steps: int, rounds: int, settings=SETTINGS) -> dict:
     torch.manual_seed(0)
     state = getattr(torchvision.models, name)(weights=None, num_classes=10).state_dict()
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
-    built = {s: build(name, s, copy.deepcopy(state)) for s in SETTINGS}
+    built = {s: build(name, s, copy.deepcopy(state)) for s in settings}
     last = x.contiguous(memory_format=torch.channels_last)
-    inputs = {s: last if "channels-last" in s else x for s in SETTINGS}
-    compile_s, times, logits = {}, {s: [] for s in SETTINGS}, {}
+    inputs = {s: last if "channels-last" in s else x for s in settings}
+    compile_s, times, logits = {}, {s: [] for s in settings}, {}
     for s, (_, net, opt) in built.items():  # warm-up: compilation, allocator, oneDNN primitives
         start = time.perf_counter()
         logits[s] = step(net, opt, inputs[s], y)  # the first step: the same weights and batch everywhere
@@ -99,6 +99,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per setting per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS, help="eager always runs"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peak = matmul_flops()
@@ -110,9 +113,10 @@ def main() -> None:
     print(f"{head[0]:13} {head[1]:>4} {head[2]:22} {head[3]:>7} {head[4]:>8} {head[5]:>12} {head[6]:>9}")
     for name in args.models:
         for size in args.sizes:
-            r = measure(name, size, args.batch, args.steps, args.rounds)
+            settings = ["eager", *[s for s in args.settings if s != "eager"]]
+            r = measure(name, size, args.batch, args.steps, args.rounds, settings)
             eager = r["median"]["eager"]
-            for s in SETTINGS:
+            for s in settings:
                 t = r["median"][s]
                 print(
                     f"{name:13} {size:>4} {s:22} {args.batch / t:>7.1f} {eager / t:>7.2f}x "
