@@ -26,8 +26,10 @@ class PhaseModule(L.LightningModule):
     """Trains a :class:`Classifier` for one plan. A new module, and so a new optimizer and schedule built
     from exactly the trainable parameters, for every plan: no param groups added mid-run.
 
-    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan. ``compile``: train through
-    ``torch.compile(model)`` (the weights stay the model's own); ``channels_last``: that memory layout.
+    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan. ``forward``: from a batch to
+    logits when batches are not images (activations at a cached prefix's boundary); default the model.
+    ``compile``: train through ``torch.compile(model)`` (the weights stay the model's own);
+    ``channels_last``: that memory layout (both for image batches, not with ``forward``).
 
     Losses and accuracies are torchmetrics means over images: under DDP their sums are gathered from every
     rank, so the epoch's figures are those of the whole split, as one process would compute them.
@@ -40,16 +42,17 @@ class PhaseModule(L.LightningModule):
         seed: int = 0,
         index: int = 0,
         anchor: dict[str, torch.Tensor] | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         compile: bool = False,
         channels_last: bool = False,
     ):
         super().__init__()
         self.model = model
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = channels_last and forward is None
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        # kept out of the module tree: its parameters are the model's, under the same names
-        self.__dict__["net"] = torch.compile(model) if compile else model
+        net = torch.compile(model) if compile and forward is None else model
+        self._forward = forward or net.__call__  # a function, not a submodule: the state holds one model
         names = [f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc")]
         self.metrics = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
         self.plan = plan
@@ -98,7 +101,7 @@ class PhaseModule(L.LightningModule):
         x, y = batch
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.net(x)
+        logits = self._forward(x)
         smoothing = self.plan.label_smoothing if split == "train" else 0.0
         losses = F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="none")
         loss = losses.mean()
