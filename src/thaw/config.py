@@ -67,6 +67,10 @@ LOGGERS = ("none", "csv", "tensorboard", "mlflow", "wandb")
 NORMALIZE = ("imagenet", "dataset")
 BALANCE = ("none", "loss", "sampler")
 MONITORS = ("val_loss", "val_auc", "val_balanced_accuracy", "val_f1")
+ACCELERATORS = ("auto", "cpu", "gpu", "mps")
+PRECISIONS = ("32", "16-mixed", "bf16-mixed")
+DIST_STRATEGIES = ("auto", "ddp", "fsdp")
+IMAGE_STORES = ("auto", "memory", "disk")
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,6 @@ class DataConfig:
     )
     crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
     strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
-    num_workers: int = setting(0, "data loader worker processes", flags=("--num-workers", "--workers"))
     normalize: str = setting(
         "imagenet",
         "input statistics: the pretrained weights' own (imagenet) or per channel from the training images",
@@ -98,6 +101,16 @@ class DataConfig:
     dicom_window: str | None = setting(
         None, "DICOM: a display window CENTER,WIDTH (after rescale slope/intercept), e.g. 40,400"
     )
+    num_workers: int = setting(
+        0, "worker processes that decode and augment images", flags=("--num-workers", "--workers")
+    )
+    image_store: str = setting(
+        "auto",
+        "decoded images: memory = all in RAM; disk = a uint8 cache file read image by image (flat memory); "
+        "auto = disk when they would take more than --disk-above-mb",
+        choices=IMAGE_STORES,
+    )
+    disk_above_mb: int = setting(4096, "image_store auto: keep decoded images on disk above this many MB")
 
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
@@ -126,6 +139,43 @@ class DataConfig:
             raise ThawError(f"--batch-size {self.batch_size} is too large: use 1 to 65536, e.g. 32")
         if self.split_seed >= 2**32:
             raise ThawError(f"--split-seed {self.split_seed} must be below 2**32")
+        if self.image_store not in IMAGE_STORES:
+            raise ThawError(f"--image-store {self.image_store!r} is not one of {', '.join(IMAGE_STORES)}")
+        if self.disk_above_mb < 0:
+            raise ThawError(f"--disk-above-mb {self.disk_above_mb} must be 0 or more, e.g. 4096")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Where and how the training runs: Lightning's accelerator, devices, nodes, precision and
+    distributed strategy, and PyTorch's compiler and memory layout. ``batch_size`` is per device."""
+
+    accelerator: str = setting("auto", "auto, cpu, gpu (CUDA) or mps (Apple)", choices=ACCELERATORS)
+    devices: int = setting(1, "devices per node: GPUs, or processes on --accelerator cpu")
+    num_nodes: int = setting(1, "machines (launch with torchrun or SLURM)")
+    precision: str = setting("32", "32, 16-mixed (GPU) or bf16-mixed", choices=PRECISIONS)
+    dist_strategy: str = setting(
+        "auto",
+        "how several devices share the work (Lightning's strategy; not --strategy, the fine-tuning "
+        "recipe): auto = ddp for several devices, ddp, fsdp (GPU)",
+        choices=DIST_STRATEGIES,
+    )
+    compile: bool = setting(False, "torch.compile the model for training")
+    channels_last: bool = setting(False, "channels-last memory layout for the model and its batches")
+
+    def validate(self) -> None:
+        for name, value in (("accelerator", self.accelerator), ("precision", self.precision)):
+            allowed = ACCELERATORS if name == "accelerator" else PRECISIONS
+            if value not in allowed:
+                raise ThawError(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+        if self.dist_strategy not in DIST_STRATEGIES:
+            raise ThawError(
+                f"--dist-strategy {self.dist_strategy!r} is not one of {', '.join(DIST_STRATEGIES)}"
+            )
+        if not 1 <= self.devices <= 1024:
+            raise ThawError(f"--devices {self.devices} must be 1 or more, e.g. 2")
+        if not 1 <= self.num_nodes <= 4096:
+            raise ThawError(f"--num-nodes {self.num_nodes} must be 1 or more")
 
 
 @dataclass(frozen=True)
@@ -237,6 +287,10 @@ class RunConfig:
         None, "binary tasks: the threshold reaching this validation sensitivity; none: Youden's J"
     )
     tta: bool = setting(False, "final val/test metrics (and the threshold) averaged over flips and crops")
+    hardware: HardwareConfig = field(
+        default_factory=HardwareConfig,
+        metadata={"help": "devices, precision and distributed training (see README: several GPUs)"},
+    )
     logger: str = setting(
         "none",
         "also log each phase to a Lightning logger, under RUN/logs/ (the run folder's own files stay the "
@@ -253,6 +307,7 @@ class RunConfig:
                 raise ThawError(f"{key} = {value} is not a finite number; give a real value ({flag})")
         self.data.validate()
         self.model.validate()
+        self.hardware.validate()
         self.phase1.validate("phase1")
         self.phase2.validate("phase2")
         if self.phase1.epochs == 0 and self.phase2.epochs == 0:
@@ -373,9 +428,12 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     values = {}
     for name, value in raw.items():
         sub = known[name].type
-        nested = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "PhaseConfig": PhaseConfig}.get(
-            str(sub)
-        )
+        nested = {
+            "DataConfig": DataConfig,
+            "ModelConfig": ModelConfig,
+            "PhaseConfig": PhaseConfig,
+            "HardwareConfig": HardwareConfig,
+        }.get(str(sub))
         if nested is not None:
             if not isinstance(value, dict):
                 raise ThawError(f"{where}: {name} must be a mapping, got {value!r}")

@@ -133,6 +133,7 @@ class RunSummary:
     version: int = SUMMARY_VERSION
     model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
     operating: Operating | None = None  # the saved model at its chosen threshold (and TTA), with CIs
+    hardware: dict[str, Any] = field(default_factory=dict)  # accelerator, devices, precision, ... as run
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
 
     @property

@@ -1,5 +1,6 @@
 """Data: finding labelled images (``sources``) and turning them into batches (``images``)."""
 
+from thaw.data import store
 from thaw.data.images import (
     Decoded,
     class_weights,
@@ -22,6 +23,7 @@ __all__ = [
     "eval_transform",
     "from_arrays",
     "loader",
+    "store",
     "train_transform",
     "write_split",
 ]

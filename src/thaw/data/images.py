@@ -16,6 +16,7 @@ before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +34,11 @@ from thaw.preprocessing import Preprocessing
 
 @dataclass
 class Decoded:
-    """One split in memory: uint8 image tensors [C, H, W], labels, and the keys they came from."""
+    """One split: uint8 image tensors [C, H, W] (a list in memory, or ``store.DiskImages`` read from a
+    file image by image), labels, and the keys they came from."""
 
     keys: list[str]
-    images: list[torch.Tensor]
+    images: Sequence[torch.Tensor]
     labels: list[int]
 
 
@@ -162,28 +164,78 @@ def decode(
     strict: bool,
     window: tuple[float, float] | None = None,
     deep: list[str] | None = None,
+    workers: int = 0,
 ) -> tuple[Decoded, list[str]]:
-    """Decode and resize every item; returns the decoded split and the keys that failed (with why).
-    ``deep`` collects the keys of images deeper than 8 bits (scaled per image)."""
+    """Decode and resize every item (in ``workers`` processes); returns the decoded split and the keys
+    that failed (with why). ``deep`` collects the keys of images deeper than 8 bits (scaled per image)."""
     keys, images, labels, failed = [], [], [], []
-    for item in items:
+    for i, image, why in decoded_items(items, pre, channels, strict, workers, window):
+        if image is None:
+            failed.append(f"{items[i].key} ({why})")
+            continue
+        if why == "scaled" and deep is not None:
+            deep.append(items[i].key)
+        keys.append(items[i].key)
+        images.append(image)
+        labels.append(items[i].label)
+    return Decoded(keys, images, labels), failed
+
+
+class _Decode(Dataset):
+    """Item ``i`` decoded and resized: ``(i, image, "scaled" or "")``, ``(i, None, why)`` for an
+    undecodable file, or ``(i, message, "error")`` for a problem to report as a ThawError; run in
+    DataLoader workers."""
+
+    def __init__(
+        self,
+        items: list[Item],
+        pre: Preprocessing,
+        channels: int,
+        strict: bool,
+        window: tuple[float, float] | None = None,
+    ) -> None:
+        self.items, self.pre, self.channels, self.strict = items, pre, channels, strict
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
         try:
-            image, scaled = load_image(item, channels, window)
-            img = resized(image, pre)
+            image, scaled = load_image(item, self.channels, self.window)
+            return i, resized(image, self.pre), "scaled" if scaled else ""
         except DECODE_ERRORS as err:
-            if strict:
-                raise ThawError(
+            if self.strict:
+                return i, (
                     f"cannot decode image {item.key} ({_first_line(err)}); fix or remove it, or drop "
                     f"--strict-images to skip undecodable files"
-                ) from err
-            failed.append(f"{item.key} ({_first_line(err)})")
-            continue
-        if scaled and deep is not None:
-            deep.append(item.key)
-        keys.append(item.key)
-        images.append(img)
-        labels.append(item.label)
-    return Decoded(keys, images, labels), failed
+                ), "error"
+            return i, None, _first_line(err)
+        except ThawError as err:
+            return i, str(err), "error"
+
+
+def decoded_items(
+    items: list[Item],
+    pre: Preprocessing,
+    channels: int,
+    strict: bool,
+    workers: int = 0,
+    window: tuple[float, float] | None = None,
+):
+    """``(index, uint8 image or None, note)`` for every item, in order, decoded in ``workers`` processes
+    (0: in this one): decoding is what they speed up. ``note``: "scaled" for an image deeper than 8 bits,
+    why for one that failed."""
+    dataset = _Decode(items, pre, channels, strict, window)
+    if workers > 0 and len(items) > 1:
+        stream = DataLoader(dataset, batch_size=None, num_workers=min(workers, len(items)))
+    else:
+        stream = (dataset[i] for i in range(len(dataset)))
+    for i, image, note in stream:
+        if note == "error":
+            raise ThawError(image)
+        yield int(i), image, note
 
 
 def _first_line(err: Exception) -> str:
@@ -204,15 +256,23 @@ def decode_sources(
     strict: bool = False,
     warn=_stderr,
     window: tuple[float, float] | None = None,
+    store: str = "memory",
+    workers: int = 0,
 ) -> dict[str, Decoded]:
-    """Decode every split; undecodable files are reported by name (and why) and skipped. A dataset that
-    mixes 8-bit images with deeper ones (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled
-    per image (minimum to maximum), the 8-bit ones are not, so the two kinds may differ in contrast."""
+    """Decode every split, into memory or (``store`` ``disk``) into the decoded-image cache on disk;
+    undecodable files are reported by name (and why) and skipped. A dataset that mixes 8-bit images with
+    deeper ones (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled per image (minimum to
+    maximum), the 8-bit ones are not, so the two kinds may differ in contrast."""
+    from thaw.data import store as disk
+
     decoded, failed, deep = {}, [], []
     for split in ("train", "val", "test"):
         items = sources.split(split)
         if items:
-            decoded[split], bad = decode(items, pre, channels, strict, window, deep)
+            if store == "disk":
+                decoded[split], bad = disk.decode_to_disk(items, pre, channels, strict, workers, window, deep)
+            else:
+                decoded[split], bad = decode(items, pre, channels, strict, window, deep, workers)
             failed += bad
     total = sum(len(d.images) for d in decoded.values())
     if deep and len(deep) < total:
@@ -276,16 +336,24 @@ class EpochSampler(Sampler):
 
     Lightning calls ``set_epoch`` before every epoch, so epoch ``k`` of a resumed run sees the same order
     and the same augmented images as epoch ``k`` of an uninterrupted one.
+
+    Under DDP (``world`` > 1) every rank draws the same order and takes every ``world``-th item of it from
+    position ``rank`` (the order is padded with its first items to a multiple of ``world``, as
+    ``DistributedSampler`` does, so every rank takes as many steps): the ranks' batches ``k`` together
+    are batch ``k`` of one process with ``world`` times the batch size, augmented the same way.
     """
 
-    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, n: int, seed: int, rank: int = 0, world: int = 1, weights: torch.Tensor | None = None
+    ) -> None:
         self.n, self.seed, self.epoch, self.weights = n, seed, 0, weights
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -295,8 +363,25 @@ class EpochSampler(Sampler):
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
         if self.weights is not None:  # an image drawn twice gets two augmentations
-            return iter(zip(order, seeds, strict=True))
-        return iter(zip(order, (seeds[i] for i in order), strict=True))
+            pairs = list(zip(order, seeds, strict=True))
+        else:
+            pairs = [(i, seeds[i]) for i in order]
+        padded = (pairs * self.world)[: len(self) * self.world]
+        return iter(padded[self.rank :: self.world])
+
+
+class ShardSampler(Sampler):
+    """Items ``rank``, ``rank + world``, ... in order, no padding: the ranks' shards together are the
+    whole split once (validation under DDP; its metrics are summed over the ranks)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
@@ -332,17 +417,21 @@ def loader(
     shuffle: bool,
     seed: int = 0,
     balanced: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``;
-    ``balanced``: drawn with replacement, each class equally likely (``--balance sampler``)."""
+    ``balanced``: drawn with replacement, each class equally likely (``--balance sampler``); rank
+    ``rank`` of ``world`` gets its shard (of the shuffled order, or of the split in order)."""
+    n = len(data.images)
+    weights = sample_weights(data.labels) if balanced else None
+    sampler = EpochSampler(n, seed, rank, world, weights) if shuffle else ShardSampler(n, rank, world)
     # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
-    drop_last = shuffle and len(data.images) % config.batch_size == 1
+    drop_last = shuffle and len(sampler) % config.batch_size == 1
     return DataLoader(
         ImageDataset(data, transform),
         batch_size=config.batch_size,
-        sampler=EpochSampler(len(data.images), seed, sample_weights(data.labels) if balanced else None)
-        if shuffle
-        else None,
+        sampler=sampler if shuffle or world > 1 else None,
         # its own generator: creating an iterator would otherwise draw from the global RNG (the workers'
         # base seed), which dropout uses too, and a resumed run creates its iterators at other moments
         generator=torch.Generator().manual_seed(seed),

@@ -39,14 +39,17 @@ class NonFiniteGuard(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if self.reason is None and loss is not None and not torch.isfinite(loss.detach()).all():
-            what = f"the training loss became {float(loss):g} at batch {batch_idx + 1}"
-            self._stop(trainer, pl_module, what)
+        bad = self.reason is None and loss is not None and not torch.isfinite(loss.detach()).all()
+        # under DDP every rank stops when one does (the decision is a collective: every rank asks)
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False) and self.reason is None:
+            shown = f"{float(loss):g}" if bad else "not finite on another process"
+            self._stop(trainer, pl_module, f"the training loss became {shown} at batch {batch_idx + 1}")
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self.reason is not None or self._good is None:
             return
-        if not finite(pl_module.parameters()) or not finite(pl_module.buffers()):
+        bad = not finite(pl_module.parameters()) or not finite(pl_module.buffers())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self._stop(trainer, pl_module, "the weights stopped being finite numbers")
 
     def _stop(self, trainer, pl_module, what: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torchmetrics import MeanMetric
 
 from thaw.freeze import batchnorm_eval, set_trainable
 from thaw.models import Classifier
@@ -27,6 +28,11 @@ class PhaseModule(L.LightningModule):
 
     ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan. ``forward``: from a batch to
     logits when batches are not images (activations at a cached prefix's boundary); default the model.
+    ``compile``: train through ``torch.compile(model)`` (the weights stay the model's own);
+    ``channels_last``: that memory layout (both for image batches, not with ``forward``).
+
+    Losses and accuracies are torchmetrics means over images: under DDP their sums are gathered from every
+    rank, so the epoch's figures are those of the whole split, as one process would compute them.
     """
 
     def __init__(
@@ -38,12 +44,20 @@ class PhaseModule(L.LightningModule):
         anchor: dict[str, torch.Tensor] | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         class_weights: torch.Tensor | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.model = model
-        self._forward = forward or model.__call__  # a function, not a submodule: the state holds one model
+        self.channels_last = channels_last and forward is None
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        net = torch.compile(model) if compile and forward is None else model
+        self._forward = forward or net.__call__  # a function, not a submodule: the state holds one model
         self.class_weights = class_weights  # --balance loss: training loss weighted by class
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        names = [f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc")]
+        self.metrics = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
         self.plan = plan
         self.seed, self.index = seed, index
         self.groups = plan.groups(len(model.layer_groups))
@@ -88,22 +102,27 @@ class PhaseModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self._forward(x)
         smoothing = self.plan.label_smoothing if split == "train" else 0.0
         weight = None
         if split == "train" and self.class_weights is not None:
             weight = self.class_weights.to(logits.device)
-        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
+        # per image; with class weights, image i counts w[y_i] times (cross_entropy's weighted mean)
+        losses = F.cross_entropy(
+            logits.float(), y, weight=weight, label_smoothing=smoothing, reduction="none"
+        )
+        counts = weight[y] if weight is not None else torch.ones_like(losses)
+        loss = losses.sum() / counts.sum()
         if split == "val":
             self._val_outputs.append((logits.detach().float().softmax(1).cpu(), y.detach().cpu()))
-        acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log_dict(
-            {f"{split}_loss": loss, f"{split}_acc": acc},
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-        )
+        metric = self.metrics[f"{split}_loss"]
+        metric.update((losses / counts).detach(), counts.detach())
+        self.log(f"{split}_loss", metric, on_step=False, on_epoch=True, prog_bar=True)
+        metric = self.metrics[f"{split}_acc"]
+        metric.update((logits.argmax(dim=1) == y).float().detach())
+        self.log(f"{split}_acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         if split == "train" and self._anchored:
             reg = self.regularizer()
             self.log("train_reg", reg, on_step=False, on_epoch=True, batch_size=len(y))
@@ -123,10 +142,15 @@ class PhaseModule(L.LightningModule):
         """val_auc, val_balanced_accuracy and val_f1 over the whole validation split (``--monitor``)."""
         from thaw.evaluate import classification_metrics
 
-        if not self._val_outputs:
+        outputs = self._val_outputs
+        if self.trainer.world_size > 1:  # every rank holds its shard: gather the whole split
+            shards: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shards, outputs)
+            outputs = [o for shard in shards for o in shard]
+        if not outputs:
             return
-        probs = torch.cat([p for p, _ in self._val_outputs])
-        labels = torch.cat([y for _, y in self._val_outputs])
+        probs = torch.cat([p for p, _ in outputs])
+        labels = torch.cat([y for _, y in outputs])
         m = classification_metrics(probs, labels)
         self.log_dict(
             {"val_auc": m.auc, "val_balanced_accuracy": m.balanced_accuracy, "val_f1": m.macro_f1},

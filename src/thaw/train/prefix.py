@@ -47,7 +47,7 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
         record = {"mode": "online", "reason": str(why)}
         note = f"frozen prefix not cached ({why}); training online"
         return run_phase(
-            model, plan, index, ctx, before, Feed(loaders.train(index), loaders.val, None, record, note)
+            model, plan, index, ctx, before, Feed(loaders.train(index), loaders.val_shard, None, record, note)
         )
     start = time.perf_counter()
     pre = model.preprocessing

@@ -28,13 +28,13 @@ from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
-from thaw.train import lr_find
+from thaw.train import distributed, lr_find
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.prefix import cached_prefix
 from thaw.train.report import Reporter
-from thaw.train.run_folder import RunFolder, check_outside_data, default_out
+from thaw.train.run_folder import FollowerRun, RunFolder, check_outside_data, default_out, final_path
 from thaw.train.steps import cached_head, interpolate
 from thaw.train.strategies import PhasePlan, check_plans, plans_for
 
@@ -68,42 +68,62 @@ def fit(
     and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
     check_logger(config.logger)
+    distributed.check(config.hardware)
+    quiet_lightning()
+    distributed.start(config.hardware)  # several processes: from here on, each one runs this
     if config.auto and plans is not None:
         raise ThawError("lr or lr_ratio auto is found for the config's strategy: give plans with numbers")
     plans = check_plans(list(plans)) if plans is not None else plans_for(lr_find.placeholder(config))
     lr_find.check_auto(config, plans)
-    sources = sources or thaw_data.discover(config.data)
-    out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
-    config = override(config, {"out": str(out)})
-    if not config.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
-        config = override(config, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
-    check_outside_data(out, config.data.path)
-    report = Reporter(quiet)
-    found, files = {}, {}
-    if config.auto:  # --lr auto: thaw lr-find first; config.yaml records auto and the value found
-        with tempfile.TemporaryDirectory() as tmp:
-            config, found = lr_find.resolve_auto(config, sources, Path(tmp), report.say, report.warn)
-            plans = plans_for(config.resolved())
-            files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
-    run = RunFolder.create(out)
-    for name, data in files.items():  # the finders' plots and curves
-        write_atomic(run / name, data)
-    if found:
-        run.write_json("lr_find.json", found)
-    run.write_text("config.yaml", config.to_yaml())
-    run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
-    thaw_data.write_split(sources, run / "split.csv")
+    given = [sources]
+    report = Reporter(quiet or not distributed.is_zero())
+
+    def create():  # rank 0 alone finds --lr auto, names, creates and fills the run folder
+        sources = given[0] = given[0] or thaw_data.discover(config.data)
+        out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
+        cfg, run_plans = override(config, {"out": str(out)}), plans
+        if not cfg.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
+            cfg = override(cfg, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
+        check_outside_data(out, cfg.data.path)
+        found, files = {}, {}
+        if cfg.auto:  # --lr auto: thaw lr-find first; config.yaml records auto and the value found
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg, found = lr_find.resolve_auto(cfg, sources, Path(tmp), report.say, report.warn)
+                run_plans = plans_for(cfg.resolved())
+                files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
+        run = RunFolder.create(out)
+        for name, data in files.items():  # the finders' plots and curves
+            write_atomic(run / name, data)
+        if found:
+            run.write_json("lr_find.json", found)
+        run.write_text("config.yaml", cfg.to_yaml())
+        run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in run_plans], sort_keys=False))
+        thaw_data.write_split(sources, run / "split.csv")
+        return out, cfg, run_plans
+
+    out, config, plans = distributed.on_zero(create)
+    run = RunFolder(out) if distributed.is_zero() else FollowerRun(out)
+    sources = given[0]
+    if sources is None:  # the other ranks read the split rank 0 wrote: the same split everywhere
+        sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
     return train(run, config, plans, sources, report)
 
 
 def resume(path: str | Path, quiet: bool = False) -> RunResult:
     """Continue an interrupted run: finished phases are not rerun, the interrupted one goes on from its
     last epoch with its optimizer, schedule, early-stopping and RNG state."""
-    run = RunFolder.reopen(Path(path))
+    staged = RunFolder(final_path(Path(path))).path
+    config = RunConfig.from_yaml(staged / "config.yaml").validate() if staged.is_dir() else None
+    if config is not None:
+        distributed.check(config.hardware)
+        quiet_lightning()
+        distributed.start(config.hardware)
+    run = distributed.on_zero(lambda: RunFolder.reopen(Path(path)))
+    run = run if distributed.is_zero() else FollowerRun(run.final)
     config = RunConfig.from_yaml(run / "config.yaml").validate().resolved()
     plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
     sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
-    report = Reporter(quiet)
+    report = Reporter(quiet or not distributed.is_zero())
     report.say(f"resuming {run.path}")
     return train(run, config, plans, sources, report)
 
@@ -116,7 +136,8 @@ def train(
     model = build_classifier(
         config.model, len(sources.class_names), sources.class_names, config.data.image_size
     )
-    loaders = Loaders(sources, model, config, report)
+    with distributed.rank_zero_first():  # rank 0 fills the decoded-image store, the others read it
+        loaders = Loaders(sources, model, config, report)
     l2_sp = any(p.regularizer == "l2-sp" for p in plans)  # a copy of the backbone only where it is needed
     anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()} if l2_sp else {}
     ctx = Context(config, loaders, run, report, anchor)
@@ -134,6 +155,7 @@ def train(
             else cached_prefix  # a frozen prefix: its activations once, the suffix trained
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
+        distributed.barrier()  # rank 0 has saved the plan's weights: every rank goes on from them
         model.load_state_dict(run.load_weights(plan.name))
     final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
@@ -152,8 +174,11 @@ def train(
         seed=config.seed,
         gain=gains(results),
         operating=operating,
+        hardware=hardware_summary(config, loaders),
         lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
     )
+    if not distributed.is_zero():  # rank 0 writes the run folder
+        return RunResult(run.final, summary, model)
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     split = "test" if summary.final.test is not None else "val"
@@ -189,16 +214,20 @@ def run_phase(
     """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
     attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``."""
     config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
-    feed = feed or Feed(loaders.train(index), loaders.val)
+    feed = feed or Feed(loaders.train(index), loaders.val_shard)  # under DDP: this rank's shard
     earlier = [row for r in before.values() for row in r.epochs]
 
     def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
         report.epoch(row)
-        write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
+        if distributed.is_zero():
+            write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
     anchor = ctx.anchor if plan.regularizer == "l2-sp" else None
     weights = loaders.class_weights if config.balance == "loss" else None
-    module = PhaseModule(model, plan, config.seed, index, anchor, feed.forward, weights)
+    hw = config.hardware
+    module = PhaseModule(
+        model, plan, config.seed, index, anchor, feed.forward, weights, hw.compile, hw.channels_last
+    )
     monitor, mode = config.monitor, "min" if config.monitor == "val_loss" else "max"
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
@@ -223,13 +252,12 @@ def run_phase(
         ],
         plugins=[AtomicCheckpointIO()],
         logger=lightning_logger(config.logger, run.path, plan.name),
-        deterministic=True,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=not report.quiet,
         default_root_dir=run.path,
-        devices=1,
         log_every_n_steps=1,
+        **distributed.trainer_args(config.hardware),
     )
     report.phase_start(plan, model, resumed=last.is_file())
     if feed.note:
@@ -267,7 +295,8 @@ def run_phase(
     )
     run.save_weights(plan.name, model)
     run.save_phase(result)  # from here on the plan counts as finished
-    for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt"):
+    distributed.barrier()  # every rank has read the best checkpoint
+    for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt") if distributed.is_zero() else ():
         stale.unlink(missing_ok=True)
     report.phase_end(result)
     return result
@@ -296,18 +325,31 @@ class Loaders:
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
         self.config, self.sources = config, sources
-        window = dicom_window(config.data.dicom_window) if config.data.dicom_window else None
+        data = config.data
+        window = dicom_window(data.dicom_window) if data.dicom_window else None
+        n = sum(len(sources.split(s)) for s in ("train", "val", "test"))
+        self.store = thaw_data.store.choose(data.image_store, n, pre, channels, data.disk_above_mb)
         self.decoded = thaw_data.decode_sources(
-            sources, pre, channels, config.data.strict_images, report.warn, window
+            sources, pre, channels, data.strict_images, report.warn, window, self.store, data.num_workers
         )
-        if config.data.normalize == "dataset":  # the model file keeps these, so prediction uses them too
+        if data.normalize == "dataset":  # the model file keeps these, so prediction uses them too
             mean, std = thaw_data.dataset_statistics(self.decoded["train"])
             pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
             report.say(f"normalize: training-set statistics mean {mean}, std {std}")
         self.class_weights = thaw_data.class_weights(self.decoded["train"].labels, len(sources.class_names))
+        self.rank, self.world = distributed.rank(), distributed.size()
+        if len(self.decoded["val"].images) < self.world:
+            raise ThawError(
+                f"{len(self.decoded['val'].images)} validation images cannot be shared by {self.world} "
+                f"processes; use fewer --devices or more validation images"
+            )
         self.train_transform = thaw_data.train_transform(pre, config.data)
         evaluation = thaw_data.eval_transform(pre)
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
+        # under DDP each rank validates its shard; the metrics are summed over the ranks (PhaseModule)
+        self.val_shard = thaw_data.loader(
+            self.decoded["val"], evaluation, config.data, False, 0, self.rank, self.world
+        )
         test = self.decoded.get("test")
         self.test = thaw_data.loader(test, evaluation, config.data, shuffle=False) if test else None
 
@@ -315,10 +357,29 @@ class Loaders:
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
         data, seed = self.decoded["train"], self.train_seed(phase)
         balanced = self.config.balance == "sampler"
-        return thaw_data.loader(data, self.train_transform, self.config.data, True, seed, balanced)
+        data_config, transform = self.config.data, self.train_transform
+        return thaw_data.loader(data, transform, data_config, True, seed, balanced, self.rank, self.world)
 
     def train_seed(self, phase: int) -> int:
         return self.config.seed * 1009 + phase
+
+
+def hardware_summary(config: RunConfig, loaders: Loaders) -> dict:
+    """Where the run trained, for summary.json: the settings as resolved on this machine."""
+    hw = config.hardware
+    return {
+        "accelerator": distributed.accelerator(hw),
+        "devices": hw.devices,
+        "num_nodes": hw.num_nodes,
+        "processes": distributed.size(),
+        "precision": hw.precision,
+        "dist_strategy": hw.dist_strategy,
+        "compile": hw.compile,
+        "channels_last": hw.channels_last,
+        "workers": config.data.num_workers,
+        "image_store": loaders.store,
+        "machine": distributed.machine(),
+    }
 
 
 def quiet_lightning() -> None:

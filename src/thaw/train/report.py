@@ -40,6 +40,19 @@ class Reporter:
         self.say(
             f"strategy: {config.strategy} ({', '.join(p.name for p in plans)}); run folder: {config.out}"
         )
+        hw = getattr(config, "hardware", None)
+        if hw is not None:
+            from thaw.train import distributed
+
+            extras = [
+                name for name, on in (("compile", hw.compile), ("channels-last", hw.channels_last)) if on
+            ]
+            self.say(
+                f"hardware: {distributed.accelerator(hw)} x {hw.devices} device(s) x {hw.num_nodes} node(s) "
+                f"({distributed.size()} process(es), {hw.dist_strategy}); precision {hw.precision}"
+                + "".join(f"; {e}" for e in extras)
+                + f"; {config.data.num_workers} workers; images in {getattr(loaders, 'store', 'memory')}"
+            )
 
     def phase_start(self, plan, model, resumed: bool = False) -> None:
         if plan.interpolate_from or plan.features == "cached" and plan.train == "head":

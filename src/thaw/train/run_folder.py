@@ -150,3 +150,22 @@ class RunFolder:
         self.path.rename(self.final)
         active = None
         return self.final
+
+
+class FollowerRun(RunFolder):
+    """Another rank's view of rank 0's run folder under DDP: it reads what rank 0 wrote, never writes."""
+
+    def write_text(self, name: str, text: str) -> None:
+        pass
+
+    def write_json(self, name: str, data: dict) -> None:
+        pass
+
+    def save_phase(self, result: PhaseResult) -> None:
+        pass
+
+    def save_weights(self, name: str, model) -> None:
+        pass
+
+    def commit(self) -> Path:
+        return self.final

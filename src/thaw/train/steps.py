@@ -13,6 +13,7 @@ from thaw.data import features as feature_cache
 from thaw.evaluate import classification_metrics, predict
 from thaw.models import Classifier
 from thaw.results import PhaseResult
+from thaw.train import distributed
 from thaw.train.head_solver import solve_head
 from thaw.train.strategies import PhasePlan
 
@@ -55,10 +56,11 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         )
 
     evaluation = thaw_data.eval_transform(pre)
-    train = features("train", train_transform, train_id, plan.views if augmented else 1)
-    splits = {
-        s: features(s, evaluation, {"kind": "eval"}, 1) for s in ("val", "test") if s in loaders.decoded
-    }
+    with distributed.rank_zero_first():  # computed once, by rank 0; the other ranks read the cache
+        train = features("train", train_transform, train_id, plan.views if augmented else 1)
+        splits = {
+            s: features(s, evaluation, {"kind": "eval"}, 1) for s in ("val", "test") if s in loaders.decoded
+        }
     computed = [f for f in (train, *splits.values()) if not f.cached]
     report.say(
         f"  features: {train.x.shape[0]} train rows x {train.x.shape[1]}"
