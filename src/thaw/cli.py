@@ -125,6 +125,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
             )
         thaw.resume(args.resume, quiet=args.quiet)
         return
+    if args.strategy == "help":
+        cmd_strategies(args)
+        return
     base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
     if args.out is None and base.out and Path(base.out).exists():
         # rerunning a run's own config.yaml: a new run folder, never the old one
@@ -136,6 +139,15 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if not config.data.path:
         raise ThawError("no data given: thaw fit DATA (a folder, .csv or .npz), or data.path in --config")
     thaw.fit(config, quiet=args.quiet)
+
+
+def cmd_strategies(args: argparse.Namespace) -> None:
+    from thaw.train.strategies import describe_strategies
+
+    rows = describe_strategies()
+    width = max(len(name) for name, _ in rows)
+    for name, line in rows:
+        print(f"{name:<{width}}  {line}")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
@@ -454,6 +466,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="print only the result table")
     config_flags(f)
     f.set_defaults(func=cmd_fit)
+
+    st = sub.add_parser("strategies", help="list the named strategies for --strategy, one line each")
+    st.set_defaults(func=cmd_strategies)
 
     rs = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     rs.add_argument("run", help="the run folder (runs/X or runs/X.incomplete)")

@@ -23,6 +23,8 @@ from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.shift import evaluate_shift
+from thaw.train.forgetting import Probe, plot_drift
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
@@ -94,9 +96,8 @@ def train(
         config.model, len(sources.class_names), sources.class_names, config.data.image_size
     )
     loaders = Loaders(sources, model, config, report)
-    l2_sp = any(p.regularizer == "l2-sp" for p in plans)  # a copy of the backbone only where it is needed
-    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()} if l2_sp else {}
-    ctx = Context(config, loaders, run, report, anchor)
+    probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
+    ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
     report.start(config, sources, model, loaders, plans)
 
     results: dict[str, PhaseResult] = {}
@@ -106,8 +107,13 @@ def train(
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
         model.load_state_dict(run.load_weights(plan.name))
+    forgetting = {}
+    for name in results:  # one forward over the probe images per plan
+        model.load_state_dict(run.load_weights(name))
+        forgetting[name] = probe.diagnose(model)
     final = choose_final(results)
     model.load_state_dict(run.load_weights(final))
+    shift = evaluate_shift(model, loaders.decoded, config, report.say)
 
     summary = RunSummary(
         dataset=sources.name,
@@ -119,9 +125,12 @@ def train(
         strategy=config.strategy,
         seed=config.seed,
         gain=gains(results),
+        forgetting=forgetting,
+        shift=shift,
     )
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
+    plot_drift(forgetting, run / "drift.png")
     split = "test" if summary.final.test is not None else "val"
     plot_confusion(
         summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}"
