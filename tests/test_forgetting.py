@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_class_folder, tiny_config
 
 import thaw
 from thaw.data import Decoded
 from thaw.results import RunSummary
 from thaw.shift import LEVELS, SEVERITIES, corrupt, corrupted
 from thaw.train.forgetting import linear_cka, probe_indices, weight_drift
-
-from conftest import make_class_folder, tiny_config
 
 
 def test_linear_cka_is_one_for_a_rotation_and_scale_and_low_for_unrelated_features():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 
 import thaw
 from thaw.cli import main
@@ -12,8 +13,6 @@ from thaw.config import override
 from thaw.errors import ThawError
 from thaw.results import RunSummary
 from thaw.train.strategies import STRATEGIES, plans_for
-
-from conftest import tiny_config
 
 EXPECTED = {
     "linear-probe": ["phase1"],
