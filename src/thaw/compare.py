@@ -92,8 +92,9 @@ def prepare(plan: Plan, root: Path) -> RunConfig:
 
 
 def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
-    """An upper bound on the minutes the unfinished runs take (every plan runs all its epochs; phase 1's
-    features computed in every run), from timing two training steps and one evaluation batch now."""
+    """The minutes the unfinished runs take if every plan runs all its epochs and every run computes its
+    own phase 1 features, from timing two training steps and one evaluation batch now (a machine that
+    gets busier later makes it an underestimate)."""
     import torch
 
     from thaw import data as thaw_data
@@ -157,7 +158,8 @@ def compare(
         minutes, how = estimate(config, plan, todo)
         say(
             f"{len(runs)} runs ({len(plan.strategies)} strategies x {len(plan.seeds)} seeds), {len(done)} "
-            f"already finished; the other {todo} take at most about {minutes:.1f} minutes ({how})"
+            f"already finished; the other {todo} take about {minutes:.1f} minutes at most at this load "
+            f"({how}; every plan's full epoch budget)"
         )
     if dry_run:
         return {}
