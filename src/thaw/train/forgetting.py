@@ -61,7 +61,6 @@ def probe_indices(n: int, k: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> list
 def imagenet_head(model: Classifier) -> tuple[nn.Module | None, str]:
     """The pretrained model's own ImageNet classifier (features -> 1000 logits), or None and why not."""
     from thaw.models.adapters import adapter_for
-    from thaw.models.adapters.torchvision import supported_family
     from thaw.models.build import parse_model_name
 
     spec = model.spec
@@ -69,17 +68,14 @@ def imagenet_head(model: Classifier) -> tuple[nn.Module | None, str]:
         return None, "random initial weights: no ImageNet head"
     try:
         source, arch, tag = parse_model_name(spec.name)
-        full, _, _ = adapter_for(source).imagenet_model(arch, tag, spec.weights)
+        adapter = adapter_for(source)
+        full, _, _ = adapter.imagenet_model(arch, tag, spec.weights)
     except (ThawError, OSError, RuntimeError) as err:
         return None, f"the original classifier could not be loaded ({str(err).splitlines()[0]})"
     if full is None:
         return None, "the weights have no 1000-class ImageNet head"
     net = full.model
-    head = (
-        net.get_submodule(supported_family(arch).classifier)
-        if source == "torchvision"
-        else net.get_classifier()
-    )
+    head = adapter.imagenet_classifier(arch, net)
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if not linears or linears[0].in_features != model.num_features:
         return None, "the ImageNet classifier does not take this backbone's pooled features"
