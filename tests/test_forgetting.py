@@ -20,6 +20,7 @@ def test_linear_cka_is_one_for_a_rotation_and_scale_and_low_for_unrelated_featur
     assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0, abs=1e-9)
     assert linear_cka(x, torch.randn(200, 16, generator=g)) < 0.2
     assert linear_cka(x, x[:, :8]) < 1.0
+    assert linear_cka(x, torch.ones(200, 16)) == 0.0  # a collapsed backbone: every image the same
 
 
 def test_weight_drift_is_relative_per_group():

@@ -192,12 +192,21 @@ def run_row(summary: RunSummary) -> dict[str, Any]:
         d.imagenet_agreement if d and d.imagenet_agreement is not None else float("nan")
     )
     row["max_weight_drift"] = max(d.weight_drift, default=float("nan")) if d else float("nan")
+    last = list(summary.phases)[-1]  # the last plan, when validation kept an earlier one's weights
+    row["last_phase"] = last
+    row["last_test_accuracy"] = _metric(summary.phases[last].test, "accuracy")
+    row["last_test_auc"] = _metric(summary.phases[last].test, "auc")
+    row["last_cka"] = summary.forgetting[last].cka if last in summary.forgetting else float("nan")
     shift = summary.shift
     row["corrupted_accuracy"] = (
         shift.corrupted_accuracy if shift and shift.corrupted_accuracy else float("nan")
     )
     row["ood_accuracy"] = shift.ood.accuracy if shift and shift.ood else float("nan")
     return row
+
+
+def _metric(metrics, name: str) -> float:
+    return getattr(metrics, name) if metrics is not None else float("nan")
 
 
 COLUMNS = (
@@ -211,6 +220,11 @@ COLUMNS = (
     ("imagenet_agreement", "ImageNet agr.", 1),
     ("seconds", "seconds", 0),
 )
+LAST = (
+    ("last_test_accuracy", "last plan: test acc", 100),
+    ("last_test_auc", "last plan: test AUC", 1),
+    ("last_cka", "last plan: CKA", 1),
+)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -218,6 +232,12 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     if not len(v):
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    """mean, sd, and how many ``values`` are finite (a NaN AUC or CKA is left out; the table says so)."""
+    finite = sum(1 for x in values if x is not None and math.isfinite(x))
+    return (*mean_sd(values), finite)
 
 
 def verdict(scores: dict[str, dict[int, float]], reference: str, metric: str = "test accuracy") -> dict:
@@ -273,7 +293,7 @@ def write_comparison(
             {
                 "strategy": strategy,
                 "runs": len(mine),
-                **{k: mean_sd([r[k] for r in mine]) for k, _, _ in COLUMNS},
+                **{k: _stats([r[k] for r in mine]) for k, _, _ in COLUMNS + LAST},
             }
         )
     key = "test_accuracy" if all(math.isfinite(r["test_accuracy"]) for r in rows) else "val_accuracy"
@@ -291,6 +311,8 @@ def write_comparison(
     }
     write_atomic(root / "results.json", dumps(results))
     shown = [c for c in COLUMNS if any(math.isfinite(t[c[0]][0]) for t in table)]
+    if any(r["last_phase"] != r["final_phase"] for r in rows):  # validation kept an earlier plan somewhere
+        shown += [c for c in LAST if any(math.isfinite(t[c[0]][0]) for t in table)]
     md = markdown_table(table, shown)
     write_atomic(root / "table.md", md + "\n\n" + decision["line"] + "\n")
     write_atomic(root / "table.csv", csv_table(table, shown))
@@ -301,20 +323,22 @@ def write_comparison(
     return results
 
 
-def _cell(value: tuple[float, float], scale: float) -> str:
-    mean, sd = value
+def _cell(value: tuple[float, float, int], scale: float, runs: int) -> str:
+    mean, sd, n = value
     if not math.isfinite(mean):
         return "-"
     digits = 1 if scale == 100 else 3 if scale == 1 else 1
     scale = scale or 1
-    return f"{scale * mean:.{digits}f} +- {scale * sd:.{digits}f}"
+    return f"{scale * mean:.{digits}f} +- {scale * sd:.{digits}f}" + (f" ({n} of {runs})" if n < runs else "")
 
 
 def markdown_table(table: list[dict], columns) -> str:
     head = "| strategy | runs | " + " | ".join(label for _, label, _ in columns) + " |"
     rule = "|---|---|" + "---|" * len(columns)
     body = [
-        f"| {t['strategy']} | {t['runs']} | " + " | ".join(_cell(t[k], s) for k, _, s in columns) + " |"
+        f"| {t['strategy']} | {t['runs']} | "
+        + " | ".join(_cell(t[k], s, t["runs"]) for k, _, s in columns)
+        + " |"
         for t in table
     ]
     return "\n".join([head, rule, *body])
@@ -326,7 +350,9 @@ def csv_table(table: list[dict], columns) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["strategy", "runs", *[f"{k}_{part}" for k, _, _ in columns for part in ("mean", "sd")]])
+    writer.writerow(
+        ["strategy", "runs", *[f"{k}_{part}" for k, _, _ in columns for part in ("mean", "sd", "n")]]
+    )
     for t in table:
         writer.writerow([t["strategy"], t["runs"], *[round(v, 6) for k, _, _ in columns for v in t[k]]])
     return out.getvalue()

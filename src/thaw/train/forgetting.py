@@ -30,12 +30,16 @@ PROBE_SEED = 0  # the same images for every seed and strategy, so runs compare
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two feature matrices over the same n examples ([n, d1], [n, d2])."""
+    """Linear CKA of two feature matrices over the same n examples ([n, d1], [n, d2]). Features that are
+    the same for every example (a collapsed backbone) keep nothing of varying ones: 0.0 (NaN when both
+    are constant)."""
     x = x.double() - x.double().mean(0)
     y = y.double() - y.double().mean(0)
     cross = torch.linalg.matrix_norm(y.T @ x) ** 2
     norms = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
-    return float(cross / norms) if norms > 0 else float("nan")
+    if norms > 0:
+        return float(cross / norms)
+    return 0.0 if bool(x.abs().sum() > 0) != bool(y.abs().sum() > 0) else float("nan")
 
 
 def weight_drift(
