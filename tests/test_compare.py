@@ -107,6 +107,8 @@ def test_compare_rejects_bad_input(tmp_path, capsys):
     assert main(["compare", str(data), "--strategies", "two-phase,nope", "--out", str(tmp_path / "c")]) == 2
     assert "unknown nope" in capsys.readouterr().err
     assert main(["compare", str(data), "--seeds", "0", "--out", str(tmp_path / "c")]) == 2
+    assert main(["compare", str(data), "--strategy", "gradual", "--out", str(tmp_path / "c")]) == 2
+    assert "not --strategy" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
     (other / "x.txt").write_text("mine")

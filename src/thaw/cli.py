@@ -146,6 +146,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     if args.seeds < 1:
         raise ThawError(f"--seeds {args.seeds} must be at least 1 (3 or more for a verdict on noise)")
+    if args.strategy is not None:
+        raise ThawError("thaw compare takes --strategies a,b,... (comma-separated), not --strategy")
     strategies = parse_strategies(args.strategies)
     base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
     config = config_from_args(args, base)
