@@ -99,6 +99,7 @@ def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
 
     from thaw import data as thaw_data
     from thaw.models import build_classifier
+    from thaw.train.lr_find import placeholder
     from thaw.train.strategies import plans_for
 
     sources = thaw_data.discover(config.data)
@@ -130,7 +131,7 @@ def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
     everything = sum(batches.values()) * eval_s
     seconds = 0.0
     for strategy in plan.strategies:
-        for p in plans_for(override(config, {"strategy": strategy})):
+        for p in plans_for(placeholder(override(config, {"strategy": strategy}))):  # --lr auto: a stand-in
             if p.interpolate_from:
                 seconds += len(p.alphas) * batches["val"] * eval_s
             elif p.features == "cached":
