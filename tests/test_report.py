@@ -59,8 +59,8 @@ def test_every_run_writes_a_self_contained_report(run):
     split = (out / "split.csv").read_text().splitlines()
     test = [row for row in split if row.endswith(",test") and "broken" not in row]
     # curves, LRs, phase 1's L2 path (its head solved on cached features), confusion, ROC, reliability,
-    # and one tile per readable test image (at most 12)
-    assert len(images) == 6 + min(12, len(test))
+    # weight drift per plan, and one tile per readable test image (at most 12)
+    assert len(images) == 7 + min(12, len(test))
     for image in images:
         image.verify()
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)  # nothing fetched from a network
@@ -82,8 +82,8 @@ def test_report_command_rebuilds_it_and_says_why_when_the_data_is_gone(run, tmp_
     assert "written:" in capsys.readouterr().out
     page = (copy / "report.html").read_text()
     assert "data is not available here" in page
-    # curves, LRs, the cached phase 1 L2 path, confusion
-    assert "<section id=top-losses>" in page and len(embedded_images(page)) == 4
+    # curves, LRs, the cached phase 1 L2 path, confusion, weight drift
+    assert "<section id=top-losses>" in page and len(embedded_images(page)) == 5
 
 
 def test_bad_input_is_one_clear_line(run, tmp_path):

@@ -70,6 +70,7 @@ KILL_POINTS = {
     "phase2, mid-epoch 2": ("batch", "phase2", 2, 0),
     "before the rename": ("commit", "-", 0, 0),
     "phase1 cached, writing features": ("features", "-", 0, 0),
+    "gradual, second stage, mid-epoch 2": ("batch", "thaw2", 2, 0),
 }
 
 
@@ -123,7 +124,7 @@ def same_model(a: Path, b: Path) -> bool:
     return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-@pytest.mark.parametrize("point", [p for p in KILL_POINTS if p != "phase1 cached, writing features"])
+@pytest.mark.parametrize("point", [p for p in KILL_POINTS if p.startswith(("phase1, ", "phase2", "before"))])
 def test_killed_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, point):
     data, whole = uninterrupted
     kill_and_resume(data, ARGS, tmp_path / "run", point)
@@ -170,3 +171,41 @@ def test_resume_refuses_a_finished_or_missing_run(uninterrupted, tmp_path, capsy
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["resume", str(tmp_path / "nope")]) == 2
     assert "no interrupted run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_killed_mid_stage_resumes_exactly(uninterrupted, tmp_path):
+    """Gradual unfreezing is a plan per stage (top 1 group, top 2, then all), each with its own optimizer
+    over exactly the groups thawed so far. Killed in the middle of the second stage and resumed, the run
+    ends bitwise where an uninterrupted one does, and the groups that stage kept frozen stayed frozen."""
+    data, _ = uninterrupted
+    args = [
+        *tiny_flags(),
+        "--lr",
+        "0.01",
+        "--phase1",
+        "online",
+        "--phase1-epochs",
+        "1",
+        "--phase2-epochs",
+        "1",
+    ]
+    args += ["--strategy", "gradual", "--gradual-every", "2", "--gradual-groups", "2", "--quiet"]
+    assert main(["fit", str(data), *args, "--out", str(tmp_path / "whole")]) == 0
+    kill_and_resume(data, args, tmp_path / "run", "gradual, second stage, mid-epoch 2")
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "whole")
+    assert same_model(tmp_path / "run", tmp_path / "whole")
+    assert list(json.loads((tmp_path / "run" / "summary.json").read_text())["phases"]) == [
+        "phase1",
+        "thaw1",
+        "thaw2",
+        "thaw-all",
+    ]
+    L.seed_everything(0, verbose=False)
+    initial = build_classifier(ModelConfig(name="mobilenet_v3_small", weights="none"), 2, ["blue", "red"], 32)
+    stage = load_file(str(tmp_path / "run" / "checkpoints" / "thaw2.safetensors"))
+    state = initial.state_dict()
+    frozen = {f"backbone.{n}" for group in initial.layer_groups[:-2] for n in group}
+    thawed = {f"backbone.{n}" for group in initial.layer_groups[-2:] for n in group}
+    assert all(torch.equal(stage[k], state[k]) for k in frozen)
+    assert any(not torch.equal(stage[k], state[k]) for k in thawed)

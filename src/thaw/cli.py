@@ -128,6 +128,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
             )
         thaw.resume(args.resume, quiet=args.quiet)
         return
+    if args.strategy == "help":
+        cmd_strategies(args)
+        return
     base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
     if args.out is None and base.out and Path(base.out).exists():
         # rerunning a run's own config.yaml: a new run folder, never the old one
@@ -139,6 +142,30 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if not config.data.path:
         raise ThawError("no data given: thaw fit DATA (a folder, .csv or .npz), or data.path in --config")
     thaw.fit(config, quiet=args.quiet)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from thaw.compare import Plan, compare, parse_strategies
+
+    if args.seeds < 1:
+        raise ThawError(f"--seeds {args.seeds} must be at least 1 (3 or more for a verdict on noise)")
+    if args.strategy is not None:
+        raise ThawError("thaw compare takes --strategies a,b,... (comma-separated), not --strategy")
+    strategies = parse_strategies(args.strategies)
+    base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    config = config_from_args(args, base)
+    root = Path(config.out or f"runs/compare-{Path(args.data).stem}-{config.model.name.replace('/', '-')}")
+    seeds = tuple(range(config.seed, config.seed + args.seeds))
+    compare(Plan(config, strategies, seeds), root, dry_run=args.dry_run)
+
+
+def cmd_strategies(args: argparse.Namespace) -> None:
+    from thaw.train.strategies import describe_strategies
+
+    rows = describe_strategies()
+    width = max(len(name) for name, _ in rows)
+    for name, line in rows:
+        print(f"{name:<{width}}  {line}")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -481,6 +508,21 @@ def parser() -> argparse.ArgumentParser:
     config_flags(f)
     f.set_defaults(func=cmd_fit)
 
+    co = sub.add_parser(
+        "compare", help="run several strategies over several seeds on one split; a table and a verdict"
+    )
+    co.add_argument("data", help="the images, as for thaw fit")
+    co.add_argument(
+        "--strategies", default="linear-probe,two-phase", help="comma-separated (thaw strategies lists them)"
+    )
+    co.add_argument("--seeds", type=int, default=3, help="seeds per strategy, from --seed on (default: 3)")
+    co.add_argument("--config", help="a config.yaml; flags override it")
+    co.add_argument("--dry-run", action="store_true", help="print the estimated cost and stop")
+    config_flags(co)
+    co.set_defaults(func=cmd_compare)
+
+    st = sub.add_parser("strategies", help="list the named strategies for --strategy, one line each")
+    st.set_defaults(func=cmd_strategies)
     lf = sub.add_parser(
         "lr-find",
         help="LR range test (Smith 2017; fastai lr_find): plot loss vs LR, suggest the head's LR (--phase 1) "

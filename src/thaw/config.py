@@ -71,6 +71,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "mps")
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 DIST_STRATEGIES = ("auto", "ddp", "fsdp")
 IMAGE_STORES = ("auto", "memory", "disk")
+SHIFTS = ("none", "corruptions")
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,17 @@ class RunConfig:
         default_factory=lambda: PhaseConfig(epochs=10, patience=3, warmup_epochs=1),
         metadata={"help": "phase 2, fine-tuning: unfrozen layer groups, the backbone at lr / lr_ratio"},
     )
-    strategy: str = setting("two-phase", "the list of phase plans to run")
+    strategy: str = setting("two-phase", "the list of phase plans to run (`thaw strategies` lists them)")
+    layer_decay: float = setting(0.75, "discriminative: LR factor per layer group below the top one")
+    gradual_every: int = setting(2, "gradual: epochs before one more layer group thaws")
+    gradual_groups: int = setting(3, "gradual: thaw the top 1..N groups one by one, then all of them")
+    l2_sp: float = setting(0.01, "l2-sp: strength of the pull toward the pretrained weights")
+    shift: str = setting(
+        "none", "also test on corrupted copies of the test images (ImageNet-C style)", choices=SHIFTS
+    )
+    ood: str | None = setting(
+        None, "also test on this labelled folder (the same classes): out of distribution"
+    )
     phase1_features: str = setting(
         "cached",
         "phase 1: cached = backbone features computed once, head solved to convergence; online = epochs",
@@ -325,6 +336,14 @@ class RunConfig:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         if not 0 <= self.seed < 2**32:
             raise ThawError(f"--seed {self.seed} must be 0 or more and below 2**32")
+        if not 0 < self.layer_decay <= 1:
+            raise ThawError(f"--layer-decay {self.layer_decay} must be in (0, 1]; 1 = no decay, e.g. 0.75")
+        if self.gradual_every < 1 or self.gradual_groups < 1:
+            raise ThawError("--gradual-every and --gradual-groups must be at least 1, e.g. 2 and 3")
+        if not self.l2_sp >= 0:
+            raise ThawError(f"--l2-sp {self.l2_sp} must be 0 or more, e.g. 0.01")
+        if self.shift not in SHIFTS:
+            raise ThawError(f"--shift {self.shift!r} is not one of {', '.join(SHIFTS)}")
         if self.logger not in LOGGERS:
             raise ThawError(f"--logger {self.logger!r} is not one of {', '.join(LOGGERS)}")
         if self.balance not in BALANCE:

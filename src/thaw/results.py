@@ -117,6 +117,52 @@ class PhaseResult:
 
 
 @dataclass(frozen=True)
+class Forgetting:
+    """How far a plan's weights moved from the pretrained backbone, measured on a fixed probe set of the
+    run's validation images. ``cka``: linear CKA of pretrained vs fine-tuned pooled features (1.0 =
+    unchanged). ``weight_drift``: ``||w - w0|| / ||w0||`` per layer group, input to output.
+    ``imagenet_agreement``: top-1 agreement of the original ImageNet head on the fine-tuned features with
+    the original model (None, and ``imagenet_note`` says why, when there is no ImageNet head)."""
+
+    probe_images: int
+    cka: float
+    weight_drift: list[float]
+    imagenet_agreement: float | None = None
+    imagenet_note: str = ""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Forgetting:
+        return cls(
+            **{
+                **raw,
+                "cka": _number(raw.get("cka")),
+                "weight_drift": [_number(v) for v in raw["weight_drift"]],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The saved model out of distribution. ``corruptions``: accuracy on corrupted copies of the ``split``
+    images per corruption, one value per severity; ``corrupted_accuracy`` their mean, beside
+    ``id_accuracy`` on the clean images. ``ood``: metrics on a user-given folder of the same classes."""
+
+    split: str
+    id_accuracy: float
+    severities: list[int] = field(default_factory=list)
+    corruptions: dict[str, list[float]] = field(default_factory=dict)
+    corrupted_accuracy: float | None = None
+    ood_path: str | None = None
+    ood: Metrics | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Shift:
+        raw = dict(raw)
+        raw["ood"] = Metrics.from_dict(raw["ood"]) if raw.get("ood") else None
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """A run: its data, model, the plans' results in order, the phase whose weights were saved, and what
     each phase gained over the one before it (per split and metric, in absolute units)."""
@@ -134,6 +180,8 @@ class RunSummary:
     model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
     operating: Operating | None = None  # the saved model at its chosen threshold (and TTA), with CIs
     hardware: dict[str, Any] = field(default_factory=dict)  # accelerator, devices, precision, ... as run
+    forgetting: dict[str, Forgetting] = field(default_factory=dict)  # per trained plan
+    shift: Shift | None = None  # with --shift corruptions or --ood DIR
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
 
     @property
@@ -160,6 +208,8 @@ class RunSummary:
         raw["phases"] = {k: PhaseResult.from_dict(v, k) for k, v in raw["phases"].items()}
         if raw.get("operating"):
             raw["operating"] = Operating.from_dict(raw["operating"])
+        raw["forgetting"] = {k: Forgetting.from_dict(v) for k, v in (raw.get("forgetting") or {}).items()}
+        raw["shift"] = Shift.from_dict(raw["shift"]) if raw.get("shift") else None
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 

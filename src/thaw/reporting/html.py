@@ -334,6 +334,8 @@ def _forgetting(page: Page, run: Path, raw: dict) -> None:
     for where, data in found.items():
         flat = _flatten(data)
         page.table(["measure", "value"], [[_e(k), _e(_show(v))] for k, v in flat], caption=where)
+    if (run / "drift.png").is_file():
+        page.figure((run / "drift.png").read_bytes(), "weight drift per layer group", "weight drift per plan")
 
 
 # ----------------------------------------------------------------------------------------- predictions

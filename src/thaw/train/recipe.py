@@ -28,7 +28,9 @@ from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.shift import evaluate_shift
 from thaw.train import distributed, lr_find
+from thaw.train.forgetting import Probe, plot_drift
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
@@ -138,9 +140,8 @@ def train(
     )
     with distributed.rank_zero_first():  # rank 0 fills the decoded-image store, the others read it
         loaders = Loaders(sources, model, config, report)
-    l2_sp = any(p.regularizer == "l2-sp" for p in plans)  # a copy of the backbone only where it is needed
-    anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()} if l2_sp else {}
-    ctx = Context(config, loaders, run, report, anchor)
+    probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
+    ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
     report.start(config, sources, model, loaders, plans)
 
     results: dict[str, PhaseResult] = {}
@@ -157,11 +158,16 @@ def train(
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
         distributed.barrier()  # rank 0 has saved the plan's weights: every rank goes on from them
         model.load_state_dict(run.load_weights(plan.name))
+    forgetting = {}
+    for name in results:  # one forward over the probe images per plan
+        model.load_state_dict(run.load_weights(name))
+        forgetting[name] = probe.diagnose(model)
     final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
     operating, scored = operating_point(
         model, loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
     )
+    shift = evaluate_shift(model, loaders.decoded, config, report.say)
 
     summary = RunSummary(
         dataset=sources.name,
@@ -175,12 +181,15 @@ def train(
         gain=gains(results),
         operating=operating,
         hardware=hardware_summary(config, loaders),
+        forgetting=forgetting,
+        shift=shift,
         lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
     )
     if not distributed.is_zero():  # rank 0 writes the run folder
         return RunResult(run.final, summary, model)
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
+    plot_drift(forgetting, run / "drift.png")
     split = "test" if summary.final.test is not None else "val"
     plot_confusion(
         summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}"

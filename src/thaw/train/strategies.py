@@ -243,11 +243,140 @@ def two_phase(c: RunConfig) -> list[PhasePlan]:
     return [p for p in plans if p.epochs > 0]
 
 
-STRATEGIES: dict[str, Callable[[RunConfig], list[PhasePlan]]] = {"two-phase": two_phase}
+def linear_probe(c: RunConfig) -> list[PhasePlan]:
+    """Phase 1 only: the head solved to convergence on cached features of the frozen backbone."""
+    return [dataclasses.replace(_probe(c), features="cached", views=c.cache_views)]
+
+
+def finetune_high_lr(c: RunConfig) -> list[PhasePlan]:
+    """No phase 1: every layer group trains from the start at the head's LR (the classic mistake)."""
+    return [dataclasses.replace(_finetune(c), name="finetune", lr_ratio=1.0)]
+
+
+def finetune_low_lr(c: RunConfig) -> list[PhasePlan]:
+    """No phase 1: every layer group and the head train from the start at ``lr / lr_ratio``."""
+    return [dataclasses.replace(_finetune(c), name="finetune", lr=c.lr / c.lr_ratio, lr_ratio=1.0)]
+
+
+def discriminative(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase, phase 2 with layer-wise LR decay: each group below the top at ``layer_decay`` times
+    the LR of the group above (ULMFiT; timm's ``layer_decay``)."""
+    probe, tune = _probe(c), _tune(c)
+    return [probe, dataclasses.replace(tune, layer_decay=c.layer_decay)]
+
+
+def gradual(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase with gradual unfreezing (ULMFiT): the top group trains for ``gradual_every`` epochs,
+    then the top two, ..., up to ``gradual_groups``, then every group (or ``--unfreeze N``) for phase 2's
+    budget. Each stage is
+    its own plan: it starts from the best weights of the stage before and gets a new optimizer over
+    exactly the groups thawed so far, so a resumed run restores exactly that state (the plan's own
+    checkpoint) instead of re-deriving which groups should be trainable."""
+    probe, tune = _probe(c), _tune(c)
+    stages = [
+        dataclasses.replace(
+            tune, name=f"thaw{n}", train=f"last:{n}", epochs=c.gradual_every, patience=c.gradual_every
+        )
+        for n in range(1, c.gradual_groups + 1)
+    ]
+    return [probe, *stages, dataclasses.replace(tune, name="thaw-all")]
+
+
+def lp_ft(c: RunConfig) -> list[PhasePlan]:
+    """LP-FT (Kumar et al. 2022): the linear probe solved to convergence on cached features, then the
+    whole network, head included, fine-tuned at one small LR, ``lr / lr_ratio``."""
+    tune = dataclasses.replace(_finetune(c), lr=c.lr / c.lr_ratio, lr_ratio=1.0)
+    return [*linear_probe(c), tune]
+
+
+def l2_sp(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase with phase 2 pulled toward the pretrained weights instead of toward zero (Li et al.
+    2018): the L2-SP penalty ``l2_sp * ||w - w0||^2`` replaces weight decay."""
+    probe, tune = _probe(c), _tune(c)
+    return [
+        probe,
+        dataclasses.replace(tune, regularizer="l2-sp", regularizer_strength=c.l2_sp, weight_decay=0.0),
+    ]
+
+
+def wise_ft(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase, then WiSE-FT (Wortsman et al. 2022): phase 1 and phase 2 weights interpolated, the
+    mixing coefficient chosen on validation; the accuracy-vs-alpha curve is in the summary."""
+    return [*two_phase(c), PhasePlan("wise-ft", interpolate_from="phase1")]
+
+
+def surgical_first(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase with phase 2 training only the first layer group, plus the head (surgical
+    fine-tuning, Lee et al. 2023: input-level shifts favour early layers)."""
+    probe, tune = _probe(c), _tune(c)
+    return [probe, dataclasses.replace(tune, name="surgical", train="first:1", features="online", views=1)]
+
+
+def surgical_last(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase with phase 2 training only the last layer group, plus the head (surgical fine-tuning)."""
+    probe, tune = _probe(c), _tune(c)
+    return [probe, dataclasses.replace(tune, name="surgical", train="last:1")]
+
+
+def _probe(c: RunConfig) -> PhasePlan:
+    common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
+    return PhasePlan(
+        "phase1", train="head", features=c.phase1_features, views=c.cache_views, **common, **_phase(c.phase1)
+    )
+
+
+def _finetune(c: RunConfig) -> PhasePlan:
+    common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
+    return PhasePlan("phase2", train="all", lr_ratio=c.lr_ratio, **common, **_phase(c.phase2))
+
+
+def _tune(c: RunConfig) -> PhasePlan:
+    """Phase 2 of two-phase: all (or the last N) layer groups."""
+    unfreeze = unfreeze_groups(c.unfreeze)
+    train = "all" if unfreeze is None else f"last:{unfreeze}"
+    return dataclasses.replace(_finetune(c), train=train, features=c.phase2_features, views=c.prefix_views)
+
+
+STRATEGIES: dict[str, Callable[[RunConfig], list[PhasePlan]]] = {
+    "linear-probe": linear_probe,
+    "two-phase": two_phase,
+    "finetune-high-lr": finetune_high_lr,
+    "finetune-low-lr": finetune_low_lr,
+    "discriminative": discriminative,
+    "gradual": gradual,
+    "lp-ft": lp_ft,
+    "l2-sp": l2_sp,
+    "wise-ft": wise_ft,
+    "surgical-first": surgical_first,
+    "surgical-last": surgical_last,
+}
+
+
+SUMMARIES = {
+    "linear-probe": "phase 1 only: the head solved to convergence on cached features, backbone frozen",
+    "two-phase": "the default: the head on the frozen backbone, then all groups at lr / lr_ratio",
+    "finetune-high-lr": "no phase 1; everything at the head's lr (the classic mistake)",
+    "finetune-low-lr": "no phase 1; everything, head included, at lr / lr_ratio",
+    "discriminative": "two-phase, each group below the top at --layer-decay x the LR above (ULMFiT)",
+    "gradual": "two-phase, one more group thawed from the top every --gradual-every epochs, then all",
+    "lp-ft": "the cached linear probe, then the whole network at one LR, lr / lr_ratio (Kumar 2022)",
+    "l2-sp": "two-phase, phase 2 pulled toward the pretrained weights (--l2-sp) instead of 0 (Li 2018)",
+    "wise-ft": "two-phase, then phase 1 and 2 weights interpolated, alpha chosen on val (Wortsman 2022)",
+    "surgical-first": "two-phase, phase 2 trains only the first layer group and the head (Lee 2023)",
+    "surgical-last": "two-phase, phase 2 trains only the last layer group and the head",
+}
+
+
+def describe_strategies() -> list[tuple[str, str]]:
+    """(name, one line) for every named strategy, for ``thaw strategies``."""
+    return [
+        (name, SUMMARIES.get(name, (build.__doc__ or "").split(".")[0])) for name, build in STRATEGIES.items()
+    ]
 
 
 def plans_for(config: RunConfig) -> list[PhasePlan]:
     """The strategy named in ``config.strategy``, as a checked list of plans."""
     if config.strategy not in STRATEGIES:
         raise ThawError(f"--strategy {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    return check_plans(STRATEGIES[config.strategy](config))
+    plans = STRATEGIES[config.strategy](config)
+    return check_plans([p for p in plans if p.epochs > 0 or p.interpolate_from])

@@ -96,6 +96,9 @@ class Adapter(Protocol):
         """The randomly initialised architecture with its ImageNet classifier (conversion templates,
         counting parameters and FLOPs)."""
 
+    def imagenet_classifier(self, arch: str, model: nn.Module) -> nn.Module:
+        """The part of ``imagenet_model``'s full model that maps pooled features to its 1000 logits."""
+
     def imagenet_model(
         self, arch: str, tag: str | None, weights: str | None
     ) -> tuple[ImageNetModel | None, str, str]:

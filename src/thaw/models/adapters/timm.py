@@ -157,6 +157,9 @@ class TimmAdapter:
     def full_model(self, arch: str, image_size: int | None = None) -> nn.Module:
         return timm.create_model(arch, pretrained=False, **({"img_size": image_size} if image_size else {}))
 
+    def imagenet_classifier(self, arch: str, model: nn.Module) -> nn.Module:
+        return model.get_classifier()
+
     def imagenet_model(
         self, arch: str, tag: str | None, weights: str | None
     ) -> tuple[ImageNetModel | None, str, str]:

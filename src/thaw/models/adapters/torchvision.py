@@ -229,6 +229,9 @@ class TorchvisionAdapter:
     def full_model(self, arch: str, image_size: int | None = None) -> nn.Module:
         return get_model(arch, weights=None, **({"image_size": image_size} if image_size else {}))
 
+    def imagenet_classifier(self, arch: str, model: nn.Module) -> nn.Module:
+        return model.get_submodule(supported_family(arch).classifier)
+
     def imagenet_model(
         self, arch: str, tag: str | None, weights: str | None
     ) -> tuple[ImageNetModel | None, str, str]:

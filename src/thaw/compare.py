@@ -1,0 +1,424 @@
+"""``thaw compare``: several strategies, several seeds, one split, one table, and a verdict that respects
+run-to-run noise.
+
+Every run is an ordinary thaw run folder inside the comparison folder (``runs/<strategy>-seed<k>``), all
+on one split (``split.csv``, written once) and one preprocessing; a strategy that starts with the cached
+phase 1 shares it with every other one through the feature cache (the features are keyed by the
+backbone's weights and the images, not by the strategy), so phase 1's features are computed once. The
+folder's ``compare.json`` records the command; rerunning the same command skips finished runs and
+resumes interrupted ones, and a different command is refused there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thaw.config import RunConfig, override
+from thaw.errors import ThawError
+from thaw.files import atomic_path, write_atomic
+from thaw.results import RunSummary, dumps
+
+REFERENCE = "two-phase"
+METRICS = (("val", "accuracy"), ("test", "accuracy"), ("test", "auc"), ("test", "macro_f1"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a comparison runs: the base config (strategy, seed and run folder are set per run), the
+    strategies and the seeds."""
+
+    config: RunConfig
+    strategies: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def spec(self) -> dict[str, Any]:
+        base = override(self.config, {"strategy": REFERENCE, "seed": 0, "out": None}, keep_none=True)
+        return {
+            "command": "thaw compare",
+            "strategies": list(self.strategies),
+            "seeds": list(self.seeds),
+            "config": base.to_dict(),
+        }
+
+    def runs(self, root: Path) -> list[tuple[str, int, Path]]:
+        return [(s, seed, root / "runs" / f"{s}-seed{seed}") for seed in self.seeds for s in self.strategies]
+
+
+def parse_strategies(text: str) -> tuple[str, ...]:
+    from thaw.train.strategies import STRATEGIES
+
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise ThawError(
+            f"--strategies {text!r}: unknown {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(STRATEGIES)} (comma-separated)"
+        )
+    return names
+
+
+def prepare(plan: Plan, root: Path) -> RunConfig:
+    """Create (or reopen) the comparison folder; returns the base config with the shared split file."""
+    from thaw import data as thaw_data
+    from thaw.train.run_folder import check_outside_data
+
+    spec = plan.spec()
+    marker = root / "compare.json"
+    if root.exists() and any(root.iterdir()):
+        if not marker.is_file():
+            raise ThawError(f"{root} exists and is not a comparison folder; give another --out")
+        import json
+
+        if json.loads(marker.read_text()) != json.loads(dumps(spec)):
+            raise ThawError(
+                f"{root} holds a comparison made by a different command (strategies, seeds or settings "
+                f"differ; see its compare.json); rerun that command to resume it, or give another --out"
+            )
+    else:
+        check_outside_data(root, plan.config.data.path)
+        root.mkdir(parents=True, exist_ok=True)
+        sources = thaw_data.discover(plan.config.data)
+        with atomic_path(root / "split.csv") as tmp:
+            thaw_data.write_split(sources, tmp)
+        write_atomic(marker, dumps(spec))
+    return override(plan.config, {"data.split_file": str(root / "split.csv")})
+
+
+def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
+    """The minutes the unfinished runs take if every plan runs all its epochs and every run computes its
+    own phase 1 features, from timing two training steps and one evaluation batch now (a machine that
+    gets busier later makes it an underestimate)."""
+    import torch
+
+    from thaw import data as thaw_data
+    from thaw.models import build_classifier
+    from thaw.train.lr_find import placeholder
+    from thaw.train.strategies import plans_for
+
+    sources = thaw_data.discover(config.data)
+    model = build_classifier(
+        config.model, len(sources.class_names), sources.class_names, config.data.image_size
+    )
+    size, batch = model.preprocessing.size, config.data.batch_size
+    x = torch.randn(batch, model.spec.in_channels, size, size)
+    y = torch.zeros(batch, dtype=torch.long)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(2):
+        step()
+    train_s = (time.perf_counter() - start) / 2
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(x)
+        eval_s = time.perf_counter() - start
+    n = {s: len(sources.split(s)) for s in ("train", "val", "test")}
+    batches = {s: math.ceil(k / batch) for s, k in n.items()}
+    everything = sum(batches.values()) * eval_s
+    seconds = 0.0
+    for strategy in plan.strategies:
+        for p in plans_for(placeholder(override(config, {"strategy": strategy}))):  # --lr auto: a stand-in
+            if p.interpolate_from:
+                seconds += len(p.alphas) * batches["val"] * eval_s
+            elif p.features == "cached":
+                seconds += everything + batches["train"] * (p.views - 1) * eval_s
+            else:
+                seconds += p.epochs * (batches["train"] * train_s + batches["val"] * eval_s)
+        seconds += everything  # evaluation, diagnostics
+    per_run = seconds / len(plan.strategies)
+    minutes = per_run * todo / 60
+    return minutes, f"one training step of {batch} images {train_s:.2f}s, one evaluation batch {eval_s:.2f}s"
+
+
+def compare(
+    plan: Plan, root: Path, say: Callable[[str], None] = print, dry_run: bool = False
+) -> dict[str, Any]:
+    """Run (or finish) every strategy x seed, then write results.json, the table, the plots, the verdict."""
+    import thaw
+    from thaw.train.run_folder import staging_path
+
+    config = prepare(plan, root)
+    runs = plan.runs(root)
+    done = [r for r in runs if (r[2] / "summary.json").is_file()]
+    todo = len(runs) - len(done)
+    if todo:
+        minutes, how = estimate(config, plan, todo)
+        say(
+            f"{len(runs)} runs ({len(plan.strategies)} strategies x {len(plan.seeds)} seeds), {len(done)} "
+            f"already finished; the other {todo} take about {minutes:.1f} minutes at most at this load "
+            f"({how}; every plan's full epoch budget)"
+        )
+    if dry_run:
+        return {}
+    for i, (strategy, seed, path) in enumerate(runs, 1):
+        if (path / "summary.json").is_file():
+            continue
+        say(f"[{i}/{len(runs)}] {strategy}, seed {seed}")
+        if staging_path(path).is_dir():
+            thaw.resume(staging_path(path), quiet=True)
+        else:
+            thaw.fit(override(config, {"strategy": strategy, "seed": seed, "out": str(path)}), quiet=True)
+    summaries = [(s, seed, path, RunSummary.read(path)) for s, seed, path in runs]
+    return write_comparison(root, plan, summaries, say)
+
+
+# ------------------------------------------------------------------------------------------ the results
+
+
+def run_row(summary: RunSummary) -> dict[str, Any]:
+    """One run as the table sees it: the saved model's metrics, seconds, and its diagnostics."""
+    final = summary.final
+    row: dict[str, Any] = {"final_phase": summary.final_phase}
+    for split, metric in METRICS:
+        m = final.on(split)
+        row[f"{split}_{metric}"] = getattr(m, metric) if m is not None else float("nan")
+    row["seconds"] = round(sum(p.seconds for p in summary.phases.values()), 1)
+    d = summary.forgetting.get(summary.final_phase)
+    row["cka"] = d.cka if d else float("nan")
+    row["imagenet_agreement"] = (
+        d.imagenet_agreement if d and d.imagenet_agreement is not None else float("nan")
+    )
+    row["max_weight_drift"] = max(d.weight_drift, default=float("nan")) if d else float("nan")
+    last = list(summary.phases)[-1]  # the last plan, when validation kept an earlier one's weights
+    row["last_phase"] = last
+    row["last_test_accuracy"] = _metric(summary.phases[last].test, "accuracy")
+    row["last_test_auc"] = _metric(summary.phases[last].test, "auc")
+    row["last_cka"] = summary.forgetting[last].cka if last in summary.forgetting else float("nan")
+    shift = summary.shift
+    row["corrupted_accuracy"] = (
+        shift.corrupted_accuracy if shift and shift.corrupted_accuracy else float("nan")
+    )
+    row["ood_accuracy"] = shift.ood.accuracy if shift and shift.ood else float("nan")
+    return row
+
+
+def _metric(metrics, name: str) -> float:
+    return getattr(metrics, name) if metrics is not None else float("nan")
+
+
+COLUMNS = (
+    ("val_accuracy", "val acc", 100),
+    ("test_accuracy", "test acc", 100),
+    ("test_auc", "test AUC", 1),
+    ("test_macro_f1", "test macro-F1", 1),
+    ("corrupted_accuracy", "corrupted acc", 100),
+    ("ood_accuracy", "OOD acc", 100),
+    ("cka", "CKA", 1),
+    ("imagenet_agreement", "ImageNet agr.", 1),
+    ("seconds", "seconds", 0),
+)
+LAST = (
+    ("last_test_accuracy", "last plan: test acc", 100),
+    ("last_test_auc", "last plan: test AUC", 1),
+    ("last_cka", "last plan: CKA", 1),
+)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    """mean, sd, and how many ``values`` are finite (a NaN AUC or CKA is left out; the table says so)."""
+    finite = sum(1 for x in values if x is not None and math.isfinite(x))
+    return (*mean_sd(values), finite)
+
+
+def verdict(scores: dict[str, dict[int, float]], reference: str, metric: str = "test accuracy") -> dict:
+    """Paired comparison over seeds of the best strategy (by mean) against ``reference`` (or, when the
+    reference is best, of the reference against the runner-up): mean paired difference, its sd, and a
+    paired t-test. "beyond noise" needs p < 0.05; with fewer than 2 shared seeds there is no verdict."""
+    from scipy import stats
+
+    means = {s: float(np.mean(list(v.values()))) for s, v in scores.items() if v}
+    if reference not in means or len(means) < 2:
+        return {"line": f"no verdict: the comparison needs {reference} and one other strategy"}
+    ranked = sorted(means, key=lambda s: -means[s])
+    best = ranked[0] if ranked[0] != reference else ranked[1]
+    seeds = sorted(set(scores[best]) & set(scores[reference]))
+    diffs = np.array([scores[best][k] - scores[reference][k] for k in seeds])
+    out = {
+        "best": ranked[0],
+        "versus": best,
+        "reference": reference,
+        "seeds": seeds,
+        "differences": diffs.tolist(),
+    }
+    if len(seeds) < 2:
+        out["line"] = f"no verdict on noise: {len(seeds)} shared seed; use --seeds 3 or more"
+        return out
+    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
+    p = float(stats.ttest_rel([scores[best][k] for k in seeds], [scores[reference][k] for k in seeds]).pvalue)
+    if not math.isfinite(p):  # every difference the same: 0 (identical runs) or a constant
+        p = 1.0 if mean == 0 else 0.0
+    beyond = p < 0.05
+    a, b = (ranked[0], reference) if ranked[0] != reference else (reference, best)
+    diff = mean if ranked[0] != reference else -mean
+    out.update(mean_difference=mean, sd_difference=sd, p_value=p, beyond_noise=beyond)
+    out["line"] = (
+        f"{a} vs {b}: {100 * diff:+.1f} points of {metric} (paired over {len(seeds)} seeds, sd "
+        f"{100 * sd:.1f}, t-test p = {p:.3f}): "
+        + (f"{a} is better beyond noise" if beyond else "within noise")
+    )
+    return out
+
+
+def write_comparison(
+    root: Path, plan: Plan, summaries: list[tuple[str, int, Path, RunSummary]], say: Callable[[str], None]
+) -> dict[str, Any]:
+    rows = [
+        {"strategy": s, "seed": seed, "path": str(path.relative_to(root)), **run_row(summary)}
+        for s, seed, path, summary in summaries
+    ]
+    table = []
+    for strategy in plan.strategies:
+        mine = [r for r in rows if r["strategy"] == strategy]
+        table.append(
+            {
+                "strategy": strategy,
+                "runs": len(mine),
+                **{k: _stats([r[k] for r in mine]) for k, _, _ in COLUMNS + LAST},
+            }
+        )
+    key = "test_accuracy" if all(math.isfinite(r["test_accuracy"]) for r in rows) else "val_accuracy"
+    scores = {s: {r["seed"]: r[key] for r in rows if r["strategy"] == s} for s in plan.strategies}
+    reference = REFERENCE if REFERENCE in plan.strategies else plan.strategies[0]
+    decision = verdict(scores, reference, key.replace("_", " "))
+    results = {
+        **plan.spec(),
+        "runs": [
+            {**row, "summary": summary.to_dict()}
+            for row, (_, _, _, summary) in zip(rows, summaries, strict=True)
+        ],
+        "table": table,
+        "verdict": decision,
+    }
+    write_atomic(root / "results.json", dumps(results))
+    shown = [c for c in COLUMNS if any(math.isfinite(t[c[0]][0]) for t in table)]
+    if any(r["last_phase"] != r["final_phase"] for r in rows):  # validation kept an earlier plan somewhere
+        shown += [c for c in LAST if any(math.isfinite(t[c[0]][0]) for t in table)]
+    md = markdown_table(table, shown)
+    write_atomic(root / "table.md", md + "\n\n" + decision["line"] + "\n")
+    write_atomic(root / "table.csv", csv_table(table, shown))
+    plot_comparison(root, plan, summaries, rows)
+    say(md)
+    say(decision["line"])
+    say(f"comparison in {root}: results.json, table.md/.csv, val_accuracy.png, gain.png, cka_accuracy.png")
+    return results
+
+
+def _cell(value: tuple[float, float, int], scale: float, runs: int) -> str:
+    mean, sd, n = value
+    if not math.isfinite(mean):
+        return "-"
+    digits = 1 if scale == 100 else 3 if scale == 1 else 1
+    scale = scale or 1
+    return f"{scale * mean:.{digits}f} +- {scale * sd:.{digits}f}" + (f" ({n} of {runs})" if n < runs else "")
+
+
+def markdown_table(table: list[dict], columns) -> str:
+    head = "| strategy | runs | " + " | ".join(label for _, label, _ in columns) + " |"
+    rule = "|---|---|" + "---|" * len(columns)
+    body = [
+        f"| {t['strategy']} | {t['runs']} | "
+        + " | ".join(_cell(t[k], s, t["runs"]) for k, _, s in columns)
+        + " |"
+        for t in table
+    ]
+    return "\n".join([head, rule, *body])
+
+
+def csv_table(table: list[dict], columns) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["strategy", "runs", *[f"{k}_{part}" for k, _, _ in columns for part in ("mean", "sd", "n")]]
+    )
+    for t in table:
+        writer.writerow([t["strategy"], t["runs"], *[round(v, 6) for k, _, _ in columns for v in t[k]]])
+    return out.getvalue()
+
+
+def plot_comparison(root: Path, plan: Plan, summaries, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(plan.strategies)}
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        with atomic_path(root / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+
+    # validation accuracy over epochs, every seed a thin line; phase starts marked on the first seed's run
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for strategy, seed, _, summary in summaries:
+        epochs = [r for p in summary.phases.values() for r in p.epochs]
+        xs, ys = [r["step_epoch"] for r in epochs], [100 * r["val_acc"] for r in epochs]
+        first = seed == plan.seeds[0]
+        ax.plot(
+            xs,
+            ys,
+            color=colours[strategy],
+            lw=1.6 if first else 0.7,
+            alpha=1 if first else 0.5,
+            marker="o",
+            ms=2,
+            label=strategy if first else None,
+        )
+        if first:
+            for p in list(summary.phases.values())[1:]:
+                if p.epochs:
+                    ax.axvline(p.epochs[0]["step_epoch"] - 0.5, color=colours[strategy], ls=":", lw=0.8)
+    ax.set_xlabel("epoch (over all phases; dotted: a phase starts)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=8)
+    save(fig, "val_accuracy.png")
+
+    # gain per strategy: paired difference from the reference, mean +- sd over seeds
+    reference = REFERENCE if REFERENCE in plan.strategies else plan.strategies[0]
+    key = "test_accuracy" if all(math.isfinite(r["test_accuracy"]) for r in rows) else "val_accuracy"
+    ref = {r["seed"]: r[key] for r in rows if r["strategy"] == reference}
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, s in enumerate(plan.strategies):
+        diffs = [100 * (r[key] - ref[r["seed"]]) for r in rows if r["strategy"] == s and r["seed"] in ref]
+        mean, sd = mean_sd(diffs)
+        ax.bar(i, mean, yerr=sd, color=colours[s], capsize=3)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(plan.strategies)), plan.strategies, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{key.replace('_', ' ')} - {reference} (points)")
+    ax.set_title("gain per strategy, paired over seeds (mean +- sd)")
+    save(fig, "gain.png")
+
+    # feature drift vs accuracy
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for s in plan.strategies:
+        mine = [r for r in rows if r["strategy"] == s]
+        ax.scatter([r["cka"] for r in mine], [100 * r[key] for r in mine], color=colours[s], label=s, s=20)
+    ax.set_xlabel("linear CKA, pretrained vs fine-tuned features (1 = unchanged)")
+    ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
+    ax.legend(fontsize=8)
+    save(fig, "cka_accuracy.png")

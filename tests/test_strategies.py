@@ -1,0 +1,84 @@
+"""The named strategies: each is a few plans the one engine runs; every one trains on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_config
+
+import thaw
+from thaw.cli import main
+from thaw.config import override
+from thaw.errors import ThawError
+from thaw.results import RunSummary
+from thaw.train.strategies import STRATEGIES, plans_for
+
+EXPECTED = {
+    "linear-probe": ["phase1"],
+    "two-phase": ["phase1", "phase2"],
+    "finetune-high-lr": ["finetune"],
+    "finetune-low-lr": ["finetune"],
+    "discriminative": ["phase1", "phase2"],
+    "gradual": ["phase1", "thaw1", "thaw2", "thaw-all"],
+    "lp-ft": ["phase1", "phase2"],
+    "l2-sp": ["phase1", "phase2"],
+    "wise-ft": ["phase1", "phase2", "wise-ft"],
+    "surgical-first": ["phase1", "surgical"],
+    "surgical-last": ["phase1", "surgical"],
+}
+
+
+def test_every_strategy_is_listed_and_has_its_plans():
+    assert set(STRATEGIES) == set(EXPECTED)
+    for name, phases in EXPECTED.items():
+        config = override(thaw.RunConfig(), {"strategy": name, "gradual_groups": 2})
+        assert [p.name for p in plans_for(config)] == phases, name
+
+
+def test_strategy_plans_say_what_they_promise():
+    c = override(thaw.RunConfig(), {"lr": 1e-3, "lr_ratio": 10.0, "layer_decay": 0.5, "l2_sp": 0.02})
+    plans = {name: plans_for(override(c, {"strategy": name})) for name in STRATEGIES}
+    assert plans["linear-probe"][0].features == "cached" and plans["linear-probe"][0].train == "head"
+    high, low = plans["finetune-high-lr"][0], plans["finetune-low-lr"][0]
+    assert high.train == "all" and high.group_lr(4) == [1e-3] * 4 and high.lr == 1e-3
+    assert low.lr == pytest.approx(1e-4) and low.group_lr(4) == pytest.approx([1e-4] * 4)
+    assert plans["discriminative"][1].group_lr(3) == pytest.approx([2.5e-5, 5e-5, 1e-4])
+    lp_ft = plans["lp-ft"][1]
+    assert lp_ft.train == "all" and lp_ft.lr == pytest.approx(1e-4) and lp_ft.lr_ratio == 1.0
+    tune = plans["l2-sp"][1]
+    assert (tune.regularizer, tune.regularizer_strength, tune.weight_decay) == ("l2-sp", 0.02, 0.0)
+    assert plans["wise-ft"][2].interpolate_from == "phase1"
+    assert plans["surgical-first"][1].groups(5) == [0] and plans["surgical-last"][1].groups(5) == [4]
+    stages = plans["gradual"][1:]
+    assert [p.groups(5) for p in stages] == [[4], [3, 4], [2, 3, 4], [0, 1, 2, 3, 4]]
+
+
+def test_unknown_strategy_is_one_clear_error(capsys):
+    with pytest.raises(ThawError, match="--strategy 'nope' is not one of linear-probe, two-phase"):
+        plans_for(override(thaw.RunConfig(), {"strategy": "nope"}))
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in STRATEGIES) and len(out.strip().splitlines()) == len(STRATEGIES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_strategy_trains_on_tiny_data(name, class_folder, tmp_path):
+    config = tiny_config(class_folder, tmp_path / name, strategy=name, gradual_every=1, gradual_groups=2)
+    result = thaw.fit(config, quiet=True)
+    summary = RunSummary.read(result.path)
+    assert list(summary.phases) == EXPECTED[name]
+    assert summary.strategy == name
+    # the diagnostics are there for every plan; a head-only plan leaves the backbone exactly as it was
+    assert set(summary.forgetting) == set(EXPECTED[name])
+    for phase, d in summary.forgetting.items():
+        assert d.probe_images == summary.images["val"]
+        assert len(d.weight_drift) == len(result.model.layer_groups)
+        trained = summary.phases[phase].trainable_groups.split("/")[0] != "0"
+        if phase == "phase1" or name == "linear-probe":
+            assert d.cka == pytest.approx(1.0) and max(d.weight_drift) == 0.0
+        elif trained:
+            assert max(d.weight_drift) > 0.0
+        assert d.imagenet_agreement is None and "random" in d.imagenet_note  # --weights none
+    assert (result.path / "drift.png").stat().st_size > 1000
+    assert "forgetting" in json.loads((result.path / "summary.json").read_text())
