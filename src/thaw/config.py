@@ -63,6 +63,16 @@ class DataConfig:
     crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
     strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
     num_workers: int = setting(0, "data loader worker processes", flags=("--num-workers", "--workers"))
+    labels_per_class: int | None = setting(
+        None, "label budget: train on K labelled images per class (the rest of train: unlabelled)"
+    )
+    label_fraction: float | None = setting(
+        None, "label budget: train on this share of each class's training labels, e.g. 0.25"
+    )
+    label_seed: int | None = setting(None, "seed of the labelled subset; none: the run's --seed")
+    unlabeled: str | None = setting(
+        None, "a folder of unlabelled images for --pseudo-labels (default: the budget's unlabelled images)"
+    )
 
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
@@ -87,6 +97,14 @@ class DataConfig:
             raise ThawError(f"--batch-size {self.batch_size} is too large: use 1 to 65536, e.g. 32")
         if self.split_seed >= 2**32:
             raise ThawError(f"--split-seed {self.split_seed} must be below 2**32")
+        if self.labels_per_class is not None and self.label_fraction is not None:
+            raise ThawError("--labels-per-class and --label-fraction are two budgets; give one of them")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise ThawError(f"--labels-per-class {self.labels_per_class} must be at least 1")
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            raise ThawError(f"--label-fraction {self.label_fraction} must be in (0, 1], e.g. 0.25")
+        if self.label_seed is not None and not 0 <= self.label_seed < 2**32:
+            raise ThawError(f"--label-seed {self.label_seed} must be 0 or more and below 2**32")
 
 
 @dataclass(frozen=True)
@@ -169,6 +187,16 @@ class RunConfig:
     bn_policy: str = setting("frozen", "batch norm while training", choices=BN_POLICIES)
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")
+    adabn: bool = setting(
+        False, "AdaBN: re-estimate batch-norm statistics on target-domain images before phase 1"
+    )
+    adabn_data: str | None = setting(
+        None, "AdaBN's images: a folder (unlabelled); none: every training image, labelled or not"
+    )
+    pseudo_labels: bool = setting(
+        False, "after the recipe, add confident predictions on unlabelled images as labels, fine-tune again"
+    )
+    pseudo_threshold: float = setting(0.9, "pseudo-labels: the lowest predicted probability kept")
     out: str | None = setting(None, "run folder (default runs/<data>-<model>-<time>); never overwritten")
     logger: str = setting(
         "none",
@@ -203,6 +231,12 @@ class RunConfig:
             raise ThawError(f"--seed {self.seed} must be 0 or more and below 2**32")
         if self.logger not in LOGGERS:
             raise ThawError(f"--logger {self.logger!r} is not one of {', '.join(LOGGERS)}")
+        if self.adabn_data and not self.adabn:
+            raise ThawError("--adabn-data gives AdaBN's images; add --adabn to use them (or drop it)")
+        if self.data.unlabeled and not self.pseudo_labels:
+            raise ThawError("--unlabeled gives pseudo-labelling's images; add --pseudo-labels (or drop it)")
+        if not 0 < self.pseudo_threshold < 1:
+            raise ThawError(f"--pseudo-threshold {self.pseudo_threshold} must be in (0, 1), e.g. 0.9")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
 from thaw.config import RunConfig, override
+from thaw.data.budget import apply_budget, budget_record
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.train import adapt
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
@@ -62,7 +64,8 @@ def fit(
     config.validate()
     check_logger(config.logger)
     plans = check_plans(list(plans)) if plans is not None else plans_for(config)
-    sources = sources or thaw_data.discover(config.data)
+    sources = apply_budget(sources or thaw_data.discover(config.data), config.data, config.seed)
+    adapt.check_unlabelled(config, sources)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
     check_outside_data(out, config.data.path)
@@ -98,6 +101,7 @@ def train(
     anchor = {n: p.detach().clone() for n, p in model.backbone.named_parameters()} if l2_sp else {}
     ctx = Context(config, loaders, run, report, anchor)
     report.start(config, sources, model, loaders, plans)
+    adabn = adapt.run_adabn(model, ctx) if config.adabn else None
 
     results: dict[str, PhaseResult] = {}
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
@@ -108,6 +112,13 @@ def train(
         model.load_state_dict(run.load_weights(plan.name))
     final = choose_final(results)
     model.load_state_dict(run.load_weights(final))
+    pseudo = None
+    if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
+        result, pseudo = adapt.pseudo_round(model, len(plans), ctx, results, final)
+        if result is not None:
+            results[result.name] = result
+            final = choose_final(results)
+        model.load_state_dict(run.load_weights(final))
 
     summary = RunSummary(
         dataset=sources.name,
@@ -119,6 +130,9 @@ def train(
         strategy=config.strategy,
         seed=config.seed,
         gain=gains(results),
+        budget=budget_record(sources, config.data, config.seed),
+        adabn=adabn,
+        pseudo_labels=pseudo,
     )
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
