@@ -125,8 +125,9 @@ def run_curve(
                 override(config, {**b.settings(), "seed": s, "out": str(run_out)}, keep_none=True),
                 quiet=quiet,
             )
-        spent = time.perf_counter() - start
-        left = spent / i * (len(todo) - i)
+        spent, finished = time.perf_counter() - start, todo[:i]
+        share = sum(labelled[b] for b, _ in finished) / sum(labelled[b] for b, _ in todo)
+        left = spent / share - spent  # runs cost about in proportion to their labelled images
         took = time.perf_counter() - t0
         say(f"  {b.label} seed {s}: done in {took:.0f}s ({i}/{len(todo)}, about {left / 60:.0f} min left)")
     runs = [_row(b, s, final_path(out / f"{b.folder}-seed{s}")) for b, s in jobs]
