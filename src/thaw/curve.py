@@ -107,7 +107,7 @@ def run_curve(
     }
     rate = _seconds_per_image_epoch([out / f"{b.folder}-seed{s}" for b, s in done])
     work = sum(labelled[b] * max(config.phase2.epochs, 1) for b, _ in todo)
-    estimate = f", about {rate * work / 60:.0f} min at this folder's measured speed" if rate else ""
+    estimate = f", about {rate * work / 60:.0f} min at this folder's measured speed" if rate and work else ""
     say(
         f"curve: {len(budgets)} budgets x {seeds} seeds = {len(jobs)} runs ({len(done)} finished, "
         f"{len(todo)} to run); labelled training images per run: "
@@ -193,6 +193,7 @@ def _row(budget: Budget, seed: int, path: Path) -> dict:
         "split": split,
         "final_phase": s.final_phase,
         "model": pick(s.final),
+        "last": pick(list(s.phases.values())[-1]),
         "probe": pick(probe),
     }
 
@@ -210,7 +211,7 @@ def table(runs: list[dict], budgets: list[Budget]) -> list[dict]:
     for b in budgets:
         mine = [r for r in runs if r["budget"] == b.label]
         row = {"budget": b.label, "labelled": _mean_sd([r["labelled"] for r in mine])[0], "n": len(mine)}
-        for who in ("model", "probe"):
+        for who in ("model", "last", "probe"):
             for metric in ("accuracy", "auc"):
                 values = [r[who][metric] for r in mine if r[who]]
                 row[f"{who}_{metric}"] = _mean_sd(values)
@@ -218,24 +219,27 @@ def table(runs: list[dict], budgets: list[Budget]) -> list[dict]:
     return rows
 
 
+WHO = {"model": "saved model", "last": "last plan", "probe": "linear probe"}
+
+
 def markdown(result: dict) -> str:
     split = result["runs"][0]["split"] if result["runs"] else "test"
-    lines = [
-        f"| budget | labelled images | {split} acc (fine-tuned) | {split} AUC (fine-tuned) | "
-        f"{split} acc (linear probe) | {split} AUC (linear probe) |",
-        "|---|---|---|---|---|---|",
-    ]
+    head = " | ".join(f"{split} acc / AUC, {name}" for name in WHO.values())
+    lines = [f"| budget | labelled images | {head} |", "|---|---|" + "---|" * len(WHO)]
 
     def pm(ms: tuple[float, float], scale: int) -> str:
         digits = 1 if scale == 100 else 3
         return f"{scale * ms[0]:.{digits}f} +- {scale * ms[1]:.{digits}f}"
 
     for row in result["table"]:
-        lines.append(
-            f"| {row['budget']} | {row['labelled']:.0f} | {pm(row['model_accuracy'], 100)} | "
-            f"{pm(row['model_auc'], 1)} | {pm(row['probe_accuracy'], 100)} | {pm(row['probe_auc'], 1)} |"
-        )
-    lines.append(f"\nmean +- sd over {result['seeds']} seed(s); each seed draws its own labelled subset")
+        cells = " | ".join(f"{pm(row[f'{w}_accuracy'], 100)} / {pm(row[f'{w}_auc'], 1)}" for w in WHO)
+        lines.append(f"| {row['budget']} | {row['labelled']:.0f} | {cells} |")
+    lines.append(
+        f"\nmean +- sd over {result['seeds']} seed(s), each seed with its own labelled subset. Saved model: "
+        "the plan with the best validation accuracy (what the run folder keeps); last plan: the last one "
+        "trained (phase 2, or the pseudo-label round); linear probe: the converged logistic regression on "
+        "the frozen features of the same labelled images (the cached phase 1)"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -250,13 +254,14 @@ def plot(result: dict, path: Path, title: str) -> None:
     x = [r["labelled"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, name in zip(axes, ("auc", "accuracy"), ("AUC", "accuracy")):
-        for who, style, label in (("model", "-o", "fine-tuned"), ("probe", "--s", "linear probe")):
+        for who, style in (("model", "-o"), ("last", ":^"), ("probe", "--s")):
+            label = WHO[who]
             means = [r[f"{who}_{metric}"][0] for r in rows]
             sds = [r[f"{who}_{metric}"][1] for r in rows]
             ax.errorbar(x, means, yerr=sds, fmt=style, capsize=4, label=label)
-        for xi, r in zip(x, rows):
-            ax.annotate(r["budget"], (xi, ax.get_ylim()[0]), fontsize=8, ha="center", va="bottom")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(x, [f"{v:.0f}\n{r['budget']}" for v, r in zip(x, rows)])
         ax.set_xlabel("labelled training images (log scale)")
         ax.set_ylabel(f"{result['runs'][0]['split'] if result['runs'] else 'test'} {name}")
         ax.grid(alpha=0.3)
