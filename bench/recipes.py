@@ -2,6 +2,7 @@
 
     python bench/recipes.py hymenoptera            # default recipe on ../shared/data/hymenoptera
     python bench/recipes.py breastmnist --grid bn-lr  # BN policy x LR ratio on BreastMNIST
+    python bench/recipes.py breastmnist --grid lr-auto --set data.image_size=64  # --lr auto vs default
 
 Prints one row per setting (val/test accuracy and AUC after each phase, the gain, seconds) and writes
 the same rows as JSON next to the runs (bench/out/, ignored by git).
@@ -36,6 +37,11 @@ GRIDS = {
         "bn frozen, ratio 100": {"bn_policy": "frozen", "lr_ratio": 100.0},
         "bn train, ratio 10": {"bn_policy": "train", "lr_ratio": 10.0},
         "no phase 1, bn train, ratio 1": {"phase1.epochs": 0, "bn_policy": "train", "lr_ratio": 1.0},
+    },
+    "lr-auto": {
+        "default (lr 1e-3, ratio 10)": {},
+        "lr auto": {"lr": "auto"},
+        "lr auto, ratio auto": {"lr": "auto", "lr_ratio": "auto"},
     },
     "models": {
         "mobilenet_v2": {},
@@ -90,7 +96,10 @@ def main() -> None:
             },
         )
         summary = thaw.fit(config, quiet=True).summary
-        row = {"setting": name, "phases": {}, "final_phase": summary.final_phase}
+        row = {"setting": name, "phases": {}, "final_phase": summary.final_phase, "seed": args.seed}
+        row["lr_find"] = {
+            k: {"suggestion": v["suggestion"], "lr_ratio": v["lr_ratio"]} for k, v in summary.lr_find.items()
+        }
         for r in summary.phases.values():
             metrics = {s: r.on(s) for s in ("val", "test") if r.on(s) is not None}
             row["phases"][r.name] = {

@@ -47,3 +47,27 @@ def test_probe_two_models_side_by_side(class_folder, tmp_path, capsys):
     assert [r["model"] for r in results] == ["mobilenet_v3_small", "resnet18"]
     for r in results:
         assert r["folds"] == 3 and len(r["linear"]) == 3 and all(0 <= a <= 1 for a in r["linear"] + r["knn"])
+
+
+def test_embed_writes_parquet_with_pyarrow(class_folder, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "features.parquet"
+    assert main(["embed", str(class_folder), *MODEL, "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    n = len(list(class_folder.rglob("*.png")))
+    assert table.num_rows == n and table.column_names == ["key", "split", "label", "class", "features"]
+    assert {len(f) for f in table.column("features").to_pylist()} == {1024}
+    assert set(table.column("class").to_pylist()) == {"blue", "red"}
+
+
+def test_embed_parquet_without_pyarrow_is_one_clear_line(class_folder, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    out = tmp_path / "features.parquet"
+    assert main(["embed", str(class_folder), *MODEL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs pyarrow" in err[0] and "pip install" in err[0]
+    assert not out.exists() and not list(tmp_path.glob("features*"))

@@ -92,6 +92,8 @@ def outcome(run: Path) -> dict:
             phase.pop(key)
         for key in ("features_seconds", "solve_seconds", "features_from_cache"):
             phase["solver"].pop(key, None)
+        for key in ("cache_seconds", "from_cache"):  # a cached prefix: its cost, and whether it was there
+            phase.get("features", {}).pop(key, None)
         for row in phase.pop("epochs"):
             assert row["phase"] == phase["name"]
     rows = [

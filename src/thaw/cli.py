@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from thaw.config import DATA_FORMATS, RunConfig, override
+from thaw.config import DATA_FORMATS, RunConfig, float_or_auto, override
 from thaw.errors import ThawError
 
 DEMO = {
@@ -37,7 +37,8 @@ def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = 
     ``--phase2-*`` set each phase; ``--patience`` sets both."""
     defaults = RunConfig()
     for section, key, f, default in _settings(defaults):
-        if key == "data.path" or sections is not None and section not in sections:
+        skip = key == "data.path" or f.metadata.get("recorded")  # recorded: written by thaw, not a flag
+        if skip or sections is not None and section not in sections:
             continue
         group = _group(p, section, defaults)
         flags = f.metadata.get("flags") or (_flag(section, f.name),)
@@ -46,13 +47,15 @@ def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = 
         if kind == "bool":
             group.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
             continue
-        parse = {"int": int, "float": float}.get(kind, str)
+        parse = {"int": int, "float": float, "float | str": float_or_auto}.get(kind, str)
         group.add_argument(
             *flags,
             dest=key,
             type=_optional(parse) if str(f.type).endswith("| None") else parse,
             choices=f.metadata.get("choices") or None,
-            metavar=None if f.metadata.get("choices") else {"str": "TEXT"}.get(kind, kind.upper()),
+            metavar=None
+            if f.metadata.get("choices")
+            else {"str": "TEXT", "float | str": "FLOAT|auto"}.get(kind, kind.upper()),
             help=help_text,
         )
     if sections is None:
@@ -179,6 +182,23 @@ def cmd_curve(args: argparse.Namespace) -> None:
     print(f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from thaw.train.lr_find import lr_find
+
+    config = config_from_args(args, RunConfig())
+    found = lr_find(
+        config,
+        args.phase,
+        config.out,
+        steps=args.steps,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        warn=_warn,
+    )
+    out = Path(config.out) if config.out else None
+    print(f"written: {out / found.plot if out else found.plot} and its .json (the curve)")
+
+
 def cmd_resume(args: argparse.Namespace) -> None:
     import thaw
 
@@ -225,12 +245,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from thaw.probe import embed, write_embedding
+    from thaw.probe import check_out, embed, write_embedding
 
     config = config_from_args(args, RunConfig())
-    out = Path(args.out_file)
-    if out.exists():  # before any work
-        raise ThawError(f"{out} already exists; choose another --out (thaw embed never overwrites a file)")
+    out = check_out(Path(args.out_file))  # before any work
     e = embed(config.data, config.model, warn=_warn)
     write_embedding(e, out)
     splits = ", ".join(f"{s} {e.splits.count(s)}" for s in dict.fromkeys(e.splits))
@@ -516,6 +534,30 @@ def parser() -> argparse.ArgumentParser:
     cu.add_argument("--seeds", type=int, default=3, help="runs per budget, seeds --seed, --seed+1, ... (3)")
     config_flags(cu)
     cu.set_defaults(func=cmd_curve)
+    lf = sub.add_parser(
+        "lr-find",
+        help="LR range test (Smith 2017; fastai lr_find): plot loss vs LR, suggest the head's LR (--phase 1) "
+        "or the unfrozen backbone's and lr_ratio (--phase 2)",
+    )
+    lf.add_argument("data", help="the images, as for thaw fit")
+    lf.add_argument(
+        "--phase",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: the head on the frozen backbone; 2: the unfrozen backbone, the head fixed at --lr after a "
+        "phase-1 head solved on cached features (default: 1)",
+    )
+    lf.add_argument(
+        "--steps",
+        type=int,
+        help="mini-batches in the sweep (default: 100, or fewer if the training split is small: at most "
+        "10 passes over it)",
+    )
+    lf.add_argument("--start-lr", type=float, default=1e-7, help="the sweep's first LR (default: 1e-7)")
+    lf.add_argument("--end-lr", type=float, default=1.0, help="the sweep's last LR (default: 1)")
+    config_flags(lf, sections=("data", "model", "training"))
+    lf.set_defaults(func=cmd_lr_find)
 
     rs = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     rs.add_argument("run", help="the run folder (runs/X or runs/X.incomplete)")

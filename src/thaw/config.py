@@ -17,10 +17,34 @@ import yaml
 from thaw.errors import ThawError
 
 
-def setting(default: Any, help: str, flags: tuple[str, ...] = (), choices: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    flags: tuple[str, ...] = (),
+    choices: tuple[str, ...] = (),
+    recorded: bool = False,
+) -> Any:
     """A config field with what the command line needs: its help, its flag names, its choices. The
-    command line is generated from these fields (``cli.config_flags``): one source for both."""
-    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+    command line is generated from these fields (``cli.config_flags``): one source for both.
+    ``recorded``: written by thaw into the run's config.yaml (what ``auto`` resolved to), never a flag."""
+    return field(
+        default=default, metadata={"help": help, "flags": flags, "choices": choices, "recorded": recorded}
+    )
+
+
+AUTO = "auto"
+
+
+def float_or_auto(value: Any) -> float | str:
+    """A learning-rate setting: a number, or ``auto`` (found by ``thaw lr-find`` before training)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
+
+
+float_or_auto.__name__ = "number or auto"  # argparse: "invalid number or auto value: 'x'"
 
 
 BN_POLICIES = ("frozen", "train", "fastai")
@@ -181,9 +205,23 @@ class RunConfig:
         choices=("cached", "online"),
     )
     cache_views: int = setting(1, "phase 1 cached: augmented views per training image (1 = none)")
-    lr: float = setting(1e-3, "head learning rate in every phase")
-    lr_ratio: float = setting(10.0, "phase 2: backbone LR = lr / lr_ratio")
+    lr: float | str = setting(
+        1e-3, "head learning rate in every phase; auto: thaw lr-find's phase-1 suggestion, found first"
+    )
+    lr_ratio: float | str = setting(
+        10.0, "phase 2: backbone LR = lr / lr_ratio; auto: from thaw lr-find --phase 2, found first"
+    )
+    lr_found: float | None = setting(None, "what lr auto resolved to in this run", recorded=True)
+    lr_ratio_found: float | None = setting(None, "what lr_ratio auto resolved to in this run", recorded=True)
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
+    phase2_features: str = setting(
+        "online",
+        "phase 2 with --unfreeze N: cached = the frozen layers before the last N run once, their "
+        "activations cached; online = every step",
+        flags=("--phase2",),
+        choices=("cached", "online"),
+    )
+    prefix_views: int = setting(1, "phase 2 cached: augmented views per training image (1 = none)")
     bn_policy: str = setting("frozen", "batch norm while training", choices=BN_POLICIES)
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")
@@ -218,10 +256,12 @@ class RunConfig:
         self.phase2.validate("phase2")
         if self.phase1.epochs == 0 and self.phase2.epochs == 0:
             raise ThawError("--phase1-epochs and --phase2-epochs are both 0: nothing to train")
-        if not 0 < self.lr <= 1:
-            raise ThawError(f"--lr {self.lr} must be in (0, 1]; 1e-3 is a good start for AdamW")
-        if not self.lr_ratio >= 1:
-            raise ThawError(f"--lr-ratio {self.lr_ratio} must be >= 1 (backbone LR = head LR / ratio)")
+        for lr in (self.lr, self.lr_found):
+            if lr not in (AUTO, None) and not 0 < lr <= 1:
+                raise ThawError(f"--lr {lr} must be in (0, 1] or auto; 1e-3 is a good start for AdamW")
+        for ratio in (self.lr_ratio, self.lr_ratio_found):
+            if ratio not in (AUTO, None) and not ratio >= 1:
+                raise ThawError(f"--lr-ratio {ratio} must be >= 1 or auto (backbone LR = head LR / ratio)")
         unfreeze_groups(self.unfreeze)
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
@@ -238,6 +278,21 @@ class RunConfig:
         if not 0 < self.pseudo_threshold < 1:
             raise ThawError(f"--pseudo-threshold {self.pseudo_threshold} must be in (0, 1), e.g. 0.9")
         return self
+
+    @property
+    def auto(self) -> tuple[str, ...]:
+        """The settings given as ``auto``: ``lr``, ``lr_ratio``."""
+        return tuple(key for key in ("lr", "lr_ratio") if getattr(self, key) == AUTO)
+
+    def resolved(self) -> RunConfig:
+        """``lr`` and ``lr_ratio`` as numbers: ``auto`` becomes what thaw lr-find found for this run."""
+        changes = {}
+        for key in self.auto:
+            found = getattr(self, f"{key}_found")
+            if found is None:
+                raise ThawError(f"{key} is auto and has not been found yet: thaw fit runs thaw lr-find first")
+            changes[key] = found
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -322,6 +377,11 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
     """Check a YAML/flag value against the field's annotated type (``int``, ``float | None``, ...)."""
     optional = type_name.endswith("| None")
     base = type_name.removesuffix("| None").strip()
+    if base == "float | str":  # a number or auto (a YAML 1e-3 arrives as a string)
+        try:
+            return float_or_auto(value)
+        except (TypeError, ValueError):
+            raise ThawError(f"{where} = {value!r} must be a number or auto") from None
     if value is None and optional:
         return None
     kinds = {"int": int, "float": (int, float), "bool": bool, "str": (str, int)}

@@ -85,24 +85,37 @@ def embed(
     )
 
 
-def write_embedding(embedding: Embedding, out: Path) -> Path:
-    """``.npz`` (features, labels, class_names, splits, keys, model), or ``.parquet`` with pyarrow.
-    Never overwrites a file."""
-    from thaw.files import atomic_path
-
+def check_out(out: Path) -> Path:
+    """An embedding's output file, refused before any work: existing, of another type, or Parquet without
+    pyarrow."""
     out = Path(out)
     if out.exists():
         raise ThawError(f"{out} already exists; choose another --out (thaw embed never overwrites a file)")
     if out.suffix not in (".npz", ".parquet"):
         raise ThawError(f"--out {out}: give a .npz file (or .parquet, with pyarrow installed)")
+    if out.suffix == ".parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ThawError(
+                "--out .parquet needs pyarrow: pip install 'thaw-transfer[parquet]' (or pyarrow); "
+                "or write .npz"
+            ) from None
+    return out
+
+
+def write_embedding(embedding: Embedding, out: Path) -> Path:
+    """``.npz`` (features, labels, class_names, splits, keys, model), or ``.parquet`` with pyarrow.
+    Never overwrites a file."""
+    from thaw.files import atomic_path
+
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         if out.suffix == ".parquet":
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise ThawError("--out .parquet needs pyarrow: pip install pyarrow, or write .npz") from None
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             table = pa.table(
                 {
                     "key": embedding.keys,

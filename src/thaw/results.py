@@ -63,6 +63,7 @@ class PhaseResult:
     curve: list[dict] = field(default_factory=list)  # validation accuracy and loss per alpha or L2 strength
     solver: dict = field(default_factory=dict)  # a head solved on cached features: what was chosen, and how
     halted: str | None = None  # why a non-finite loss or weight stopped the plan early, if one did
+    features: dict = field(default_factory=dict)  # trained on images or on a cached frozen prefix, and why
 
     def on(self, split: str) -> Metrics | None:
         return self.val if split == "val" else self.test if split == "test" else None
@@ -100,6 +101,7 @@ class RunSummary:
     budget: dict | None = None  # a label budget: labelled and unlabelled images per class
     adabn: dict | None = None  # AdaBN: which images re-estimated how many batch-norm layers
     pseudo_labels: dict | None = None  # the pseudo-label round: how many, their accuracy, before/after
+    lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
 
     @property
     def final(self) -> PhaseResult:

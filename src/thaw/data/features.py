@@ -191,9 +191,12 @@ def features(
     workers: int = 0,
     root: Path | None = None,
     warn: Callable[[str], None] = print,
+    way_out: str = "--phase1 online",
 ) -> Features:
     """The features of ``items`` through ``backbone``: from the cache when it holds them, else computed
-    (from ``decoded`` images if given, else decoded from disk one at a time) and cached."""
+    (from ``decoded`` images if given, else decoded from disk one at a time) and cached. ``backbone`` may
+    be any frozen module (a cut prefix: its rows are the flattened activations); ``way_out``: the flag
+    that avoids the cache, named when the cache cannot be written."""
     import time
 
     root = root or cache_root()
@@ -239,11 +242,11 @@ def features(
         shutil.rmtree(partial, ignore_errors=True)
         raise ThawError(
             f"cannot write the feature cache in {root} ({err.strerror or err}): set THAW_HOME to a writable "
-            f"folder with free space, or use --phase1 online"
+            f"folder with free space, or use {way_out}"
         ) from err
     result = _read(folder, warn)
     if result is None:
-        raise ThawError(f"the feature cache in {folder} could not be read back; use --phase1 online")
+        raise ThawError(f"the feature cache in {folder} could not be read back; use {way_out}")
     result.seconds, result.cached = time.perf_counter() - start, False
     return result
 

@@ -136,7 +136,7 @@ class PseudoLoaders:
         )
 
     def train(self, phase: int):
-        seed = self.base.config.seed * 1009 + phase
+        seed = self.base.train_seed(phase)
         return thaw_data.loader(self.combined, self.base.train_transform, self.base.config.data, True, seed)
 
 
@@ -214,7 +214,8 @@ def pseudo_round(
 
 
 def pseudo_plan(config) -> PhasePlan:
-    """The round after pseudo-labelling: phase 2's settings (at least one epoch)."""
+    """The round after pseudo-labelling: phase 2's settings (at least one epoch), trained online."""
+    config = config.resolved()  # --lr auto: the rates thaw lr-find found for this run
     unfreeze = unfreeze_groups(config.unfreeze)
     return PhasePlan(
         "pseudo",

@@ -25,7 +25,8 @@ class PhaseModule(L.LightningModule):
     """Trains a :class:`Classifier` for one plan. A new module, and so a new optimizer and schedule built
     from exactly the trainable parameters, for every plan: no param groups added mid-run.
 
-    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan.
+    ``anchor``: the pretrained backbone parameters, for an ``l2-sp`` plan. ``forward``: from a batch to
+    logits when batches are not images (activations at a cached prefix's boundary); default the model.
     """
 
     def __init__(
@@ -35,9 +36,11 @@ class PhaseModule(L.LightningModule):
         seed: int = 0,
         index: int = 0,
         anchor: dict[str, torch.Tensor] | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.model = model
+        self._forward = forward or model.__call__  # a function, not a submodule: the state holds one model
         self.plan = plan
         self.seed, self.index = seed, index
         self.groups = plan.groups(len(model.layer_groups))
@@ -82,7 +85,7 @@ class PhaseModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
+        logits = self._forward(x)
         smoothing = self.plan.label_smoothing if split == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         acc = (logits.argmax(dim=1) == y).float().mean()

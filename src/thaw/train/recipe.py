@@ -6,7 +6,10 @@ the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is ma
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -18,16 +21,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from thaw import data as thaw_data
 from thaw.config import RunConfig, override
 from thaw.data.budget import apply_budget, budget_record
+from thaw.errors import ThawError
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
-from thaw.files import atomic_path
+from thaw.files import atomic_path, write_atomic
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
-from thaw.train import adapt
+from thaw.train import adapt, lr_find
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
+from thaw.train.prefix import cached_prefix
 from thaw.train.report import Reporter
 from thaw.train.run_folder import RunFolder, check_outside_data, default_out
 from thaw.train.steps import cached_head, interpolate
@@ -63,24 +68,40 @@ def fit(
     and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
     config.validate()
     check_logger(config.logger)
-    plans = check_plans(list(plans)) if plans is not None else plans_for(config)
+    if config.auto and plans is not None:
+        raise ThawError("lr or lr_ratio auto is found for the config's strategy: give plans with numbers")
+    plans = check_plans(list(plans)) if plans is not None else plans_for(lr_find.placeholder(config))
+    lr_find.check_auto(config, plans)
     sources = apply_budget(sources or thaw_data.discover(config.data), config.data, config.seed)
     adapt.check_unlabelled(config, sources)
     out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
+    if not config.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
+        config = override(config, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
     check_outside_data(out, config.data.path)
+    report = Reporter(quiet)
+    found, files = {}, {}
+    if config.auto:  # --lr auto: thaw lr-find first; config.yaml records auto and the value found
+        with tempfile.TemporaryDirectory() as tmp:
+            config, found = lr_find.resolve_auto(config, sources, Path(tmp), report.say, report.warn)
+            plans = plans_for(config.resolved())
+            files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
     run = RunFolder.create(out)
+    for name, data in files.items():  # the finders' plots and curves
+        write_atomic(run / name, data)
+    if found:
+        run.write_json("lr_find.json", found)
     run.write_text("config.yaml", config.to_yaml())
     run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in plans], sort_keys=False))
     thaw_data.write_split(sources, run / "split.csv")
-    return train(run, config, plans, sources, Reporter(quiet))
+    return train(run, config, plans, sources, report)
 
 
 def resume(path: str | Path, quiet: bool = False) -> RunResult:
     """Continue an interrupted run: finished phases are not rerun, the interrupted one goes on from its
     last epoch with its optimizer, schedule, early-stopping and RNG state."""
     run = RunFolder.reopen(Path(path))
-    config = RunConfig.from_yaml(run / "config.yaml").validate()
+    config = RunConfig.from_yaml(run / "config.yaml").validate().resolved()
     plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
     sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
     report = Reporter(quiet)
@@ -106,7 +127,13 @@ def train(
     results: dict[str, PhaseResult] = {}
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
         step = (
-            interpolate if plan.interpolate_from else cached_head if plan.features == "cached" else run_phase
+            interpolate
+            if plan.interpolate_from
+            else run_phase
+            if plan.features == "online"
+            else cached_head  # a frozen backbone: features once, the head solved
+            if plan.train == "head"
+            else cached_prefix  # a frozen prefix: its activations once, the suffix trained
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
         model.load_state_dict(run.load_weights(plan.name))
@@ -133,6 +160,7 @@ def train(
         budget=budget_record(sources, config.data, config.seed),
         adabn=adabn,
         pseudo_labels=pseudo,
+        lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
     )
     rows = [row for r in results.values() for row in r.epochs]
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
@@ -150,17 +178,33 @@ def train(
     return RunResult(path, summary, model)
 
 
-def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
+@dataclass
+class Feed:
+    """What a phase trains and validates on: image loaders (the default), or cached activations with the
+    forward from them to logits (``thaw.train.prefix``); ``record`` goes to ``PhaseResult.features``."""
+
+    train: object
+    val: object
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # None: the whole model
+    record: dict = field(default_factory=lambda: {"mode": "online"})
+    note: str = ""  # said under the phase's heading
+
+
+def run_phase(
+    model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict, feed: Feed | None = None
+) -> PhaseResult:
     """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
     attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``."""
     config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
+    feed = feed or Feed(loaders.train(index), loaders.val)
     earlier = [row for r in before.values() for row in r.epochs]
 
     def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
         report.epoch(row)
         write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
-    module = PhaseModule(model, plan, config.seed, index, ctx.anchor if plan.regularizer == "l2-sp" else None)
+    anchor = ctx.anchor if plan.regularizer == "l2-sp" else None
+    module = PhaseModule(model, plan, config.seed, index, anchor, feed.forward)
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
@@ -193,12 +237,14 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         log_every_n_steps=1,
     )
     report.phase_start(plan, model, resumed=last.is_file())
+    if feed.note:
+        report.say(f"  {feed.note}")
     state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
     if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
         recorder.load_state_dict(state["callbacks"][recorder.state_key])
         guard.load_state_dict(state["callbacks"].get(guard.state_key, {}))
     else:
-        trainer.fit(module, loaders.train(index), loaders.val, ckpt_path=last if state is not None else None)
+        trainer.fit(module, feed.train, feed.val, ckpt_path=last if state is not None else None)
     best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(best["state_dict"])
     model.cpu()
@@ -222,6 +268,7 @@ def run_phase(model: Classifier, plan: PhasePlan, index: int, ctx: Context, befo
         val=classification_metrics(*predict(model, loaders.val)),
         test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
         epochs=rows,
+        features=feed.record,
     )
     run.save_weights(plan.name, model)
     run.save_phase(result)  # from here on the plan counts as finished
@@ -265,8 +312,11 @@ class Loaders:
 
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
-        seed = self.config.seed * 1009 + phase
-        return thaw_data.loader(self.decoded["train"], self.train_transform, self.config.data, True, seed)
+        data, seed = self.decoded["train"], self.train_seed(phase)
+        return thaw_data.loader(data, self.train_transform, self.config.data, True, seed)
+
+    def train_seed(self, phase: int) -> int:
+        return self.config.seed * 1009 + phase
 
 
 def quiet_lightning() -> None:

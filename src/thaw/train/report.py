@@ -42,7 +42,7 @@ class Reporter:
         )
 
     def phase_start(self, plan, model, resumed: bool = False) -> None:
-        if plan.interpolate_from or plan.features == "cached":
+        if plan.interpolate_from or plan.features == "cached" and plan.train == "head":
             alphas = f", alphas {', '.join(map(str, plan.alphas))}" if plan.interpolate_from else ""
             self.say(f"\n{plan.describe(len(model.layer_groups))}{alphas}")
             return

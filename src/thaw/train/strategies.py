@@ -37,6 +37,9 @@ class PhasePlan:
     ``features="cached"`` (head-only plans): the backbone runs once over every image (``views``
     augmented views per training image; 1 = the deterministic eval transform), and the head is solved to
     convergence on those features (L-BFGS, L2 strength chosen on validation) instead of trained by epochs.
+    On a ``last:N`` plan: the frozen layers before the last N groups run once (``views`` per training
+    image), and the last N groups and the head train by epochs on their cached activations
+    (``thaw.train.prefix``; online, with the reason, where the backbone cannot be cut there).
 
     ``interpolate_from`` makes the plan a weight-interpolation step instead of training (WiSE-FT,
     Wortsman et al. 2022): ``alpha * previous plan + (1 - alpha) * plan interpolate_from``, for every
@@ -98,7 +101,7 @@ class PhasePlan:
         if self.interpolate_from:
             return f"{self.name}: weights interpolated between {self.interpolate_from} and the plan before"
         groups = self.groups(n_groups)
-        if self.features == "cached":
+        if self.features == "cached" and not groups:
             views = f", {self.views} augmented views per image" if self.views > 1 else ""
             return f"{self.name}: backbone frozen, head solved to convergence on cached features{views}"
         if not groups:
@@ -106,6 +109,7 @@ class PhasePlan:
         lrs = [lr for lr in self.group_lr(n_groups) if lr]
         spread = f"{min(lrs):g}..{max(lrs):g}" if min(lrs) != max(lrs) else f"{lrs[0]:g}"
         extra = f", {self.regularizer} {self.regularizer_strength:g}" if self.regularizer != "none" else ""
+        extra += ", frozen prefix cached" if self.features == "cached" else ""
         return (
             f"{self.name}: {len(groups)} of {n_groups} layer groups trainable, head lr {self.lr:g}, "
             f"backbone lr {spread}{extra}, new optimizer"
@@ -147,15 +151,16 @@ class PhasePlan:
             raise ThawError(f"{where}: features {self.features!r} is not one of {', '.join(FEATURES)}")
         if self.features == "cached":
             why = (
-                "it trains backbone layer groups"
-                if self.train != "head"
-                else "bn_policy fastai trains batch norm in the backbone"
+                f"train={self.train} trains layer groups that are not the last N"
+                if kind not in ("head", "last")
+                else "bn_policy fastai trains batch norm in the frozen layers"
                 if self.bn_policy == "fastai"
                 else ""
             )
             if why:
                 raise ThawError(
-                    f"{where}: features are cached only for a frozen backbone, and {why}; use online"
+                    f"{where}: features are cached only for a frozen backbone (train=head) or a frozen "
+                    f"prefix (train=last:N, e.g. --unfreeze 2), and {why}; use online"
                 )
         if not 1 <= self.views <= 100:
             raise ThawError(f"{where}: views {self.views} must be 1 (no augmentation) to 100")
@@ -212,7 +217,8 @@ def two_phase(c: RunConfig) -> list[PhasePlan]:
     """Phase 1: the backbone frozen, a new head solved to convergence on cached features (or, with
     ``--phase1 online``, trained by epochs until validation loss stops improving).
     Phase 2: from phase 1's best weights, all (or the last N) layer groups unfrozen, a new optimizer,
-    the backbone at ``lr / lr_ratio``. A phase with 0 epochs is left out."""
+    the backbone at ``lr / lr_ratio`` (with ``--unfreeze N --phase2 cached``: on the cached activations of
+    the frozen layers before them). A phase with 0 epochs is left out."""
     unfreeze = unfreeze_groups(c.unfreeze)
     common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
     plans = [
@@ -228,6 +234,8 @@ def two_phase(c: RunConfig) -> list[PhasePlan]:
             "phase2",
             train="all" if unfreeze is None else f"last:{unfreeze}",
             lr_ratio=c.lr_ratio,
+            features=c.phase2_features,
+            views=c.prefix_views,
             **common,
             **_phase(c.phase2),
         ),

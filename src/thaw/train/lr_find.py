@@ -1,0 +1,552 @@
+"""The LR range test (Smith 2017, "Cyclical learning rates"; fastai's ``lr_find``): train for a few
+mini-batches while the learning rate grows exponentially, record the smoothed loss, stop when it
+diverges, and read a learning rate off the curve.
+
+Phase 1 sweeps the head's LR on the frozen backbone (online features, augmented batches: what a head
+trained by epochs sees). Phase 2 starts from a head solved on cached features (what the default phase 1
+hands over), keeps the head at its phase-1 LR and sweeps the LR of the unfrozen backbone groups; the
+suggested ``lr_ratio`` is then head LR / suggested backbone LR.
+
+Lightning's ``Tuner.lr_find`` is not used: it sets every optimizer parameter group to the same swept LR
+(``_LRFinder._exchange_scheduler``), so it cannot hold the head fixed while the backbone sweeps; it
+restores the model through a checkpoint file written into the run folder but not the global RNG; and
+it offers only the steepest-gradient suggestion. The loop below is those 30 lines, with the model, its
+trainable flags and modes, and the RNG restored exactly afterwards (tested).
+
+The suggestion rule is fastai's default, ``valley`` (the middle of the longest stretch over which the
+smoothed loss keeps falling): the steepest point of a 100-step smoothed curve is noisy (one step of
+the difference quotient decides it) and ``minimum / 10`` depends on where the loss happened to turn up;
+the longest falling stretch is where training makes steady progress and sits well below divergence.
+Both alternatives are computed, printed and plotted too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thaw import data as thaw_data
+from thaw.config import AUTO, RunConfig, override
+from thaw.errors import ThawError
+from thaw.files import write_atomic
+from thaw.models import Classifier
+from thaw.optim import param_groups
+from thaw.results import dumps
+from thaw.train.module import PhaseModule
+from thaw.train.strategies import PhasePlan, plans_for
+
+START_LR, END_LR, STEPS = 1e-7, 1.0, 100  # fastai: 1e-7 .. 10 over 100 steps; thaw's LRs are <= 1
+BETA = 0.98  # the loss is smoothed as fastai and Lightning do: a debiased exponential moving average
+DIVERGED = 4.0  # stop when the smoothed loss exceeds 4 x its lowest (fastai, Lightning) and ln(classes)
+MIN_STEPS = 20
+MAX_PASSES = 10  # the sweep cycles through the training batches; more passes than this: too little data
+RULE = "valley"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The raw range test: the LR of every step, the loss of its batch and the smoothed loss."""
+
+    lrs: list[float]
+    losses: list[float]  # smoothed
+    raw_losses: list[float]
+    diverged: bool
+
+
+@dataclass(frozen=True)
+class LRFind:
+    """What ``thaw lr-find`` found for one phase. ``suggestion`` is the swept LR the rule chose: the head's
+    LR in phase 1, the top backbone group's in phase 2 (then ``lr_ratio`` = ``head_lr / suggestion``)."""
+
+    phase: int
+    swept: str  # "head" or "backbone"
+    suggestion: float
+    rule: str
+    alternatives: dict[str, float]  # the other rules' suggestions, for comparison
+    head_lr: float | None  # phase 2: the head's fixed LR
+    lr_ratio: float | None  # phase 2: head_lr / suggestion, at least 1
+    default: float  # what thaw uses without a finder: lr (phase 1) or lr / lr_ratio (phase 2)
+    start_lr: float
+    end_lr: float
+    steps: int
+    steps_run: int
+    stopped: str
+    seconds: float
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    raw_losses: list[float] = field(default_factory=list)
+    plot: str | None = None
+    head_from: dict | None = None  # phase 2 with lr auto: the phase-1 finder that chose the head LR
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def brief(self) -> dict[str, Any]:
+        """What a run's summary.json records: the choice and the rule, without the curve."""
+        out = {k: v for k, v in self.to_dict().items() if k not in ("lrs", "losses", "raw_losses")}
+        return {**out, "head_from": self.head_from and {"suggestion": self.head_from["suggestion"]}}
+
+    def describe(self) -> str:
+        alts = ", ".join(f"{k} {v:.2g}" for k, v in self.alternatives.items())
+        what = "head lr" if self.swept == "head" else f"backbone lr (head fixed at {self.head_lr:.2g})"
+        text = (
+            f"phase {self.phase}: suggested {what} {self.suggestion:.2g} (rule: {self.rule}, fastai's "
+            f"default: the middle of the longest falling stretch of the smoothed loss; {alts}); "
+            f"default {self.default:.2g}"
+        )
+        if self.lr_ratio is not None:
+            text += f"; suggested lr_ratio {self.lr_ratio:.3g} (head {self.head_lr:.2g} / backbone)"
+        return text
+
+
+# ---- the sweep: pure numbers -------------------------------------------------------------------------
+
+
+def sweep_lrs(start_lr: float, end_lr: float, steps: int) -> list[float]:
+    """The LR of each step: exponential from ``start_lr`` to ``end_lr`` inclusive."""
+    return [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
+
+
+def suggest(lrs: list[float], losses: list[float], steps: int) -> dict[str, float]:
+    """fastai's three suggestions on the smoothed curve, over fastai's window (the first tenth of the
+    planned steps and the last 5 recorded points left out): ``valley``, ``steep`` (the most negative slope
+    of loss over log LR) and ``minimum/10``. Every value is one of ``lrs``."""
+    lo, hi = steps // 10, len(losses) - 5
+    if hi - lo < 5:
+        lo, hi = 0, len(losses)
+    x = [math.log(lr) for lr in lrs[lo:hi]]
+    y = losses[lo:hi]
+    best = min(range(len(y)), key=y.__getitem__)
+    slopes = [(y[i + 1] - y[i]) / (x[i + 1] - x[i]) for i in range(len(y) - 1)]
+    steep = min(range(len(slopes)), key=slopes.__getitem__)
+    return {
+        "valley": lrs[lo + valley(y)],
+        "steep": lrs[lo + steep],
+        "minimum/10": max(lrs[lo + best] / 10, lrs[0]),
+    }
+
+
+def valley(losses: list[float]) -> int:
+    """fastai's ``valley``: the longest run of points that keep decreasing (a longest decreasing
+    subsequence), and the index about halfway along it."""
+    n = len(losses)
+    length = [1] * n
+    start, end = 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and length[i] < length[j] + 1:
+                length[i] = length[j] + 1
+        if length[i] > length[end]:
+            end, start = i, i - length[i] + 1
+    third = (end - start) / 3
+    return min(n - 1, max(0, start + int(third) + int(third / 2)))
+
+
+def smoothed(raw: list[float], beta: float = BETA) -> list[float]:
+    out, avg = [], 0.0
+    for i, loss in enumerate(raw):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+@contextmanager
+def restored(model: torch.nn.Module) -> Iterator[None]:
+    """On exit, the model's weights and buffers, trainable flags, train/eval modes and device, and the
+    global RNGs (Python, NumPy, torch, CUDA) are exactly what they were on entry."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    device = next(model.parameters()).device
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        model.to(device)
+        model.load_state_dict(state)
+        for n, p in model.named_parameters():
+            p.requires_grad_(grads[n])
+            p.grad = None
+        for n, m in model.named_modules():
+            m.train(modes[n])
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def sweep(
+    model: Classifier,
+    plan: PhasePlan,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    lrs: list[float],
+    swept: str = "head",
+    seed: int = 0,
+) -> Sweep:
+    """Train ``model`` under ``plan`` (its trainable groups, batch-norm policy, AdamW groups and weight
+    decay), one batch per LR of ``lrs``; ``swept="head"`` scales every parameter group's LR with the sweep,
+    ``"backbone"`` only the backbone's (the head stays at ``plan.lr``). Stops when the smoothed loss
+    diverges. The model and the RNG are restored afterwards."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with restored(model):
+        torch.manual_seed(seed)
+        module = PhaseModule(model, plan, seed)  # trainable flags and eval-mode parts, as in training
+        model.to(device)
+        groups = param_groups(
+            model, plan.lr, plan.group_lr(len(model.layer_groups)), plan.weight_decay, plan.lr / plan.lr_ratio
+        )
+        reference = plan.lr if swept == "head" else plan.lr / plan.lr_ratio
+        scales = [
+            0.0 if swept == "backbone" and g["name"].startswith("head") else g["lr"] / reference
+            for g in groups
+        ]
+        optimizer = torch.optim.AdamW(groups)
+        module.train()
+        raw, smooth, avg, best = [], [], 0.0, math.inf
+        for i, lr in enumerate(lrs):
+            x, y = next(batches)
+            for g, scale in zip(optimizer.param_groups, scales):
+                if scale:
+                    g["lr"] = lr * scale
+            logits = model(x.to(device))
+            loss = F.cross_entropy(logits, y.to(device), label_smoothing=plan.label_smoothing)
+            chance = math.log(logits.shape[1])  # the loss of a uniform guess
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            avg = BETA * avg + (1 - BETA) * value
+            s = avg / (1 - BETA ** (i + 1))
+            raw.append(value)
+            smooth.append(s)
+            # Diverged: 4 x the lowest smoothed loss and worse than a uniform guess, after the first tenth of
+            # the sweep (which the rules skip). A solved phase-1 head starts phase 2 near zero loss, where
+            # 4 x the lowest alone is batch noise, not a destroyed backbone.
+            if not math.isfinite(s) or i >= max(1, len(lrs) // 10) and s > max(DIVERGED * best, chance):
+                break
+            best = min(best, s)
+        model.cpu()
+    n = len(raw)
+    return Sweep(lrs[:n], smooth, raw, diverged=n < len(lrs))
+
+
+def cycle(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, pass after pass, each pass in a new shuffled order (fastai and Lightning
+    also run a sweep longer than one epoch)."""
+    epoch = 0
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def sweep_steps(n_images: int, batch_size: int, steps: int | None = None) -> int:
+    """The sweep's length: ``steps``, or by default 100 (fastai's) or as many as ``MAX_PASSES`` passes
+    over the training batches allow. Raises if the training split is too small for a sweep."""
+    batches = n_images // batch_size + (n_images % batch_size > 1)  # the loader drops a last batch of 1
+    most = batches * MAX_PASSES
+    if steps is None:
+        steps = min(STEPS, most)
+    if most < MIN_STEPS or steps > most:
+        fix = f"use --steps {most} or fewer, " if most >= MIN_STEPS else ""
+        raise ThawError(
+            f"the training split ({n_images} images, {batches} batch(es) of {batch_size}) is too small for a "
+            f"{steps}-step LR sweep: it would pass over every image more than {MAX_PASSES} times; {fix}"
+            f"a smaller --batch-size, or more images"
+        )
+    if steps < MIN_STEPS:
+        raise ThawError(
+            f"--steps {steps} is too few for an LR sweep: use at least {MIN_STEPS} (default {STEPS})"
+        )
+    return steps
+
+
+# ---- one phase, from a config ------------------------------------------------------------------------
+
+
+def lr_find(
+    config: RunConfig,
+    phase: int = 1,
+    out: str | Path | None = None,
+    sources: thaw_data.Sources | None = None,
+    steps: int | None = None,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    say: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+) -> LRFind:
+    """The LR range test of ``phase`` (1: the head on the frozen backbone; 2: the unfrozen backbone groups,
+    the head fixed at ``config.lr`` after a phase-1 head solved on cached features). With ``config.lr``
+    ``auto``, phase 2 runs the phase-1 test first and fixes the head at its suggestion. Writes
+    ``lr_find_phase<N>.png`` and ``.json`` into ``out`` (never over existing files); the global RNG is
+    left as it was."""
+    import lightning as L
+
+    from thaw.models import build_classifier
+    from thaw.train.recipe import Loaders
+    from thaw.train.report import Reporter
+
+    config.validate()
+    if phase not in (1, 2):
+        raise ThawError(f"--phase {phase} must be 1 (the head) or 2 (the unfrozen backbone)")
+    if not 0 < start_lr < end_lr <= 10:
+        raise ThawError(f"the sweep needs 0 < --start-lr < --end-lr <= 10; got {start_lr:g} .. {end_lr:g}")
+    sources = sources or thaw_data.discover(config.data)
+    steps = sweep_steps(len(sources.split("train")), config.data.batch_size, steps)
+    out = Path(out) if out is not None else _default_out(sources.name, config.model.name)
+    head_first = phase == 2 and config.lr == AUTO and config.lr_found is None
+    names = [
+        f"lr_find_phase{p}.{ext}" for p in ((1, 2) if head_first else (phase,)) for ext in ("png", "json")
+    ]
+    existing = [str(out / n) for n in names if (out / n).exists()]
+    if existing:
+        raise ThawError(f"{existing[0]} already exists; choose another --out (thaw lr-find never overwrites)")
+    head_from = None
+    if head_first:
+        first = lr_find(config, 1, out, sources, steps, start_lr, end_lr, say, warn)
+        head_from = first.brief()
+        config = override(config, {"lr_found": first.suggestion})
+    if phase == 2 and config.lr == AUTO:
+        config = override(config, {"lr": config.lr_found})
+    resolved = placeholder(config)
+    plans = [p for p in plans_for(resolved) if not p.interpolate_from]
+    matching = [i for i, p in enumerate(plans) if (p.train == "head") == (phase == 1)]
+    if phase == 1 and not matching:  # no phase 1 (fine-tuning from the start): a fresh head all the same
+        plans, matching = [head_plan(resolved)], [0]
+    if not matching:
+        raise ThawError(
+            f"lr-find --phase {phase}: the strategy has no phase that unfreezes the backbone "
+            "(--phase2-epochs 0?); there is nothing to sweep"
+        )
+    index = matching[0]
+    plan = dataclasses.replace(plans[index], features="online")
+    start = time.perf_counter()
+    with _seeded(config.seed):
+        L.seed_everything(config.seed, verbose=False)
+        model = build_classifier(
+            config.model, len(sources.class_names), sources.class_names, config.data.image_size
+        )
+        loaders = Loaders(sources, model, resolved, Reporter(quiet=True))
+        if phase == 2:
+            _solve_head(model, loaders, resolved, warn)
+        batches = cycle(loaders.train(index))
+        lrs = sweep_lrs(start_lr, end_lr, steps)
+        say(
+            f"lr-find phase {phase}: {'head' if phase == 1 else 'backbone'} LR {start_lr:g} -> {end_lr:g} "
+            f"over {steps} batches of {config.data.batch_size} ({sources.name}, {config.model.name})"
+        )
+        result = sweep(model, plan, batches, lrs, "head" if phase == 1 else "backbone", config.seed)
+    _check_curve(result, steps, start_lr, phase)
+    chosen = suggest(result.lrs, result.losses, steps)
+    suggestion = chosen.pop(RULE)
+    head_lr = plan.lr if phase == 2 else None
+    found = LRFind(
+        phase=phase,
+        swept="head" if phase == 1 else "backbone",
+        suggestion=suggestion,
+        rule=RULE,
+        alternatives=chosen,
+        head_lr=head_lr,
+        lr_ratio=max(1.0, head_lr / suggestion) if head_lr else None,
+        default=plan.lr if phase == 1 else plan.lr / plan.lr_ratio,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        steps=steps,
+        steps_run=len(result.lrs),
+        stopped="the loss diverged" if result.diverged else "end of the range",
+        seconds=round(time.perf_counter() - start, 1),
+        lrs=result.lrs,
+        losses=result.losses,
+        raw_losses=result.raw_losses,
+        plot=f"lr_find_phase{phase}.png",
+        head_from=head_from,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / f"lr_find_phase{phase}.png", plot(found, f"{sources.name} - {config.model.name}"))
+    write_atomic(out / f"lr_find_phase{phase}.json", dumps(found.to_dict()))
+    say(found.describe())
+    return found
+
+
+def resolve_auto(
+    config: RunConfig, sources: thaw_data.Sources, out: Path, say: Callable[[str], None], warn
+) -> tuple[RunConfig, dict]:
+    """``--lr auto`` / ``--lr-ratio auto``: run the phase-1 (and phase-2) finder and record what they found
+    in the config (``lr_found``, ``lr_ratio_found``); return it and the finders' brief results."""
+    found: dict[str, Any] = {}
+    config = override(config, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
+    if AUTO == config.lr:
+        first = lr_find(config, 1, out, sources, say=say, warn=warn)
+        config = override(config, {"lr_found": first.suggestion})
+        found["phase1"] = first.brief()
+    if AUTO == config.lr_ratio:
+        second = lr_find(config, 2, out, sources, say=say, warn=warn)
+        config = override(config, {"lr_ratio_found": second.lr_ratio})
+        found["phase2"] = second.brief()
+    return config, found
+
+
+def check_auto(config: RunConfig, plans: list[PhasePlan]) -> None:
+    """``auto`` for an LR no plan of the strategy uses is a mistake the user should hear about."""
+    trained = [p for p in plans if not p.interpolate_from and p.features != "cached"]
+    if "lr" in config.auto and not trained:
+        raise ThawError(
+            "--lr auto: no phase of this run trains with an LR (phase 1 is solved on cached features and "
+            "phase 2 is skipped); drop --lr auto, or use --phase1 online or --phase2-epochs > 0"
+        )
+    if "lr_ratio" in config.auto and not any(p.train != "head" for p in trained):
+        raise ThawError(
+            "--lr-ratio auto: no phase of this run unfreezes the backbone (phase 2 is skipped); drop "
+            "--lr-ratio auto or give --phase2-epochs > 0"
+        )
+
+
+def head_plan(config: RunConfig) -> PhasePlan:
+    """Phase 1 of the two-phase recipe trained by epochs: the plan a head-only sweep follows."""
+    c = config.phase1
+    return PhasePlan(
+        "phase1",
+        lr=config.lr,
+        weight_decay=c.weight_decay,
+        bn_policy=config.bn_policy,
+        label_smoothing=config.label_smoothing,
+    )
+
+
+def placeholder(config: RunConfig) -> RunConfig:
+    """The config with ``auto`` replaced by the defaults: to check the plans before anything is found."""
+    defaults = RunConfig()
+    return override(config, {k: getattr(defaults, k) for k in config.auto})
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _default_out(dataset: str, model: str) -> Path:
+    from thaw.train.run_folder import default_out
+
+    return default_out(f"lr-find-{dataset}", model)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed for the finder's own draws (the new head, batch order) and give the caller its RNG back."""
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+
+
+def _solve_head(model: Classifier, loaders, config: RunConfig, warn) -> None:
+    """Phase 1 as the default recipe does it: the head solved to convergence on cached features."""
+    from thaw.data import features as feature_cache
+    from thaw.train.head_solver import solve_head
+
+    pre = model.preprocessing
+    evaluation = thaw_data.eval_transform(pre)
+    feats = {
+        s: feature_cache.features(
+            model.backbone,
+            loaders.sources.split(s),
+            evaluation,
+            {"kind": "eval"},
+            pre,
+            model.spec.in_channels,
+            seed=config.seed,
+            decoded=loaders.decoded[s],
+            batch_size=max(config.data.batch_size, 64),
+            warn=warn,
+        )
+        for s in ("train", "val")
+    }
+    train, val = feats["train"], feats["val"]
+    solution = solve_head(
+        train.tensor(),
+        torch.from_numpy(train.labels),
+        val.tensor(),
+        torch.from_numpy(val.labels),
+        len(model.class_names),
+    )
+    with torch.no_grad():
+        model.head[-1].weight.copy_(solution.weight)
+        model.head[-1].bias.copy_(solution.bias)
+
+
+def _check_curve(result: Sweep, steps: int, start_lr: float, phase: int) -> None:
+    """A sweep whose first loss is not a number, that diverged before the rules have points to read
+    (they skip the first tenth and the last 5), or whose head never learned, has no curve to read. (From a
+    solved head, a phase-2 curve that only rises is a finding, not an error.)"""
+    if not result.raw_losses or not math.isfinite(result.raw_losses[0]):
+        raise ThawError(
+            f"the loss of the first batch is not finite (lr {start_lr:g}): check the images and labels "
+            f"(thaw fit would stop on it too)"
+        )
+    lowest = min(range(len(result.losses)), key=result.losses.__getitem__)
+    where = f"stopped at lr {result.lrs[-1]:.2g} after {len(result.lrs)} of {steps} steps"
+    if result.diverged and len(result.lrs) < steps // 10 + 10:
+        raise ThawError(
+            f"the loss diverged from the first steps of the sweep ({where}): start lower, e.g. "
+            f"--start-lr {start_lr / 100:g}, or check the images and labels"
+        )
+    if phase == 1 and result.diverged and lowest == 0:
+        raise ThawError(
+            f"the head's loss never fell below its first value before it diverged ({where}): check the "
+            f"images and labels, or sweep from lower, e.g. --start-lr {start_lr / 100:g}"
+        )
+
+
+def plot(found: LRFind, title: str) -> bytes:
+    """Loss vs LR (log scale): each batch's loss faint, the smoothed loss, the suggestion and the other
+    rules marked, the default LR dashed."""
+    from thaw.reporting.figures import _plt, png
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(found.lrs, found.raw_losses, color="lightgrey", linewidth=1, label="batch loss")
+    ax.plot(found.lrs, found.losses, color="tab:blue", linewidth=2, label="smoothed loss")
+    index = found.lrs.index(found.suggestion)
+    ax.plot(
+        found.suggestion,
+        found.losses[index],
+        "o",
+        color="red",
+        markersize=9,
+        label=f"{found.rule}: {found.suggestion:.2g}",
+    )
+    for (name, lr), marker in zip(found.alternatives.items(), ("^", "s")):
+        i = (
+            found.lrs.index(lr)
+            if lr in found.lrs
+            else min(range(len(found.lrs)), key=lambda j: abs(math.log(found.lrs[j] / lr)))
+        )
+        ax.plot(lr, found.losses[i], marker, color="dimgrey", markersize=7, label=f"{name}: {lr:.2g}")
+    ax.axvline(found.default, color="green", linestyle="--", linewidth=1, label=f"default: {found.default:g}")
+    finite = [v for v in found.losses if math.isfinite(v)]
+    ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 3 * finite[0]) * 1.05)
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        f"{found.swept} learning rate" + (f" (head fixed at {found.head_lr:.2g})" if found.head_lr else "")
+    )
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title(f"LR range test, phase {found.phase}: {title} ({found.stopped})", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)

@@ -1,0 +1,160 @@
+"""Partial unfreezing with the frozen prefix paid once.
+
+With the last N layer groups trainable (``train="last:N"``) and batch norm frozen outside them, every layer
+before them is a fixed function of the image. ``cached_prefix`` cuts the backbone there
+(:mod:`thaw.models.split`), runs the prefix once over train and val (``plan.views`` augmented views per
+training image; 1 = the deterministic eval transform) into a memory-mapped cache keyed like the feature
+cache (``$THAW_HOME/cache/prefix/<key>``), and trains only the suffix (the last N groups, pooling, head)
+on those activations: the same :func:`run_phase`, module, optimizer, early stopping, checkpoints and resume
+as online training, fed activations instead of images. The final metrics are measured on the images
+through the whole model.
+
+Exact with ``views`` = 1 and augmentation off: the same batches in the same order give the same weights
+(tests/test_prefix.py). Where the model cannot be cut, or the plan does not allow it, the phase trains
+online and says why in one line (on screen and in ``summary.json``: ``phases.<plan>.features``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from thaw import data as thaw_data
+from thaw.data import features as feature_cache
+from thaw.data.images import EpochSampler
+from thaw.models import Classifier
+from thaw.models.split import CannotSplit, Split, split_backbone
+from thaw.results import PhaseResult
+from thaw.train.strategies import PhasePlan
+
+if TYPE_CHECKING:
+    from thaw.train.recipe import Context
+
+
+def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
+    """Train ``plan`` (``last:N``) on cached activations at the frozen prefix's boundary, or online with
+    the reason when the backbone cannot be cut there."""
+    from thaw.train.recipe import Feed, run_phase  # the recipe imports this module
+
+    config, loaders, report = ctx.config, ctx.loaders, ctx.report
+    try:
+        split = prefix_split(model, plan)
+    except CannotSplit as why:
+        record = {"mode": "online", "reason": str(why)}
+        note = f"frozen prefix not cached ({why}); training online"
+        return run_phase(
+            model, plan, index, ctx, before, Feed(loaders.train(index), loaders.val, None, record, note)
+        )
+    start = time.perf_counter()
+    pre = model.preprocessing
+    augmented = plan.views > 1 and config.data.augment
+    train_transform = (
+        thaw_data.train_transform(pre, config.data) if augmented else thaw_data.eval_transform(pre)
+    )
+    where = {"prefix": split.boundary, "first_group": split.first_group, "arch": model.spec.arch}
+    train_id = (
+        {"kind": "train", "crop_scale_min": config.data.crop_scale_min, "hflip": config.data.hflip, **where}
+        if augmented
+        else {"kind": "eval", **where}
+    )
+
+    def activations(split_name: str, transform, transform_id: dict, views: int) -> feature_cache.Features:
+        return feature_cache.features(
+            split.prefix,
+            loaders.sources.split(split_name),
+            transform,
+            transform_id,
+            pre,
+            model.spec.in_channels,
+            views=views,
+            seed=config.seed,
+            decoded=loaders.decoded[split_name],
+            batch_size=max(config.data.batch_size, 64),
+            root=feature_cache.cache_root().parent / "prefix",
+            warn=report.warn,
+            way_out=f"--{plan.name} online",
+        )
+
+    train = activations("train", train_transform, train_id, plan.views if augmented else 1)
+    val = activations("val", thaw_data.eval_transform(pre), {"kind": "eval", **where}, 1)
+    computed = [f for f in (train, val) if not f.cached]
+    seconds = sum(f.seconds for f in computed) if computed else time.perf_counter() - start
+    exact = not split.stochastic_prefix and train.views == 1
+    record = {
+        "mode": "cached-prefix",
+        "boundary": split.boundary,
+        "first_group": split.first_group,
+        "activation_shape": list(split.shape),
+        "views": train.views,
+        "cache_seconds": round(seconds, 1),
+        "from_cache": not computed,
+        "exact": exact,
+        "not_exact_because": []
+        if exact
+        else [*split.stochastic_prefix, *([f"{train.views} augmented views"] if train.views > 1 else [])],
+    }
+    views = f", {train.views} augmented views per image" if train.views > 1 else ""
+    note = (
+        f"frozen prefix cached ({split.describe()}{views}), "
+        + (f"computed in {seconds:.1f}s" if computed else "from the cache")
+        + ("" if exact or train.views > 1 else f"; not exact: {', '.join(split.stochastic_prefix)}")
+    )
+    seed = loaders.train_seed(index)
+    train_loader = activation_loader(train, split.shape, config.data.batch_size, seed)
+    val_loader = activation_loader(val, split.shape, config.data.batch_size)
+    suffix = split.suffix
+
+    def forward(activation: torch.Tensor) -> torch.Tensor:
+        return model.head(suffix(activation))
+
+    return run_phase(model, plan, index, ctx, before, Feed(train_loader, val_loader, forward, record, note))
+
+
+def prefix_split(model: Classifier, plan: PhasePlan) -> Split:
+    """The backbone cut before the plan's first trainable group, checked on a probe batch."""
+    if plan.bn_policy == "fastai":
+        raise CannotSplit("bn_policy fastai trains batch norm in the frozen prefix")
+    n_groups = len(model.layer_groups)
+    groups = plan.groups(n_groups)
+    if not groups or groups != list(range(groups[0], n_groups)):
+        raise CannotSplit(f"train={plan.train} does not leave a frozen prefix before trainable groups")
+    if groups[0] == 0:
+        raise CannotSplit(f"train={plan.train} trains every one of the {n_groups} layer groups")
+    size = model.preprocessing.size
+    probe = torch.randn(2, model.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    return split_backbone(model.backbone, model.layer_groups, groups[0], probe)
+
+
+class Activations(Dataset):
+    """Cached activations, one view of each image per epoch: a key ``(i, seed)`` from :class:`EpochSampler`
+    reads view ``seed % views`` of image ``i`` (the same after a resume); a plain index reads view 0."""
+
+    def __init__(self, cached: feature_cache.Features, shape: tuple[int, ...]) -> None:
+        self.x, self.labels, self.views, self.shape = cached.x, cached.labels, cached.views, shape
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.views
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = key if isinstance(key, tuple) else (key, 0)
+        row = i * self.views + seed % self.views
+        return torch.from_numpy(np.array(self.x[row])).reshape(self.shape), int(self.labels[row])
+
+
+def activation_loader(
+    cached: feature_cache.Features, shape: tuple[int, ...], batch_size: int, seed: int | None = None
+) -> DataLoader:
+    """Batches of (activation, label); with ``seed``, shuffled exactly as the image loader of that seed."""
+    dataset = Activations(cached, shape)
+    shuffle = seed is not None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed) if shuffle else None,
+        generator=torch.Generator().manual_seed(seed or 0),
+        drop_last=shuffle and len(dataset) % batch_size == 1,  # as the image loader does
+    )
