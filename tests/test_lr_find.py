@@ -242,3 +242,16 @@ def test_head_sweep_without_a_phase_1(tmp_path, class_folder):
     found = lr_find(config, 1, tmp_path / "f", steps=20, say=lambda _: None)
     assert found.swept == "head" and found.start_lr <= found.suggestion <= found.end_lr
     assert (tmp_path / "f" / "lr_find_phase1.png").is_file()
+
+
+def test_check_auto_knows_which_phases_use_an_lr():
+    from thaw.train.lr_find import check_auto
+
+    auto = RunConfig(lr="auto", lr_ratio="auto")
+    solved = PhasePlan("phase1", features="cached")
+    prefix = PhasePlan("phase2", train="last:2", features="cached")  # a cached prefix still trains by LR
+    check_auto(auto, [solved, prefix])
+    with pytest.raises(ThawError, match="--lr auto: no phase"):
+        check_auto(auto, [solved])
+    with pytest.raises(ThawError, match="--lr-ratio auto: no phase"):
+        check_auto(RunConfig(lr_ratio="auto"), [PhasePlan("phase1")])

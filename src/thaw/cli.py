@@ -228,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from thaw.evaluate import evaluate_run
 
-    e = evaluate_run(args.run, args.data, args.format)
+    e = evaluate_run(args.run, args.data, args.format, tta=args.tta)
     if e.skipped:
         print(
             f"warning: skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}",
@@ -238,6 +238,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(
         f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
         f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
+        + (f" [95% CI {m.ci['auc'][0]:.3f}-{m.ci['auc'][1]:.3f}]" if "auc" in m.ci else "")
+        + (
+            f"; at threshold {m.threshold:.3f}: sensitivity {100 * m.sensitivity:.1f}%, "
+            f"specificity {100 * m.specificity:.1f}%"
+            if m.sensitivity == m.sensitivity
+            else ""
+        )
+        + f"; ECE {m.ece:.3f}"
     )
     if e.write_error:
         raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
@@ -579,6 +587,9 @@ def parser() -> argparse.ArgumentParser:
         "split.csv. Other data: its test split, else val, else every image, less the run's training images",
     )
     e.add_argument("--format", choices=DATA_FORMATS, default="auto", help="data layout (detected)")
+    e.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average the flip and 4 small crops"
+    )
     e.set_defaults(func=cmd_evaluate)
 
     em = sub.add_parser("embed", help="write the frozen backbone's features of every image to a file")

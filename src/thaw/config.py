@@ -64,6 +64,9 @@ DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz")
 IN_CHANNELS = ("replicate", "sum")
 SCHEDULES = ("constant", "cosine")
 LOGGERS = ("none", "csv", "tensorboard", "mlflow", "wandb")
+NORMALIZE = ("imagenet", "dataset")
+BALANCE = ("none", "loss", "sampler")
+MONITORS = ("val_loss", "val_auc", "val_balanced_accuracy", "val_f1")
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,22 @@ class DataConfig:
     unlabeled: str | None = setting(
         None, "a folder of unlabelled images for --pseudo-labels (default: the budget's unlabelled images)"
     )
+    normalize: str = setting(
+        "imagenet",
+        "input statistics: the pretrained weights' own (imagenet) or per channel from the training images",
+        choices=NORMALIZE,
+    )
+    dicom_window: str | None = setting(
+        None, "DICOM: a display window CENTER,WIDTH (after rescale slope/intercept), e.g. 40,400"
+    )
 
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
             raise ThawError(f"data format {self.format!r} is not one of {', '.join(DATA_FORMATS)}")
+        if self.normalize not in NORMALIZE:
+            raise ThawError(f"--normalize {self.normalize!r} is not one of {', '.join(NORMALIZE)}")
+        if self.dicom_window is not None:
+            dicom_window(self.dicom_window)
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -236,6 +251,20 @@ class RunConfig:
     )
     pseudo_threshold: float = setting(0.9, "pseudo-labels: the lowest predicted probability kept")
     out: str | None = setting(None, "run folder (default runs/<data>-<model>-<time>); never overwritten")
+    balance: str = setting(
+        "none",
+        "class imbalance: class-weighted loss, a class-balanced sampler (seeded per epoch), or none",
+        choices=BALANCE,
+    )
+    monitor: str = setting(
+        "val_loss",
+        "validation metric for early stopping, the best epoch and the phase kept",
+        choices=MONITORS,
+    )
+    target_sensitivity: float | None = setting(
+        None, "binary tasks: the threshold reaching this validation sensitivity; none: Youden's J"
+    )
+    tta: bool = setting(False, "final val/test metrics (and the threshold) averaged over flips and crops")
     logger: str = setting(
         "none",
         "also log each phase to a Lightning logger, under RUN/logs/ (the run folder's own files stay the "
@@ -277,6 +306,12 @@ class RunConfig:
             raise ThawError("--unlabeled gives pseudo-labelling's images; add --pseudo-labels (or drop it)")
         if not 0 < self.pseudo_threshold < 1:
             raise ThawError(f"--pseudo-threshold {self.pseudo_threshold} must be in (0, 1), e.g. 0.9")
+        if self.balance not in BALANCE:
+            raise ThawError(f"--balance {self.balance!r} is not one of {', '.join(BALANCE)}")
+        if self.monitor not in MONITORS:
+            raise ThawError(f"--monitor {self.monitor!r} is not one of {', '.join(MONITORS)}")
+        if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
+            raise ThawError(f"--target-sensitivity {self.target_sensitivity} must be in (0, 1], e.g. 0.95")
         return self
 
     @property
@@ -326,6 +361,17 @@ def _numbers(config: Any, prefix: str = ""):
             yield from _numbers(value, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", value
+
+
+def dicom_window(value: str) -> tuple[float, float]:
+    """``"CENTER,WIDTH"`` -> (center, width), width > 0."""
+    try:
+        center, width = (float(v) for v in str(value).split(","))
+    except ValueError:
+        raise ThawError(f"--dicom-window {value!r} must be CENTER,WIDTH, e.g. 40,400") from None
+    if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+        raise ThawError(f"--dicom-window {value!r}: the width must be a positive number, e.g. 40,400")
+    return center, width
 
 
 def unfreeze_groups(value: str | int) -> int | None:

@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import (
+    binary_auroc,
     multiclass_accuracy,
     multiclass_auroc,
+    multiclass_calibration_error,
     multiclass_confusion_matrix,
     multiclass_f1_score,
 )
@@ -35,22 +37,34 @@ def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, t
     return torch.cat(probs), torch.cat(labels)
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
+def classification_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, threshold: float | None = None
+) -> Metrics:
     """accuracy, balanced accuracy, macro-F1, AUC (binary: of class 1; multiclass: macro one-vs-rest),
-    loss (cross-entropy), the confusion matrix and the count."""
+    loss (cross-entropy), the confusion matrix, the count, ECE (top-class confidence, 15 bins) and, for
+    binary tasks, sensitivity and specificity of class 1. Binary predictions are class 1 where its
+    probability is at least ``threshold`` (default: the argmax, i.e. 0.5)."""
     num_classes = probs.shape[1]
     preds = probs.argmax(dim=1)
+    binary = num_classes == 2
+    if binary and threshold is not None:
+        preds = (probs[:, 1] >= threshold).long()
     present = labels.unique().numel() > 1
     auc = (
         multiclass_auroc(probs, labels, num_classes, average="macro")
         if present
         else torch.tensor(float("nan"))
     )
-    if num_classes == 2 and present:
-        from torchmetrics.functional.classification import binary_auroc
-
+    if binary and present:
         auc = binary_auroc(probs[:, 1], labels)
     nll = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
+    confusion = multiclass_confusion_matrix(preds, labels, num_classes)
+    nan = float("nan")
+    sensitivity = specificity = nan
+    if binary:
+        tn, fp, fn, tp = (float(v) for v in confusion.flatten())
+        sensitivity = tp / (tp + fn) if tp + fn else nan
+        specificity = tn / (tn + fp) if tn + fp else nan
     return Metrics(
         n=int(labels.numel()),
         accuracy=float((preds == labels).float().mean()),
@@ -58,7 +72,11 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> Metrics
         macro_f1=float(multiclass_f1_score(preds, labels, num_classes, average="macro")),
         auc=float(auc),
         loss=float(nll),
-        confusion=multiclass_confusion_matrix(preds, labels, num_classes).tolist(),
+        confusion=confusion.tolist(),
+        sensitivity=sensitivity,
+        specificity=specificity,
+        threshold=(0.5 if threshold is None else float(threshold)) if binary else nan,
+        ece=float(multiclass_calibration_error(probs, labels, num_classes, n_bins=15)),
     )
 
 
@@ -137,7 +155,7 @@ class Evaluation:
 
 
 def evaluate_run(
-    run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True
+    run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True, tta: bool = False
 ) -> Evaluation:
     """Score a run on ``data`` (default: the data it was trained on) and write ``evaluations/*.json``.
 
@@ -183,13 +201,17 @@ def evaluate_run(
     images, labels, skipped = [], [], []
     for it in items:
         try:
-            images.append(open_image(it, 3))
+            images.append(open_image(it, 3, predictor.window))
             labels.append(index[names[it.label]])
         except DECODE_ERRORS:
             skipped.append(it.key)
     if not images:
         raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
-    metrics = classification_metrics(predictor.predict_proba(images), torch.tensor(labels))
+    probs = predictor.predict_proba(images, tta=tta)
+    metrics = classification_metrics(probs, torch.tensor(labels), predictor.threshold)
+    from thaw.clinical import bootstrap_ci
+
+    metrics = dataclasses.replace(metrics, ci=bootstrap_ci(probs, torch.tensor(labels), predictor.threshold))
     evaluation = Evaluation(str(data), split, note, metrics, skipped)
     if write:
         try:

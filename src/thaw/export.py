@@ -100,6 +100,11 @@ def export_run(
             raise ThawError(f"{existing} already exists; choose another --out or pass --force to replace it")
     model = load_model(source)
     meta = metadata(model, fmt)
+    from thaw.predict import run_threshold
+
+    threshold = run_threshold(source) if len(model.class_names) == 2 else None
+    if threshold is not None:  # binary: class 1 where its probability reaches it (chosen on validation)
+        meta["threshold"] = threshold
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if fmt == "onnx":

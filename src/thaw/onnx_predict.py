@@ -88,5 +88,5 @@ class OnnxPredictor:
                 out.append(failure(str(f), err))
                 continue
             probs = self.predict_proba(self.arrays(image, tta)).mean(axis=0)
-            out.append(result(str(f), self.class_names, probs.tolist()))
+            out.append(result(str(f), self.class_names, probs.tolist(), self.metadata.get("threshold")))
         return out

@@ -20,8 +20,13 @@ __all__ = ["Prediction", "Predictor", "expand_paths"]
 class Predictor:
     """A trained classifier with its own preprocessing and class names."""
 
-    def __init__(self, model: Classifier) -> None:
+    def __init__(
+        self, model: Classifier, threshold: float | None = None, window: tuple[float, float] | None = None
+    ) -> None:
         self.model = model.eval()
+        self.window = window  # the run's --dicom-window, for DICOM files
+        # binary: class 1 where its probability reaches the threshold the run chose on validation
+        self.threshold = threshold if len(model.class_names) == 2 else None
         self.class_names = model.class_names
         self.preprocessing = model.preprocessing
         self._transform = eval_transform(model.preprocessing)
@@ -29,7 +34,7 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
         verify_model_file(path)
-        return cls(load_model(path))
+        return cls(load_model(path), run_threshold(path), run_window(path))
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
         mode = "L" if self.model.spec.in_channels == 1 else "RGB"
@@ -82,20 +87,48 @@ class Predictor:
             images, slots, out = [], [], []
             for f in chunk:
                 try:
-                    images.append(open_image(Item(str(f), -1), 3))
+                    images.append(open_image(Item(str(f), -1), 3, self.window))
                     slots.append(len(out))
                     out.append(None)
                 except DECODE_ERRORS as err:
                     out.append(failure(str(f), err))
             probs = self.predict_proba(images, batch_size=batch_size, tta=tta)
             for slot, p in zip(slots, probs):
-                out[slot] = result(str(chunk[slot]), self.class_names, p.tolist())
+                out[slot] = result(str(chunk[slot]), self.class_names, p.tolist(), self.threshold)
             yield from out
 
     def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
         """Predictions for the image files (folders are searched recursively), and the files that failed."""
         done = self.predict_paths(paths)
         return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]
+
+
+def run_threshold(path: str | Path) -> float | None:
+    """The decision threshold a run chose on validation (``summary.json``'s ``operating``), if any."""
+    import json
+
+    path = Path(path)
+    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    try:
+        value = (json.loads(summary.read_text()).get("operating") or {}).get("threshold")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def run_window(path: str | Path) -> tuple[float, float] | None:
+    """The run's ``--dicom-window`` (``config.yaml``), if it had one."""
+    import yaml
+
+    from thaw.config import dicom_window
+
+    path = Path(path)
+    config = (path if path.is_dir() else path.parent) / "config.yaml"
+    try:
+        value = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("dicom_window")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return dicom_window(value) if value else None
 
 
 def verify_model_file(path: str | Path) -> None:

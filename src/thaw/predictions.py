@@ -10,7 +10,9 @@ from pathlib import Path
 from thaw.errors import ThawError
 
 # the same as thaw.data.sources.IMAGE_EXTENSIONS (a test keeps them equal); that package imports torch
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".dcm", ".dicom"
+)
 
 
 @dataclass
@@ -35,8 +37,11 @@ class Prediction:
         return {**out, "probabilities": self.probabilities, "error": self.error}
 
 
-def result(path: str, class_names: list[str], probs) -> Prediction:
+def result(path: str, class_names: list[str], probs, threshold: float | None = None) -> Prediction:
+    """The top class; for two classes with a ``threshold``, class 1 where its probability reaches it."""
     top = max(range(len(class_names)), key=lambda i: probs[i])
+    if threshold is not None and len(class_names) == 2:
+        top = int(probs[1] >= threshold)
     return Prediction(
         path, class_names[top], float(probs[top]), {c: float(p) for c, p in zip(class_names, probs)}
     )

@@ -32,13 +32,47 @@ class Metrics:
     auc: float
     loss: float
     confusion: list[list[int]]
+    # binary: of class 1 (the positive class) at ``threshold`` (0.5 = the argmax); NaN for multiclass
+    sensitivity: float = math.nan
+    specificity: float = math.nan
+    threshold: float = math.nan
+    ece: float = math.nan  # expected calibration error of the top-class confidence, 15 bins
+    ci: dict[str, list[float]] = field(default_factory=dict)  # bootstrap 95% intervals, where computed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Metrics:
-        return cls(**{f.name: _number(raw.get(f.name)) for f in dataclasses.fields(cls)})
+        # summaries written before a metric existed lack it: it keeps its default (NaN)
+        return cls(**{f.name: _number(raw[f.name]) for f in dataclasses.fields(cls) if f.name in raw})
+
+
+@dataclass(frozen=True)
+class Operating:
+    """The saved model scored the way it will be used: with the decision threshold chosen on validation
+    (binary tasks: Youden's J, or the lowest threshold reaching ``--target-sensitivity``; ``None`` for
+    multiclass, which takes the argmax), optionally with test-time augmentation; test metrics carry
+    bootstrap 95% confidence intervals."""
+
+    threshold: float | None
+    rule: str
+    tta: bool
+    val: Metrics
+    test: Metrics | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Operating:
+        return cls(
+            threshold=raw.get("threshold"),
+            rule=raw.get("rule", ""),
+            tta=bool(raw.get("tta", False)),
+            val=Metrics.from_dict(raw["val"]),
+            test=Metrics.from_dict(raw["test"]) if raw.get("test") else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +135,7 @@ class RunSummary:
     budget: dict | None = None  # a label budget: labelled and unlabelled images per class
     adabn: dict | None = None  # AdaBN: which images re-estimated how many batch-norm layers
     pseudo_labels: dict | None = None  # the pseudo-label round: how many, their accuracy, before/after
+    operating: Operating | None = None  # the saved model at its chosen threshold (and TTA), with CIs
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
 
     @property
@@ -125,6 +160,8 @@ class RunSummary:
             raw["gain"] = {"phase2": old_gain} if old_gain else {}
             raw["version"] = 1
         raw["phases"] = {k: PhaseResult.from_dict(v, k) for k, v in raw["phases"].items()}
+        if raw.get("operating"):
+            raw["operating"] = Operating.from_dict(raw["operating"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -143,11 +180,17 @@ class RunSummary:
             raise ThawError(f"{path} is not a thaw run summary ({err})") from err
 
 
-def choose_final(results: dict[str, PhaseResult]) -> str:
-    """The plan whose weights are kept: the best validation accuracy, the later plan on a tie. So a
-    fine-tuning phase that lowered validation accuracy does not replace the weights before it."""
-    order = list(results)
-    return max(order, key=lambda name: (_finite(results[name].val.accuracy), order.index(name)))
+MONITORED = {"val_loss": "accuracy", "val_auc": "auc", "val_balanced_accuracy": "balanced_accuracy",
+             "val_f1": "macro_f1"}
+"""The validation metric that picks the phase kept, per ``--monitor`` (val_loss: accuracy, as before)."""
+
+
+def choose_final(results: dict[str, PhaseResult], monitor: str = "val_loss") -> str:
+    """The plan whose weights are kept: the best validation accuracy (or, with ``--monitor val_auc``,
+    ``val_balanced_accuracy`` or ``val_f1``, that metric), the later plan on a tie. So a fine-tuning
+    phase that lowered the validation metric does not replace the weights before it."""
+    order, metric = list(results), MONITORED[monitor]
+    return max(order, key=lambda name: (_finite(getattr(results[name].val, metric)), order.index(name)))
 
 
 def gains(results: dict[str, PhaseResult]) -> dict[str, dict[str, dict[str, float]]]:

@@ -1,12 +1,22 @@
 """Data: finding labelled images (``sources``) and turning them into batches (``images``)."""
 
-from thaw.data.images import Decoded, decode_sources, eval_transform, loader, train_transform
+from thaw.data.images import (
+    Decoded,
+    class_weights,
+    dataset_statistics,
+    decode_sources,
+    eval_transform,
+    loader,
+    train_transform,
+)
 from thaw.data.sources import Item, Sources, discover, from_arrays, write_split
 
 __all__ = [
     "Decoded",
     "Item",
     "Sources",
+    "class_weights",
+    "dataset_statistics",
     "decode_sources",
     "discover",
     "eval_transform",

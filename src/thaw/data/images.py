@@ -6,7 +6,10 @@ than the small-image forward pass. Undecodable files are reported by name and sk
 
 Awkward images: 16-bit (and 32-bit, float) images are decoded at full depth and scaled per image, from
 their darkest to their brightest pixel, to 0-255 (Pillow's own conversion would clip a 12-bit scan to
-near white); images over Pillow's decompression-bomb limit (about 179 megapixels) are skipped by name;
+near white). Per-image min-max rather than the full 0-65535 range: a 12-bit scanner stored in 16 bits
+would use only 1/16 of the range and come out nearly black. DICOM files go through their rescale
+slope/intercept and an optional window (``--dicom-window``) first. Images over Pillow's
+decompression-bomb limit (about 179 megapixels) are skipped by name;
 an image more than ``MAX_ASPECT`` times longer than wide (or the reverse) is center-cropped to that ratio
 before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 """
@@ -42,19 +45,77 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 """What Pillow raises for a broken, truncated, foreign or oversized file: such a file is skipped by name."""
 
 
-def open_image(item: Item, channels: int) -> Image.Image:
+def open_image(item: Item, channels: int, window: tuple[float, float] | None = None) -> Image.Image:
     """The image in ``L`` (``channels`` 1) or ``RGB``: EXIF rotation applied, the first frame of an
-    animation, 16-bit depth scaled per image, the long side at most ``MAX_ASPECT`` times the short."""
+    animation, 16-bit depth scaled per image, the long side at most ``MAX_ASPECT`` times the short.
+    DICOM files (``.dcm``): rescale slope/intercept applied, then ``window`` (center, width) if given."""
+    return load_image(item, channels, window)[0]
+
+
+def load_image(
+    item: Item, channels: int, window: tuple[float, float] | None = None
+) -> tuple[Image.Image, bool]:
+    """:func:`open_image`, and whether the source had more than 8 bits per channel (and was scaled)."""
     mode = "L" if channels == 1 else "RGB"
     if item.array is not None:
         array = np.asarray(item.array)
-        if array.dtype != np.uint8:
-            raise ThawError(f"{item.key}: in-memory images must be uint8, got {array.dtype}")
-        return bounded(Image.fromarray(array)).convert(mode)
+        if array.dtype == np.uint8:
+            return bounded(Image.fromarray(array)).convert(mode), False
+        numeric = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+        if array.ndim != 2 or not numeric:
+            raise ThawError(
+                f"{item.key}: in-memory images must be uint8, or 2-D greyscale numbers; got {array.dtype}"
+            )
+        return bounded(scale_to_8bit(array, item.key)).convert(mode), True
+    if item.key.lower().endswith(DICOM_EXTENSIONS):
+        img, deep = dicom_image(item.key, window)
+        return bounded(img).convert(mode), deep
     with Image.open(item.key) as img:
         img.seek(0)  # first frame of a GIF
         img = ImageOps.exif_transpose(img)
-        return bounded(to_8bit(img, item.key)).convert(mode)
+        deep = img.mode in ("I", "F") or img.mode.startswith("I;16")
+        return bounded(to_8bit(img, item.key)).convert(mode), deep
+
+
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+def dicom_image(path: str, window: tuple[float, float] | None = None) -> tuple[Image.Image, bool]:
+    """A DICOM file's first frame: stored values through the modality LUT (rescale slope and intercept,
+    e.g. to Hounsfield units), clipped to ``window`` (center, width) if given, then scaled to 0-255 (the
+    window's range, else the image's own minimum to maximum); MONOCHROME1 (white = 0) is inverted."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:
+        raise ThawError(
+            f"{path} is a DICOM file: install pydicom to read it (pip install 'thaw-transfer[dicom]')"
+        ) from None
+    try:
+        ds = pydicom.dcmread(path)
+    except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
+        raise ValueError(f"not a readable DICOM file ({err})") from err
+    if "PixelData" not in ds:
+        raise ValueError("DICOM file has no pixel data (no PixelData element): a report or structured file")
+    try:
+        pixels = ds.pixel_array
+    except Exception as err:  # pydicom raises many kinds for compressed data it cannot decode
+        raise ValueError(f"DICOM pixel data cannot be decoded ({_first_line(err)})") from err
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if getattr(ds, "SamplesPerPixel", 1) == 3:
+        return Image.fromarray(np.asarray(pixels, dtype=np.uint8)), False
+    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    if window is not None:
+        center, width = window
+        low, high = center - width / 2, center + width / 2
+        values = (np.clip(values, low, high) - low) * (255.0 / (high - low))
+        img = Image.fromarray(np.round(values).astype(np.uint8), mode="L")
+    else:
+        img = scale_to_8bit(values, path)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        img = ImageOps.invert(img)
+    return img, True
 
 
 def to_8bit(img: Image.Image, key: str) -> Image.Image:
@@ -62,7 +123,12 @@ def to_8bit(img: Image.Image, key: str) -> Image.Image:
     their maximum onto 0-255; others unchanged."""
     if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
         return img
-    array = np.asarray(img, dtype=np.float64)
+    return scale_to_8bit(np.asarray(img, dtype=np.float64), key)
+
+
+def scale_to_8bit(array: np.ndarray, key: str) -> Image.Image:
+    """A 2-D array of any depth, from its minimum (0) to its maximum (255), as an ``L`` image."""
+    array = np.asarray(array, dtype=np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{key} holds NaN or infinite pixel values")
     low, high = float(array.min()), float(array.max())
@@ -89,20 +155,31 @@ def resized(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
     return F.resize(F.pil_to_tensor(image), [pre.resize_size], interpolation=interpolation, antialias=True)
 
 
-def decode(items: list[Item], pre: Preprocessing, channels: int, strict: bool) -> tuple[Decoded, list[str]]:
-    """Decode and resize every item; returns the decoded split and the keys that failed."""
+def decode(
+    items: list[Item],
+    pre: Preprocessing,
+    channels: int,
+    strict: bool,
+    window: tuple[float, float] | None = None,
+    deep: list[str] | None = None,
+) -> tuple[Decoded, list[str]]:
+    """Decode and resize every item; returns the decoded split and the keys that failed (with why).
+    ``deep`` collects the keys of images deeper than 8 bits (scaled per image)."""
     keys, images, labels, failed = [], [], [], []
     for item in items:
         try:
-            img = resized(open_image(item, channels), pre)
+            image, scaled = load_image(item, channels, window)
+            img = resized(image, pre)
         except DECODE_ERRORS as err:
             if strict:
                 raise ThawError(
                     f"cannot decode image {item.key} ({_first_line(err)}); fix or remove it, or drop "
                     f"--strict-images to skip undecodable files"
                 ) from err
-            failed.append(item.key)
+            failed.append(f"{item.key} ({_first_line(err)})")
             continue
+        if scaled and deep is not None:
+            deep.append(item.key)
         keys.append(item.key)
         images.append(img)
         labels.append(item.label)
@@ -121,15 +198,29 @@ def _stderr(text: str) -> None:
 
 
 def decode_sources(
-    sources: Sources, pre: Preprocessing, channels: int, strict: bool = False, warn=_stderr
+    sources: Sources,
+    pre: Preprocessing,
+    channels: int,
+    strict: bool = False,
+    warn=_stderr,
+    window: tuple[float, float] | None = None,
 ) -> dict[str, Decoded]:
-    """Decode every split; undecodable files are reported by name and skipped."""
-    decoded, failed = {}, []
+    """Decode every split; undecodable files are reported by name (and why) and skipped. A dataset that
+    mixes 8-bit images with deeper ones (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled
+    per image (minimum to maximum), the 8-bit ones are not, so the two kinds may differ in contrast."""
+    decoded, failed, deep = {}, [], []
     for split in ("train", "val", "test"):
         items = sources.split(split)
         if items:
-            decoded[split], bad = decode(items, pre, channels, strict)
+            decoded[split], bad = decode(items, pre, channels, strict, window, deep)
             failed += bad
+    total = sum(len(d.images) for d in decoded.values())
+    if deep and len(deep) < total:
+        warn(
+            f"{len(deep)} of {total} images have more than 8 bits per pixel (e.g. {deep[0]}) and the rest "
+            f"8: each deeper image is scaled from its own minimum to maximum, the 8-bit ones are kept as "
+            f"they are; convert them all to one depth if their contrast must match"
+        )
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         warn(f"skipped {len(failed)} undecodable image(s): {shown} (use --strict-images to stop instead)")
@@ -187,8 +278,8 @@ class EpochSampler(Sampler):
     and the same augmented images as epoch ``k`` of an uninterrupted one.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None) -> None:
+        self.n, self.seed, self.epoch, self.weights = n, seed, 0, weights
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -198,21 +289,60 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:  # --balance sampler: n draws with replacement, each class equally likely
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        if self.weights is not None:  # an image drawn twice gets two augmentations
+            return iter(zip(order, seeds, strict=True))
         return iter(zip(order, (seeds[i] for i in order), strict=True))
 
 
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """``n / (classes * n_c)`` per class: each class weighs as much as the others in total."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float()
+    return len(labels) / (num_classes * counts.clamp_min(1))
+
+
+def sample_weights(labels: list[int]) -> torch.Tensor:
+    """One weight per image, inverse to its class's count: a class-balanced draw."""
+    y = torch.as_tensor(labels)
+    return (1.0 / torch.bincount(y).float())[y].double()
+
+
+def dataset_statistics(data: Decoded) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (0-1 scale) of the decoded training images."""
+    total = torch.zeros(data.images[0].shape[0], dtype=torch.float64)
+    squares, count = total.clone(), 0
+    for img in data.images:
+        x = img.double().flatten(1) / 255.0
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+        count += x.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt().clamp_min(1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
 def loader(
-    data: Decoded, transform: v2.Transform, config: DataConfig, shuffle: bool, seed: int = 0
+    data: Decoded,
+    transform: v2.Transform,
+    config: DataConfig,
+    shuffle: bool,
+    seed: int = 0,
+    balanced: bool = False,
 ) -> DataLoader:
-    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``."""
+    """Batches of (image, label). ``shuffle``: an :class:`EpochSampler` order seeded by ``seed``;
+    ``balanced``: drawn with replacement, each class equally likely (``--balance sampler``)."""
     # a last training batch of one image breaks batch norm in train mode; drop it (it is reshuffled anyway)
     drop_last = shuffle and len(data.images) % config.batch_size == 1
     return DataLoader(
         ImageDataset(data, transform),
         batch_size=config.batch_size,
-        sampler=EpochSampler(len(data.images), seed) if shuffle else None,
+        sampler=EpochSampler(len(data.images), seed, sample_weights(data.labels) if balanced else None)
+        if shuffle
+        else None,
         # its own generator: creating an iterator would otherwise draw from the global RNG (the workers'
         # base seed), which dropout uses too, and a resumed run creates its iterators at other moments
         generator=torch.Generator().manual_seed(seed),

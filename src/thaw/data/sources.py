@@ -18,7 +18,9 @@ from thaw.config import DataConfig
 from thaw.errors import ThawError
 from thaw.files import write_atomic
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".dcm", ".dicom"
+)
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": ("train", "training"),
@@ -29,7 +31,8 @@ SPLIT_ALIASES = {
 
 @dataclass
 class Item:
-    """One labelled image: a file path, or a key into in-memory pixels (``array``, HxW or HxWxC uint8)."""
+    """One labelled image: a file path, or a key into in-memory pixels (``array``: HxW or HxWxC uint8, or
+    HxW of any depth, scaled per image)."""
 
     key: str
     label: int
@@ -174,6 +177,11 @@ def _csv(path: Path) -> Sources:
     with path.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: Excel's byte-order mark
         reader = csv.DictReader(fh)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" in columns and "label" not in columns and len(set(columns) - {"path", "split"}) > 1:
+            raise ThawError(
+                f"{path}: the CSV has several label columns ({', '.join(columns)}): multi-label data, "
+                f"which thaw does not train yet; give one column named label (path,label[,split])"
+            )
         if "path" not in columns or "label" not in columns:
             raise ThawError(
                 f"{path}: the CSV needs a header with columns path,label (optional: split); "
@@ -231,8 +239,9 @@ def _npz(path: Path) -> Sources:
         _check_npz_arrays(path, split, images, labels)
         if labels.ndim == 2 and labels.shape[1] > 1:
             raise ThawError(
-                f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label); "
-                f"thaw trains single-label classifiers"
+                f"{path}: {split}_labels has shape {labels.shape}: {labels.shape[1]} labels per image "
+                f"(multi-label, e.g. ChestMNIST); thaw trains single-label classifiers so far: keep one "
+                f"column (labels[:, [k]]) per task"
             )
         labels = labels.reshape(-1).astype(int)
         labels_seen.update(labels.tolist())
@@ -242,16 +251,19 @@ def _npz(path: Path) -> Sources:
 
 
 def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    if images.dtype != np.uint8:
-        raise ThawError(
-            f"{path}: {split}_images has dtype {images.dtype}; thaw reads uint8 pixels (0-255), "
-            f"convert with (x * 255).astype(np.uint8) or similar"
-        )
     if not (images.ndim == 3 or images.ndim == 4 and images.shape[3] in (1, 3)) or 0 in images.shape:
         raise ThawError(
-            f"{path}: {split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 1 or 3)"
+            f"{path}: {split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, 1 or 3) "
+            f"(a 2D MedMNIST set; the 3D ones, (N, D, H, W), are volumes thaw does not classify)"
         )
-    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (1, 2):
+    deep = np.issubdtype(images.dtype, np.integer) and images.ndim == 3  # e.g. uint16 greyscale scans
+    if images.dtype != np.uint8 and not deep:
+        raise ThawError(
+            f"{path}: {split}_images has dtype {images.dtype} and shape {images.shape}; thaw reads uint8 "
+            f"pixels, or greyscale (N, H, W) integers of any depth (each image scaled min to max); "
+            f"convert floats with (x * 255).astype(np.uint8) or similar"
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (1, 2) or 0 in labels.shape[1:]:
         raise ThawError(
             f"{path}: {split}_labels must be integers of shape (N,) or (N, 1); "
             f"got {labels.dtype} {labels.shape}"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from thaw import data as thaw_data
+from thaw.config import dicom_window
 from thaw.data.budget import UNLABELLED, folder_items
 from thaw.data.images import Decoded, decode
 from thaw.errors import ThawError
@@ -54,9 +55,9 @@ def check_unlabelled(config, sources: thaw_data.Sources) -> None:
 
 
 def _decoded(items, model: Classifier, ctx: Context, what: str) -> Decoded:
-    decoded, failed = decode(
-        items, model.preprocessing, model.spec.in_channels, ctx.config.data.strict_images
-    )
+    data = ctx.config.data
+    window = dicom_window(data.dicom_window) if data.dicom_window else None
+    decoded, failed = decode(items, model.preprocessing, model.spec.in_channels, data.strict_images, window)
     if failed:
         ctx.report.warn(f"{what}: skipped {len(failed)} undecodable image(s): {', '.join(failed[:5])}")
     if not decoded.images:
@@ -124,22 +125,6 @@ def run_adabn(model: Classifier, ctx: Context) -> dict:
     return record
 
 
-class PseudoLoaders:
-    """The run's loaders with pseudo-labelled images added to the training batches."""
-
-    def __init__(self, base, extra: Decoded) -> None:
-        self.base = base
-        self.sources, self.decoded, self.val, self.test = base.sources, base.decoded, base.val, base.test
-        train = base.decoded["train"]
-        self.combined = Decoded(
-            train.keys + extra.keys, train.images + extra.images, train.labels + extra.labels
-        )
-
-    def train(self, phase: int):
-        seed = self.base.train_seed(phase)
-        return thaw_data.loader(self.combined, self.base.train_transform, self.base.config.data, True, seed)
-
-
 def select(probs: torch.Tensor, threshold: float, prior: torch.Tensor) -> torch.Tensor:
     """Indices of the pseudo-labels kept: the confident ones (max probability >= ``threshold``), and of
     class c at most ``prior[c]`` (its share of the labelled images) times their number, its most
@@ -161,7 +146,7 @@ def pseudo_round(
     """Label the unlabelled images with the kept model, keep the confident ones (class balanced), and
     fine-tune once more on labelled + pseudo-labelled images. Returns the round's result (None when no
     pseudo-label passed) and what ``summary.json`` reports about it."""
-    from thaw.train.recipe import run_phase
+    from thaw.train.recipe import Feed, run_phase
 
     config, loaders = ctx.config, ctx.loaders
     if config.data.unlabeled:
@@ -206,9 +191,21 @@ def pseudo_round(
         [data.images[i] for i in chosen.tolist()],
         predicted[chosen].tolist(),
     )
+    labelled = loaders.decoded["train"]
+    combined = Decoded(
+        labelled.keys + extra.keys, labelled.images + extra.images, labelled.labels + extra.labels
+    )
+    batches = thaw_data.loader(
+        combined,
+        loaders.train_transform,
+        config.data,
+        True,
+        loaders.train_seed(index),
+        balanced=config.balance == "sampler",
+    )
     plan = pseudo_plan(config)
     result = ctx.run.finished_phase(plan.name) or run_phase(
-        model, plan, index, dataclasses.replace(ctx, loaders=PseudoLoaders(loaders, extra)), results
+        model, plan, index, ctx, results, Feed(batches, loaders.val, note="labelled + pseudo-labelled images")
     )
     return result, {**record, "after": _metrics(result)}
 

@@ -36,6 +36,7 @@ def solve_head(
     num_classes: int,
     grid: tuple[float, ...] = L2_GRID,
     max_iter: int = 500,
+    class_weight: torch.Tensor | None = None,
 ) -> HeadSolution:
     """Fit ``CE(x W^T + b) + l2 / 2 * ||W||^2`` for each L2 strength (warm-started from the stronger one;
     ``PAST_MINIMUM`` strengths past the lowest validation loss, then stop) and keep the strongest whose
@@ -50,7 +51,7 @@ def solve_head(
     bias = torch.zeros(num_classes, requires_grad=True)
     curve, solutions = [], []
     for l2 in grid:
-        iterations = _lbfgs(z, train_y, weight, bias, l2, max_iter)
+        iterations = _lbfgs(z, train_y, weight, bias, l2, max_iter, class_weight)
         with torch.no_grad():
             train_logits, val_logits = z @ weight.T + bias, zv @ weight.T + bias
             point = {
@@ -78,7 +79,9 @@ def solve_head(
     return HeadSolution(raw_weight, raw_bias, l2, curve)
 
 
-def _lbfgs(z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: int) -> int:
+def _lbfgs(
+    z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: int, class_weight=None
+) -> int:
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -91,7 +94,7 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: 
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(z @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss = F.cross_entropy(z @ weight.T + bias, y, weight=class_weight) + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 

@@ -402,7 +402,8 @@ def resolve_auto(
 
 def check_auto(config: RunConfig, plans: list[PhasePlan]) -> None:
     """``auto`` for an LR no plan of the strategy uses is a mistake the user should hear about."""
-    trained = [p for p in plans if not p.interpolate_from and p.features != "cached"]
+    solved = [p for p in plans if p.features == "cached" and p.train == "head"]  # no LR: L-BFGS
+    trained = [p for p in plans if not p.interpolate_from and p not in solved]
     if "lr" in config.auto and not trained:
         raise ThawError(
             "--lr auto: no phase of this run trains with an LR (phase 1 is solved on cached features and "

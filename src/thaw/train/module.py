@@ -37,10 +37,13 @@ class PhaseModule(L.LightningModule):
         index: int = 0,
         anchor: dict[str, torch.Tensor] | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        class_weights: torch.Tensor | None = None,
     ):
         super().__init__()
         self.model = model
         self._forward = forward or model.__call__  # a function, not a submodule: the state holds one model
+        self.class_weights = class_weights  # --balance loss: training loss weighted by class
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.plan = plan
         self.seed, self.index = seed, index
         self.groups = plan.groups(len(model.layer_groups))
@@ -87,7 +90,12 @@ class PhaseModule(L.LightningModule):
         x, y = batch
         logits = self._forward(x)
         smoothing = self.plan.label_smoothing if split == "train" else 0.0
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        weight = None
+        if split == "train" and self.class_weights is not None:
+            weight = self.class_weights.to(logits.device)
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
+        if split == "val":
+            self._val_outputs.append((logits.detach().float().softmax(1).cpu(), y.detach().cpu()))
         acc = (logits.argmax(dim=1) == y).float().mean()
         self.log_dict(
             {f"{split}_loss": loss, f"{split}_acc": acc},
@@ -108,6 +116,24 @@ class PhaseModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        """val_auc, val_balanced_accuracy and val_f1 over the whole validation split (``--monitor``)."""
+        from thaw.evaluate import classification_metrics
+
+        if not self._val_outputs:
+            return
+        probs = torch.cat([p for p, _ in self._val_outputs])
+        labels = torch.cat([y for _, y in self._val_outputs])
+        m = classification_metrics(probs, labels)
+        self.log_dict(
+            {"val_auc": m.auc, "val_balanced_accuracy": m.balanced_accuracy, "val_f1": m.macro_f1},
+            on_step=False,
+            on_epoch=True,
+        )
+
     def configure_optimizers(self):
         plan = self.plan
         group_lrs = plan.group_lr(len(self.model.layer_groups))
@@ -120,6 +146,9 @@ class PhaseModule(L.LightningModule):
             optimizer, round(plan.warmup_epochs * per_epoch), total, plan.schedule == "cosine"
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+VAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_balanced_accuracy", "val_f1")
 
 
 class EpochRecorder(L.Callback):
@@ -158,7 +187,7 @@ class EpochRecorder(L.Callback):
             "epoch": trainer.current_epoch + 1,
             "step_epoch": self.offset + trainer.current_epoch + 1,
             **{
-                k: round(float(m[k]), 6) for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in m
+                k: round(float(m[k]), 6) for k in VAL_KEYS if k in m
             },
             "lr_head": self._lrs.get("head", 0.0),
             "lr_backbone": self._lrs.get("backbone", 0.0),

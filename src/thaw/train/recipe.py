@@ -19,7 +19,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
-from thaw.config import RunConfig, override
+from thaw.clinical import operating_point, plot_reliability
+from thaw.config import RunConfig, dicom_window, override
 from thaw.data.budget import apply_budget, budget_record
 from thaw.errors import ThawError
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
@@ -137,15 +138,18 @@ def train(
         )
         results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
         model.load_state_dict(run.load_weights(plan.name))
-    final = choose_final(results)
+    final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
     pseudo = None
     if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
         result, pseudo = adapt.pseudo_round(model, len(plans), ctx, results, final)
         if result is not None:
             results[result.name] = result
-            final = choose_final(results)
+            final = choose_final(results, config.monitor)
         model.load_state_dict(run.load_weights(final))
+    operating, scored = operating_point(
+        model, loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
+    )
 
     summary = RunSummary(
         dataset=sources.name,
@@ -160,6 +164,7 @@ def train(
         budget=budget_record(sources, config.data, config.seed),
         adabn=adabn,
         pseudo_labels=pseudo,
+        operating=operating,
         lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
     )
     rows = [row for r in results.values() for row in r.epochs]
@@ -168,6 +173,7 @@ def train(
     plot_confusion(
         summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}"
     )
+    plot_reliability(*scored[split], run / "reliability.png", f"{final} on {split}:")
     with atomic_path(run / "model.safetensors") as tmp:
         save_model(model.eval(), tmp)
     summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
@@ -204,13 +210,15 @@ def run_phase(
         write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
     anchor = ctx.anchor if plan.regularizer == "l2-sp" else None
-    module = PhaseModule(model, plan, config.seed, index, anchor, feed.forward)
+    weights = loaders.class_weights if config.balance == "loss" else None
+    module = PhaseModule(model, plan, config.seed, index, anchor, feed.forward, weights)
+    monitor, mode = config.monitor, "min" if config.monitor == "val_loss" else "max"
     recorder = EpochRecorder(plan.name, len(earlier), on_row)
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
         filename=f"{plan.name}-best",
-        monitor="val_loss",
-        mode="min",
+        monitor=monitor,
+        mode=mode,
         save_last=True,
         enable_version_counter=False,
     )
@@ -221,7 +229,7 @@ def run_phase(
         max_epochs=plan.epochs,
         callbacks=[
             guard,
-            EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience),
+            EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience),
             checkpoint,
             recorder,
             *logger_callbacks(config.logger),
@@ -249,7 +257,7 @@ def run_phase(
     module.load_state_dict(best["state_dict"])
     model.cpu()
     rows = recorder.rows
-    best_row = min(rows, key=lambda r: r["val_loss"])
+    best_row = min(rows, key=lambda r: r[monitor] if mode == "min" else -r[monitor])
     n_groups = len(model.layer_groups)
     group_lrs = plan.group_lr(n_groups)
     result = PhaseResult(
@@ -301,9 +309,15 @@ class Loaders:
     def __init__(self, sources: thaw_data.Sources, model: Classifier, config: RunConfig, report: Reporter):
         pre, channels = model.preprocessing, model.spec.in_channels
         self.config, self.sources = config, sources
+        window = dicom_window(config.data.dicom_window) if config.data.dicom_window else None
         self.decoded = thaw_data.decode_sources(
-            sources, pre, channels, config.data.strict_images, report.warn
+            sources, pre, channels, config.data.strict_images, report.warn, window
         )
+        if config.data.normalize == "dataset":  # the model file keeps these, so prediction uses them too
+            mean, std = thaw_data.dataset_statistics(self.decoded["train"])
+            pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
+            report.say(f"normalize: training-set statistics mean {mean}, std {std}")
+        self.class_weights = thaw_data.class_weights(self.decoded["train"].labels, len(sources.class_names))
         self.train_transform = thaw_data.train_transform(pre, config.data)
         evaluation = thaw_data.eval_transform(pre)
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
@@ -313,7 +327,8 @@ class Loaders:
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""
         data, seed = self.decoded["train"], self.train_seed(phase)
-        return thaw_data.loader(data, self.train_transform, self.config.data, True, seed)
+        balanced = self.config.balance == "sampler"
+        return thaw_data.loader(data, self.train_transform, self.config.data, True, seed, balanced)
 
     def train_seed(self, phase: int) -> int:
         return self.config.seed * 1009 + phase

@@ -56,7 +56,8 @@ class Reporter:
         self.say(
             f"  {row['phase']} epoch {row['epoch']:>3}: train loss {row.get('train_loss', float('nan')):.4f} "
             f"acc {_pct(row.get('train_acc'))} | val loss {row['val_loss']:.4f} acc {_pct(row['val_acc'])} "
-            f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s"
+            + (f"AUC {row['val_auc']:.3f} " if row.get("val_auc") is not None else "")
+            + f"| {row['seconds']:.1f}s, {row['train_images_per_s']:.0f} img/s"
         )
 
     def phase_end(self, result: PhaseResult) -> None:
@@ -104,6 +105,42 @@ class Reporter:
                 f"{last} did not raise validation accuracy above {summary.final_phase}: "
                 f"the saved model keeps {summary.final_phase}'s weights"
             )
+        if summary.operating is not None:
+            for line in operating_lines(summary):
+                self.console.print(line)
         self.console.print(
-            f"results: {path}/ (summary.json, metrics.csv, curves.png, confusion.png, model.safetensors)"
+            f"results: {path}/ (summary.json, metrics.csv, curves.png, confusion.png, reliability.png, "
+            f"model.safetensors)"
         )
+
+
+def operating_lines(summary: RunSummary) -> list[str]:
+    """The saved model at its threshold: the metrics a clinical reader asks for, with 95% intervals."""
+    op = summary.operating
+    how = f"threshold {op.threshold:.3f} ({op.rule})" if op.threshold is not None else "argmax"
+    lines = [f"saved model at {how}{', with TTA' if op.tta else ''}:"]
+    for split, m in (("val", op.val), ("test", op.test)):
+        if m is None:
+            continue
+        parts = []
+        names = [
+            ("AUC", "auc", 1),
+            ("acc", "accuracy", 100),
+            ("bal. acc", "balanced_accuracy", 100),
+            ("macro-F1", "macro_f1", 1),
+            ("sens", "sensitivity", 100),
+            ("spec", "specificity", 100),
+        ]
+        for label, key, scale in names:
+            value = getattr(m, key)
+            if value != value:  # NaN: multiclass sensitivity, a one-class split's AUC
+                continue
+            fmt = ".1f" if scale == 100 else ".3f"
+            ci = m.ci.get(key)
+            band = f" [{scale * ci[0]:{fmt}}-{scale * ci[1]:{fmt}}]" if ci else ""
+            parts.append(f"{label} {scale * value:{fmt}}{band}")
+        parts.append(f"ECE {m.ece:.3f}")
+        lines.append(f"  {split}: " + ", ".join(parts))
+    if op.test is not None and op.test.ci:
+        lines.append("  [95% bootstrap intervals, 1000 resamples of the test images]")
+    return lines

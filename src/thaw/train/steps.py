@@ -73,6 +73,7 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         val.tensor(),
         torch.from_numpy(val.labels),
         len(model.class_names),
+        class_weight=loaders.class_weights if config.balance == "loss" else None,
     )
     solve_seconds = time.perf_counter() - solve_start
     linear = model.head[-1]
