@@ -236,7 +236,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['budget']} | {row['labelled']:.0f} | {cells} |")
     lines.append(
         f"\nmean +- sd over {result['seeds']} seed(s), each seed with its own labelled subset. Saved model: "
-        "the plan with the best validation accuracy (what the run folder keeps); last plan: the last one "
+        "the plan --monitor keeps (best validation accuracy by default); last plan: the last one "
         "trained (phase 2, or the pseudo-label round); linear probe: the converged logistic regression on "
         "the frozen features of the same labelled images (the cached phase 1)"
     )
