@@ -141,6 +141,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
         return
     if not config.data.path:
         raise ThawError("no data given: thaw fit DATA (a folder, .csv or .npz), or data.path in --config")
+    if args.folds is not None:
+        cmd_folds(config, args)
+        return
     thaw.fit(config, quiet=args.quiet)
 
 
@@ -166,6 +169,42 @@ def cmd_strategies(args: argparse.Namespace) -> None:
     width = max(len(name) for name, _ in rows)
     for name, line in rows:
         print(f"{name:<{width}}  {line}")
+def _meta_out(config: RunConfig, kind: str) -> Path:
+    """The folder of a curve or a cross-validation: --out, else runs/<data>-<model>-<kind>-<time>."""
+    from thaw.train.run_folder import default_out
+
+    if config.out:
+        return Path(config.out)
+    return default_out(f"{Path(config.data.path.removeprefix('builtin:')).stem}-{kind}", config.model.name)
+
+
+def cmd_folds(config: RunConfig, args: argparse.Namespace) -> None:
+    from thaw.folds import cross_validate
+
+    out = _meta_out(config, "cv")
+    print(f"{args.folds}-fold cross-validation in {out} (rerun with --out {out} to finish it if interrupted)")
+    result = cross_validate(config, args.folds, out, quiet=args.quiet)
+    for split, metrics in result["summary"].items():
+        for name, s in metrics.items():
+            if s["mean"] is not None:
+                low, high = s["ci95"]
+                print(
+                    f"{split} {name}: {100 * s['mean']:.1f} +- {100 * s['sd']:.1f} "
+                    f"(95% CI {100 * low:.1f} to {100 * high:.1f})"
+                )
+    print(f"written: {out / 'cv.json'}")
+
+
+def cmd_curve(args: argparse.Namespace) -> None:
+    from thaw.curve import parse_budgets, run_curve
+
+    budgets = parse_budgets(args.budgets)
+    config = config_from_args(args, RunConfig())
+    out = _meta_out(config, "curve")
+    print(f"curve folder: {out} (rerunning the same command there skips finished runs)")
+    run_curve(config, budgets, args.seeds, out, quiet=True)
+    print((out / "curve.md").read_text(), end="")
+    print(f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
@@ -505,6 +544,13 @@ def parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN", help="continue the interrupted run in RUN (same as thaw resume)"
     )
     f.add_argument("--quiet", action="store_true", help="print only the result table")
+    f.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="stratified K-fold cross-validation over train+val: K run folders under --out, cv.json with "
+        "mean, sd and 95%% CI",
+    )
     config_flags(f)
     f.set_defaults(func=cmd_fit)
 
@@ -523,6 +569,19 @@ def parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("strategies", help="list the named strategies for --strategy, one line each")
     st.set_defaults(func=cmd_strategies)
+    cu = sub.add_parser(
+        "curve", help="label-budget learning curve: the recipe per budget and seed, test metric vs labels"
+    )
+    cu.add_argument("data", help="the images, as for thaw fit")
+    cu.add_argument(
+        "--budgets",
+        default="10%,25%,50%,100%",
+        help="shares of each class's training labels (10%%,25%%) and/or labelled images per class "
+        "(5,10,25) (default: 10%%,25%%,50%%,100%%)",
+    )
+    cu.add_argument("--seeds", type=int, default=3, help="runs per budget, seeds --seed, --seed+1, ... (3)")
+    config_flags(cu)
+    cu.set_defaults(func=cmd_curve)
     lf = sub.add_parser(
         "lr-find",
         help="LR range test (Smith 2017; fastai lr_find): plot loss vs LR, suggest the head's LR (--phase 1) "

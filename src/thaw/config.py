@@ -94,6 +94,16 @@ class DataConfig:
     )
     crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
     strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
+    labels_per_class: int | None = setting(
+        None, "label budget: train on K labelled images per class (the rest of train: unlabelled)"
+    )
+    label_fraction: float | None = setting(
+        None, "label budget: train on this share of each class's training labels, e.g. 0.25"
+    )
+    label_seed: int | None = setting(None, "seed of the labelled subset; none: the run's --seed")
+    unlabeled: str | None = setting(
+        None, "a folder of unlabelled images for --pseudo-labels (default: the budget's unlabelled images)"
+    )
     normalize: str = setting(
         "imagenet",
         "input statistics: the pretrained weights' own (imagenet) or per channel from the training images",
@@ -144,6 +154,14 @@ class DataConfig:
             raise ThawError(f"--image-store {self.image_store!r} is not one of {', '.join(IMAGE_STORES)}")
         if self.disk_above_mb < 0:
             raise ThawError(f"--disk-above-mb {self.disk_above_mb} must be 0 or more, e.g. 4096")
+        if self.labels_per_class is not None and self.label_fraction is not None:
+            raise ThawError("--labels-per-class and --label-fraction are two budgets; give one of them")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise ThawError(f"--labels-per-class {self.labels_per_class} must be at least 1")
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            raise ThawError(f"--label-fraction {self.label_fraction} must be in (0, 1], e.g. 0.25")
+        if self.label_seed is not None and not 0 <= self.label_seed < 2**32:
+            raise ThawError(f"--label-seed {self.label_seed} must be 0 or more and below 2**32")
 
 
 @dataclass(frozen=True)
@@ -283,6 +301,16 @@ class RunConfig:
     bn_policy: str = setting("frozen", "batch norm while training", choices=BN_POLICIES)
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")
+    adabn: bool = setting(
+        False, "AdaBN: re-estimate batch-norm statistics on target-domain images before phase 1"
+    )
+    adabn_data: str | None = setting(
+        None, "AdaBN's images: a folder (unlabelled); none: every training image, labelled or not"
+    )
+    pseudo_labels: bool = setting(
+        False, "after the recipe, add confident predictions on unlabelled images as labels, fine-tune again"
+    )
+    pseudo_threshold: float = setting(0.9, "pseudo-labels: the lowest predicted probability kept")
     out: str | None = setting(None, "run folder (default runs/<data>-<model>-<time>); never overwritten")
     balance: str = setting(
         "none",
@@ -346,6 +374,12 @@ class RunConfig:
             raise ThawError(f"--shift {self.shift!r} is not one of {', '.join(SHIFTS)}")
         if self.logger not in LOGGERS:
             raise ThawError(f"--logger {self.logger!r} is not one of {', '.join(LOGGERS)}")
+        if self.adabn_data and not self.adabn:
+            raise ThawError("--adabn-data gives AdaBN's images; add --adabn to use them (or drop it)")
+        if self.data.unlabeled and not self.pseudo_labels:
+            raise ThawError("--unlabeled gives pseudo-labelling's images; add --pseudo-labels (or drop it)")
+        if not 0 < self.pseudo_threshold < 1:
+            raise ThawError(f"--pseudo-threshold {self.pseudo_threshold} must be in (0, 1), e.g. 0.9")
         if self.balance not in BALANCE:
             raise ThawError(f"--balance {self.balance!r} is not one of {', '.join(BALANCE)}")
         if self.monitor not in MONITORS:

@@ -232,7 +232,9 @@ def _training_keys(split_file: Path) -> set[str]:
     if not split_file.is_file():
         return set()
     with split_file.open(newline="") as fh:
-        return {str(Path(r["key"]).resolve()) for r in csv.DictReader(fh) if r["split"] == "train"}
+        return {
+            str(Path(r["key"]).resolve()) for r in csv.DictReader(fh) if r["split"] in ("train", "unlabelled")
+        }
 
 
 def _new_file(folder: Path, stem: str) -> Path:

@@ -178,6 +178,9 @@ class RunSummary:
     gain: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
     model_sha256: str | None = None  # of model.safetensors as written: thaw.load refuses a changed file
+    budget: dict | None = None  # a label budget: labelled and unlabelled images per class
+    adabn: dict | None = None  # AdaBN: which images re-estimated how many batch-norm layers
+    pseudo_labels: dict | None = None  # the pseudo-label round: how many, their accuracy, before/after
     operating: Operating | None = None  # the saved model at its chosen threshold (and TTA), with CIs
     hardware: dict[str, Any] = field(default_factory=dict)  # accelerator, devices, precision, ... as run
     forgetting: dict[str, Forgetting] = field(default_factory=dict)  # per trained plan

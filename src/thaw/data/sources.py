@@ -366,7 +366,9 @@ def apply_split_file(sources: Sources, split_file: Path) -> None:
                 f"{', '.join(reader.fieldnames or []) or 'none'}); use the split.csv of an earlier run"
             )
         given = {
-            row["key"]: split_name(row["split"] or "", f"--split-file {split_file}, line {line}")
+            row["key"]: "unlabelled"  # the training images a label budget left out (data/budget.py)
+            if row["split"] == "unlabelled"
+            else split_name(row["split"] or "", f"--split-file {split_file}, line {line}")
             for line, row in enumerate(reader, start=2)
         }
     missing = [it.key for it in sources.items if it.key not in given]

@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from thaw import data as thaw_data
 from thaw.clinical import operating_point, plot_reliability
 from thaw.config import RunConfig, dicom_window, override
+from thaw.data.budget import apply_budget, budget_record
 from thaw.errors import ThawError
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path, write_atomic
@@ -29,7 +30,7 @@ from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import PhaseResult, RunSummary, choose_final, gains
 from thaw.shift import evaluate_shift
-from thaw.train import distributed, lr_find
+from thaw.train import adapt, distributed, lr_find
 from thaw.train.forgetting import Probe, plot_drift
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
@@ -81,7 +82,9 @@ def fit(
     report = Reporter(quiet or not distributed.is_zero())
 
     def create():  # rank 0 alone finds --lr auto, names, creates and fills the run folder
-        sources = given[0] = given[0] or thaw_data.discover(config.data)
+        sources = thaw_data.discover(config.data) if given[0] is None else given[0]
+        sources = given[0] = apply_budget(sources, config.data, config.seed)
+        adapt.check_unlabelled(config, sources)
         out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
         cfg, run_plans = override(config, {"out": str(out)}), plans
         if not cfg.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
@@ -143,6 +146,7 @@ def train(
     probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
     ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
     report.start(config, sources, model, loaders, plans)
+    adabn = adapt.run_adabn(model, ctx) if config.adabn else None
 
     results: dict[str, PhaseResult] = {}
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
@@ -164,6 +168,13 @@ def train(
         forgetting[name] = probe.diagnose(model)
     final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
+    pseudo = None
+    if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
+        result, pseudo = adapt.pseudo_round(model, len(plans), ctx, results, final)
+        if result is not None:
+            results[result.name] = result
+            final = choose_final(results, config.monitor)
+        model.load_state_dict(run.load_weights(final))
     operating, scored = operating_point(
         model, loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
     )
@@ -179,6 +190,9 @@ def train(
         strategy=config.strategy,
         seed=config.seed,
         gain=gains(results),
+        budget=budget_record(sources, config.data, config.seed),
+        adabn=adabn,
+        pseudo_labels=pseudo,
         operating=operating,
         hardware=hardware_summary(config, loaders),
         forgetting=forgetting,

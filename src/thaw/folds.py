@@ -1,0 +1,106 @@
+"""``thaw fit DATA --folds K``: stratified k-fold cross-validation, for data too small for one fixed
+validation split.
+
+The train and val images are pooled and cut into K stratified folds (seeded by ``--split-seed``); fold i
+validates on part i and trains on the rest, the test split (if any) stays the test split of every fold.
+Each fold is an ordinary run folder (``<out>/fold<i>/``); rerunning the command skips finished folds and
+resumes an interrupted one. ``cv.json`` holds each fold's val (and test) metrics of the saved model and,
+per metric, the mean, sd and a 95% confidence interval of the mean (Student's t with K - 1 degrees of
+freedom): the folds' spread says how much one fixed validation split could have misled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from pathlib import Path
+
+from thaw.config import RunConfig, override
+from thaw.data import discover
+from thaw.data.sources import Sources
+from thaw.errors import ThawError
+from thaw.files import write_atomic
+from thaw.results import GAIN_METRICS, RunSummary, dumps
+
+
+def fold_sources(sources: Sources, folds: int, seed: int) -> list[Sources]:
+    """One copy of ``sources`` per fold: train+val pooled, fold i as val, the rest train, test kept."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pool = [i for i, it in enumerate(sources.items) if it.split in ("train", "val")]
+    labels = [sources.items[i].label for i in pool]
+    smallest = min(labels.count(c) for c in set(labels))
+    if folds < 2:
+        raise ThawError(f"--folds {folds} must be at least 2")
+    if smallest < folds:
+        raise ThawError(
+            f"--folds {folds}: a class has only {smallest} train+val image(s), fewer than the folds; "
+            f"use --folds {max(2, smallest)} or fewer"
+        )
+    out = []
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for _, val_idx in splitter.split(pool, labels):
+        val = {pool[j] for j in val_idx}
+        items = [
+            dataclasses.replace(it, split="val" if i in val else "train")
+            if it.split in ("train", "val")
+            else it
+            for i, it in enumerate(sources.items)
+        ]
+        out.append(dataclasses.replace(sources, items=items, split_origin=f"{folds}-fold cv"))
+    return out
+
+
+def cross_validate(config: RunConfig, folds: int, out: Path, quiet: bool = True, say=print) -> dict:
+    """Run (or finish) every fold under ``out`` and write ``cv.json``; returns what it holds."""
+    from thaw.train.recipe import fit, resume
+    from thaw.train.run_folder import final_path, staging_path
+
+    config.validate()
+    parts = fold_sources(discover(config.data), folds, config.data.split_seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, sources in enumerate(parts):
+        run_out = out / f"fold{i}"
+        if (run_out / "summary.json").is_file():
+            say(f"fold {i}: finished earlier, skipped")
+            continue
+        if staging_path(run_out).is_dir():
+            resume(staging_path(run_out), quiet=quiet)
+        else:
+            fit(override(config, {"out": str(run_out)}), sources=sources, quiet=quiet)
+        say(f"fold {i}: done")
+    summaries = [RunSummary.read(final_path(out / f"fold{i}")) for i in range(folds)]
+    result = {
+        "folds": folds,
+        "split_seed": config.data.split_seed,
+        "runs": [str(out / f"fold{i}") for i in range(folds)],
+        "per_fold": [
+            {s: _metrics(r.final.on(s)) for s in ("val", "test") if r.final.on(s) is not None}
+            for r in summaries
+        ],
+    }
+    result["summary"] = {
+        split: {m: interval([f[split][m] for f in result["per_fold"]]) for m in GAIN_METRICS}
+        for split in ("val", "test")
+        if all(split in f for f in result["per_fold"])
+    }
+    write_atomic(out / "cv.json", dumps(result))
+    return result
+
+
+def _metrics(m) -> dict:
+    return {k: getattr(m, k) for k in GAIN_METRICS}
+
+
+def interval(values: list[float]) -> dict:
+    """Mean, sd and the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom)."""
+    from scipy.stats import t
+
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": None, "sd": None, "ci95": None}
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    half = float(t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}

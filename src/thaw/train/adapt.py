@@ -1,0 +1,233 @@
+"""Domain adaptation around the recipe: AdaBN before phase 1, one pseudo-label round after the last plan.
+
+**AdaBN** (Li et al. 2016): a pretrained backbone's batch-norm layers normalise with ImageNet's
+statistics; on ultrasound or microscopy those are the wrong mean and variance. Before phase 1, every
+backbone batch-norm layer's running mean and variance are recomputed on the target images (a cumulative
+average over batches, eval transform, no gradient). Nothing else changes: no weight, no affine parameter
+(tested). Only before phase 1: with the default ``--bn-policy frozen``, phase 2 learns its weights
+against these statistics, so re-estimating them after phase 2 would change what the weights were
+trained with; with ``--bn-policy train`` phase 2 already updates them on the training images.
+
+**Pseudo-labels** (Lee 2013, FixMatch-lite without its consistency loss): the kept model predicts the
+unlabelled images; those predicted with probability >= ``--pseudo-threshold`` become labels, class
+balanced (below), and one more fine-tuning round (phase 2's settings) runs on labelled + pseudo-labelled
+images. Class balance: of the confident predictions, class c keeps at most its share of the labelled
+images times their number, its most confident first. Without a cap a model biased to the majority class
+labels mostly that class and feeds its own bias; a cap set by the scarcest class instead (keeping the
+labelled proportions exactly) kept nothing on BreastMNIST at 25% of the labels, where few malignant
+predictions are confident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from thaw import data as thaw_data
+from thaw.config import dicom_window
+from thaw.data.budget import UNLABELLED, folder_items
+from thaw.data.images import Decoded, decode
+from thaw.errors import ThawError
+from thaw.evaluate import predict
+from thaw.models import Classifier
+from thaw.results import PhaseResult
+from thaw.train.strategies import PhasePlan, unfreeze_groups
+
+if TYPE_CHECKING:
+    from thaw.train.recipe import Context
+
+
+def check_unlabelled(config, sources: thaw_data.Sources) -> None:
+    """Before a run folder exists: the folders given have images, and pseudo-labels have a source."""
+    if config.adabn_data:
+        folder_items(config.adabn_data, "--adabn-data")
+    if config.data.unlabeled:
+        folder_items(config.data.unlabeled, "--unlabeled")
+    elif config.pseudo_labels and not sources.split(UNLABELLED):
+        raise ThawError(
+            "--pseudo-labels needs unlabelled images: give --unlabeled DIR, or a label budget "
+            "(--label-fraction, --labels-per-class) that leaves some training images unlabelled"
+        )
+
+
+def _decoded(items, model: Classifier, ctx: Context, what: str) -> Decoded:
+    data = ctx.config.data
+    window = dicom_window(data.dicom_window) if data.dicom_window else None
+    decoded, failed = decode(items, model.preprocessing, model.spec.in_channels, data.strict_images, window)
+    if failed:
+        ctx.report.warn(f"{what}: skipped {len(failed)} undecodable image(s): {', '.join(failed[:5])}")
+    if not decoded.images:
+        raise ThawError(f"{what}: none of the {len(items)} images could be decoded")
+    return decoded
+
+
+def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def adabn(model: Classifier, images: list[torch.Tensor], transform, batch_size: int) -> int:
+    """Recompute every backbone batch-norm layer's running statistics on ``images`` (uint8 tensors, put
+    through ``transform``); returns the number of layers. Only batch-norm buffers change."""
+    layers = batch_norms(model.backbone)
+    if not layers:
+        return 0
+    was_training = model.training
+    saved = [(m.momentum, m.training) for m in layers]
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches, not an exponential one
+        m.train()
+    starts = list(range(0, len(images), batch_size))
+    if len(starts) > 1 and len(images) - starts[-1] == 1:  # batch norm in train mode needs 2+ values
+        starts.pop()
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(images)
+        model.backbone(torch.stack([transform(x) for x in images[start:end]]))
+    for m, (momentum, training) in zip(layers, saved):
+        m.momentum = momentum
+        m.train(training)
+    model.train(was_training)
+    return len(layers)
+
+
+def run_adabn(model: Classifier, ctx: Context) -> dict:
+    """AdaBN on ``--adabn-data`` or every training image (labelled or not); what ``summary.json`` keeps."""
+    config, sources = ctx.config, ctx.loaders.sources
+    start = time.perf_counter()
+    if config.adabn_data:
+        decoded = _decoded(folder_items(config.adabn_data, "--adabn-data"), model, ctx, "--adabn-data")
+        source = config.adabn_data
+    else:
+        images = list(ctx.loaders.decoded["train"].images)
+        if sources.split(UNLABELLED):
+            images += _decoded(sources.split(UNLABELLED), model, ctx, "unlabelled split").images
+        decoded = Decoded([], images, [])
+        source = "training images (labelled and unlabelled)"
+    layers = adabn(
+        model, decoded.images, thaw_data.eval_transform(model.preprocessing), config.data.batch_size
+    )
+    if not layers:
+        ctx.report.warn(f"--adabn: {config.model.name} has no batch-norm layers; AdaBN changed nothing")
+    record = {
+        "images": len(decoded.images),
+        "source": source,
+        "layers": layers,
+        "when": "before phase 1",
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    ctx.report.say(f"AdaBN: {layers} batch-norm layers re-estimated on {len(decoded.images)} {source}")
+    return record
+
+
+def select(probs: torch.Tensor, threshold: float, prior: torch.Tensor) -> torch.Tensor:
+    """Indices of the pseudo-labels kept: the confident ones (max probability >= ``threshold``), and of
+    class c at most ``prior[c]`` (its share of the labelled images) times their number, its most
+    confident first."""
+    confidence, predicted = probs.max(dim=1)
+    confident = confidence >= threshold
+    total = int(confident.sum())
+    kept = []
+    for c in range(probs.shape[1]):
+        idx = torch.nonzero(confident & (predicted == c)).flatten()
+        idx = idx[confidence[idx].argsort(descending=True)]
+        kept.append(idx[: round(total * float(prior[c]))])
+    return torch.cat(kept).sort().values
+
+
+def pseudo_round(
+    model: Classifier, index: int, ctx: Context, results: dict[str, PhaseResult], kept_phase: str
+) -> tuple[PhaseResult | None, dict]:
+    """Label the unlabelled images with the kept model, keep the confident ones (class balanced), and
+    fine-tune once more on labelled + pseudo-labelled images. Returns the round's result (None when no
+    pseudo-label passed) and what ``summary.json`` reports about it."""
+    from thaw.train.recipe import Feed, run_phase
+
+    config, loaders = ctx.config, ctx.loaders
+    if config.data.unlabeled:
+        items, source = folder_items(config.data.unlabeled, "--unlabeled"), config.data.unlabeled
+    else:
+        items, source = loaders.sources.split(UNLABELLED), "the label budget's unlabelled training images"
+    data = _decoded(items, model, ctx, "pseudo-labels")
+    pool = thaw_data.loader(data, thaw_data.eval_transform(model.preprocessing), config.data, shuffle=False)
+    probs, truth = predict(model, pool)
+    train_labels = torch.tensor(loaders.decoded["train"].labels)
+    prior = torch.bincount(train_labels, minlength=probs.shape[1]).float() / len(train_labels)
+    chosen = select(probs, config.pseudo_threshold, prior)
+    predicted = probs.argmax(dim=1)
+    known = truth[chosen] >= 0
+    record = {
+        "source": source,
+        "images": len(data.images),
+        "threshold": config.pseudo_threshold,
+        "balance": "class c: at most its labelled share x the confident predictions",
+        "confident": int((probs.max(dim=1).values >= config.pseudo_threshold).sum()),
+        "kept": len(chosen),
+        "kept_per_class": torch.bincount(predicted[chosen], minlength=probs.shape[1]).tolist(),
+        "accuracy": float((predicted[chosen][known] == truth[chosen][known]).float().mean())
+        if bool(known.any())
+        else None,
+        "labelled_with": kept_phase,
+        "before": _metrics(results[kept_phase]),
+    }
+    if not len(chosen):
+        ctx.report.warn(
+            f"pseudo-labels: no unlabelled image passed --pseudo-threshold {config.pseudo_threshold:g} "
+            f"(class balanced); no further round"
+        )
+        return None, {**record, "after": None}
+    ctx.report.say(
+        f"\npseudo-labels: {len(chosen)} of {len(data.images)} unlabelled images kept "
+        f"(per class {record['kept_per_class']}, threshold {config.pseudo_threshold:g})"
+        + (f", {100 * record['accuracy']:.1f}% correct" if record["accuracy"] is not None else "")
+    )
+    extra = Decoded(
+        [data.keys[i] for i in chosen.tolist()],
+        [data.images[i] for i in chosen.tolist()],
+        predicted[chosen].tolist(),
+    )
+    labelled = loaders.decoded["train"]
+    combined = Decoded(
+        labelled.keys + extra.keys, labelled.images + extra.images, labelled.labels + extra.labels
+    )
+    batches = thaw_data.loader(
+        combined,
+        loaders.train_transform,
+        config.data,
+        True,
+        loaders.train_seed(index),
+        balanced=config.balance == "sampler",
+    )
+    plan = pseudo_plan(config)
+    result = ctx.run.finished_phase(plan.name) or run_phase(
+        model, plan, index, ctx, results, Feed(batches, loaders.val, note="labelled + pseudo-labelled images")
+    )
+    return result, {**record, "after": _metrics(result)}
+
+
+def pseudo_plan(config) -> PhasePlan:
+    """The round after pseudo-labelling: phase 2's settings (at least one epoch), trained online."""
+    config = config.resolved()  # --lr auto: the rates thaw lr-find found for this run
+    unfreeze = unfreeze_groups(config.unfreeze)
+    return PhasePlan(
+        "pseudo",
+        train="all" if unfreeze is None else f"last:{unfreeze}",
+        lr=config.lr,
+        lr_ratio=config.lr_ratio,
+        bn_policy=config.bn_policy,
+        label_smoothing=config.label_smoothing,
+        **{**dataclasses.asdict(config.phase2), "epochs": max(config.phase2.epochs, 1)},
+    ).validate()
+
+
+def _metrics(result: PhaseResult) -> dict:
+    return {
+        split: {k: getattr(m, k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
+        for split in ("val", "test")
+        if (m := result.on(split)) is not None
+    }
