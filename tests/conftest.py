@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 
 def make_class_folder(root: Path, per_class: int = 8, classes=("red", "blue")) -> Path:
     for c in classes:
         for i in range(per_class):
-            make_image(root / c / f"{c}_{i}.png", COLOURS[c], seed=hash((c, i)) % 10_000)
+            make_image(root / c / f"{c}_{i}.png", COLOURS[c], seed=zlib.crc32(f"{c}/{i}".encode()))
     return root
 
 

@@ -155,7 +155,7 @@ def test_lr_find_cli_both_phases(tmp_path, class_folder, capsys):
     real = ["--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "32"]
     real += ["--batch-size", "4"]
     argv = ["lr-find", str(class_folder), *real, "--out", str(out)]
-    assert main([*argv, "--phase", "2", "--lr", "auto", "--steps", "20"]) == 0
+    assert main([*argv, "--phase", "2", "--lr", "auto", "--steps", "30", "--end-lr", "0.01"]) == 0
     printed = capsys.readouterr().out
     assert "rule: valley" in printed and "suggested lr_ratio" in printed
     first = json.loads((out / "lr_find_phase1.json").read_text())
