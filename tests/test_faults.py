@@ -46,7 +46,7 @@ FAULT = """
 import os, signal, sys
 from thaw.train import module
 how, where, phase, epoch, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-sig = {"kill": signal.SIGKILL, "int": signal.SIGINT}[how]
+sig = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}[how]
 
 def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
     if self.phase == phase and trainer.current_epoch + 1 == epoch and batch_idx == batch:
@@ -172,6 +172,22 @@ def test_killed_or_interrupted_at_seeded_points_then_resumed(whole, tmp_path, ca
         assert code == 0, (point, err)
         assert not staging.exists() and not list(out.rglob("*.tmp")), point
         same_run(out, uninterrupted)
+
+
+def test_sigterm_in_training_exits_143_and_resumes(whole, tmp_path, capsys):
+    """Lightning turns SIGTERM (a scheduler preempting the job) into a SystemExit with code 0; thaw must
+    not report a stopped run as a success."""
+    data, uninterrupted, _ = whole
+    out = tmp_path / "term"
+    argv = [sys.executable, "-c", FAULT, "term", "batch", "phase2", "1", "0", "fit", str(data), *ARGS]
+    done = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True)
+    staging = out.with_name(out.name + ".incomplete")
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("thaw: terminated (SIGTERM)") and f"thaw resume {staging}" in last, last
+    assert staging.is_dir() and not out.exists()
+    assert main(["resume", str(staging), "--quiet"]) == 0, capsys.readouterr().err
+    same_run(out, uninterrupted)
 
 
 def disk_full_at(n: int, staging: Path, before: dict[Path, bytes]):

@@ -715,8 +715,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit 0 on success; 2 and one line on stderr for a problem the user can fix (or a
-    file that cannot be written); 130 on Ctrl-C; 1 and one line for anything unexpected (--debug: the
-    traceback). An interrupted run says where it stands and how to continue it."""
+    file that cannot be written); 130 on Ctrl-C; 143 on SIGTERM; 1 and one line for anything unexpected
+    (--debug: the traceback). An interrupted run says where it stands and how to continue it."""
     from thaw.train import run_folder
 
     args = parser().parse_args(argv)
@@ -730,6 +730,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores a second Ctrl-C
         _error("interrupted", run_folder.active, prefix="thaw: ")
         return 130
+    except SystemExit as stop:
+        # Lightning turns SIGTERM during training (a scheduler preempting the job) into SIGTERMException,
+        # a SystemExit with no code: exit status 0, as if the run had finished. Say so, exit 128 + 15.
+        if type(stop).__name__ != "SIGTERMException":
+            raise
+        _error("terminated (SIGTERM)", run_folder.active, prefix="thaw: ")
+        return 128 + signal.SIGTERM
     except ThawError as err:
         if args.debug:
             raise
