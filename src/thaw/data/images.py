@@ -216,6 +216,10 @@ class _Decode(Dataset):
             return i, str(err), "error"
 
 
+def _as_list(batch: list) -> list:
+    return batch
+
+
 def decoded_items(
     items: list[Item],
     pre: Preprocessing,
@@ -228,8 +232,11 @@ def decoded_items(
     (0: in this one): decoding is what they speed up. ``note``: "scaled" for an image deeper than 8 bits,
     why for one that failed."""
     dataset = _Decode(items, pre, channels, strict, window)
-    if workers > 0 and len(items) > 1:
-        stream = DataLoader(dataset, batch_size=None, num_workers=min(workers, len(items)))
+    if workers > 0 and len(items) > 1:  # 32 images per hand-over: one at a time costs more than it saves
+        chunks = DataLoader(
+            dataset, batch_size=32, num_workers=min(workers, len(items)), collate_fn=_as_list
+        )
+        stream = (entry for chunk in chunks for entry in chunk)
     else:
         stream = (dataset[i] for i in range(len(dataset)))
     for i, image, note in stream:
