@@ -47,6 +47,9 @@ import os, signal, sys
 from thaw.train import module
 how, where, phase, epoch, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 sig = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}[how]
+# Ctrl-C as a terminal delivers it, even when the suite runs in the background (`cmd &`), where the shell
+# starts its children with SIGINT ignored and Python then never raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
     if self.phase == phase and trainer.current_epoch + 1 == epoch and batch_idx == batch:
