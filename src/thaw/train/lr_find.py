@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from thaw import data as thaw_data
+from thaw import multilabel
 from thaw.config import AUTO, RunConfig, override
 from thaw.errors import ThawError
 from thaw.files import write_atomic
@@ -222,8 +223,12 @@ def sweep(
                 if scale:
                     g["lr"] = lr * scale
             logits = model(x.to(device))
-            loss = F.cross_entropy(logits, y.to(device), label_smoothing=plan.label_smoothing)
-            chance = math.log(logits.shape[1])  # the loss of a uniform guess
+            if model.multilabel:  # binary cross-entropy per label; a guess of 0.5 costs ln 2
+                loss = multilabel.loss(logits, y.to(device), smoothing=plan.label_smoothing)
+                chance = math.log(2)
+            else:
+                loss = F.cross_entropy(logits, y.to(device), label_smoothing=plan.label_smoothing)
+                chance = math.log(logits.shape[1])  # the loss of a uniform guess
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -338,7 +343,11 @@ def lr_find(
     with _seeded(config.seed):
         L.seed_everything(config.seed, verbose=False)
         model = build_classifier(
-            config.model, len(sources.class_names), sources.class_names, config.data.image_size
+            config.model,
+            len(sources.class_names),
+            sources.class_names,
+            config.data.image_size,
+            sources.multilabel,
         )
         loaders = Loaders(sources, model, resolved, Reporter(quiet=True))
         if phase == 2:
@@ -484,6 +493,7 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn) -> None:
         val.tensor(),
         torch.from_numpy(val.labels),
         len(model.class_names),
+        multilabel=model.multilabel,
     )
     with torch.no_grad():
         model.head[-1].weight.copy_(solution.weight)
