@@ -43,7 +43,7 @@ class Metrics:
     threshold: float = math.nan
     ece: float = math.nan  # expected calibration error of the top-class confidence, 15 bins
     ci: dict[str, list[float]] = field(default_factory=dict)  # bootstrap 95% intervals, where computed
-    subset_accuracy: float = math.nan  # multi-label: images with every label right
+    subset_accuracy: float | None = None  # multi-label: images with every label right (else None)
     per_label: dict[str, dict[str, float]] = field(default_factory=dict)  # multi-label: by label name
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,8 +51,13 @@ class Metrics:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Metrics:
-        # summaries written before a metric existed lack it: it keeps its default (NaN)
-        values = {f.name: _number(raw[f.name]) for f in dataclasses.fields(cls) if f.name in raw}
+        # summaries written before a metric existed lack it: it keeps its default (NaN, or None for a
+        # multi-label figure, which a single-label run writes as null and reads back as None)
+        values = {
+            f.name: raw[f.name] if f.default is None else _number(raw[f.name])
+            for f in dataclasses.fields(cls)
+            if f.name in raw
+        }
         if values.get("per_label"):
             values["per_label"] = {
                 name: {k: _number(v) for k, v in row.items()} for name, row in values["per_label"].items()

@@ -156,7 +156,7 @@ def operating_lines(summary: RunSummary) -> list[str]:
         ]
         for label, key, scale in names:
             value = getattr(m, key)
-            if value != value:  # NaN: multiclass sensitivity, a one-class split's AUC
+            if value is None or value != value:  # NaN: multiclass sensitivity, a one-class split's AUC
                 continue
             fmt = ".1f" if scale == 100 else ".3f"
             ci = m.ci.get(key)
