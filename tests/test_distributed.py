@@ -197,8 +197,8 @@ def _tiny_run(tmp_path, data, name: str, **changes):
 def test_channels_last_trains_as_eager_does_and_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
     data = make_class_folder(tmp_path / "d", per_class=5)
-    eager = _tiny_run(tmp_path, data, "eager")
-    last = _tiny_run(tmp_path, data, "last", **{"hardware.channels_last": True})
+    eager = _tiny_run(tmp_path, data, "eager", **{"hardware.channels_last": False})
+    last = _tiny_run(tmp_path, data, "last")  # the default
     assert last.hardware["channels_last"] and not eager.hardware["channels_last"]
     assert "channels_last: true" in (tmp_path / "last" / "config.yaml").read_text()
     a, b = eager.phases["phase2"].val, last.phases["phase2"].val
@@ -210,7 +210,7 @@ def test_compile_trains_as_eager_does(tmp_path, monkeypatch):
     monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
     data = make_class_folder(tmp_path / "d", per_class=5)
     eager = _tiny_run(tmp_path, data, "eager")
-    compiled = _tiny_run(tmp_path, data, "compiled", **{"hardware.compile": True})
+    compiled = _tiny_run(tmp_path, data, "compiled", **{"hardware.compile": True})  # both channels-last
     assert compiled.hardware["compile"]
     a, b = eager.phases["phase2"].val, compiled.phases["phase2"].val
     assert a.loss == pytest.approx(b.loss, rel=1e-3)

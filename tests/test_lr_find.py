@@ -105,6 +105,32 @@ def test_backbone_sweep_keeps_head_lr(monkeypatch):
     assert swept == pytest.approx(lrs[: len(seen)])
 
 
+def test_sweep_weighs_the_loss_by_class_as_balance_loss_trains():
+    """--balance loss: the sweep's loss is the class-weighted cross entropy that training uses."""
+    model = build_classifier(TINY, 2, image_size=32)
+    for m in model.modules():  # dropout off: the sweep's first logits are then the ones computed here
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    with torch.no_grad():  # the new head starts at zero, where every weighting gives ln 2
+        model.head[-1].bias.copy_(torch.tensor([1.0, -1.0]))
+    model.eval()
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    weight = torch.tensor([0.25, 4.0])
+    with torch.no_grad():
+        logits = model(x)  # the first step's loss is computed before any update
+    expected = {
+        "plain": torch.nn.functional.cross_entropy(logits, y).item(),
+        "weighted": torch.nn.functional.cross_entropy(logits, y, weight=weight).item(),
+    }
+    assert abs(expected["plain"] - expected["weighted"]) > 1e-3  # the check can tell them apart
+    plan = PhasePlan("p", train="head", lr=1e-3, lr_ratio=10, bn_policy="frozen")
+    plain = sweep(model, plan, iter([(x, y)] * 3), sweep_lrs(1e-6, 1e-5, 3), "head")
+    weighted = sweep(model, plan, iter([(x, y)] * 3), sweep_lrs(1e-6, 1e-5, 3), "head", class_weight=weight)
+    assert plain.raw_losses[0] == pytest.approx(expected["plain"], rel=1e-5)
+    assert weighted.raw_losses[0] == pytest.approx(expected["weighted"], rel=1e-5)
+
+
 def test_valley_and_rules_on_a_known_curve():
     lrs = sweep_lrs(1e-7, 1.0, 100)
     # flat, a long fall between 1e-4 and 1e-2, then a steep rise
@@ -178,7 +204,7 @@ def test_lr_find_bad_input_is_one_line(tmp_path, class_folder, capsys, monkeypat
     assert err.startswith("thaw: error: the training split") and "too small" in err and "\n" not in err
     argv = ["lr-find", str(class_folder), *tiny_flags(batch=4), "--out", str(tmp_path / "g")]
 
-    def diverging(model, plan, batches, lrs, swept="head", seed=0):  # the loss explodes at once
+    def diverging(model, plan, batches, lrs, swept="head", seed=0, class_weight=None):  # explodes at once
         return Sweep(lrs[:3], [0.7, 2.0, 9.0], [0.7, 3.3, 30.0], diverged=True)
 
     monkeypatch.setattr("thaw.train.lr_find.sweep", diverging)

@@ -252,6 +252,28 @@ def test_real_weights_learn_every_label_online_and_in_phase_2(tmp_path):
     assert min(r["val_loss"] for r in second.epochs) < first.epochs[0]["val_loss"]
 
 
+def test_lr_find_sweeps_the_binary_cross_entropy(tmp_path, capsys):
+    from thaw.weights.install import is_installed
+
+    if not is_installed("mobilenet_v2"):
+        pytest.skip("needs `thaw weights install mobilenet_v2` (make test installs it)")
+    real = [
+        "--model",
+        "mobilenet_v2",
+        "--weights",
+        "IMAGENET1K_V1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+    ]
+    argv = ["lr-find", str(make_npz(tmp_path / "m.npz")), *real, "--steps", "30"]
+    assert main([*argv, "--out", str(tmp_path / "finder")]) == 0
+    assert "rule: valley" in capsys.readouterr().out
+    found = json.loads((tmp_path / "finder" / "lr_find_phase1.json").read_text())
+    assert found["raw_losses"][0] == pytest.approx(np.log(2), abs=0.05)  # a zero head: p = 0.5 per label
+
+
 def test_predict_gives_independent_label_probabilities_and_the_label_set(npz_run, tmp_path):
     import thaw
 

@@ -64,7 +64,13 @@ def test_cached_prefix_steps_give_the_same_weights_as_the_full_model(shapes, tmp
         config = tiny_config(
             shapes,
             tmp_path / mode,
-            **{"data.augment": False, "phase1.epochs": 0, "phase2.epochs": 2, "phase2.patience": 3},
+            **{
+                "data.augment": False,
+                "phase1.epochs": 0,
+                "phase2.epochs": 2,
+                "phase2.patience": 3,
+                "hardware.channels_last": False,  # the suffix trains contiguous: compare like with like
+            },
             unfreeze="2",
             lr=0.01,
             phase2_features=mode,
@@ -198,3 +204,26 @@ def test_a_killed_cached_prefix_phase_resumes_where_it_stopped(tmp_path, home):
     kill_and_resume(data, args, tmp_path / "run", "phase2, mid-epoch 2", {**os.environ})
     assert outcome(tmp_path / "run") == outcome(tmp_path / "whole")
     assert same_model(tmp_path / "run", tmp_path / "whole")
+
+
+def test_activation_loader_shards_like_the_image_loader():
+    """Under DDP every rank trains and validates on its shard of the cached activations (the ranks together
+    see the split once per epoch), and --balance sampler draws class-balanced, as the image loaders do."""
+    from thaw.data import features as feature_cache
+    from thaw.train.prefix import activation_loader
+
+    labels = np.array([0] * 9 + [1] * 3)
+    cached = feature_cache.Features(
+        x=np.arange(12, dtype=np.float32).reshape(12, 1), labels=labels, keys=list("abcdefghijkl"), views=1
+    )
+    shape = (1,)
+
+    def seen(**kw) -> list[int]:
+        return [int(a) for x, _ in activation_loader(cached, shape, 4, **kw) for a in x.flatten()]
+
+    for shuffle_seed in (None, 5):
+        shards = [seen(seed=shuffle_seed, rank=rank, world=2) for rank in (0, 1)]
+        assert len(shards[0]) == len(shards[1]) == 6 and sorted(shards[0] + shards[1]) == list(range(12))
+    assert sorted(seen(seed=5)) == list(range(12))
+    drawn = [int(labels[i]) for s in range(20) for i in seen(seed=s, balanced=True)]
+    assert 0.35 < np.mean(drawn) < 0.65  # a quarter of the images are class 1; balanced draws give it half

@@ -82,3 +82,8 @@ def test_each_strategy_trains_on_tiny_data(name, class_folder, tmp_path):
         assert d.imagenet_agreement is None and "random" in d.imagenet_note  # --weights none
     assert (result.path / "drift.png").stat().st_size > 1000
     assert "forgetting" in json.loads((result.path / "summary.json").read_text())
+    # every run folder is complete, a cached solve alone (linear-probe) included: its row in metrics.csv
+    # and its report.html (it once had neither)
+    rows = (result.path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + sum(len(p.epochs) for p in summary.phases.values()) and "phase1" in rows[1]
+    assert (result.path / "report.html").stat().st_size > 1000

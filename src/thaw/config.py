@@ -180,7 +180,11 @@ class HardwareConfig:
         choices=DIST_STRATEGIES,
     )
     compile: bool = setting(False, "torch.compile the model for training")
-    channels_last: bool = setting(False, "channels-last memory layout for the model and its batches")
+    channels_last: bool = setting(
+        True,
+        "channels-last memory layout for the model and its image batches (default on: 1.13-1.46x faster "
+        "training on a 2-core CPU, bench/compile.py; --no-channels-last for the contiguous layout)",
+    )
 
     def validate(self) -> None:
         for name, value in (("accelerator", self.accelerator), ("precision", self.precision)):

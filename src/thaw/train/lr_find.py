@@ -196,11 +196,13 @@ def sweep(
     lrs: list[float],
     swept: str = "head",
     seed: int = 0,
+    class_weight: torch.Tensor | None = None,
 ) -> Sweep:
     """Train ``model`` under ``plan`` (its trainable groups, batch-norm policy, AdamW groups and weight
     decay), one batch per LR of ``lrs``; ``swept="head"`` scales every parameter group's LR with the sweep,
-    ``"backbone"`` only the backbone's (the head stays at ``plan.lr``). Stops when the smoothed loss
-    diverges. The model and the RNG are restored afterwards."""
+    ``"backbone"`` only the backbone's (the head stays at ``plan.lr``); ``class_weight``: the loss weighted
+    by class, as ``--balance loss`` trains. Stops when the smoothed loss diverges. The model and the RNG are
+    restored afterwards."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with restored(model):
         torch.manual_seed(seed)
@@ -215,6 +217,7 @@ def sweep(
             for g in groups
         ]
         optimizer = torch.optim.AdamW(groups)
+        weight = class_weight.to(device) if class_weight is not None else None
         module.train()
         raw, smooth, avg, best = [], [], 0.0, math.inf
         for i, lr in enumerate(lrs):
@@ -223,11 +226,13 @@ def sweep(
                 if scale:
                     g["lr"] = lr * scale
             logits = model(x.to(device))
-            if model.multilabel:  # binary cross-entropy per label; a guess of 0.5 costs ln 2
-                loss = multilabel.loss(logits, y.to(device), smoothing=plan.label_smoothing)
+            if model.multilabel:  # BCE per label (weight: the positives'); a guess of 0.5 costs ln 2
+                loss = multilabel.loss(logits, y.to(device), weight, smoothing=plan.label_smoothing)
                 chance = math.log(2)
             else:
-                loss = F.cross_entropy(logits, y.to(device), label_smoothing=plan.label_smoothing)
+                loss = F.cross_entropy(
+                    logits, y.to(device), weight=weight, label_smoothing=plan.label_smoothing
+                )
                 chance = math.log(logits.shape[1])  # the loss of a uniform guess
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -350,15 +355,16 @@ def lr_find(
             sources.multilabel,
         )
         loaders = Loaders(sources, model, resolved, Reporter(quiet=True))
+        weights = loaders.class_weights if resolved.balance == "loss" else None  # as training weighs them
         if phase == 2:
-            _solve_head(model, loaders, resolved, warn)
+            _solve_head(model, loaders, resolved, warn, weights)
         batches = cycle(loaders.train(index))
         lrs = sweep_lrs(start_lr, end_lr, steps)
         say(
             f"lr-find phase {phase}: {'head' if phase == 1 else 'backbone'} LR {start_lr:g} -> {end_lr:g} "
             f"over {steps} batches of {config.data.batch_size} ({sources.name}, {config.model.name})"
         )
-        result = sweep(model, plan, batches, lrs, "head" if phase == 1 else "backbone", config.seed)
+        result = sweep(model, plan, batches, lrs, "head" if phase == 1 else "backbone", config.seed, weights)
     _check_curve(result, steps, start_lr, phase)
     chosen = suggest(result.lrs, result.losses, steps)
     suggestion = chosen.pop(RULE)
@@ -464,8 +470,9 @@ def _seeded(seed: int) -> Iterator[None]:
         torch.set_rng_state(rng[2])
 
 
-def _solve_head(model: Classifier, loaders, config: RunConfig, warn) -> None:
-    """Phase 1 as the default recipe does it: the head solved to convergence on cached features."""
+def _solve_head(model: Classifier, loaders, config: RunConfig, warn, class_weight=None) -> None:
+    """Phase 1 as the default recipe does it: the head solved to convergence on cached features (with
+    ``class_weight``, the class-weighted loss of ``--balance loss``)."""
     from thaw.data import features as feature_cache
     from thaw.train.head_solver import solve_head
 
@@ -493,6 +500,7 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn) -> None:
         val.tensor(),
         torch.from_numpy(val.labels),
         len(model.class_names),
+        class_weight=class_weight,
         multilabel=model.multilabel,
     )
     with torch.no_grad():

@@ -51,8 +51,9 @@ class PhaseModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.channels_last = channels_last and forward is None
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        # every phase sets its layout, so a phase runs the same kernels whether the phase before it ran in
+        # this process or a resumed run loaded its weights (the cached prefix's suffix trains contiguous)
+        model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         net = torch.compile(model) if compile and forward is None else model
         self._forward = forward or net.__call__  # a function, not a submodule: the state holds one model
         self.class_weights = class_weights  # --balance loss: by class (multi-label: positives by label)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from thaw import data as thaw_data
 from thaw.data import features as feature_cache
-from thaw.data.images import EpochSampler
+from thaw.data.images import EpochSampler, ShardSampler, sample_weights
 from thaw.models import Classifier
 from thaw.models.split import CannotSplit, Split, split_backbone
 from thaw.results import PhaseResult
@@ -103,9 +103,10 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
         + (f"computed in {seconds:.1f}s" if computed else "from the cache")
         + ("" if exact or train.views > 1 else f"; not exact: {', '.join(split.stochastic_prefix)}")
     )
-    seed = loaders.train_seed(index)
-    train_loader = activation_loader(train, split.shape, config.data.batch_size, seed)
-    val_loader = activation_loader(val, split.shape, config.data.batch_size)
+    seed, shard = loaders.train_seed(index), (loaders.rank, loaders.world)  # under DDP: this rank's shard
+    balanced = config.balance == "sampler"
+    train_loader = activation_loader(train, split.shape, config.data.batch_size, seed, *shard, balanced)
+    val_loader = activation_loader(val, split.shape, config.data.batch_size, None, *shard)
     suffix = split.suffix
 
     def forward(activation: torch.Tensor) -> torch.Tensor:
@@ -148,15 +149,27 @@ class Activations(Dataset):
 
 
 def activation_loader(
-    cached: feature_cache.Features, shape: tuple[int, ...], batch_size: int, seed: int | None = None
+    cached: feature_cache.Features,
+    shape: tuple[int, ...],
+    batch_size: int,
+    seed: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    balanced: bool = False,
 ) -> DataLoader:
-    """Batches of (activation, label); with ``seed``, shuffled exactly as the image loader of that seed."""
+    """Batches of (activation, label); with ``seed``, shuffled (``balanced``: drawn class-balanced) exactly
+    as the image loader of that seed; rank ``rank`` of ``world`` gets its shard, as the image loaders do."""
     dataset = Activations(cached, shape)
     shuffle = seed is not None
+    if shuffle:
+        weights = sample_weights(cached.labels[:: cached.views]) if balanced else None
+        sampler = EpochSampler(len(dataset), seed, rank, world, weights)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed) if shuffle else None,
+        sampler=sampler,
         generator=torch.Generator().manual_seed(seed or 0),
-        drop_last=shuffle and len(dataset) % batch_size == 1,  # as the image loader does
+        drop_last=shuffle and len(sampler) % batch_size == 1,  # as the image loader does
     )

@@ -213,6 +213,7 @@ def train(
     if not distributed.is_zero():  # rank 0 writes the run folder
         return RunResult(run.final, summary, model)
     rows = [row for r in results.values() for row in r.epochs]
+    write_metrics_csv(rows, run / "metrics.csv")  # also when no phase trained epochs (a cached solve alone)
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     plot_drift(forgetting, run / "drift.png")
     split = "test" if summary.final.test is not None else "val"
