@@ -204,7 +204,7 @@ def test_lr_find_bad_input_is_one_line(tmp_path, class_folder, capsys, monkeypat
     assert err.startswith("thaw: error: the training split") and "too small" in err and "\n" not in err
     argv = ["lr-find", str(class_folder), *tiny_flags(batch=4), "--out", str(tmp_path / "g")]
 
-    def diverging(model, plan, batches, lrs, swept="head", seed=0):  # the loss explodes at once
+    def diverging(model, plan, batches, lrs, swept="head", seed=0, class_weight=None):  # explodes at once
         return Sweep(lrs[:3], [0.7, 2.0, 9.0], [0.7, 3.3, 30.0], diverged=True)
 
     monkeypatch.setattr("thaw.train.lr_find.sweep", diverging)

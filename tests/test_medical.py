@@ -132,8 +132,8 @@ def test_npz_labels_of_shape_n_and_n1(tmp_path, shape):
 
 def test_npz_bad_shapes_are_one_line(tmp_path):
     y = np.array([0, 1] * 6)
-    multi = npz(tmp_path / "multi.npz", {"train": np.stack([y, y], 1), "val": y})
-    with pytest.raises(ThawError, match=r"\(12, 2\).*multi-label"):
+    multi = npz(tmp_path / "multi.npz", {"train": np.stack([y, y], 1), "val": y})  # (N, 2) and (N,)
+    with pytest.raises(ThawError, match=r"disagree on the labels per image \(train_labels \(N, 2\)"):
         discover(override(RunConfig(), {"data.path": str(multi)}).data)
     short = npz(tmp_path / "short.npz", {"train": y[:10], "val": y}, images=np.zeros((12, 28, 28), np.uint8))
     with pytest.raises(ThawError, match="12 images but train_labels 10 labels"):
@@ -249,8 +249,14 @@ def test_sampler_balance_runs_and_resume_config_round_trips(tmp_path):
     assert loaded.balance == "sampler" and loaded.monitor == "val_balanced_accuracy"
 
 
-def test_a_csv_with_several_label_columns_is_named_multi_label(tmp_path):
+def test_a_csv_with_several_label_columns_is_multi_label(tmp_path):
+    from thaw.data.sources import FINDERS
+
     make_class_folder(tmp_path / "d", per_class=2)
-    (tmp_path / "d" / "labels.csv").write_text("path,effusion,nodule\nred/red_0.png,1,0\nred/red_1.png,0,1\n")
-    with pytest.raises(ThawError, match="several label columns.*multi-label"):
-        discover(override(RunConfig(), {"data.path": str(tmp_path / "d" / "labels.csv")}).data)
+    (tmp_path / "d" / "labels.csv").write_text("path,Effusion,nodule\nred/red_0.png,1,0\nred/red_1.png,0,1\n")
+    sources = FINDERS["csv"](tmp_path / "d" / "labels.csv")
+    assert sources.multilabel and sources.class_names == ["Effusion", "nodule"]
+    assert [it.label for it in sources.items] == [(1, 0), (0, 1)]
+    (tmp_path / "d" / "one.csv").write_text("path,effusion\nred/red_0.png,1\n")  # one column: not multi-label
+    with pytest.raises(ThawError, match="needs a header with columns path,label"):
+        FINDERS["csv"](tmp_path / "d" / "one.csv")

@@ -260,6 +260,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     m = e.metrics
+    if m.per_label:
+        _print_multilabel_evaluation(e)
+        return
     print(
         f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
         f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
@@ -272,6 +275,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         )
         + f"; ECE {m.ece:.3f}"
     )
+    if e.write_error:
+        raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
+    print(f"written: {e.path}")
+
+
+def _print_multilabel_evaluation(e) -> None:
+    from thaw.train.report import per_label_lines
+
+    m = e.metrics
+    print(
+        f"{e.data} ({e.note}, {m.n} images, {len(m.per_label)} labels): mean AUC {m.auc:.3f}"
+        + (f" [95% CI {m.ci['auc'][0]:.3f}-{m.ci['auc'][1]:.3f}]" if "auc" in m.ci else "")
+        + f", label-wise accuracy {100 * m.accuracy:.1f}%, exact match {100 * m.subset_accuracy:.1f}%, "
+        f"macro-F1 {m.macro_f1:.3f}, mean sensitivity {100 * m.sensitivity:.1f}%, mean specificity "
+        f"{100 * m.specificity:.1f}%; ECE {m.ece:.3f} (label-wise)"
+    )
+    for line in per_label_lines(m, e.split):
+        print(line)
     if e.write_error:
         raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
     print(f"written: {e.path}")
@@ -382,8 +403,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
             top = [", ".join(f"{c} {100 * q:.1f}%" for c, q in p.top(k))] if k else []
             if p.error:
                 table.add_row(p.path, "-", "-", *["-"] * len(top), p.error)
-            else:
-                table.add_row(p.path, p.label, f"{100 * p.confidence:.1f}%", *top, "")
+            else:  # a multi-label image with no label over its threshold: (none)
+                label = p.label if p.labels is None or p.labels else "(none)"
+                table.add_row(p.path, label, f"{100 * p.confidence:.1f}%", *top, "")
         Console().print(table)
     failed = [p.path for p in preds if p.error]
     if failed:

@@ -5,6 +5,9 @@ Binary tasks treat class 1 (the second class name, alphabetically or by index) a
 sensitivity is its recall, specificity the recall of class 0. The threshold is chosen on the validation
 split only (Youden's J = sensitivity + specificity - 1, or the highest threshold whose validation
 sensitivity reaches ``--target-sensitivity``) and then applied unchanged to the test split.
+
+Multi-label tasks (``thaw.multilabel``) get the same, one label at a time: a threshold per label chosen on
+validation, each label's sensitivity and specificity at it, and intervals on the means over the labels.
 """
 
 from __future__ import annotations
@@ -45,9 +48,14 @@ def bootstrap_ci(
     probs: torch.Tensor, labels: torch.Tensor, threshold: float | None, n: int = BOOTSTRAP, seed: int = 0
 ) -> dict[str, list[float]]:
     """Percentile 95% intervals of the test metrics over ``n`` seeded resamples of the images (with
-    replacement). A resample missing a class gives no AUC and is left out of the AUC's interval."""
+    replacement). A resample missing a class gives no AUC and is left out of the AUC's interval.
+    Multi-label labels ([N, K]): :func:`thaw.multilabel.bootstrap_ci`, ``threshold`` one per label."""
     from sklearn.metrics import roc_auc_score
 
+    if labels.ndim == 2:
+        from thaw import multilabel
+
+        return multilabel.bootstrap_ci(probs, labels, threshold, n, seed)
     p, y = probs.double().numpy(), labels.numpy()
     num_classes = p.shape[1]
     if num_classes == 2:
@@ -85,8 +93,9 @@ def bootstrap_ci(
 
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, images: list[torch.Tensor], pre: Preprocessing, tta: bool):
-    """Class probabilities [N, C] of resized uint8 images: the center crop, or (``tta``) the mean over the
-    center crop, its mirror image and four shifted crops (``thaw predict --tta``'s views)."""
+    """Class probabilities [N, C] of resized uint8 images (multi-label: per-label probabilities): the
+    center crop, or (``tta``) the mean over the center crop, its mirror image and four shifted crops
+    (``thaw predict --tta``'s views)."""
     from thaw.predictions import views
 
     was_training = model.training
@@ -103,7 +112,7 @@ def predict_views(model: torch.nn.Module, images: list[torch.Tensor], pre: Prepr
                 top, left, flip = views(x.shape[1], x.shape[2], pre.size, pre.resize_size, tta)[k]
                 crop = x[:, top : top + pre.size, left : left + pre.size]
                 crops.append(((crop.flip(-1) if flip else crop).float() / 255 - mean) / std)
-            p = model(torch.stack(crops)).float().softmax(1)
+            p = model.probabilities(model(torch.stack(crops)))
             per_view = p if per_view is None else per_view + p
         n_views = len(views(batch[0].shape[1], batch[0].shape[2], pre.size, pre.resize_size, tta))
         out.append(per_view / n_views)
@@ -114,10 +123,13 @@ def predict_views(model: torch.nn.Module, images: list[torch.Tensor], pre: Prepr
 def operating_point(
     model, decoded: dict, pre: Preprocessing, tta: bool, target_sensitivity: float | None, seed: int = 0
 ) -> tuple[Operating, dict[str, torch.Tensor]]:
-    """The final model's val and test metrics at the threshold chosen on val (binary), with bootstrap
-    CIs on test; also returns the probabilities per split (for the reliability plot)."""
+    """The final model's val and test metrics at the threshold chosen on val (binary; multi-label: one
+    per label), with bootstrap CIs on test; also returns the probabilities per split (for the
+    reliability plot)."""
     probs = {s: predict_views(model, d.images, pre, tta) for s, d in decoded.items() if s in ("val", "test")}
     labels = {s: torch.tensor(decoded[s].labels) for s in probs}
+    if model.multilabel:
+        return _multilabel_operating_point(model, probs, labels, tta, target_sensitivity, seed)
     threshold, rule = None, "argmax"
     if probs["val"].shape[1] == 2:
         threshold = choose_threshold(probs["val"][:, 1].numpy(), labels["val"].numpy(), target_sensitivity)
@@ -134,6 +146,26 @@ def operating_point(
     return Operating(threshold, rule, tta, val, test), {s: (probs[s], labels[s]) for s in probs}
 
 
+def _multilabel_operating_point(model, probs, labels, tta, target_sensitivity, seed):
+    from thaw.multilabel import choose_thresholds
+
+    cuts = choose_thresholds(probs["val"], labels["val"], target_sensitivity)
+    rule = (
+        f"per label: validation sensitivity >= {target_sensitivity:g}"
+        if target_sensitivity is not None
+        else "per label: Youden's J on validation"
+    )
+    names = model.class_names
+    val = classification_metrics(probs["val"], labels["val"], cuts, names)
+    test = None
+    if "test" in probs:
+        test = classification_metrics(probs["test"], labels["test"], cuts, names)
+        test = _with_ci(test, bootstrap_ci(probs["test"], labels["test"], cuts, seed=seed))
+    thresholds = {name: float(cut) for name, cut in zip(names, cuts)}
+    operating = Operating(None, rule, tta, val, test, thresholds=thresholds)
+    return operating, {s: (probs[s], labels[s]) for s in probs}
+
+
 def _with_ci(metrics: Metrics, ci: dict[str, list[float]]) -> Metrics:
     import dataclasses
 
@@ -142,14 +174,19 @@ def _with_ci(metrics: Metrics, ci: dict[str, list[float]]) -> Metrics:
 
 def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "", bins: int = 15):
     """Reliability diagram: mean top-class confidence vs accuracy per confidence bin, bar width = bin,
-    the diagonal = perfect calibration; the ECE in the title."""
+    the diagonal = perfect calibration; the ECE in the title. Multi-label: every (image, label)
+    probability against how often that label is present, per bin."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conf, pred = probs.max(1)
-    correct = (pred == labels).float()
+    multilabel = labels.ndim == 2
+    if multilabel:
+        conf, correct = probs.flatten().float(), labels.flatten().float()
+    else:
+        conf, pred = probs.max(1)
+        correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ece = 0.0
@@ -163,8 +200,8 @@ def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: Path, titl
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top class)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("predicted probability (every label)" if multilabel else "confidence (top class)")
+    ax.set_ylabel("share present" if multilabel else "accuracy")
     ax.set_title(f"{title} ECE {ece:.3f}".strip(), fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

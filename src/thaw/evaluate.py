@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,28 +24,42 @@ from torchmetrics.functional.classification import (
 from thaw.files import atomic_path, write_atomic
 from thaw.results import Metrics, dumps
 
+if TYPE_CHECKING:
+    from thaw.models import Classifier
+
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [N, C] and labels [N] over a loader, in eval mode."""
+def predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities [N, C] and labels [N] over a loader, in eval mode (multi-label: per-label
+    probabilities and 0/1 labels, both [N, K])."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     probs, labels = [], []
     for x, y in loader:
-        probs.append(model(x.to(device)).float().softmax(dim=1).cpu())
+        probs.append(model.probabilities(model(x.to(device))).cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
     return torch.cat(probs), torch.cat(labels)
 
 
 def classification_metrics(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float | None = None
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float | Sequence[float] | None = None,
+    names: Sequence[str] | None = None,
 ) -> Metrics:
     """accuracy, balanced accuracy, macro-F1, AUC (binary: of class 1; multiclass: macro one-vs-rest),
     loss (cross-entropy), the confusion matrix, the count, ECE (top-class confidence, 15 bins) and, for
     binary tasks, sensitivity and specificity of class 1. Binary predictions are class 1 where its
-    probability is at least ``threshold`` (default: the argmax, i.e. 0.5)."""
+    probability is at least ``threshold`` (default: the argmax, i.e. 0.5).
+
+    Multi-label labels ([N, K] of 0/1): :func:`thaw.multilabel.metrics`, ``threshold`` one per label
+    (default 0.5 each) and ``names`` the label names of the per-label table."""
+    if labels.ndim == 2:
+        from thaw import multilabel
+
+        return multilabel.metrics(probs, labels, threshold, names)
     num_classes = probs.shape[1]
     preds = probs.argmax(dim=1)
     binary = num_classes == 2
@@ -191,27 +207,22 @@ def evaluate_run(
         items = kept
         if not items:
             raise ThawError(f"{data}: every image in its {split} split was a training image of {run_dir}")
-    index = {c: i for i, c in enumerate(predictor.class_names)}
-    unknown = sorted({names[it.label] for it in items} - set(index))
-    if unknown:
-        raise ThawError(
-            f"{data} has class(es) {', '.join(unknown)} the model was not trained on "
-            f"(it knows {', '.join(predictor.class_names)})"
-        )
+    target = _targets(items, names, predictor, data, run_dir)
     images, labels, skipped = [], [], []
     for it in items:
         try:
             images.append(open_image(it, 3, predictor.window))
-            labels.append(index[names[it.label]])
+            labels.append(target(it))
         except DECODE_ERRORS:
             skipped.append(it.key)
     if not images:
         raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
     probs = predictor.predict_proba(images, tta=tta)
-    metrics = classification_metrics(probs, torch.tensor(labels), predictor.threshold)
+    cut = predictor.thresholds if predictor.multilabel else predictor.threshold
+    metrics = classification_metrics(probs, torch.tensor(labels), cut, predictor.class_names)
     from thaw.clinical import bootstrap_ci
 
-    metrics = dataclasses.replace(metrics, ci=bootstrap_ci(probs, torch.tensor(labels), predictor.threshold))
+    metrics = dataclasses.replace(metrics, ci=bootstrap_ci(probs, torch.tensor(labels), cut))
     evaluation = Evaluation(str(data), split, note, metrics, skipped)
     if write:
         try:
@@ -222,6 +233,37 @@ def evaluate_run(
             where = err.filename or run_dir / "evaluations"
             evaluation = dataclasses.replace(evaluation, write_error=f"{where}: {err.strerror or err}")
     return evaluation
+
+
+def _targets(items: list, names: list[str], predictor, data, run_dir: Path):
+    """How an item's label becomes the model's: its class's index among the model's classes, or (multi-
+    label) its 0/1 values in the order of the model's labels, matched by name."""
+    from thaw.errors import ThawError
+
+    multilabel = bool(items) and not isinstance(items[0].label, int)
+    if multilabel != predictor.multilabel:
+        kinds = ("single-label", "multi-label")
+        raise ThawError(
+            f"{data} holds {kinds[multilabel]} data and {run_dir} a {kinds[predictor.multilabel]} "
+            f"model; evaluate it on data of its own kind"
+        )
+    if multilabel:
+        missing = [n for n in predictor.class_names if n not in names]
+        if missing:
+            raise ThawError(
+                f"{data} has no label column(s) {', '.join(missing)} the model predicts "
+                f"(the data's labels: {', '.join(names)})"
+            )
+        columns = [names.index(n) for n in predictor.class_names]
+        return lambda it: [it.label[c] for c in columns]
+    index = {c: i for i, c in enumerate(predictor.class_names)}
+    unknown = sorted({names[it.label] for it in items} - set(index))
+    if unknown:
+        raise ThawError(
+            f"{data} has class(es) {', '.join(unknown)} the model was not trained on "
+            f"(it knows {', '.join(predictor.class_names)})"
+        )
+    return lambda it: index[names[it.label]]
 
 
 def _same_data(data: str, trained_on: str) -> bool:

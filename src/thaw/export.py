@@ -4,7 +4,8 @@ preprocessing and class names alongside it (``<file>.json``; inside the ONNX fil
 ONNX and TorchScript files take what a service has after decoding an image: ``image``, float32
 ``[batch, channels, size, size]`` in [0, 1], RGB (L for one-channel models), the shorter side resized to
 ``resize_size`` and center-cropped to ``size``; normalisation (mean, std) and softmax are inside the
-graph, the output is ``probabilities`` ``[batch, classes]``, and the batch size is dynamic. The
+graph, the output is ``probabilities`` ``[batch, classes]`` (a multi-label model: a sigmoid per label,
+not a softmax; its per-label thresholds in the metadata), and the batch size is dynamic. The
 safetensors file is the model's state dict with thaw's metadata (``thaw.load`` rebuilds it): it outputs
 logits and expects normalised input, as the sidecar says.
 """
@@ -31,7 +32,7 @@ METADATA_KEY = "thaw"  # the ONNX metadata_props key holding the same JSON as th
 
 
 class ServingModel(nn.Module):
-    """``softmax(model((x - mean) / std))`` for ``x`` in [0, 1]."""
+    """``softmax(model((x - mean) / std))`` for ``x`` in [0, 1] (multi-label: a sigmoid per label)."""
 
     def __init__(self, model: Classifier) -> None:
         super().__init__()
@@ -41,7 +42,7 @@ class ServingModel(nn.Module):
         self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model((image - self.mean) / self.std).softmax(dim=1)
+        return self.model.probabilities(self.model((image - self.mean) / self.std))
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ def metadata(model: Classifier, fmt: str) -> dict:
         "output": {
             "name": "probabilities" if inside else "logits",
             "shape": ["batch", len(model.class_names)],
+            **({"activation": "sigmoid per label"} if model.multilabel and inside else {}),
         },
+        "task": "multilabel" if model.multilabel else "single-label",
         "model": dataclasses.asdict(model.spec),
     }
 
@@ -100,11 +103,13 @@ def export_run(
             raise ThawError(f"{existing} already exists; choose another --out or pass --force to replace it")
     model = load_model(source)
     meta = metadata(model, fmt)
-    from thaw.predict import run_threshold
+    from thaw.predict import run_threshold, run_thresholds
 
-    threshold = run_threshold(source) if len(model.class_names) == 2 else None
+    threshold = run_threshold(source) if len(model.class_names) == 2 and not model.multilabel else None
     if threshold is not None:  # binary: class 1 where its probability reaches it (chosen on validation)
         meta["threshold"] = threshold
+    if model.multilabel:  # every label whose probability reaches its own (chosen on validation; else 0.5)
+        meta["thresholds"] = run_thresholds(source, model.class_names) or [0.5] * len(model.class_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if fmt == "onnx":
@@ -161,13 +166,15 @@ def _torchscript(model: Classifier, meta: dict, path: Path) -> None:
 class Parity:
     images: int
     max_abs_diff: float
-    top1_agreement: float
+    top1_agreement: float  # multi-label: the share of equal (image, label) decisions at 0.5
 
 
 def parity(exported: Exported, run: str | Path, images: np.ndarray) -> Parity:
     """The exported file against the PyTorch model on the same inputs (``[N, C, S, S]`` in [0, 1]):
-    the largest absolute difference of any probability, and the share of equal top-1 classes."""
-    serving = ServingModel(load_model(run)).eval()
+    the largest absolute difference of any probability, and the share of equal top-1 classes (multi-
+    label: of equal decisions per label at 0.5)."""
+    model = load_model(run)
+    serving = ServingModel(model).eval()
     with torch.no_grad():
         reference = serving(torch.from_numpy(images)).numpy()
     fmt = exported.metadata["format"]
@@ -182,11 +189,11 @@ def parity(exported: Exported, run: str | Path, images: np.ndarray) -> Parity:
     else:
         with torch.no_grad():
             got = ServingModel(load_model(exported.path))(torch.from_numpy(images)).numpy()
-    return Parity(
-        len(images),
-        float(np.abs(got - reference).max()),
-        float((got.argmax(1) == reference.argmax(1)).mean()),
-    )
+    if model.multilabel:
+        agreement = float(((got >= 0.5) == (reference >= 0.5)).mean())
+    else:
+        agreement = float((got.argmax(1) == reference.argmax(1)).mean())
+    return Parity(len(images), float(np.abs(got - reference).max()), agreement)
 
 
 def check_on_run(exported: Exported, run: str | Path) -> str:
@@ -209,5 +216,7 @@ def check_on_run(exported: Exported, run: str | Path) -> str:
     result = parity(exported, run_dir, images)
     return (
         f"parity with PyTorch on {result.images} {found.split} images: max |probability difference| "
-        f"{result.max_abs_diff:.2e}, top-1 agreement {100 * result.top1_agreement:.1f}%"
+        f"{result.max_abs_diff:.2e}, "
+        + ("label-wise" if exported.metadata.get("task") == "multilabel" else "top-1")
+        + f" agreement {100 * result.top1_agreement:.1f}%"
     )

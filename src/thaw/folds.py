@@ -58,7 +58,11 @@ def cross_validate(config: RunConfig, folds: int, out: Path, quiet: bool = True,
     from thaw.train.run_folder import final_path, staging_path
 
     config.validate()
-    parts = fold_sources(discover(config.data), folds, config.data.split_seed)
+    from thaw.multilabel import refuse
+
+    sources = discover(config.data)
+    refuse(sources, "--folds")
+    parts = fold_sources(sources, folds, config.data.split_seed)
     out.mkdir(parents=True, exist_ok=True)
     for i, sources in enumerate(parts):
         run_out = out / f"fold{i}"

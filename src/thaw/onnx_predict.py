@@ -2,7 +2,7 @@
 
 The preprocessing comes from the file's own metadata (written by ``thaw export``): resize the shorter
 side with Pillow (antialiased, as torchvision's resize of the training images), center-crop, scale to
-[0, 1]; normalisation and softmax are inside the graph.
+[0, 1]; normalisation and softmax (a multi-label model: a sigmoid per label) are inside the graph.
 """
 
 from __future__ import annotations
@@ -88,5 +88,13 @@ class OnnxPredictor:
                 out.append(failure(str(f), err))
                 continue
             probs = self.predict_proba(self.arrays(image, tta)).mean(axis=0)
-            out.append(result(str(f), self.class_names, probs.tolist(), self.metadata.get("threshold")))
+            out.append(
+                result(
+                    str(f),
+                    self.class_names,
+                    probs.tolist(),
+                    self.metadata.get("threshold"),
+                    self.metadata.get("thresholds") if self.metadata.get("task") == "multilabel" else None,
+                )
+            )
         return out

@@ -18,15 +18,25 @@ __all__ = ["Prediction", "Predictor", "expand_paths"]
 
 
 class Predictor:
-    """A trained classifier with its own preprocessing and class names."""
+    """A trained classifier with its own preprocessing and class names. A multi-label model
+    (``multilabel``) gives per-label probabilities and the labels that reach their ``thresholds`` (the
+    run's, chosen on validation; 0.5 each without a run folder)."""
 
     def __init__(
-        self, model: Classifier, threshold: float | None = None, window: tuple[float, float] | None = None
+        self,
+        model: Classifier,
+        threshold: float | None = None,
+        window: tuple[float, float] | None = None,
+        thresholds: list[float] | None = None,
     ) -> None:
         self.model = model.eval()
         self.window = window  # the run's --dicom-window, for DICOM files
+        self.multilabel = model.multilabel
         # binary: class 1 where its probability reaches the threshold the run chose on validation
-        self.threshold = threshold if len(model.class_names) == 2 else None
+        self.threshold = threshold if len(model.class_names) == 2 and not self.multilabel else None
+        self.thresholds = None
+        if self.multilabel:
+            self.thresholds = list(thresholds) if thresholds else [0.5] * len(model.class_names)
         self.class_names = model.class_names
         self.preprocessing = model.preprocessing
         self._transform = eval_transform(model.preprocessing)
@@ -34,7 +44,8 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
         verify_model_file(path)
-        return cls(load_model(path), run_threshold(path), run_window(path))
+        model = load_model(path)
+        return cls(model, run_threshold(path), run_window(path), run_thresholds(path, model.class_names))
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
         mode = "L" if self.model.spec.in_channels == 1 else "RGB"
@@ -44,7 +55,8 @@ class Predictor:
     def predict_proba(
         self, images: list[Image.Image], batch_size: int = 64, tta: bool = False
     ) -> torch.Tensor:
-        """Class probabilities [N, C]; with ``tta``, averaged over the flip and small-crop views."""
+        """Class probabilities [N, C] (multi-label: per-label sigmoids); with ``tta``, averaged over the
+        flip and small-crop views."""
         if not tta:
             return self._run([self.tensor(im) for im in images], batch_size)
         out = []
@@ -66,7 +78,7 @@ class Predictor:
 
     def _run(self, tensors: list[torch.Tensor], batch_size: int) -> torch.Tensor:
         out = [
-            self.model(torch.stack(tensors[i : i + batch_size])).softmax(dim=1)
+            self.model.probabilities(self.model(torch.stack(tensors[i : i + batch_size])))
             for i in range(0, len(tensors), batch_size)
         ]
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
@@ -94,7 +106,9 @@ class Predictor:
                     out.append(failure(str(f), err))
             probs = self.predict_proba(images, batch_size=batch_size, tta=tta)
             for slot, p in zip(slots, probs):
-                out[slot] = result(str(chunk[slot]), self.class_names, p.tolist(), self.threshold)
+                out[slot] = result(
+                    str(chunk[slot]), self.class_names, p.tolist(), self.threshold, self.thresholds
+                )
             yield from out
 
     def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
@@ -114,6 +128,20 @@ def run_threshold(path: str | Path) -> float | None:
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, int | float) else None
+
+
+def run_thresholds(path: str | Path, class_names: list[str]) -> list[float] | None:
+    """A multi-label run's per-label thresholds (``summary.json``'s ``operating``), in the model's label
+    order; None without them."""
+    import json
+
+    path = Path(path)
+    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    try:
+        found = (json.loads(summary.read_text()).get("operating") or {}).get("thresholds") or {}
+        return [float(found[name]) for name in class_names]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def run_window(path: str | Path) -> tuple[float, float] | None:

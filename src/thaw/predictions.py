@@ -18,13 +18,16 @@ IMAGE_EXTENSIONS = (
 @dataclass
 class Prediction:
     """One file's result: the top class, its probability and every class's; or, for a file that could
-    not be read, ``error`` (and no label)."""
+    not be read, ``error`` (and no label). Multi-label: ``labels`` is the predicted label set (each label
+    whose probability reaches its threshold), ``label`` those names joined by ``;`` (empty: none),
+    ``confidence`` the highest label probability, and the probabilities need not sum to 1."""
 
     path: str
     label: str | None
     confidence: float
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    labels: list[str] | None = None
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
@@ -34,11 +37,30 @@ class Prediction:
         out = {"path": self.path, "prediction": self.label, "confidence": confidence}
         if k:
             out["top_k"] = [{"label": c, "probability": p} for c, p in self.top(k)]
+        if self.labels is not None:
+            out["labels"] = self.labels
         return {**out, "probabilities": self.probabilities, "error": self.error}
 
 
-def result(path: str, class_names: list[str], probs, threshold: float | None = None) -> Prediction:
-    """The top class; for two classes with a ``threshold``, class 1 where its probability reaches it."""
+def result(
+    path: str,
+    class_names: list[str],
+    probs,
+    threshold: float | None = None,
+    thresholds: list[float] | None = None,
+) -> Prediction:
+    """The top class; for two classes with a ``threshold``, class 1 where its probability reaches it.
+    With ``thresholds`` (a multi-label model: one per label), every label whose probability reaches its
+    own."""
+    if thresholds is not None:
+        present = [c for c, p, t in zip(class_names, probs, thresholds) if p >= t]
+        return Prediction(
+            path,
+            ";".join(present),
+            float(max(probs)),
+            {c: float(p) for c, p in zip(class_names, probs)},
+            labels=present,
+        )
     top = max(range(len(class_names)), key=lambda i: probs[i])
     if threshold is not None and len(class_names) == 2:
         top = int(probs[1] >= threshold)

@@ -104,6 +104,13 @@ def check_out(out: Path) -> Path:
     return out
 
 
+def _class_text(class_names: list[str], label) -> str:
+    """The class name of a label; for a multi-label row of 0/1, the names present joined by ``;``."""
+    if np.ndim(label):
+        return ";".join(n for n, v in zip(class_names, label) if v)
+    return class_names[int(label)]
+
+
 def write_embedding(embedding: Embedding, out: Path) -> Path:
     """``.npz`` (features, labels, class_names, splits, keys, model), or ``.parquet`` with pyarrow.
     Never overwrites a file."""
@@ -120,8 +127,8 @@ def write_embedding(embedding: Embedding, out: Path) -> Path:
                 {
                     "key": embedding.keys,
                     "split": embedding.splits,
-                    "label": embedding.labels,
-                    "class": [embedding.class_names[i] for i in embedding.labels],
+                    "label": embedding.labels if embedding.labels.ndim == 1 else list(embedding.labels),
+                    "class": [_class_text(embedding.class_names, y) for y in embedding.labels],
                     "features": list(embedding.features),
                 }
             )
@@ -166,6 +173,9 @@ def probe(
     labelled train and val images (the test split, if any, is left alone)."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
+    from thaw.multilabel import refuse
+
+    refuse(discover(data), "thaw probe")  # its probes are multiclass logistic regression and k-NN
     results = []
     for model in models:
         start = time.perf_counter()

@@ -23,7 +23,12 @@ GAIN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 @dataclass(frozen=True)
 class Metrics:
     """Classification metrics on one split. ``auc``: binary, of class 1; multiclass, macro one-vs-rest;
-    NaN when the split holds a single class."""
+    NaN when the split holds a single class.
+
+    Multi-label (``thaw.multilabel``): ``auc`` is the mean of the per-label AUCs, ``accuracy`` label-wise
+    (Hamming) and ``subset_accuracy`` exact-match, both at the per-label thresholds; ``balanced_accuracy``,
+    ``macro_f1``, ``sensitivity`` and ``specificity`` are means over the labels; ``confusion`` is empty
+    and ``per_label`` holds each label's AUC, threshold, sensitivity, specificity, F1 and counts."""
 
     n: int
     accuracy: float
@@ -38,28 +43,41 @@ class Metrics:
     threshold: float = math.nan
     ece: float = math.nan  # expected calibration error of the top-class confidence, 15 bins
     ci: dict[str, list[float]] = field(default_factory=dict)  # bootstrap 95% intervals, where computed
+    subset_accuracy: float | None = None  # multi-label: images with every label right (else None)
+    per_label: dict[str, dict[str, float]] = field(default_factory=dict)  # multi-label: by label name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Metrics:
-        # summaries written before a metric existed lack it: it keeps its default (NaN)
-        return cls(**{f.name: _number(raw[f.name]) for f in dataclasses.fields(cls) if f.name in raw})
+        # summaries written before a metric existed lack it: it keeps its default (NaN, or None for a
+        # multi-label figure, which a single-label run writes as null and reads back as None)
+        values = {
+            f.name: raw[f.name] if f.default is None else _number(raw[f.name])
+            for f in dataclasses.fields(cls)
+            if f.name in raw
+        }
+        if values.get("per_label"):
+            values["per_label"] = {
+                name: {k: _number(v) for k, v in row.items()} for name, row in values["per_label"].items()
+            }
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class Operating:
     """The saved model scored the way it will be used: with the decision threshold chosen on validation
     (binary tasks: Youden's J, or the lowest threshold reaching ``--target-sensitivity``; ``None`` for
-    multiclass, which takes the argmax), optionally with test-time augmentation; test metrics carry
-    bootstrap 95% confidence intervals."""
+    multiclass, which takes the argmax; multi-label: one per label in ``thresholds``, by label name),
+    optionally with test-time augmentation; test metrics carry bootstrap 95% confidence intervals."""
 
     threshold: float | None
     rule: str
     tta: bool
     val: Metrics
     test: Metrics | None = None
+    thresholds: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,6 +90,7 @@ class Operating:
             tta=bool(raw.get("tta", False)),
             val=Metrics.from_dict(raw["val"]),
             test=Metrics.from_dict(raw["test"]) if raw.get("test") else None,
+            thresholds=raw.get("thresholds"),
         )
 
 
@@ -186,6 +205,7 @@ class RunSummary:
     forgetting: dict[str, Forgetting] = field(default_factory=dict)  # per trained plan
     shift: Shift | None = None  # with --shift corruptions or --ood DIR
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
+    task: str = "single-label"  # or "multilabel": ``classes`` are then the label names
 
     @property
     def final(self) -> PhaseResult:

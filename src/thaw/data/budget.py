@@ -7,6 +7,10 @@ available to AdaBN and pseudo-labelling. Validation and test are never touched.
 
 A budget larger than a class is an error (not a silent cap: a cap would change the class balance the
 user asked for), and so is a class left with no labelled image.
+
+Multi-label data: an image has several labels, so there is no "per class" to cut by; ``--label-fraction``
+keeps a seeded ``round(F * n)`` of the n training images, and a label that had positive training images
+and has none left is an error; ``--labels-per-class`` is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ def apply_budget(sources: Sources, data: DataConfig, seed: int) -> Sources:
     seed = data.label_seed if data.label_seed is not None else seed
     rng = np.random.default_rng(seed)
     items = [dataclasses.replace(it) for it in sources.items]
+    if sources.multilabel:
+        _fraction_of_images(sources, items, data, rng)
+        origin = f"{sources.split_origin}+budget:{budget_text(data)}@seed{seed}"
+        return dataclasses.replace(sources, items=items, split_origin=origin)
     by_class: dict[int, list[int]] = {}
     for i, it in enumerate(items):
         if it.split == "train":
@@ -63,6 +71,32 @@ def apply_budget(sources: Sources, data: DataConfig, seed: int) -> Sources:
     return dataclasses.replace(sources, items=items, split_origin=origin)
 
 
+def _fraction_of_images(sources: Sources, items: list[Item], data: DataConfig, rng) -> None:
+    """Multi-label: a seeded ``round(F * n)`` of the training images keep their labels."""
+    if data.labels_per_class is not None:
+        raise ThawError(
+            f"--labels-per-class counts images per class; {sources.name} is multi-label (an image counts "
+            f"for several labels): use --label-fraction"
+        )
+    train = [i for i, it in enumerate(items) if it.split == "train"]
+    keep = int(round(len(train) * data.label_fraction))
+    if keep < 1:
+        raise ThawError(
+            f"--label-fraction {data.label_fraction:g} leaves none of the {len(train)} training images; "
+            f"use at least {1 / len(train):.3g}"
+        )
+    for i in rng.permutation(train)[keep:]:
+        items[i].split = UNLABELLED
+    before = np.asarray([items[i].label for i in train]).sum(0)
+    after = np.asarray([it.label for it in items if it.split == "train"]).sum(0)
+    lost = [name for name, b, a in zip(sources.class_names, before, after) if b and not a]
+    if lost:
+        raise ThawError(
+            f"--label-fraction {data.label_fraction:g} leaves label(s) {', '.join(lost)} without a positive "
+            f"training image; raise the fraction, or try another --label-seed"
+        )
+
+
 def budget_text(data: DataConfig) -> str:
     if data.labels_per_class is not None:
         return f"{data.labels_per_class}/class"
@@ -70,12 +104,18 @@ def budget_text(data: DataConfig) -> str:
 
 
 def budget_record(sources: Sources, data: DataConfig, seed: int) -> dict | None:
-    """What ``summary.json`` says about the budget: labelled and unlabelled counts per class."""
+    """What ``summary.json`` says about the budget: labelled and unlabelled counts per class (multi-label:
+    positive images per label)."""
     if not has_budget(data):
         return None
-    count = lambda split: [  # noqa: E731
-        sum(1 for it in sources.split(split) if it.label == c) for c in range(len(sources.class_names))
-    ]
+
+    def count(split: str) -> list[int]:
+        if sources.multilabel:
+            labels = [it.label for it in sources.split(split)]
+            return np.asarray(labels, dtype=np.int64).reshape(-1, len(sources.class_names)).sum(0).tolist()
+        items = sources.split(split)
+        return [sum(1 for it in items if it.label == c) for c in range(len(sources.class_names))]
+
     return {
         "budget": budget_text(data),
         "labels_per_class": data.labels_per_class,

@@ -10,7 +10,8 @@ The cache lives in ``$THAW_HOME/cache/features/<key>/`` (``~/.cache/thaw``): ``x
 images), ``labels.npy``, ``keys.json``, and ``meta.json``, written last: a folder without it is a
 half-written cache (a killed run) and is rebuilt. The key hashes everything the features depend on:
 the backbone's weights (their bytes), its input preprocessing and channels, the transform and views and
-seed, and the images (path, size and modification time of each file; the pixels of in-memory images).
+seed, the images (path, size and modification time of each file; the pixels of in-memory images) and
+their labels (kept beside the features: a relabelled CSV must not read the old labels back).
 A stale cache is never used: any change gives another key. ``rm -r ~/.cache/thaw/cache/features``
 clears it.
 """
@@ -42,7 +43,8 @@ FORMAT = 1
 @dataclass
 class Features:
     """Pooled features of one split: ``x`` [N * views, D] (view-major per image: image i's views are rows
-    i * views ... i * views + views - 1), labels per row, and the image keys (one per image)."""
+    i * views ... i * views + views - 1), labels per row ([N * views], or [N * views, K] of 0/1 for
+    multi-label data), and the image keys (one per image)."""
 
     x: np.ndarray
     labels: np.ndarray
@@ -101,18 +103,16 @@ class Views(Dataset):
     def __len__(self) -> int:
         return len(self.decoded.images) if self.decoded is not None else len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if self.decoded is not None:
-            image, label = self.decoded.images[i], self.decoded.labels[i]
+            image, label = self.decoded.images[i], torch.as_tensor(self.decoded.labels[i])
         else:
+            label = torch.as_tensor(self.items[i].label)  # a class index, or multi-label 0/1 values
             try:
-                image, label = (
-                    resized(open_image(self.items[i], self.channels), self.pre),
-                    self.items[i].label,
-                )
+                image = resized(open_image(self.items[i], self.channels), self.pre)
             except (OSError, ValueError, SyntaxError):
                 size = self.pre.size
-                return torch.zeros(self.views, self.channels, size, size), self.items[i].label, False
+                return torch.zeros(self.views, self.channels, size, size), label, False
         out = []
         for v in range(self.views):
             with torch.random.fork_rng(devices=[]):
@@ -151,7 +151,7 @@ def compute(
                 x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.float32, shape=shape)
             x[row : row + v] = feats[j].numpy()
             row += v
-            labels += [int(y[j])] * v
+            labels += [y[j].tolist()] * v  # an int, or a multi-label row of 0/1
             kept_keys.append(keys[index])
         done += n
         if progress:
@@ -209,6 +209,7 @@ def features(
         "views": views,
         "seed": seed if views > 1 else None,
         "images": images_fingerprint(items),
+        "labels": hashlib.blake2b(json.dumps([it.label for it in items]).encode()).hexdigest(),
         "decoded_keys": None
         if decoded is None
         else hashlib.blake2b("\n".join(decoded.keys).encode()).hexdigest(),

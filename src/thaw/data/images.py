@@ -35,11 +35,12 @@ from thaw.preprocessing import Preprocessing
 @dataclass
 class Decoded:
     """One split: uint8 image tensors [C, H, W] (a list in memory, or ``store.DiskImages`` read from a
-    file image by image), labels, and the keys they came from."""
+    file image by image), labels (class indices, or 0/1 sequences for multi-label data), and the keys
+    they came from."""
 
     keys: list[str]
     images: Sequence[torch.Tensor]
-    labels: list[int]
+    labels: list
 
 
 MAX_ASPECT = 4
@@ -329,13 +330,18 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         if isinstance(key, tuple):
             i, seed = key
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.transform(self.data.images[i]), self.data.labels[i]
-        return self.transform(self.data.images[key]), self.data.labels[key]
+                return self.transform(self.data.images[i]), target(self.data.labels[i])
+        return self.transform(self.data.images[key]), target(self.data.labels[key])
+
+
+def target(label) -> int | torch.Tensor:
+    """A class index as it is; a multi-label 0/1 sequence as a tensor, so a batch collates to [B, K]."""
+    return label if isinstance(label, int) else torch.as_tensor(label)
 
 
 class EpochSampler(Sampler):

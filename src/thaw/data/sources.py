@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,22 +33,26 @@ SPLIT_ALIASES = {
 @dataclass
 class Item:
     """One labelled image: a file path, or a key into in-memory pixels (``array``: HxW or HxWxC uint8, or
-    HxW of any depth, scaled per image)."""
+    HxW of any depth, scaled per image). ``label``: the class index, or for multi-label data one 0/1 per
+    label (a tuple, in the order of ``Sources.class_names``)."""
 
     key: str
-    label: int
+    label: int | tuple[int, ...]
     split: str | None = None
     array: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
 class Sources:
-    """Everything discovered: class names and items, each with its split (after :func:`assign_splits`)."""
+    """Everything discovered: class names and items, each with its split (after :func:`assign_splits`).
+    ``multilabel``: several labels per image (``class_names`` are the label names, each item's label a
+    0/1 tuple); see ``thaw.multilabel``."""
 
     name: str
     class_names: list[str]
     items: list[Item]
     split_origin: str = "given"
+    multilabel: bool = False
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -63,7 +68,8 @@ def discover(config: DataConfig) -> Sources:
         if not config.path or not path.exists():
             raise ThawError(
                 f"data path {config.path!r} does not exist; give a folder of class subfolders, "
-                f"a folder with train/ and val/, a .csv of path,label or a MedMNIST .npz"
+                f"a folder with train/ and val/, a .csv of path,label (or path,<label1>,<label2>,... "
+                f"of 0/1 for multi-label) or a MedMNIST .npz"
             )
         fmt = config.format if config.format != "auto" else detect_format(path)
         sources = FINDERS[fmt](path)
@@ -174,43 +180,78 @@ def _class_folder(root: Path) -> Sources:
 
 
 def _csv(path: Path) -> Sources:
+    """``path,label[,split]``: one class per image. Without a ``label`` column but with two or more other
+    columns (``path,effusion,nodule,...[,split]``), each of them holding 0 or 1: multi-label data, the
+    column names being the label names."""
     with path.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: Excel's byte-order mark
         reader = csv.DictReader(fh)
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        if "path" in columns and "label" not in columns and len(set(columns) - {"path", "split"}) > 1:
+        header = [c.strip() for c in reader.fieldnames or []]
+        columns = [c.lower() for c in header]
+        label_columns = [h for h, c in zip(header, columns) if h and c not in ("path", "split", "label")]
+        multilabel = "path" in columns and "label" not in columns and len(label_columns) > 1
+        if not multilabel and ("path" not in columns or "label" not in columns):
             raise ThawError(
-                f"{path}: the CSV has several label columns ({', '.join(columns)}): multi-label data, "
-                f"which thaw does not train yet; give one column named label (path,label[,split])"
-            )
-        if "path" not in columns or "label" not in columns:
-            raise ThawError(
-                f"{path}: the CSV needs a header with columns path,label (optional: split); "
+                f"{path}: the CSV needs a header with columns path,label (optional: split), or for "
+                f"multi-label data path and one 0/1 column per label; "
                 f"found {', '.join(columns) or 'no header'}"
+            )
+        twice = sorted({c for c in columns if c and columns.count(c) > 1})
+        if twice:
+            raise ThawError(
+                f"{path}: column {twice[0]!r} appears twice in the header; name every column once"
             )
         rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
         raise ThawError(f"{path}: the CSV has no rows")
-    for line, r in enumerate(rows, start=2):
-        if not r.get("path") or not r.get("label"):
-            empty = "path" if not r.get("path") else "label"
-            raise ThawError(f"{path}, line {line}: the {empty} is empty; give every row a path and a label")
-    class_names = sorted({r["label"] for r in rows})
-    index = {c: i for i, c in enumerate(class_names)}
+    if multilabel:
+        class_names = label_columns
+        labels = [_binary_labels(path, line, r, label_columns) for line, r in enumerate(rows, start=2)]
+    else:
+        for line, r in enumerate(rows, start=2):
+            if not r.get("path") or not r.get("label"):
+                empty = "path" if not r.get("path") else "label"
+                raise ThawError(
+                    f"{path}, line {line}: the {empty} is empty; give every row a path and a label"
+                )
+        class_names = sorted({r["label"] for r in rows})
+        index = {c: i for i, c in enumerate(class_names)}
+        labels = [index[r["label"]] for r in rows]
     items, first_line = [], {}
-    for line, r in enumerate(rows, start=2):
+    for line, (r, label) in enumerate(zip(rows, labels), start=2):
         file = (path.parent / r["path"]).resolve()
         if not file.is_file():
             raise ThawError(f"{path}: image {r['path']} (relative to the CSV's folder) does not exist")
         if file in first_line:
             raise ThawError(
                 f"{path}: image {r['path']} is listed twice (lines {first_line[file]} and {line}); "
-                f"list every image once, with one label"
+                f"list every image once, with {'its labels' if multilabel else 'one label'}"
             )
         first_line[file] = line
         split = split_name(r["split"], f"{path}, line {line}") if r.get("split") else None
-        items.append(Item(str(file), index[r["label"]], split))
+        items.append(Item(str(file), label, split))
     has_split = any(it.split for it in items)
-    return Sources(path.stem, class_names, items, split_origin="given" if has_split else "stratified")
+    origin = "given" if has_split else "stratified"
+    return Sources(path.stem, class_names, items, split_origin=origin, multilabel=multilabel)
+
+
+def _binary_labels(path: Path, line: int, row: dict[str, str], names: list[str]) -> tuple[int, ...]:
+    """One multi-label CSV row's 0/1 values, in the order of ``names``."""
+    if not row.get("path"):
+        raise ThawError(f"{path}, line {line}: the path is empty; give every row a path")
+    values = []
+    for name in names:
+        text = row.get(name.lower(), "")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if value not in (0.0, 1.0):
+            raise ThawError(
+                f"{path}, line {line}: column {name!r} holds {text!r}; multi-label columns hold 0 or 1 "
+                f"(1: the image has that label)"
+            )
+        values.append(int(value))
+    return tuple(values)
 
 
 def _npz(path: Path) -> Sources:
@@ -227,6 +268,7 @@ def _npz(path: Path) -> Sources:
         )
     items = []
     labels_seen = set()
+    widths = {}  # labels per image, per split: 1 (single-label) or K (multi-label)
     for split in SPLITS:
         if f"{split}_images" not in data:
             continue
@@ -237,17 +279,49 @@ def _npz(path: Path) -> Sources:
         except (OSError, ValueError) as err:  # object arrays (pickles) and damaged members
             raise ThawError(f"{path}: cannot read {split}_images/{split}_labels ({err})") from err
         _check_npz_arrays(path, split, images, labels)
-        if labels.ndim == 2 and labels.shape[1] > 1:
+        widths[split] = labels.shape[1] if labels.ndim == 2 else 1
+        if len(set(widths.values())) > 1:
+            shapes = ", ".join(f"{s}_labels (N, {k})" for s, k in widths.items())
             raise ThawError(
-                f"{path}: {split}_labels has shape {labels.shape}: {labels.shape[1]} labels per image "
-                f"(multi-label, e.g. ChestMNIST); thaw trains single-label classifiers so far: keep one "
-                f"column (labels[:, [k]]) per task"
+                f"{path}: the splits disagree on the labels per image ({shapes}); give them all one shape"
             )
+        if widths[split] > 1:  # multi-label, e.g. ChestMNIST: one 0/1 column per label
+            bad = labels[(labels != 0) & (labels != 1)]
+            if bad.size:
+                raise ThawError(
+                    f"{path}: {split}_labels has shape {labels.shape}, {labels.shape[1]} labels per image "
+                    f"(multi-label), which must be 0 or 1; found {bad.flat[0]}"
+                )
+            items += [
+                Item(f"{split}_images[{i}]", tuple(int(v) for v in y), split, images[i])
+                for i, y in enumerate(labels)
+            ]
+            continue
         labels = labels.reshape(-1).astype(int)
         labels_seen.update(labels.tolist())
         items += [Item(f"{split}_images[{i}]", int(y), split, images[i]) for i, y in enumerate(labels)]
+    width = widths["train"]
+    if width > 1:
+        names = _npz_label_names(path, data, width)
+        return Sources(path.stem, names, items, split_origin="given", multilabel=True)
     class_names = [str(c) for c in range(max(labels_seen) + 1)]
     return Sources(path.stem, class_names, items, split_origin="given")
+
+
+def _npz_label_names(path: Path, data, width: int) -> list[str]:
+    """A multi-label ``.npz``'s label names: its ``label_names`` array if it has one, else label_0, ..."""
+    if "label_names" not in data:
+        return [f"label_{k}" for k in range(width)]
+    try:
+        names = [str(n).strip() for n in np.asarray(data["label_names"]).reshape(-1)]
+    except (OSError, ValueError) as err:
+        raise ThawError(f"{path}: cannot read label_names ({err}); save it as a string array") from err
+    if len(names) != width or len(set(names)) != width or not all(names):
+        raise ThawError(
+            f"{path}: label_names holds {len(names)} name(s) for {width} labels per image; give {width} "
+            f"distinct, non-empty names (or leave label_names out)"
+        )
+    return names
 
 
 def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -265,8 +339,8 @@ def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.nda
         )
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (1, 2) or 0 in labels.shape[1:]:
         raise ThawError(
-            f"{path}: {split}_labels must be integers of shape (N,) or (N, 1); "
-            f"got {labels.dtype} {labels.shape}"
+            f"{path}: {split}_labels must be integers of shape (N,) or (N, 1), or (N, K) of 0/1 for "
+            f"multi-label data; got {labels.dtype} {labels.shape}"
         )
     if len(labels) != len(images):
         raise ThawError(
@@ -338,10 +412,8 @@ def stratified_split(labels: list[int], val_fraction: float, test_fraction: floa
 def assign_splits(sources: Sources, val_fraction: float, test_fraction: float, seed: int) -> None:
     """Fill in missing splits: all of them (stratified), or carve val from train when only val is absent."""
     if all(it.split is None for it in sources.items):
-        for it, split in zip(
-            sources.items,
-            stratified_split([it.label for it in sources.items], val_fraction, test_fraction, seed),
-        ):
+        keys = _strata(sources, sources.items)
+        for it, split in zip(sources.items, stratified_split(keys, val_fraction, test_fraction, seed)):
             it.split = split
         return
     if any(it.split is None for it in sources.items):
@@ -349,9 +421,28 @@ def assign_splits(sources: Sources, val_fraction: float, test_fraction: float, s
     if not sources.split("val"):
         train = sources.split("train")
         fraction = val_fraction or 0.15
-        for it, split in zip(train, stratified_split([it.label for it in train], fraction, 0.0, seed)):
+        for it, split in zip(train, stratified_split(_strata(sources, train), fraction, 0.0, seed)):
             it.split = split
         sources.split_origin += "+val-from-train"
+
+
+def _strata(sources: Sources, items: list[Item]) -> list[int]:
+    """What a stratified split keeps in proportion: the class, or for multi-label data :func:`strata`."""
+    labels = [it.label for it in items]
+    return strata(labels) if sources.multilabel else labels
+
+
+def strata(labels: list[tuple[int, ...]]) -> list[int]:
+    """Multi-label images have no one class to stratify on: each image's stratum is its rarest positive
+    label (by positives among ``labels``), or ``K`` for an image without any, so every label, the rare
+    ones first, is spread over train, val and test."""
+    y = np.asarray(labels, dtype=np.int64).reshape(len(labels), -1)
+    rarity = np.argsort(np.argsort(y.sum(0), kind="stable"), kind="stable")  # 0: the rarest label
+    out = []
+    for row in y:
+        positive = np.flatnonzero(row)
+        out.append(int(positive[np.argmin(rarity[positive])]) if len(positive) else y.shape[1])
+    return out
 
 
 def apply_split_file(sources: Sources, split_file: Path) -> None:
@@ -389,10 +480,12 @@ def check(sources: Sources) -> None:
             f"{sources.name}: found only one class ({sources.class_names[0]!r}); a classifier "
             f"needs at least two class folders or labels"
         )
-    train_labels = Counter(it.label for it in sources.split("train"))
     for split in ("train", "val"):
         if not sources.split(split):
             raise ThawError(f"{sources.name}: the {split} split is empty; add images or lower the fractions")
+    if sources.multilabel:  # a label without positives is a warning (label_gaps), not an error
+        return
+    train_labels = Counter(it.label for it in sources.split("train"))
     empty = [
         c for i, c in enumerate(sources.class_names) if i not in train_labels and i not in _labels(sources)
     ]
@@ -415,10 +508,34 @@ def _labels(sources: Sources) -> set[int]:
     return {it.label for it in sources.items}
 
 
+def label_gaps(sources: Sources) -> str | None:
+    """Multi-label data: a warning line naming the labels without a positive image in train or val
+    (they train as never present, or have no validation AUC and keep the threshold 0.5); else None."""
+    gaps = []
+    for split in ("train", "val"):
+        items = sources.split(split)
+        if not sources.multilabel or not items:
+            continue
+        positives = np.asarray([it.label for it in items], dtype=np.int64).sum(0)
+        missing = [name for name, count in zip(sources.class_names, positives) if count == 0]
+        if missing:
+            gaps.append(f"{', '.join(missing)} in {split}")
+    if not gaps:
+        return None
+    return (
+        f"{sources.name}: label(s) without a positive image: {'; '.join(gaps)}; such a label has no AUC "
+        f"there and keeps the threshold 0.5 (add positive images, or try another --split-seed)"
+    )
+
+
 def write_split(sources: Sources, path: Path) -> None:
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["key", "label", "class", "split"])
     for it in sources.items:
-        writer.writerow([it.key, it.label, sources.class_names[it.label], it.split])
+        if sources.multilabel:  # label: the 0/1 values; class: the names of the labels present
+            present = [n for n, v in zip(sources.class_names, it.label) if v]
+            writer.writerow([it.key, ";".join(map(str, it.label)), ";".join(present), it.split])
+        else:
+            writer.writerow([it.key, it.label, sources.class_names[it.label], it.split])
     write_atomic(path, text.getvalue())

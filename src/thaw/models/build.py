@@ -45,8 +45,10 @@ def build_classifier(
     num_classes: int,
     class_names: list[str] | None = None,
     image_size: int | None = None,
+    multilabel: bool = False,
 ) -> Classifier:
-    """Build a pretrained backbone with a fresh head for ``num_classes``.
+    """Build a pretrained backbone with a fresh head for ``num_classes`` (``multilabel``: one independent
+    output per label, read through a sigmoid).
 
     ``config.weights`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``, ...), a timm
     pretrained tag, ``none`` (random init), or a path to a local ``.pth`` / ``.safetensors`` file.
@@ -76,6 +78,7 @@ def build_classifier(
         dropout=config.dropout,
         in_channels=in_channels,
         image_size=image_size,
+        multilabel=multilabel,
     )
     return Classifier(
         backbone,

@@ -33,6 +33,7 @@ class ModelSpec:
     dropout: float = 0.0
     in_channels: int = 3
     image_size: int | None = None
+    multilabel: bool = False  # one sigmoid per label (``thaw.multilabel``), not a softmax over classes
 
 
 class Classifier(nn.Module):
@@ -63,6 +64,14 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.spec.multilabel
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-label sigmoids for a multi-label model, else the softmax over the classes."""
+        return logits.float().sigmoid() if self.spec.multilabel else logits.float().softmax(dim=1)
 
     def group_parameters(self, groups: Iterable[int]) -> list[nn.Parameter]:
         params = dict(self.backbone.named_parameters())

@@ -81,7 +81,7 @@ def load_model(path: str | Path) -> Classifier:
         dropout=spec.dropout,
         in_channels="sum" if spec.in_channels == 1 else "replicate",
     )
-    model = build_classifier(config, spec.num_classes, class_names, spec.image_size)
+    model = build_classifier(config, spec.num_classes, class_names, spec.image_size, spec.multilabel)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -115,14 +115,16 @@ def confusion(matrix: list[list[int]], class_names: list[str], title: str) -> by
 
 
 def roc(probs: np.ndarray, labels: np.ndarray, class_names: list[str], title: str) -> bytes:
-    """Binary: the ROC of class 1 (the AUC thaw reports). Multiclass: one-vs-rest per class."""
+    """Binary: the ROC of class 1 (the AUC thaw reports). Multiclass: one-vs-rest per class. Multi-label
+    (``labels`` [N, K] of 0/1): one ROC per label."""
     from sklearn.metrics import auc, roc_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    classes = [1] if len(class_names) == 2 else range(len(class_names))
+    multilabel = labels.ndim == 2
+    classes = [1] if len(class_names) == 2 and not multilabel else range(len(class_names))
     for c in classes:
-        positive = labels == c
+        positive = labels[:, c] == 1 if multilabel else labels == c
         if positive.all() or not positive.any():
             continue
         fpr, tpr, _ = roc_curve(positive, probs[:, c])

@@ -132,6 +132,14 @@ def _decision(page: Page, summary: RunSummary) -> None:
     split = "test" if final.test is not None else "val"
     m = final.on(split)
     page.text(f"<p>{why}</p>")
+    if summary.task == "multilabel":
+        page.text(
+            f"<p class=headline>{_e(split)} mean AUC <b>{_num(m.auc)}</b> over {len(summary.classes)} labels "
+            f"&middot; label-wise accuracy {_pct(m.accuracy)} &middot; exact match "
+            f"{_pct(m.subset_accuracy)} &middot; macro-F1 {m.macro_f1:.3f} &middot; {m.n} images "
+            f"(multi-label; accuracies at 0.5 per label here, at the chosen thresholds below)</p>"
+        )
+        return
     page.text(
         f"<p class=headline>{_e(split)} accuracy <b>{_pct(m.accuracy)}</b> &middot; balanced "
         f"{_pct(m.balanced_accuracy)} &middot; macro-F1 {m.macro_f1:.3f} &middot; AUC {_num(m.auc)} "
@@ -163,12 +171,20 @@ def _configuration(page: Page, config, plans: list[dict]) -> None:
 def _data(page: Page, summary: RunSummary, split_rows: list[dict], predictions: Predictions) -> None:
     page.section("data", "Data")
     splits = [s for s in ("train", "val", "test") if any(r["split"] == s for r in split_rows)]
-    counts = Counter((r["class"], r["split"]) for r in split_rows)
+    if summary.task == "multilabel":  # split.csv's class: the labels present, joined by ;
+        counts = Counter((c, r["split"]) for r in split_rows for c in r["class"].split(";") if c)
+    else:
+        counts = Counter((r["class"], r["split"]) for r in split_rows)
     body = [[_e(c), *[str(counts[(c, s)]) for s in splits]] for c in summary.classes]
     listed = Counter(r["split"] for r in split_rows)
     body.append(["<b>listed in split.csv</b>", *[f"<b>{listed[s]}</b>" for s in splits]])
     body.append(["<b>decoded, used</b>", *[str(summary.images.get(s, 0)) for s in splits]])
-    page.table(["class", *splits], body, caption=f"{len(summary.classes)} classes; images per split")
+    what = (
+        f"{len(summary.classes)} labels (multi-label); positive images per split"
+        if summary.task == "multilabel"
+        else f"{len(summary.classes)} classes; images per split"
+    )
+    page.table(["label" if summary.task == "multilabel" else "class", *splits], body, caption=what)
     failed = {s: listed[s] - summary.images.get(s, 0) for s in splits if listed[s] > summary.images.get(s, 0)}
     if failed:
         text = ", ".join(f"{s}: {n}" for s, n in failed.items())
@@ -262,6 +278,9 @@ def _evaluation(page: Page, summary: RunSummary, predictions: Predictions) -> No
     page.section("evaluation", "The saved model")
     final = summary.final
     split = "test" if final.test is not None else "val"
+    if summary.task == "multilabel":
+        _per_label(page, summary, predictions)
+        return
     page.figure(
         figures.confusion(final.on(split).confusion, summary.classes, f"{summary.final_phase} on {split}"),
         "confusion matrix",
@@ -286,8 +305,47 @@ def _evaluation(page: Page, summary: RunSummary, predictions: Predictions) -> No
     )
 
 
+def _per_label(page: Page, summary: RunSummary, predictions: Predictions) -> None:
+    """A multi-label model: each label's AUC and its figures at the threshold chosen on validation."""
+    op = summary.operating
+    m = (op.test or op.val) if op is not None else summary.final.test or summary.final.val
+    split = "test" if op is not None and op.test is not None else "val"
+    body = [
+        [
+            _e(name),
+            _num(row["auc"]),
+            f"{row['threshold']:.3f}",
+            _pct(row["sensitivity"]),
+            _pct(row["specificity"]),
+            _num(row["f1"]),
+            f"{row['positives']:.0f}",
+        ]
+        for name, row in m.per_label.items()
+    ]
+    page.table(
+        ["label", "AUC", "threshold", "sensitivity", "specificity", "F1", "positives"],
+        body,
+        caption=f"the saved model on the {split} split, per label "
+        f"({op.rule if op else 'thresholds 0.5'}); mean AUC {_num(m.auc)}, label-wise accuracy "
+        f"{_pct(m.accuracy)}, exact match {_pct(m.subset_accuracy)}",
+    )
+    if not predictions.ok:
+        page.text(f"<p class=warn>ROC curves left out: {_e(predictions.reason)}</p>")
+        return
+    page.figure(
+        figures.roc(
+            predictions.probs, predictions.labels, summary.classes, f"per-label ROC, {predictions.split}"
+        ),
+        "ROC",
+        f"One ROC per label of the saved model on the {predictions.split} split.",
+    )
+
+
 def _top_losses(page: Page, run: Path, summary: RunSummary, predictions: Predictions) -> None:
     page.section("top-losses", "Top losses")
+    if summary.task == "multilabel":
+        page.text("<p>Left out: a multi-label image has no single true class to rank losses by.</p>")
+        return
     if not predictions.ok:
         page.text(f"<p class=warn>Left out: {_e(predictions.reason)}</p>")
         return
@@ -402,9 +460,10 @@ class Predictions:
         if not keys:
             return cls(False, f"none of the {split} split's images could be read", failed=failed)
         batch = torch.stack(inputs)
+        model = predictor.model
         with torch.no_grad():
             probs = torch.cat(
-                [predictor.model(batch[i : i + 64]).softmax(1) for i in range(0, len(batch), 64)]
+                [model.probabilities(model(batch[i : i + 64])) for i in range(0, len(batch), 64)]
             )
         return cls(True, "", split, keys, probs.numpy(), np.array(labels), crops, failed, predictor, batch)
 

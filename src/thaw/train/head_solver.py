@@ -6,6 +6,12 @@ strength means the same for every backbone); both are folded back into the weigh
 the backbone's raw features. Features are not standardised one by one: that would give a feature of tiny
 variance a huge weight, and the first steps of fine-tuning, which move every feature, would then blow
 up the logits.
+
+Multi-label (``train_y`` [N, K] of 0/1): K independent logistic regressions (a sigmoid each, binary
+cross-entropy summed over the labels, so each label's L2 strength means what it means for one logistic
+regression), solved together, their common L2 strength chosen on the validation loss the same way. The
+losses in ``curve`` are then per label (the mean over the labels, as training reports them) and the
+accuracies label-wise at 0.5.
 """
 
 from __future__ import annotations
@@ -28,6 +34,26 @@ class HeadSolution:
     curve: list[dict]  # per L2 strength: train and validation loss and accuracy, L-BFGS iterations
 
 
+def head_loss(logits, y, weight=None, multilabel: bool = False) -> torch.Tensor:
+    """Cross-entropy (``weight`` per class), or for multi-label ``y`` the binary cross-entropy summed over
+    the labels and averaged over the images (``weight``: each label's positive weight)."""
+    if multilabel:
+        return (
+            F.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=weight, reduction="none")
+            .sum(1)
+            .mean()
+        )
+    return F.cross_entropy(logits, y, weight=weight)
+
+
+def _scores(logits, y, multilabel: bool) -> tuple[float, float]:
+    """The loss (per label for multi-label) and accuracy (label-wise at 0.5) reported in the curve."""
+    if multilabel:
+        loss = F.binary_cross_entropy_with_logits(logits, y.float())
+        return float(loss), float(((logits >= 0) == y.bool()).float().mean())
+    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
 def solve_head(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -37,9 +63,11 @@ def solve_head(
     grid: tuple[float, ...] = L2_GRID,
     max_iter: int = 500,
     class_weight: torch.Tensor | None = None,
+    multilabel: bool = False,
 ) -> HeadSolution:
-    """Fit ``CE(x W^T + b) + l2 / 2 * ||W||^2`` for each L2 strength (warm-started from the stronger one;
-    ``PAST_MINIMUM`` strengths past the lowest validation loss, then stop) and keep the strongest whose
+    """Fit ``CE(x W^T + b) + l2 / 2 * ||W||^2`` (``multilabel``: :func:`head_loss`'s summed binary
+    cross-entropy) for each L2 strength (warm-started from the stronger one; ``PAST_MINIMUM`` strengths
+    past the lowest validation loss, then stop) and keep the strongest whose
     validation loss is within ``TOLERANCE`` of the lowest: on separable data the weakest penalties reach
     the same (near zero) validation loss with ever larger weights, and a head with huge weights makes the
     first steps of fine-tuning blow up."""
@@ -51,15 +79,16 @@ def solve_head(
     bias = torch.zeros(num_classes, requires_grad=True)
     curve, solutions = [], []
     for l2 in grid:
-        iterations = _lbfgs(z, train_y, weight, bias, l2, max_iter, class_weight)
+        iterations = _lbfgs(z, train_y, weight, bias, l2, max_iter, class_weight, multilabel)
         with torch.no_grad():
-            train_logits, val_logits = z @ weight.T + bias, zv @ weight.T + bias
+            train_loss, train_accuracy = _scores(z @ weight.T + bias, train_y, multilabel)
+            val_loss, val_accuracy = _scores(zv @ weight.T + bias, val_y, multilabel)
             point = {
                 "l2": l2,
-                "train_loss": float(F.cross_entropy(train_logits, train_y)),
-                "train_accuracy": float((train_logits.argmax(1) == train_y).float().mean()),
-                "val_loss": float(F.cross_entropy(val_logits, val_y)),
-                "val_accuracy": float((val_logits.argmax(1) == val_y).float().mean()),
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
                 "iterations": iterations,
             }
         curve.append(point)
@@ -80,7 +109,14 @@ def solve_head(
 
 
 def _lbfgs(
-    z: torch.Tensor, y: torch.Tensor, weight, bias, l2: float, max_iter: int, class_weight=None
+    z: torch.Tensor,
+    y: torch.Tensor,
+    weight,
+    bias,
+    l2: float,
+    max_iter: int,
+    class_weight=None,
+    multilabel: bool = False,
 ) -> int:
     optimizer = torch.optim.LBFGS(
         [weight, bias],
@@ -94,7 +130,7 @@ def _lbfgs(
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(z @ weight.T + bias, y, weight=class_weight) + 0.5 * l2 * weight.pow(2).sum()
+        loss = head_loss(z @ weight.T + bias, y, class_weight, multilabel) + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 

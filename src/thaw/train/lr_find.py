@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from thaw import data as thaw_data
+from thaw import multilabel
 from thaw.config import AUTO, RunConfig, override
 from thaw.errors import ThawError
 from thaw.files import write_atomic
@@ -225,8 +226,14 @@ def sweep(
                 if scale:
                     g["lr"] = lr * scale
             logits = model(x.to(device))
-            loss = F.cross_entropy(logits, y.to(device), weight=weight, label_smoothing=plan.label_smoothing)
-            chance = math.log(logits.shape[1])  # the loss of a uniform guess
+            if model.multilabel:  # BCE per label (weight: the positives'); a guess of 0.5 costs ln 2
+                loss = multilabel.loss(logits, y.to(device), weight, smoothing=plan.label_smoothing)
+                chance = math.log(2)
+            else:
+                loss = F.cross_entropy(
+                    logits, y.to(device), weight=weight, label_smoothing=plan.label_smoothing
+                )
+                chance = math.log(logits.shape[1])  # the loss of a uniform guess
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -341,7 +348,11 @@ def lr_find(
     with _seeded(config.seed):
         L.seed_everything(config.seed, verbose=False)
         model = build_classifier(
-            config.model, len(sources.class_names), sources.class_names, config.data.image_size
+            config.model,
+            len(sources.class_names),
+            sources.class_names,
+            config.data.image_size,
+            sources.multilabel,
         )
         loaders = Loaders(sources, model, resolved, Reporter(quiet=True))
         weights = loaders.class_weights if resolved.balance == "loss" else None  # as training weighs them
@@ -490,6 +501,7 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn, class_weigh
         torch.from_numpy(val.labels),
         len(model.class_names),
         class_weight=class_weight,
+        multilabel=model.multilabel,
     )
     with torch.no_grad():
         model.head[-1].weight.copy_(solution.weight)

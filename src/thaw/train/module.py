@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from thaw import multilabel
 from thaw.freeze import batchnorm_eval, set_trainable
 from thaw.models import Classifier
 from thaw.optim import param_groups, warmup_cosine
@@ -55,7 +56,8 @@ class PhaseModule(L.LightningModule):
         model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         net = torch.compile(model) if compile and forward is None else model
         self._forward = forward or net.__call__  # a function, not a submodule: the state holds one model
-        self.class_weights = class_weights  # --balance loss: training loss weighted by class
+        self.class_weights = class_weights  # --balance loss: by class (multi-label: positives by label)
+        self.multilabel = model.multilabel  # a sigmoid and binary cross-entropy per label
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         names = [f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc")]
         self.metrics = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
@@ -110,19 +112,24 @@ class PhaseModule(L.LightningModule):
         weight = None
         if split == "train" and self.class_weights is not None:
             weight = self.class_weights.to(logits.device)
-        # per image; with class weights, image i counts w[y_i] times (cross_entropy's weighted mean)
-        losses = F.cross_entropy(
-            logits.float(), y, weight=weight, label_smoothing=smoothing, reduction="none"
-        )
-        counts = weight[y] if weight is not None else torch.ones_like(losses)
+        if self.multilabel:  # per image: the mean over its labels; accuracy label-wise at 0.5
+            losses = multilabel.loss(logits, y, weight, smoothing, reduction="none")
+            counts = torch.ones_like(losses)
+            correct = ((logits >= 0) == y.bool()).float().mean(1)
+        else:  # per image; with class weights, image i counts w[y_i] times (cross_entropy's weighted mean)
+            losses = F.cross_entropy(
+                logits.float(), y, weight=weight, label_smoothing=smoothing, reduction="none"
+            )
+            counts = weight[y] if weight is not None else torch.ones_like(losses)
+            correct = (logits.argmax(dim=1) == y).float()
         loss = losses.sum() / counts.sum()
         if split == "val":
-            self._val_outputs.append((logits.detach().float().softmax(1).cpu(), y.detach().cpu()))
+            self._val_outputs.append((self.model.probabilities(logits.detach()).cpu(), y.detach().cpu()))
         metric = self.metrics[f"{split}_loss"]
         metric.update((losses / counts).detach(), counts.detach())
         self.log(f"{split}_loss", metric, on_step=False, on_epoch=True, prog_bar=True)
         metric = self.metrics[f"{split}_acc"]
-        metric.update((logits.argmax(dim=1) == y).float().detach())
+        metric.update(correct.detach())
         self.log(f"{split}_acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         if split == "train" and self._anchored:
             reg = self.regularizer()
@@ -140,7 +147,8 @@ class PhaseModule(L.LightningModule):
         self._val_outputs = []
 
     def on_validation_epoch_end(self) -> None:
-        """val_auc, val_balanced_accuracy and val_f1 over the whole validation split (``--monitor``)."""
+        """val_auc, val_balanced_accuracy and val_f1 over the whole validation split (``--monitor``;
+        multi-label: the mean AUC over the labels, and the means at thresholds 0.5)."""
         from thaw.evaluate import classification_metrics
 
         outputs = self._val_outputs

@@ -140,10 +140,12 @@ class Activations(Dataset):
     def __len__(self) -> int:
         return len(self.labels) // self.views
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         i, seed = key if isinstance(key, tuple) else (key, 0)
         row = i * self.views + seed % self.views
-        return torch.from_numpy(np.array(self.x[row])).reshape(self.shape), int(self.labels[row])
+        label = self.labels[row]  # a class index, or a multi-label row of 0/1
+        target = int(label) if np.ndim(label) == 0 else torch.from_numpy(np.array(label))
+        return torch.from_numpy(np.array(self.x[row])).reshape(self.shape), target
 
 
 def activation_loader(

@@ -19,9 +19,11 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
+from thaw import multilabel
 from thaw.clinical import operating_point, plot_reliability
 from thaw.config import RunConfig, dicom_window, override
 from thaw.data.budget import apply_budget, budget_record
+from thaw.data.sources import label_gaps
 from thaw.errors import ThawError
 from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
 from thaw.files import atomic_path, write_atomic
@@ -83,6 +85,7 @@ def fit(
 
     def create():  # rank 0 alone finds --lr auto, names, creates and fills the run folder
         sources = thaw_data.discover(config.data) if given[0] is None else given[0]
+        multilabel.check_run(config, sources)  # settings with no multi-label meaning, refused here
         sources = given[0] = apply_budget(sources, config.data, config.seed)
         adapt.check_unlabelled(config, sources)
         out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
@@ -139,13 +142,20 @@ def train(
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     model = build_classifier(
-        config.model, len(sources.class_names), sources.class_names, config.data.image_size
+        config.model,
+        len(sources.class_names),
+        sources.class_names,
+        config.data.image_size,
+        sources.multilabel,
     )
     with distributed.rank_zero_first():  # rank 0 fills the decoded-image store, the others read it
         loaders = Loaders(sources, model, config, report)
     probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
     ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
     report.start(config, sources, model, loaders, plans)
+    gaps = label_gaps(sources)  # multi-label: labels without a positive in train or val
+    if gaps:
+        report.warn(gaps)
     adabn = adapt.run_adabn(model, ctx) if config.adabn else None
 
     results: dict[str, PhaseResult] = {}
@@ -198,6 +208,7 @@ def train(
         forgetting=forgetting,
         shift=shift,
         lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
+        task=multilabel.TASK if sources.multilabel else multilabel.SINGLE,
     )
     if not distributed.is_zero():  # rank 0 writes the run folder
         return RunResult(run.final, summary, model)
@@ -206,9 +217,13 @@ def train(
     plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
     plot_drift(forgetting, run / "drift.png")
     split = "test" if summary.final.test is not None else "val"
-    plot_confusion(
-        summary.final.on(split).confusion, sources.class_names, run / "confusion.png", f"{final} on {split}"
-    )
+    if not sources.multilabel:  # multi-label: per-label counts in summary.json (per_label) instead
+        plot_confusion(
+            summary.final.on(split).confusion,
+            sources.class_names,
+            run / "confusion.png",
+            f"{final} on {split}",
+        )
     plot_reliability(*scored[split], run / "reliability.png", f"{final} on {split}:")
     with atomic_path(run / "model.safetensors") as tmp:
         save_model(model.eval(), tmp)
@@ -312,8 +327,10 @@ def run_phase(
         group_lrs=group_lrs,
         trainable_groups=f"{len(module.groups)}/{n_groups}",
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        val=classification_metrics(*predict(model, loaders.val)),
-        test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
+        val=classification_metrics(*predict(model, loaders.val), names=model.class_names),
+        test=classification_metrics(*predict(model, loaders.test), names=model.class_names)
+        if loaders.test is not None
+        else None,
         epochs=rows,
         features=feed.record,
     )
@@ -360,7 +377,12 @@ class Loaders:
             mean, std = thaw_data.dataset_statistics(self.decoded["train"])
             pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
             report.say(f"normalize: training-set statistics mean {mean}, std {std}")
-        self.class_weights = thaw_data.class_weights(self.decoded["train"].labels, len(sources.class_names))
+        train_labels = self.decoded["train"].labels
+        self.class_weights = (  # --balance loss: per class, or per label the positives' weight
+            multilabel.pos_weight(train_labels)
+            if sources.multilabel
+            else thaw_data.class_weights(train_labels, len(sources.class_names))
+        )
         self.rank, self.world = distributed.rank(), distributed.size()
         if len(self.decoded["val"].images) < self.world:
             raise ThawError(

@@ -31,7 +31,8 @@ class Reporter:
         sizes = ", ".join(f"{s} {len(d.images)}" for s, d in loaders.decoded.items())
         pre = model.preprocessing
         classes = len(sources.class_names)
-        self.say(f"data: {sources.name} ({classes} classes; {sizes}; split {sources.split_origin})")
+        kind = f"{classes} labels, multi-label" if sources.multilabel else f"{classes} classes"
+        self.say(f"data: {sources.name} ({kind}; {sizes}; split {sources.split_origin})")
         self.say(
             f"model: {config.model.name} [{model.spec.source}] weights {config.model.weights}; "
             f"{len(model.layer_groups)} layer groups; {model.norm_kind}; input {pre.size}px "
@@ -112,6 +113,11 @@ class Reporter:
         self.console.print()
         self.console.print(table)
         self.console.print("* the saved model; accuracy and AUC in %; gain = over the phase above, in points")
+        if summary.task == "multilabel":
+            self.console.print(
+                "multi-label: AUC = the mean of the per-label AUCs, acc = label-wise accuracy (at 0.5 per "
+                "plan; at the per-label thresholds below for the saved model)"
+            )
         last = phases[-1].name
         if summary.final_phase != last:
             self.console.print(
@@ -121,8 +127,9 @@ class Reporter:
         if summary.operating is not None:
             for line in operating_lines(summary):
                 self.console.print(line)
+        confusion = "" if summary.task == "multilabel" else "confusion.png, "
         self.console.print(
-            f"results: {path}/ (summary.json, metrics.csv, curves.png, confusion.png, reliability.png, "
+            f"results: {path}/ (summary.json, metrics.csv, curves.png, {confusion}reliability.png, "
             f"model.safetensors)"
         )
 
@@ -131,14 +138,17 @@ def operating_lines(summary: RunSummary) -> list[str]:
     """The saved model at its threshold: the metrics a clinical reader asks for, with 95% intervals."""
     op = summary.operating
     how = f"threshold {op.threshold:.3f} ({op.rule})" if op.threshold is not None else "argmax"
+    if op.thresholds is not None:
+        how = f"its per-label thresholds ({op.rule})"
     lines = [f"saved model at {how}{', with TTA' if op.tta else ''}:"]
     for split, m in (("val", op.val), ("test", op.test)):
         if m is None:
             continue
         parts = []
         names = [
-            ("AUC", "auc", 1),
+            ("mean AUC" if m.per_label else "AUC", "auc", 1),
             ("acc", "accuracy", 100),
+            ("exact match", "subset_accuracy", 100),
             ("bal. acc", "balanced_accuracy", 100),
             ("macro-F1", "macro_f1", 1),
             ("sens", "sensitivity", 100),
@@ -146,7 +156,7 @@ def operating_lines(summary: RunSummary) -> list[str]:
         ]
         for label, key, scale in names:
             value = getattr(m, key)
-            if value != value:  # NaN: multiclass sensitivity, a one-class split's AUC
+            if value is None or value != value:  # NaN: multiclass sensitivity, a one-class split's AUC
                 continue
             fmt = ".1f" if scale == 100 else ".3f"
             ci = m.ci.get(key)
@@ -156,4 +166,21 @@ def operating_lines(summary: RunSummary) -> list[str]:
         lines.append(f"  {split}: " + ", ".join(parts))
     if op.test is not None and op.test.ci:
         lines.append("  [95% bootstrap intervals, 1000 resamples of the test images]")
+    final = op.test or op.val
+    if final.per_label:
+        lines += per_label_lines(final, "test" if op.test is not None else "val")
+    return lines
+
+
+def per_label_lines(m, split: str) -> list[str]:
+    """A multi-label model's table, one line per label: AUC, and the rest at the label's threshold."""
+    width = max(len(name) for name in m.per_label)
+    lines = [f"  per label on {split} (threshold chosen on val):"]
+    for name, row in m.per_label.items():
+        auc = "   -" if row["auc"] != row["auc"] else f"{row['auc']:.3f}"
+        lines.append(
+            f"    {name:<{width}}  AUC {auc}  threshold {row['threshold']:.3f}  "
+            f"sens {_pct(row['sensitivity'])}  spec {_pct(row['specificity'])}  F1 {row['f1']:.3f}  "
+            f"positives {row['positives']:.0f}"
+        )
     return lines

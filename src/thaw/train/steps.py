@@ -76,6 +76,7 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         torch.from_numpy(val.labels),
         len(model.class_names),
         class_weight=loaders.class_weights if config.balance == "loss" else None,
+        multilabel=model.multilabel,
     )
     solve_seconds = time.perf_counter() - solve_start
     linear = model.head[-1]
@@ -85,7 +86,9 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
 
     def metrics(f: feature_cache.Features):
         logits = torch.nn.functional.linear(f.tensor(), solution.weight, solution.bias)
-        return classification_metrics(logits.softmax(1), torch.from_numpy(f.labels))
+        return classification_metrics(
+            model.probabilities(logits), torch.from_numpy(f.labels), names=model.class_names
+        )
 
     chosen = next(c for c in solution.curve if c["l2"] == solution.l2)
     seconds = time.perf_counter() - start
@@ -122,7 +125,13 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         curve=solution.curve,
         solver={
             "mode": "cached",
-            "method": "L-BFGS, multinomial logistic regression on centred, scaled features",
+            "method": "L-BFGS, "
+            + (
+                "one logistic regression per label (sigmoid, binary cross-entropy)"
+                if model.multilabel
+                else "multinomial logistic regression"
+            )
+            + " on centred, scaled features",
             "l2": solution.l2,
             "chosen_on": "val_loss",
             "views": train.views,
@@ -148,7 +157,7 @@ def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     curve, best = [], None
     for alpha in plan.alphas:
         model.load_state_dict(mix(origin, end, alpha))
-        m = classification_metrics(*predict(model, loaders.val))
+        m = classification_metrics(*predict(model, loaders.val), names=model.class_names)
         curve.append({"alpha": alpha, "val_accuracy": m.accuracy, "val_loss": m.loss})
         if best is None or (m.accuracy, -m.loss) > best[0]:
             best = ((m.accuracy, -m.loss), alpha)
@@ -169,8 +178,10 @@ def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         group_lrs=[],
         trainable_groups=f"0/{len(model.layer_groups)}",
         trainable_params=0,
-        val=classification_metrics(*predict(model, loaders.val)),
-        test=classification_metrics(*predict(model, loaders.test)) if loaders.test is not None else None,
+        val=classification_metrics(*predict(model, loaders.val), names=model.class_names),
+        test=classification_metrics(*predict(model, loaders.test), names=model.class_names)
+        if loaders.test is not None
+        else None,
         alpha=alpha,
         curve=curve,
     )
