@@ -228,6 +228,8 @@ def markdown(result: dict) -> str:
     lines = [f"| budget | labelled images | {head} |", "|---|---|" + "---|" * len(WHO)]
 
     def pm(ms: tuple[float, float], scale: int) -> str:
+        if ms[0] is None or math.isnan(ms[0]):  # no such plan (a strategy without a linear probe)
+            return "-"
         digits = 1 if scale == 100 else 3
         return f"{scale * ms[0]:.{digits}f} +- {scale * ms[1]:.{digits}f}"
 
