@@ -82,6 +82,12 @@ def bootstrap_ci(
         if num_classes == 2:
             rows["sensitivity"].append(recalls[1])
             rows["specificity"].append(recalls[0])
+    return percentile_intervals(rows)
+
+
+def percentile_intervals(rows: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The 2.5th and 97.5th percentiles of each metric's bootstrap values (NaN draws left out); a metric
+    with no finite draw has no interval."""
     out = {}
     for k, values in rows.items():
         values = [v for v in values if not math.isnan(v)]

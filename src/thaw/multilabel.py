@@ -189,13 +189,9 @@ def bootstrap_ci(
         aucs = [rankers[j].auc(y[:, j], w) for j in scored]
         if scored and not any(math.isnan(a) for a in aucs):
             rows["auc"].append(float(np.mean(aucs)))
-    out = {}
-    for name, values in rows.items():
-        values = [v for v in values if not math.isnan(v)]
-        if values:
-            lo, hi = np.percentile(values, [2.5, 97.5])
-            out[name] = [round(float(lo), 4), round(float(hi), 4)]
-    return out
+    from thaw.clinical import percentile_intervals  # clinical imports this module
+
+    return percentile_intervals(rows)
 
 
 class _Ranker:
