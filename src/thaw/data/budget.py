@@ -40,10 +40,15 @@ def apply_budget(sources: Sources, data: DataConfig, seed: int) -> Sources:
     seed = data.label_seed if data.label_seed is not None else seed
     rng = np.random.default_rng(seed)
     items = [dataclasses.replace(it) for it in sources.items]
-    if sources.multilabel:
-        _fraction_of_images(sources, items, data, rng)
-        origin = f"{sources.split_origin}+budget:{budget_text(data)}@seed{seed}"
-        return dataclasses.replace(sources, items=items, split_origin=origin)
+    cut = _fraction_of_images if sources.multilabel else _per_class
+    cut(sources, items, data, rng)
+    origin = f"{sources.split_origin}+budget:{budget_text(data)}@seed{seed}"
+    return dataclasses.replace(sources, items=items, split_origin=origin)
+
+
+def _per_class(sources: Sources, items: list[Item], data: DataConfig, rng) -> None:
+    """Single-label: ``--labels-per-class K`` or a seeded ``round(F * n)`` of each class's training images
+    keep their labels."""
     by_class: dict[int, list[int]] = {}
     for i, it in enumerate(items):
         if it.split == "train":
@@ -67,8 +72,6 @@ def apply_budget(sources: Sources, data: DataConfig, seed: int) -> Sources:
                 )
         for i in rng.permutation(idx)[keep:]:
             items[i].split = UNLABELLED
-    origin = f"{sources.split_origin}+budget:{budget_text(data)}@seed{seed}"
-    return dataclasses.replace(sources, items=items, split_origin=origin)
 
 
 def _fraction_of_images(sources: Sources, items: list[Item], data: DataConfig, rng) -> None:
