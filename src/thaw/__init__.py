@@ -30,14 +30,23 @@ __all__ = [
 
 
 def fit(config, sources=None, quiet=False, plans=None):
-    """Run the config's strategy (or ``plans``); see :func:`thaw.train.recipe.fit`."""
+    """Run the config's strategy (or ``plans``); see :func:`thaw.train.recipe.fit`. ``strategy="auto"``:
+    a search over candidate recipes within ``time_budget``; see :func:`thaw.auto.fit_auto`."""
+    if config.strategy == "auto":
+        from thaw.auto import fit_auto
+
+        return fit_auto(config, sources, quiet, plans)
     from thaw.train.recipe import fit as _fit
 
     return _fit(config, sources, quiet, plans)
 
 
 def resume(path, quiet=False):
-    """Continue an interrupted run; see :func:`thaw.train.recipe.resume`."""
+    """Continue an interrupted run (or ``--strategy auto`` search); see :func:`thaw.train.recipe.resume`."""
+    from thaw.auto import is_auto, resume_auto
+
+    if is_auto(path):
+        return resume_auto(path, quiet)
     from thaw.train.recipe import resume as _resume
 
     return _resume(path, quiet)

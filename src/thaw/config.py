@@ -267,7 +267,16 @@ class RunConfig:
         default_factory=lambda: PhaseConfig(epochs=10, patience=3, warmup_epochs=1),
         metadata={"help": "phase 2, fine-tuning: unfrozen layer groups, the backbone at lr / lr_ratio"},
     )
-    strategy: str = setting("two-phase", "the list of phase plans to run (`thaw strategies` lists them)")
+    strategy: str = setting(
+        "two-phase",
+        "the list of phase plans to run (`thaw strategies` lists them); auto: a search over candidate "
+        "recipes within --time-budget (thaw.auto)",
+    )
+    time_budget: float | None = setting(
+        None,
+        "--strategy auto: seconds of wall time for the whole search, the default recipe's own run "
+        "included; none: twice that run's time",
+    )
     layer_decay: float = setting(0.75, "discriminative: LR factor per layer group below the top one")
     gradual_every: int = setting(2, "gradual: epochs before one more layer group thaws")
     gradual_groups: int = setting(3, "gradual: thaw the top 1..N groups one by one, then all of them")
@@ -366,6 +375,13 @@ class RunConfig:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ThawError(f"--time-budget {self.time_budget} must be a number of seconds above 0, e.g. 600")
+        if self.time_budget is not None and self.strategy != AUTO:
+            raise ThawError(
+                f"--time-budget is the search budget of --strategy auto, not of {self.strategy}; add "
+                f"--strategy auto or drop --time-budget"
+            )
         if not 0 <= self.seed < 2**32:
             raise ThawError(f"--seed {self.seed} must be 0 or more and below 2**32")
         if not 0 < self.layer_decay <= 1:

@@ -206,6 +206,7 @@ class RunSummary:
     shift: Shift | None = None  # with --shift corruptions or --ood DIR
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
     task: str = "single-label"  # or "multilabel": ``classes`` are then the label names
+    auto: dict = field(default_factory=dict)  # --strategy auto: the screening table and why the winner won
 
     @property
     def final(self) -> PhaseResult:

@@ -98,6 +98,8 @@ def build_report(run: Path) -> str:
         f"&middot; report by thaw {_e(__version__)}</p>"
     )
     _decision(page, summary)
+    if summary.auto:
+        _auto(page, summary.auto)
     _configuration(page, config, plans)
     _data(page, summary, split_rows, predictions)
     _training(page, summary, rows, title)
@@ -145,6 +147,37 @@ def _decision(page: Page, summary: RunSummary) -> None:
         f"{_pct(m.balanced_accuracy)} &middot; macro-F1 {m.macro_f1:.3f} &middot; AUC {_num(m.auc)} "
         f"&middot; {m.n} images</p>"
     )
+
+
+def _auto(page: Page, auto: dict) -> None:
+    """``--strategy auto``: the screening table, and why the winner won (``thaw.auto``)."""
+    page.section("auto", "Strategy search (--strategy auto)")
+    page.text(
+        f"<p class=headline>{_e(auto['reason'].removeprefix('auto: '))}</p>"
+        f"<p>{_e(auto['time_used_s'])} s used of a {_e(auto['budget_s'])} s budget "
+        f"({_e(auto['budget_rule'])})"
+        + (f"; {_e(auto['stopped'])}" if auto.get("stopped") else "")
+        + f". How: {_e(auto['method'])}.</p>"
+    )
+    metric = auto["metric"].replace("_", " ")
+    value = _num if auto["metric"] in ("auc", "macro_f1") else _pct
+    cols = ["candidate", "overrides", "rung", "phase-2 epochs", f"val {metric}", "val loss", "val AUC"]
+    rows = [
+        [
+            _e(r["candidate"]),
+            _e(", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "strategy") or "-"),
+            _e(r["rung"]),
+            _e(r["phase2_epochs"]) if r["path"] else "-",
+            value(r["val_metric"]),
+            _num(r["val_loss"]),
+            _num(r["val_auc"]),
+            "-" if r["seconds"] is None else f"{r['seconds']:.0f}",
+            f"<b>{_e(r['status'])}</b>" if r["status"] == "winner" else _e(r["status"]),
+            _e(r["why"]),
+        ]
+        for r in auto["table"]
+    ]
+    page.table([*cols, "seconds", "status", "why"], rows, caption="the screening runs (folders under auto/)")
 
 
 def _configuration(page: Page, config, plans: list[dict]) -> None:

@@ -376,7 +376,14 @@ def describe_strategies() -> list[tuple[str, str]]:
 
 def plans_for(config: RunConfig) -> list[PhasePlan]:
     """The strategy named in ``config.strategy``, as a checked list of plans."""
+    if config.strategy == "auto":  # thaw.fit hands it to thaw.auto before any plan is built
+        raise ThawError(
+            "--strategy auto is a search over strategies that only thaw fit runs; here give one "
+            f"strategy: {', '.join(STRATEGIES)}"
+        )
     if config.strategy not in STRATEGIES:
-        raise ThawError(f"--strategy {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise ThawError(
+            f"--strategy {config.strategy!r} is not one of {', '.join(STRATEGIES)}, or auto (thaw fit)"
+        )
     plans = STRATEGIES[config.strategy](config)
     return check_plans([p for p in plans if p.epochs > 0 or p.interpolate_from])
