@@ -59,7 +59,8 @@ def test_unknown_strategy_is_one_clear_error(capsys):
         plans_for(override(thaw.RunConfig(), {"strategy": "nope"}))
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in STRATEGIES) and len(out.strip().splitlines()) == len(STRATEGIES)
+    assert all(name in out for name in STRATEGIES) and len(out.strip().splitlines()) == len(STRATEGIES) + 1
+    assert "auto" in out
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -148,23 +148,22 @@ def candidates(
     seen: dict[str, str] = {}
     for c in listed:
         changes, why = settable(c["overrides"])
-        if changes is None:
+        try:
+            cfg = override(base, changes).validate() if changes is not None else None
+            if cfg is not None:
+                one = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 1}))}
+                two = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 2}))}
+        except ThawError as err:  # a recipe these settings rule out; the user's own recipe must run
+            if c["name"] == INCUMBENT:
+                raise
+            cfg, why = None, f"not with these settings: {err}"
+        key = json.dumps(cfg.to_dict(), sort_keys=True, default=str) if cfg is not None else ""
+        if key in seen:
+            cfg, why = None, f"the same recipe as {seen[key]}"
+        if cfg is None:
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": why})
             continue
-        cfg = override(base, changes).validate()
-        key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-        if key in seen:
-            left.append(
-                {
-                    "candidate": c["name"],
-                    "overrides": c["overrides"],
-                    "why": f"the same recipe as {seen[key]}",
-                }
-            )
-            continue
         seen[key] = c["name"]
-        one = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 1}))}
-        two = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 2}))}
         scaled = tuple(name for name in two if one.get(name) != two[name])
         kept.append(Candidate(c["name"], dict(c["overrides"]), cfg, scaled))
     return kept, left
@@ -420,7 +419,10 @@ def _run(root: Path, rel: str, make: Callable[[Path], RunConfig], state: State) 
                 fit(make(path), quiet=True)
         state.data["runs"][rel] = {"seconds": round(time.monotonic() - start, 2)}
         state.save()
-    return RunSummary.read(path)
+    summary = RunSummary.read(path)
+    if rel not in state.data["runs"]:  # finished by a process killed before it recorded the time
+        state.data["runs"][rel] = {"seconds": round(sum(p.seconds for p in summary.phases.values()), 2)}
+    return summary
 
 
 def _measured(summary: RunSummary, seconds: float, scaled: tuple[str, ...]) -> tuple[float, float]:
@@ -456,10 +458,9 @@ def _search(
         given = config.time_budget
         state.data["budget"] = given if given is not None else round(BUDGET_FACTOR * state.spent(), 1)
         state.data["budget_rule"] = (
-            "given (--time-budget)"
+            "from --time-budget"
             if given is not None
-            else f"{BUDGET_FACTOR:g}x the default recipe's run ({state.spent():.0f} s), as --time-budget "
-            f"was not given"
+            else f"{BUDGET_FACTOR:g}x the default recipe's run of {state.spent():.0f} s (no --time-budget)"
         )
         state.save()
     budget = float(state.data["budget"])
@@ -501,11 +502,10 @@ def _search(
             path = root / "auto" / rel
             started = (path / "summary.json").is_file() or staging_path(path).is_dir()
             need = 0.0 if started else estimate(name, rung["epochs"], rung["before"][name])
-            if need and state.spent() + need > budget:
-                rung["skipped"][name] = (
-                    f"not run: about {need:.0f} s needed, {max(budget - state.spent(), 0):.0f} s of the "
-                    f"budget left"
-                )
+            left_s = budget - state.spent()
+            if need and need > left_s:
+                why = f"about {need:.0f} s needed, {max(left_s, 0):.0f} s of the budget left"
+                rung["skipped"][name] = {"why": why, "needed_s": round(need, 1)}
                 state.save()
                 continue
             if not (path / "summary.json").is_file():
@@ -589,10 +589,12 @@ def _decide(root, cands, left, rungs, ranked, summaries, state, config, metric):
     n_rung = len(ranked) - 1
     decision: dict[str, Any] = {"wins": False}
     if finalist is None:
-        line = f"auto: kept {INCUMBENT} (the default) because no challenger was screened: " + (
-            state.data.get("stopped") or next(iter(rungs[0]["skipped"].values()), "")
-            if rungs
-            else "none listed"
+        line = f"auto: kept {INCUMBENT} (the default) because no challenger " + (
+            f"fitted in the {state.data['budget']:.0f} s budget after the default's own run of "
+            f"{state.data['runs']['incumbent']['seconds']:.0f} s (the first needed about "
+            f"{next(iter(rungs[0]['skipped'].values()))['needed_s']:.0f} s)"
+            if rungs and rungs[0]["skipped"]
+            else "was listed"
         )
     else:
         rel = rungs[n_rung]["runs"][finalist]
@@ -702,7 +704,7 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
             if r and rel == rungs[r - 1]["runs"].get(name):
                 why += f"; the run of rung {r - 1} again (no phase 2 to lengthen)"
             rows.append(row(name, r, rung["epochs"], rel, status, why))
-        rows += [row(n, r, rung["epochs"], None, "not run", why) for n, why in rung["skipped"].items()]
+        rows += [row(n, r, rung["epochs"], None, "not run", s["why"]) for n, s in rung["skipped"].items()]
     if state.data.get("stopped"):
         rows.append(
             {**row(INCUMBENT, len(ranked), 0, None, "stopped", state.data["stopped"]), "candidate": "-"}

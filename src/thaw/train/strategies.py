@@ -368,10 +368,11 @@ SUMMARIES = {
 
 
 def describe_strategies() -> list[tuple[str, str]]:
-    """(name, one line) for every named strategy, for ``thaw strategies``."""
-    return [
+    """(name, one line) for every named strategy, for ``thaw strategies``, and ``auto``."""
+    named = [
         (name, SUMMARIES.get(name, (build.__doc__ or "").split(".")[0])) for name, build in STRATEGIES.items()
     ]
+    return [*named, ("auto", "thaw fit: a search over these within --time-budget; the default unless beaten")]
 
 
 def plans_for(config: RunConfig) -> list[PhasePlan]:
