@@ -53,6 +53,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -610,9 +611,9 @@ def _decide(root, cands, left, rungs, ranked, summaries, state, config, metric):
         if decision["wins"]:
             line = (
                 f"auto: chose {finalist} ({budget}) because its validation {decision['metric']} was "
-                f"{_lead(d, metric)} above {INCUMBENT}'s ({where}), and the paired bootstrap's {conf:.1%} "
-                f"one-sided lower bound of that lead, {_lead(lb, metric)}, is above 0 (90% for the search, "
-                f"split over {tried} challengers)"
+                f"{_lead(d, metric)} above {INCUMBENT}'s ({where}), and the paired bootstrap's "
+                f"{conf:.1%} one-sided lower bound of that lead, {_lead(lb, metric)}, is above 0 "
+                f"({1 - LEVEL:.0%} for the search, split over {tried} challengers)"
             )
         elif d > 0:
             line = (
@@ -772,12 +773,12 @@ def _finish(root: Path, out: Path, config: RunConfig, record: dict, winner: tupl
     write_atomic(root / "config.yaml", chosen.to_yaml())  # a new file: the linked original is untouched
     summary = dataclasses.replace(RunSummary.read(source), auto=record)
     write_atomic(root / "summary.json", summary.to_json())
-    write_report(root, warn=lambda text: print(f"warning: {text}"))
+    write_report(root, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     for folder in sorted((root / "auto").glob("**/checkpoints")):
         shutil.rmtree(folder)
     root.rename(out)
     run_folder.active = None
-    print_table(record, quiet)
+    print_table(record)
     print(record["reason"])
     if not quiet:
         print(
@@ -787,7 +788,7 @@ def _finish(root: Path, out: Path, config: RunConfig, record: dict, winner: tupl
     return RunResult(out, summary, load_model(out / "model.safetensors"))
 
 
-def print_table(record: dict, quiet: bool = False) -> None:
+def print_table(record: dict) -> None:
     """The screening table on the console (rich)."""
     from rich.console import Console
     from rich.table import Table

@@ -28,6 +28,7 @@ from thaw.data.budget import apply_budget
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.results import RunSummary, dumps
+from thaw.train.strategies import check_named
 
 IGNORED = ("out", "seed", "data.labels_per_class", "data.label_fraction")
 """Settings that vary between the runs of one curve; every other setting must match the curve's."""
@@ -92,6 +93,7 @@ def run_curve(
     if seeds < 1:
         raise ThawError(f"--seeds {seeds} must be at least 1")
     config.validate()
+    check_named(config)  # --strategy auto is a study of its own
     sources = discover(config.data)
     for b in budgets:  # a budget a class cannot meet is an error before any run starts
         apply_budget(sources, override(config, b.settings(), keep_none=True).data, config.seed)

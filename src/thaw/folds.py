@@ -22,6 +22,7 @@ from thaw.data.sources import Sources
 from thaw.errors import ThawError
 from thaw.files import write_atomic
 from thaw.results import GAIN_METRICS, RunSummary, dumps
+from thaw.train.strategies import check_named
 
 
 def fold_sources(sources: Sources, folds: int, seed: int) -> list[Sources]:
@@ -58,6 +59,7 @@ def cross_validate(config: RunConfig, folds: int, out: Path, quiet: bool = True,
     from thaw.train.run_folder import final_path, staging_path
 
     config.validate()
+    check_named(config)  # --strategy auto is a study of its own
     from thaw.multilabel import refuse
 
     sources = discover(config.data)

@@ -375,16 +375,22 @@ def describe_strategies() -> list[tuple[str, str]]:
     return [*named, ("auto", "thaw fit: a search over these within --time-budget; the default unless beaten")]
 
 
-def plans_for(config: RunConfig) -> list[PhasePlan]:
-    """The strategy named in ``config.strategy``, as a checked list of plans."""
+def check_named(config: RunConfig) -> None:
+    """``config.strategy`` names one strategy; ``auto`` (a search over them, ``thaw.auto``) is refused here,
+    before a study (``--folds``, ``curve``) creates its folder."""
     if config.strategy == "auto":  # thaw.fit hands it to thaw.auto before any plan is built
         raise ThawError(
-            "--strategy auto is a search over strategies that only thaw fit runs; here give one "
-            f"strategy: {', '.join(STRATEGIES)}"
+            "--strategy auto is a search over strategies, run by thaw fit alone (not with --folds, nor by "
+            f"compare, curve or lr-find); here give one strategy: {', '.join(STRATEGIES)}"
         )
     if config.strategy not in STRATEGIES:
         raise ThawError(
             f"--strategy {config.strategy!r} is not one of {', '.join(STRATEGIES)}, or auto (thaw fit)"
         )
+
+
+def plans_for(config: RunConfig) -> list[PhasePlan]:
+    """The strategy named in ``config.strategy``, as a checked list of plans."""
+    check_named(config)
     plans = STRATEGIES[config.strategy](config)
     return check_plans([p for p in plans if p.epochs > 0 or p.interpolate_from])
