@@ -16,11 +16,12 @@ cache (keyed by the backbone and the images, not the strategy).
    towards 1 epoch until the whole rung fits the budget left, then as many challengers as still fit, in
    the order listed. A challenger whose plans do not depend on ``phase2.epochs`` (``linear-probe``) is
    complete at rung 0 and is carried to later rungs without a rerun.
-3. **Rung r+1**: the better half of rung r (ranked by the validation metric ``--monitor`` keeps the phase
-   with, accuracy by default, then by validation loss) at the next step of the ladder, if the time used so
-   far plus the rung's estimated cost (each survivor's measured seconds at rung r, its phase-2 seconds
-   scaled to the new epochs) fits the budget; with fewer epochs where the full step does not fit; else
-   the search stops there. It ends when one challenger is left or every one left is at the full budget.
+3. **Rung r+1**: the better half of rung r (:func:`_rank`: the validation metric ``--monitor`` keeps the
+   phase with, accuracy by default, of the saved model, then of the last plan, then the last plan's
+   validation loss) at the next step of the ladder, if the time used so far plus the rung's estimated
+   cost (each survivor's measured seconds at rung r, its phase-2 seconds scaled to the new epochs) fits
+   the budget; with fewer epochs where the full step does not fit; else the search stops there. It ends
+   when one challenger is left or every one left is at the full budget.
 4. **The decision** (:func:`challenger_wins`): the top challenger of the last rung against the incumbent,
    on the same validation images, by a paired bootstrap of the difference of that metric between the two
    saved models (images resampled, both models' predictions together). The challenger replaces the
@@ -92,10 +93,11 @@ RESAMPLES = 2000  # paired bootstrap resamples of the validation images
 BUDGET_FACTOR = 2.0  # no --time-budget: this many times the incumbent's own run
 METHOD = (
     "successive halving: the default recipe first at its full budget; every challenger at a short phase 2, "
-    "the better half (by the validation metric, then validation loss) continued with a doubled phase-2 "
-    "budget while the time budget allows; the top challenger replaces the default only if a paired "
-    "bootstrap over the validation images puts the one-sided lower bound of its lead above 0, at 90% "
-    "confidence for the whole search (Bonferroni over the challengers screened)"
+    "the better half (by the saved model's validation metric, then its last plan's, then that plan's "
+    "validation loss) continued with a doubled phase-2 budget while the time budget allows; the top "
+    "challenger replaces the default only if a paired bootstrap over the validation images puts the "
+    "one-sided lower bound of its lead above 0, at 90% confidence for the whole search (Bonferroni over "
+    "the challengers screened)"
 )
 
 
@@ -509,9 +511,10 @@ def _search(
                 rung["skipped"][name] = {"why": why, "needed_s": round(need, 1)}
                 state.save()
                 continue
-            if not (path / "summary.json").is_file():
-                say(f"auto: rung {r}, {name} (phase 2: {rung['epochs']} epochs) in auto/{rel}")
             c, epochs = by_name[name], rung["epochs"]
+            if not (path / "summary.json").is_file():
+                budget_text = f"phase 2: {epochs} epochs" if c.scaled else "no phase 2"
+                say(f"auto: rung {r}, {name} ({budget_text}) in auto/{rel}")
             summaries[rel] = _run(root, rel, lambda p, c=c, e=epochs: c.at(e, p, split), state)
         ran = [n for n in rung["members"] if n not in rung["skipped"]]
         ranked.append(_rank({n: summaries[rung["runs"][n]] for n in ran}, metric, list(by_name)))
@@ -564,18 +567,25 @@ def _plan_rung(r, rungs, ranked, by_name, steps, full, budget, state, estimate) 
 
 
 def _rank(results: dict[str, RunSummary], metric: str, order: list[str]) -> list[str]:
-    """Best first: the validation metric, then validation loss, then the order listed."""
+    """Best first: the saved model's validation metric, then its last plan's (on a short phase 2 the saved
+    model is often phase 1's for every recipe, which share it: the last plan's score is what tells the
+    recipes apart), then the last plan's validation loss, then the order listed."""
 
     def key(name: str):
-        val = results[name].final.val
-        value, loss = getattr(val, metric), val.loss
+        summary = results[name]
+        last = summary.phases[list(summary.phases)[-1]].val
         return (
-            -value if math.isfinite(value) else math.inf,
-            loss if math.isfinite(loss) else math.inf,
+            -_finite(getattr(summary.final.val, metric)),
+            -_finite(getattr(last, metric)),
+            -_finite(-last.loss),
             order.index(name),
         )
 
     return sorted(results, key=key)
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
 
 
 # ------------------------------------------------------------------------------------------ the outcome
@@ -656,6 +666,7 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
 
     def row(name: str, rung, epochs: int, rel: str | None, status: str, why: str) -> dict[str, Any]:
         val = summaries[rel].final.val if rel in summaries else None
+        last = summaries[rel].phases[list(summaries[rel].phases)[-1]].val if rel in summaries else None
         return {
             "candidate": name,
             "overrides": by_name[name].overrides if name in by_name else {},
@@ -666,6 +677,7 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
             "val_loss": val.loss if val else None,
             "val_auc": val.auc if val else None,
             "val_metric": getattr(val, metric) if val else None,
+            "last_plan_val_metric": getattr(last, metric) if last else None,  # the tie-break of the rank
             "seconds": state.data["runs"].get(rel, {}).get("seconds") if rel else None,
             "status": status,
             "why": why,

@@ -165,7 +165,7 @@ def _auto(page: Page, auto: dict) -> None:
     rows = [
         [
             _e(r["candidate"]),
-            _e(", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "strategy") or "-"),
+            _e(", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"),
             _e(r["rung"]),
             _e(r["phase2_epochs"]) if r["path"] else "-",
             value(r["val_metric"]),
