@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from thaw.augmentation import parse as parse_augment
 from thaw.errors import ThawError
 
 
@@ -88,7 +89,12 @@ class DataConfig:
     split_seed: int = setting(0, "seed of the split thaw makes; --seed varies training, not the split")
     image_size: int | None = setting(None, "input size in pixels; none: the weights' own, e.g. 224")
     batch_size: int = setting(32, "images per batch")
-    augment: bool = setting(True, "random resized crops (and flips) while training")
+    augment: str = setting(
+        "auto",
+        "training augmentation: auto (standard, checked on your data before fine-tuning: a crop or flip "
+        "that costs the solved head too much is weakened or dropped), none, light, standard, strong, or "
+        "a list such as crop:0.6,hflip,rot90,color (--no-augment = none)",
+    )
     hflip: bool = setting(
         True, "random horizontal flips (turn off for text, digits)", flags=("--hflip", "--flip")
     )
@@ -126,6 +132,7 @@ class DataConfig:
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
             raise ThawError(f"data format {self.format!r} is not one of {', '.join(DATA_FORMATS)}")
+        parse_augment(self.augment, self.crop_scale_min, self.hflip)
         if self.normalize not in NORMALIZE:
             raise ThawError(f"--normalize {self.normalize!r} is not one of {', '.join(NORMALIZE)}")
         if self.dicom_window is not None:
@@ -485,6 +492,8 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     values = {}
     for name, value in raw.items():
         sub = known[name].type
+        if cls is DataConfig and name == "augment" and isinstance(value, bool):
+            value = "standard" if value else "none"  # a config.yaml from before --augment took a policy
         nested = {
             "DataConfig": DataConfig,
             "ModelConfig": ModelConfig,
