@@ -73,7 +73,7 @@ def check(
             for s in steps:
                 keep = areas >= s
                 if keep.sum() >= 16:  # enough views of that size to judge
-                    by_area[s] = round((paired[keep].mean() - correct[keep].mean()) / skill, 4)
+                    by_area[s] = round(float(paired[keep].mean() - correct[keep].mean()) / skill, 4)
             entry["cost_by_min_area"] = {f"{s:g}": c for s, c in by_area.items()}
             weaker = next((s for s, c in by_area.items() if c <= MAX_COST), None)
             if weaker is None:
