@@ -77,6 +77,7 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
             batch_size=max(config.data.batch_size, 64),
             root=feature_cache.cache_root().parent / "prefix",
             warn=report.warn,
+            channels_last=config.hardware.channels_last,
             way_out=f"--{plan.name} online",
         )
 

@@ -54,6 +54,7 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
             decoded=loaders.decoded[split],
             batch_size=max(config.data.batch_size, 64),
             warn=report.warn,
+            channels_last=config.hardware.channels_last,
         )
 
     evaluation = thaw_data.eval_transform(pre)
