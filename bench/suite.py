@@ -60,6 +60,7 @@ CANDIDATES = {
     "ratio100": {"lr_ratio": 100.0},
     "dropout0": {"model.dropout": 0.0},
     "no-warmup": {"phase2.warmup_epochs": 0.0},
+    "sgd": {"optimizer": "sgd", "lr": 1e-2},
 }
 
 

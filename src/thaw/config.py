@@ -73,6 +73,7 @@ PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 DIST_STRATEGIES = ("auto", "ddp", "fsdp")
 IMAGE_STORES = ("auto", "memory", "disk")
 SHIFTS = ("none", "corruptions")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,12 @@ class RunConfig:
     lr_found: float | None = setting(None, "what lr auto resolved to in this run", recorded=True)
     lr_ratio_found: float | None = setting(None, "what lr_ratio auto resolved to in this run", recorded=True)
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
+    optimizer: str = setting(
+        "adamw",
+        "trained phases' optimizer: adamw (decoupled weight decay), or sgd (momentum 0.9, Nesterov; "
+        "usually wants a 10x higher --lr)",
+        choices=OPTIMIZERS,
+    )
     phase2_features: str = setting(
         "online",
         "phase 2 with --unfreeze N: cached = the frozen layers before the last N run once, their "
@@ -393,6 +400,8 @@ class RunConfig:
             raise ThawError(f"--pseudo-threshold {self.pseudo_threshold} must be in (0, 1), e.g. 0.9")
         if self.balance not in BALANCE:
             raise ThawError(f"--balance {self.balance!r} is not one of {', '.join(BALANCE)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ThawError(f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.monitor not in MONITORS:
             raise ThawError(f"--monitor {self.monitor!r} is not one of {', '.join(MONITORS)}")
         if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
