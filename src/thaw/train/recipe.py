@@ -162,7 +162,7 @@ def train(
     results: dict[str, PhaseResult] = {}
     augment = None
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
-        if augment is None and augments(plan):  # before the first plan that trains on augmented images
+        if augment is None and augments(plan):  # before the first plan that fine-tunes the backbone
             augment = choose_augmentation(model, ctx, trained_head=bool(results))
         step = (
             interpolate
@@ -212,7 +212,13 @@ def train(
         forgetting=forgetting,
         shift=shift,
         lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
-        augment=augment or {"setting": config.data.augment, "chosen": "none", "note": "no plan augments"},
+        augment=augment
+        or {
+            "setting": config.data.augment,
+            "chosen": loaders.policy.describe(),
+            "chosen_spec": loaders.policy.spec(),
+            "skipped": "no plan fine-tunes the backbone",
+        },
         task=multilabel.TASK if sources.multilabel else multilabel.SINGLE,
     )
     if not distributed.is_zero():  # rank 0 writes the run folder
@@ -241,8 +247,9 @@ def train(
 
 
 def augments(plan: PhasePlan) -> bool:
-    """Whether ``plan`` trains on augmented training images (not a solved head, not an interpolation)."""
-    return not plan.interpolate_from and not (plan.features == "cached" and plan.train == "head")
+    """Whether ``plan`` fine-tunes backbone layers on augmented images: where augmentation that hides the
+    label does its damage (a head trained online in phase 1 uses the policy as given, unchecked)."""
+    return not plan.interpolate_from and plan.train != "head"
 
 
 def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> dict:
