@@ -3,6 +3,7 @@
     python bench/cached.py speed [--dataset neu]        # wall time: online (10 epochs) vs cached vs 1 forward
     python bench/cached.py accuracy [--seeds 0 1 2]     # phase 1 cached vs online vs scikit-learn probe
     python bench/cached.py two-phase [--seeds 0]        # the whole recipe from each head
+    python bench/cached.py cold [--dataset neu]         # a cold feature pass, by where its time goes
 
 Every figure is printed as it is measured and written to bench/out/cached-<mode>-<time>.json. The cache
 goes to a fresh THAW_HOME for each cached run, so "cached" includes computing the features.
@@ -207,13 +208,63 @@ def two_phase(args, out: Path, rows: list) -> None:
                 print(json.dumps(row), flush=True)
 
 
+def cold(args, out: Path, rows: list) -> None:
+    """Where a cold feature pass spends its time: decoding, then the backbone over every split in the
+    layout the feature cache uses, beside the same pass in channels-last and the forward of one online
+    phase-1 epoch (train + val through the same frozen backbone, as PhaseModule runs it)."""
+    import torch
+
+    from thaw.data import decode_sources, discover, eval_transform, loader
+    from thaw.data.features import Views, compute
+    from thaw.models import build_classifier
+
+    for dataset in args.datasets:
+        cfg = config(dataset, Path("unused"))
+        sources = discover(cfg.data)
+        names = sources.class_names
+        model = build_classifier(cfg.model, len(names), names, cfg.data.image_size)
+        pre = model.preprocessing
+        start = time.perf_counter()
+        decoded = decode_sources(sources, pre, 3, warn=lambda *_: None)
+        decode_s = time.perf_counter() - start
+        n_all = sum(len(d.images) for d in decoded.values())
+        row = {"dataset": dataset, "images": n_all, "decode_s": round(decode_s, 1)}
+        for layout in ("contiguous", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            model.to(memory_format=fmt)
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                for split, data in decoded.items():
+                    views = Views(eval_transform(pre), 1, 0, decoded=data)
+                    folder = Path(tmp) / split
+                    folder.mkdir()
+                    compute(model.backbone, views, data.keys, folder, batch_size=64)
+                row[f"features_{layout}_s"] = round(time.perf_counter() - start, 1)
+        model.to(memory_format=torch.channels_last).eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for split in ("train", "val"):
+                for x, _ in loader(decoded[split], eval_transform(pre), cfg.data, shuffle=False):
+                    model(x.contiguous(memory_format=torch.channels_last))
+        online = time.perf_counter() - start
+        n_epoch = len(decoded["train"].images) + len(decoded["val"].images)
+        row["online_epoch_forward_s"] = round(online, 1)
+        row["ms_per_image"] = {
+            "features_contiguous": round(1000 * row["features_contiguous_s"] / n_all, 1),
+            "features_channels_last": round(1000 * row["features_channels_last_s"] / n_all, 1),
+            "online_epoch": round(1000 * online / n_epoch, 1),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("speed", "accuracy", "two-phase"))
+    p.add_argument("mode", choices=("speed", "accuracy", "two-phase", "cold"))
     p.add_argument("--datasets", nargs="+", default=None, choices=DATASETS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = p.parse_args()
-    args.datasets = args.datasets or (["neu"] if args.mode == "speed" else list(DATASETS))
+    args.datasets = args.datasets or (["neu"] if args.mode in ("speed", "cold") else list(DATASETS))
     missing = [d for d in args.datasets if not Path(DATASETS[d]["data.path"]).exists()]
     if missing:
         sys.exit(f"skipped: {', '.join(missing)} absent under {SHARED}")
@@ -224,7 +275,8 @@ def main() -> None:
     install("mobilenet_v2", log=lambda *_: None)
     out = Path(__file__).parent / "out" / f"cached-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     rows: list = []
-    {"speed": speed, "accuracy": accuracy, "two-phase": two_phase}[args.mode](args, out, rows)
+    modes = {"speed": speed, "accuracy": accuracy, "two-phase": two_phase, "cold": cold}
+    modes[args.mode](args, out, rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rows.json").write_text(json.dumps(rows, indent=2))
 

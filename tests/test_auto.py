@@ -83,10 +83,10 @@ def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tm
     short = by_name["lp-ft"].at(1, tmp_path / "r", tmp_path / "split.csv")
     assert short.phase2.epochs == 1 and short.strategy == "lp-ft" and short.time_budget is None
     assert short.phase2.warmup_epochs == pytest.approx(config.phase2.warmup_epochs / config.phase2.epochs)
-    # the augmentation policies, while this thaw's augment is on/off: "none" is off, the others wait
-    assert auto.settable({"data.augment": "none"}) == ({"data.augment": False}, "")
-    assert auto.settable({"data.augment": "light"})[0] is None
-    assert by_name["augment-none"].config.data.augment is False
+    assert by_name["augment-none"].config.data.augment == "none" and by_name["augment-light"].scaled
+    # a policy the user already gave is the incumbent's: that candidate is left out
+    _, left = auto.candidates(override(config, {"data.augment": "light"}))
+    assert {"candidate": "augment-light", "why": "the same recipe as two-phase"}.items() <= left[-1].items()
 
 
 def test_auto_within_its_budget_leaves_a_complete_run_folder(data, tmp_path, capsys):

@@ -55,6 +55,7 @@ def test_layer_wise_lr_decay_and_explicit_group_lrs():
         (PhasePlan("p", bn_policy="magic"), "bn_policy"),
         (PhasePlan("a/b"), "file name"),
         (PhasePlan("p", epochs=0), "epochs"),
+        (PhasePlan("p", optimizer="adam"), "optimizer"),
     ],
 )
 def test_bad_plans_name_the_setting(plan, message):
@@ -82,3 +83,23 @@ def test_warmup_then_cosine_to_zero_or_constant():
         optimizer.step()
         constant.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_the_optimizer_setting_reaches_every_trained_plan():
+    """``--optimizer sgd``: Nesterov SGD with momentum 0.9 over the plan's groups; AdamW by default."""
+    from types import SimpleNamespace
+
+    from thaw.config import RunConfig, override
+    from thaw.train.module import PhaseModule
+    from thaw.train.strategies import plans_for
+
+    config = override(RunConfig(), {"optimizer": "sgd", "strategy": "gradual"})
+    assert {p.optimizer for p in plans_for(config)} == {"sgd"}
+    model = build_classifier(ModelConfig(name="mobilenet_v3_small", weights="none"), 2, image_size=32)
+    for name, kind in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        module = PhaseModule(model, PhasePlan("phase2", "all", optimizer=name))
+        module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
+        optimizer = module.configure_optimizers()["optimizer"]
+        assert type(optimizer) is kind
+        if name == "sgd":
+            assert all(g["momentum"] == 0.9 and g["nesterov"] for g in optimizer.param_groups)

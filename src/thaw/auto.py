@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from thaw.config import AUTO, DataConfig, RunConfig, override
+from thaw.config import AUTO, RunConfig, override
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.results import MONITORED, RunSummary, dumps
@@ -84,9 +84,9 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 )
 """The recipes auto tries, as config overrides on the user's settings; the first is the incumbent. The
 linear probe comes last: it is the cheapest, and it rarely wins (two-phase's phase 1 *is* that probe, and
-two-phase keeps it when phase 2 does not raise validation accuracy). ``data.augment`` values are the
-augmentation policies ("none", "light", ...); on a thaw whose ``augment`` is on/off only, "none" is
-``False`` and the others are left out (:func:`settable`)."""
+two-phase keeps it when phase 2 does not raise validation accuracy). ``data.augment`` values are
+``--augment`` policies; the default, ``auto``, is the incumbent's. A candidate the user's settings rule
+out, or that they make the same as one before it, is left out with why (:func:`candidates`)."""
 
 LEVEL = 0.10  # one-sided error of the whole search: split over the challengers screened
 RESAMPLES = 2000  # paired bootstrap resamples of the validation images
@@ -121,26 +121,11 @@ class Candidate:
         return override(self.config, changes)
 
 
-def settable(overrides: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The overrides as this thaw's config takes them, or None and why not. ``data.augment``: a policy name
-    where the setting is a string; where it is still on/off, "none" is off and the others are left out."""
-    value = overrides.get("data.augment")
-    if value is None:
-        return dict(overrides), ""
-    kind = {f.name: str(f.type) for f in dataclasses.fields(DataConfig)}["augment"]
-    if kind != "bool":
-        return dict(overrides), ""
-    if value == "none":
-        return {**overrides, "data.augment": False}, ""
-    return None, f"augmentation {value!r} needs the augmentation-policy setting; this thaw has on/off only"
-
-
 def candidates(
     config: RunConfig, listed: tuple[dict[str, Any], ...] | None = None
 ) -> tuple[list[Candidate], list[dict[str, Any]]]:
-    """The candidates this config can run, the incumbent first, and those left out with why (a setting
-    this thaw does not have, or the same recipe as one before it: ``lr-ratio-100`` with ``--lr-ratio 100``).
-    """
+    """The candidates this config can run, the incumbent first, and those left out with why (settings that
+    rule the recipe out, or make it the same as one before it: ``lr-ratio-100`` with ``--lr-ratio 100``)."""
     from thaw.train.strategies import plans_for
 
     listed = listed or CANDIDATES
@@ -150,20 +135,18 @@ def candidates(
     left: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for c in listed:
-        changes, why = settable(c["overrides"])
         try:
-            cfg = override(base, changes).validate() if changes is not None else None
-            if cfg is not None:
-                one = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 1}))}
-                two = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 2}))}
+            cfg = override(base, c["overrides"]).validate()
+            one = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 1}))}
+            two = {p.name: p.epochs for p in plans_for(override(cfg, {"phase2.epochs": 2}))}
         except ThawError as err:  # a recipe these settings rule out; the user's own recipe must run
             if c["name"] == INCUMBENT:
                 raise
-            cfg, why = None, f"not with these settings: {err}"
-        key = json.dumps(cfg.to_dict(), sort_keys=True, default=str) if cfg is not None else ""
-        if key in seen:
-            cfg, why = None, f"the same recipe as {seen[key]}"
-        if cfg is None:
+            left.append({"candidate": c["name"], "overrides": c["overrides"], "why": f"not here: {err}"})
+            continue
+        key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+        if key in seen:  # e.g. augment-none under --augment none
+            why = f"the same recipe as {seen[key]}"
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": why})
             continue
         seen[key] = c["name"]

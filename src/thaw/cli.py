@@ -58,6 +58,10 @@ def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = 
             else {"str": "TEXT", "float | str": "FLOAT|auto"}.get(kind, kind.upper()),
             help=help_text,
         )
+    if sections is None or "data" in sections:
+        _group(p, "data", defaults).add_argument(
+            "--no-augment", dest="data.augment", action="store_const", const="none", help="--augment none"
+        )
     if sections is None:
         _group(p, "training", defaults).add_argument(
             "--patience", type=int, metavar="INT", help="early-stopping patience of both phases (sets both)"

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from thaw.augmentation import parse as parse_augment
 from thaw.errors import ThawError
 
 
@@ -72,6 +73,7 @@ PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 DIST_STRATEGIES = ("auto", "ddp", "fsdp")
 IMAGE_STORES = ("auto", "memory", "disk")
 SHIFTS = ("none", "corruptions")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,12 @@ class DataConfig:
     split_seed: int = setting(0, "seed of the split thaw makes; --seed varies training, not the split")
     image_size: int | None = setting(None, "input size in pixels; none: the weights' own, e.g. 224")
     batch_size: int = setting(32, "images per batch")
-    augment: bool = setting(True, "random resized crops (and flips) while training")
+    augment: str = setting(
+        "auto",
+        "training augmentation: auto (standard, checked on your data before fine-tuning: a crop or flip "
+        "that costs the solved head too much is weakened or dropped), none, light, standard, strong, or "
+        "a list such as crop:0.6,hflip,rot90,color (--no-augment = none)",
+    )
     hflip: bool = setting(
         True, "random horizontal flips (turn off for text, digits)", flags=("--hflip", "--flip")
     )
@@ -126,6 +133,7 @@ class DataConfig:
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
             raise ThawError(f"data format {self.format!r} is not one of {', '.join(DATA_FORMATS)}")
+        parse_augment(self.augment, self.crop_scale_min, self.hflip)
         if self.normalize not in NORMALIZE:
             raise ThawError(f"--normalize {self.normalize!r} is not one of {', '.join(NORMALIZE)}")
         if self.dicom_window is not None:
@@ -303,6 +311,12 @@ class RunConfig:
     lr_found: float | None = setting(None, "what lr auto resolved to in this run", recorded=True)
     lr_ratio_found: float | None = setting(None, "what lr_ratio auto resolved to in this run", recorded=True)
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
+    optimizer: str = setting(
+        "adamw",
+        "trained phases' optimizer: adamw (decoupled weight decay), or sgd (momentum 0.9, Nesterov; "
+        "usually wants a 10x higher --lr)",
+        choices=OPTIMIZERS,
+    )
     phase2_features: str = setting(
         "online",
         "phase 2 with --unfreeze N: cached = the frozen layers before the last N run once, their "
@@ -402,6 +416,8 @@ class RunConfig:
             raise ThawError(f"--pseudo-threshold {self.pseudo_threshold} must be in (0, 1), e.g. 0.9")
         if self.balance not in BALANCE:
             raise ThawError(f"--balance {self.balance!r} is not one of {', '.join(BALANCE)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ThawError(f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.monitor not in MONITORS:
             raise ThawError(f"--monitor {self.monitor!r} is not one of {', '.join(MONITORS)}")
         if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
@@ -501,6 +517,8 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     values = {}
     for name, value in raw.items():
         sub = known[name].type
+        if cls is DataConfig and name == "augment" and isinstance(value, bool):
+            value = "standard" if value else "none"  # a config.yaml from before --augment took a policy
         nested = {
             "DataConfig": DataConfig,
             "ModelConfig": ModelConfig,

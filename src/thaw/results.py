@@ -117,6 +117,7 @@ class PhaseResult:
     solver: dict = field(default_factory=dict)  # a head solved on cached features: what was chosen, and how
     halted: str | None = None  # why a non-finite loss or weight stopped the plan early, if one did
     features: dict = field(default_factory=dict)  # trained on images or on a cached frozen prefix, and why
+    incoming: dict | None = None  # the score of the weights it started from, and whether it beat them
 
     def on(self, split: str) -> Metrics | None:
         return self.val if split == "val" else self.test if split == "test" else None
@@ -207,6 +208,7 @@ class RunSummary:
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
     task: str = "single-label"  # or "multilabel": ``classes`` are then the label names
     auto: dict = field(default_factory=dict)  # --strategy auto: the screening table and why the winner won
+    augment: dict = field(default_factory=dict)  # --augment: the policy trained with, and what auto measured
 
     @property
     def final(self) -> PhaseResult:

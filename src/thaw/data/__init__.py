@@ -8,6 +8,7 @@ from thaw.data.images import (
     decode_sources,
     eval_transform,
     loader,
+    policy_of,
     train_transform,
 )
 from thaw.data.sources import Item, Sources, discover, from_arrays, write_split
@@ -23,6 +24,7 @@ __all__ = [
     "eval_transform",
     "from_arrays",
     "loader",
+    "policy_of",
     "store",
     "train_transform",
     "write_split",

@@ -130,17 +130,25 @@ def compute(
     batch_size: int = 64,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    channels_last: bool = True,
 ) -> list[int]:
     """Run ``backbone`` (eval mode) over ``dataset`` and write the features to ``folder/x.npy`` batch by
-    batch. Returns the indices of images that could not be decoded (their rows are left out)."""
+    batch. Returns the indices of images that could not be decoded (their rows are left out).
+    ``channels_last``: the backbone and the batches in that layout, as training runs them (a cold pass in
+    the contiguous layout took 1.5x as long per image as an online epoch's forward; BENCHMARKS.md)."""
     was_training = backbone.training
     backbone.eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    backbone.to(memory_format=layout)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     x = None
     row, labels, failed, kept_keys, done = 0, [], [], [], 0
     for batch, y, ok in loader:
         n, v = batch.shape[:2]
-        feats = backbone(batch.flatten(0, 1)).float().reshape(n, v, -1)
+        images = batch.flatten(0, 1)
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=layout)
+        feats = backbone(images).float().reshape(n, v, -1)
         for j in range(n):
             index = done + j
             if not bool(ok[j]):
@@ -192,6 +200,7 @@ def features(
     root: Path | None = None,
     warn: Callable[[str], None] = print,
     way_out: str = "--phase1 online",
+    channels_last: bool = True,
 ) -> Features:
     """The features of ``items`` through ``backbone``: from the cache when it holds them, else computed
     (from ``decoded`` images if given, else decoded from disk one at a time) and cached. ``backbone`` may
@@ -214,6 +223,8 @@ def features(
         if decoded is None
         else hashlib.blake2b("\n".join(decoded.keys).encode()).hexdigest(),
     }
+    if not channels_last:  # the features differ from the channels-last layout's at float rounding
+        identity["layout"] = "contiguous"
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     folder = root / key
     found = _read(folder, warn)
@@ -234,7 +245,7 @@ def features(
     partial = root / f"{key}.partial-{os.getpid()}"
     try:
         partial.mkdir(parents=True, exist_ok=True)
-        failed = compute(backbone, dataset, keys, partial, batch_size, workers)
+        failed = compute(backbone, dataset, keys, partial, batch_size, workers, channels_last=channels_last)
         meta = {**identity, "views": views, "failed": [keys[i] for i in failed]}
         (partial / "meta.json").write_text(json.dumps(meta))
         shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
+from thaw.augmentation import Policy
+from thaw.augmentation import parse as parse_augment
 from thaw.config import DataConfig
+from thaw.data import augment
 from thaw.data.sources import Item, Sources
 from thaw.errors import ThawError
 from thaw.preprocessing import Preprocessing
@@ -298,18 +301,15 @@ def decode_sources(
     return decoded
 
 
-def train_transform(pre: Preprocessing, config: DataConfig) -> v2.Transform:
-    interpolation = InterpolationMode(pre.interpolation)
-    if not config.augment:
-        return eval_transform(pre)
-    steps = [
-        v2.RandomResizedCrop(
-            pre.size, scale=(config.crop_scale_min, 1.0), interpolation=interpolation, antialias=True
-        )
-    ]
-    if config.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+def train_transform(pre: Preprocessing, config: DataConfig, policy: Policy | None = None, channels: int = 3):
+    """The training transform of ``policy`` (default: what ``--augment`` names before any check)."""
+    policy = policy or policy_of(config)
+    return augment.transform(policy, pre, channels) if policy.ops else eval_transform(pre)
+
+
+def policy_of(config: DataConfig) -> Policy:
+    """The augmentation ``config.augment`` names (``auto``: the ``standard`` policy the check starts from)."""
+    return parse_augment(config.augment, config.crop_scale_min, config.hflip)
 
 
 def eval_transform(pre: Preprocessing) -> v2.Transform:

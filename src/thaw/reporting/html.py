@@ -102,6 +102,7 @@ def build_report(run: Path) -> str:
         _auto(page, summary.auto)
     _configuration(page, config, plans)
     _data(page, summary, split_rows, predictions)
+    _augmentation(page, summary)
     _training(page, summary, rows, title)
     _results(page, summary)
     _evaluation(page, summary, predictions)
@@ -130,6 +131,14 @@ def _decision(page: Page, summary: RunSummary) -> None:
             f" The later plan(s) {_e(', '.join(later))} did not raise validation accuracy, so their "
             f"weights were not kept."
         )
+    for result in summary.phases.values():
+        came = result.incoming
+        if came and not came["beaten"] and result.stopped_early:
+            why += (
+                f" {_e(result.name)} stopped after {result.epochs_run} epochs: it did not beat the "
+                f"{_e(came['monitor'])} of the {_e(came['plan'])} weights it started from "
+                f"({came['score']:.4g}) within its patience."
+            )
     final = summary.final
     split = "test" if final.test is not None else "val"
     m = final.on(split)
@@ -178,6 +187,38 @@ def _auto(page: Page, auto: dict) -> None:
         for r in auto["table"]
     ]
     page.table([*cols, "seconds", "status", "why"], rows, caption="the screening runs (folders under auto/)")
+
+
+def _augmentation(page: Page, summary: RunSummary) -> None:
+    """What phase 2 trained with and, with ``--augment auto``, what the check measured."""
+    record = summary.augment
+    if not record:
+        return
+    page.section("augmentation", "Augmentation")
+    if "ops" not in record:
+        why = f" Not checked: {_e(record['skipped'])}." if record.get("skipped") else ""
+        used = f"--augment {_e(record['setting'])}: training used <b>{_e(record['chosen'])}</b>."
+        page.text(f"<p>{used}{why}</p>")
+        return
+    page.text(
+        f"<p>--augment auto started from <b>{_e(record['started_from'])}</b> and trained with "
+        f"<b>{_e(record['chosen'])}</b>. The solved head scored {record['views']} views, with each op "
+        f"alone, of {record['images']} training images: right on {_pct(record['eval_accuracy'])} of them "
+        f"on the eval view (chance {_pct(record['chance'])}). An op that costs more than "
+        f"{100 * record['max_cost']:.0f}% of the head's skill above chance hides the label on this data, "
+        f"and is weakened or dropped.</p>"
+    )
+    rows = [
+        [
+            _e(op),
+            _pct(e["accuracy"]),
+            f"{100 * e['cost']:.0f}%",
+            _e(", ".join(f"area >= {a}: {100 * c:.0f}%" for a, c in e.get("cost_by_min_area", {}).items())),
+            _e(e["decision"]),
+        ]
+        for op, e in record["ops"].items()
+    ]
+    page.table(["op", "accuracy", "cost", "weaker crops", "decision"], rows)
 
 
 def _configuration(page: Page, config, plans: list[dict]) -> None:

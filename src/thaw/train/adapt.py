@@ -221,6 +221,7 @@ def pseudo_plan(config) -> PhasePlan:
         lr_ratio=config.lr_ratio,
         bn_policy=config.bn_policy,
         label_smoothing=config.label_smoothing,
+        optimizer=config.optimizer,
         **{**dataclasses.asdict(config.phase2), "epochs": max(config.phase2.epochs, 1)},
     ).validate()
 

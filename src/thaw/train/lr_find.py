@@ -490,6 +490,7 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn, class_weigh
             decoded=loaders.decoded[s],
             batch_size=max(config.data.batch_size, 64),
             warn=warn,
+            channels_last=config.hardware.channels_last,
         )
         for s in ("train", "val")
     }

@@ -170,8 +170,11 @@ class PhaseModule(L.LightningModule):
     def configure_optimizers(self):
         plan = self.plan
         group_lrs = plan.group_lr(len(self.model.layer_groups))
-        optimizer = torch.optim.AdamW(
-            param_groups(self.model, plan.lr, group_lrs, plan.weight_decay, plan.lr / plan.lr_ratio)
+        groups = param_groups(self.model, plan.lr, group_lrs, plan.weight_decay, plan.lr / plan.lr_ratio)
+        optimizer = (
+            torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+            if plan.optimizer == "sgd"
+            else torch.optim.AdamW(groups)
         )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = math.ceil(total / max(1, self.trainer.max_epochs))

@@ -51,13 +51,14 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
         )
     start = time.perf_counter()
     pre = model.preprocessing
-    augmented = plan.views > 1 and config.data.augment
+    policy = ctx.loaders.policy
+    augmented = plan.views > 1 and bool(policy.ops)
     train_transform = (
-        thaw_data.train_transform(pre, config.data) if augmented else thaw_data.eval_transform(pre)
+        ctx.loaders.train_transform if augmented else thaw_data.eval_transform(pre)
     )
     where = {"prefix": split.boundary, "first_group": split.first_group, "arch": model.spec.arch}
     train_id = (
-        {"kind": "train", "crop_scale_min": config.data.crop_scale_min, "hflip": config.data.hflip, **where}
+        {"kind": "train", "augment": policy.spec(), **where}
         if augmented
         else {"kind": "eval", **where}
     )
@@ -76,6 +77,7 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
             batch_size=max(config.data.batch_size, 64),
             root=feature_cache.cache_root().parent / "prefix",
             warn=report.warn,
+            channels_last=config.hardware.channels_last,
             way_out=f"--{plan.name} online",
         )
 

@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
 from thaw import multilabel
+from thaw.augmentation import Policy
 from thaw.clinical import operating_point, plot_reliability
 from thaw.config import RunConfig, dicom_window, override
 from thaw.data.budget import apply_budget, budget_record
@@ -30,9 +31,9 @@ from thaw.files import atomic_path, write_atomic
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
-from thaw.results import PhaseResult, RunSummary, choose_final, gains
+from thaw.results import MONITORED, PhaseResult, RunSummary, choose_final, gains
 from thaw.shift import evaluate_shift
-from thaw.train import adapt, distributed, lr_find
+from thaw.train import adapt, augment_check, distributed, lr_find
 from thaw.train.forgetting import Probe, plot_drift
 from thaw.train.guards import NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
@@ -159,7 +160,10 @@ def train(
     adabn = adapt.run_adabn(model, ctx) if config.adabn else None
 
     results: dict[str, PhaseResult] = {}
+    augment = None
     for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
+        if augment is None and augments(plan):  # before the first plan that fine-tunes the backbone
+            augment = choose_augmentation(model, ctx, trained_head=bool(results))
         step = (
             interpolate
             if plan.interpolate_from
@@ -208,6 +212,13 @@ def train(
         forgetting=forgetting,
         shift=shift,
         lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
+        augment=augment
+        or {
+            "setting": config.data.augment,
+            "chosen": loaders.policy.describe(),
+            "chosen_spec": loaders.policy.spec(),
+            "skipped": "no plan fine-tunes the backbone",
+        },
         task=multilabel.TASK if sources.multilabel else multilabel.SINGLE,
     )
     if not distributed.is_zero():  # rank 0 writes the run folder
@@ -235,6 +246,56 @@ def train(
     return RunResult(path, summary, model)
 
 
+def augments(plan: PhasePlan) -> bool:
+    """Whether ``plan`` fine-tunes backbone layers on augmented images: where augmentation that hides the
+    label does its damage (a head trained online in phase 1 uses the policy as given, unchecked)."""
+    return not plan.interpolate_from and plan.train != "head"
+
+
+def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> dict:
+    """``--augment auto``: the check of ``thaw.train.augment_check`` on the head the plans before solved,
+    run once (rank 0; a resumed run reads ``augment.json``) and applied to every later plan; a given
+    policy is used as it is. Returns the record for ``summary.json``."""
+    config, loaders, run = ctx.config, ctx.loaders, ctx.run
+    policy = loaders.policy
+    saved = run / "augment.json"
+
+    def decide() -> dict:
+        if saved.is_file():
+            return json.loads(saved.read_text())
+        record = {"setting": config.data.augment, "chosen": policy.describe(), "chosen_spec": policy.spec()}
+        if config.data.augment != "auto":
+            pass
+        elif not policy.ops:
+            record["skipped"] = "nothing to check"
+        elif not trained_head:
+            record["skipped"] = (
+                "no head was solved before the first trained plan, so nothing can score the augmented views; "
+                "the standard policy is used as it is"
+            )
+        else:
+            _, record = augment_check.check(
+                model, policy, loaders.decoded["train"], config.seed, config.hardware.channels_last
+            )
+        run.write_json("augment.json", record)
+        return record
+
+    record = distributed.on_zero(decide)
+    loaders.use(thaw_data.policy_of(override(config, {"data.augment": record["chosen_spec"]}).data))
+    if record.get("setting") == "auto":
+        ctx.report.say(augment_check.line(record))
+    return record
+
+
+def incoming_score(before: PhaseResult | None, monitor: str) -> float | None:
+    """The validation score, in ``monitor``'s terms, of the weights a plan starts from."""
+    if before is None:
+        return None
+    metric = "loss" if monitor == "val_loss" else MONITORED[monitor]
+    value = getattr(before.val, metric)
+    return float(value) if value == value else None
+
+
 @dataclass
 class Feed:
     """What a phase trains and validates on: image loaders (the default), or cached activations with the
@@ -248,10 +309,20 @@ class Feed:
 
 
 def run_phase(
-    model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict, feed: Feed | None = None
+    model: Classifier,
+    plan: PhasePlan,
+    index: int,
+    ctx: Context,
+    before: dict,
+    feed: Feed | None = None,
+    start: PhaseResult | None = None,
 ) -> PhaseResult:
     """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
-    attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``."""
+    attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``.
+
+    Early stopping starts from the validation score of the weights the plan starts from (``start``,
+    default the plan before): a plan that falls below them and has not beaten them within ``patience``
+    epochs stops there, instead of spending its whole budget on weights the run will not keep."""
     config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
     feed = feed or Feed(loaders.train(index), loaders.val_shard)  # under DDP: this rank's shard
     earlier = [row for r in before.values() for row in r.epochs]
@@ -280,11 +351,16 @@ def run_phase(
     checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
     last = run.checkpoints / f"{plan.name}-last.ckpt"
     guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good weights
+    start = start or (list(before.values())[-1] if before else None)
+    incoming = incoming_score(start, monitor)
+    stopper = EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience)
+    if incoming is not None:  # a resumed phase reads its own best score back from the checkpoint
+        stopper.best_score = torch.tensor(incoming)
     trainer = L.Trainer(
         max_epochs=plan.epochs,
         callbacks=[
             guard,
-            EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience),
+            stopper,
             checkpoint,
             recorder,
             *logger_callbacks(config.logger),
@@ -333,6 +409,14 @@ def run_phase(
         else None,
         epochs=rows,
         features=feed.record,
+        incoming=None
+        if incoming is None
+        else {
+            "plan": start.name,
+            "monitor": monitor,
+            "score": round(incoming, 6),
+            "beaten": best_row[monitor] < incoming if mode == "min" else best_row[monitor] > incoming,
+        },
     )
     run.save_weights(plan.name, model)
     run.save_phase(result)  # from here on the plan counts as finished
@@ -377,6 +461,7 @@ class Loaders:
             mean, std = thaw_data.dataset_statistics(self.decoded["train"])
             pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
             report.say(f"normalize: training-set statistics mean {mean}, std {std}")
+        self.decoded_pre = pre
         train_labels = self.decoded["train"].labels
         self.class_weights = (  # --balance loss: per class, or per label the positives' weight
             multilabel.pos_weight(train_labels)
@@ -389,7 +474,8 @@ class Loaders:
                 f"{len(self.decoded['val'].images)} validation images cannot be shared by {self.world} "
                 f"processes; use fewer --devices or more validation images"
             )
-        self.train_transform = thaw_data.train_transform(pre, config.data)
+        self.channels = channels
+        self.use(thaw_data.policy_of(config.data))
         evaluation = thaw_data.eval_transform(pre)
         self.val = thaw_data.loader(self.decoded["val"], evaluation, config.data, shuffle=False)
         # under DDP each rank validates its shard; the metrics are summed over the ranks (PhaseModule)
@@ -398,6 +484,13 @@ class Loaders:
         )
         test = self.decoded.get("test")
         self.test = thaw_data.loader(test, evaluation, config.data, shuffle=False) if test else None
+
+    def use(self, policy: Policy) -> None:
+        """Train with augmentation ``policy`` from here on (``--augment auto``: what the check chose)."""
+        self.policy = policy
+        self.train_transform = thaw_data.train_transform(
+            self.decoded_pre, self.config.data, policy, self.channels
+        )
 
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""

@@ -84,6 +84,13 @@ class Reporter:
             else f"best epoch {result.best_epoch} of {result.epochs_run}"
         )
         self.say(f"{result.name}: {kept}: val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)")
+        came = result.incoming
+        if came and not came["beaten"] and result.stopped_early:
+            metric = came["monitor"].removeprefix("val_").replace("_", " ")
+            self.say(
+                f"{result.name} did not beat the val {metric} of the {came['plan']} weights it started from "
+                f"({came['score']:.4g}) within its patience: stopped after {result.epochs_run} epochs"
+            )
         if result.halted:
             self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
 

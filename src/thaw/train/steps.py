@@ -30,12 +30,13 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     report.phase_start(plan, model)
     start = time.perf_counter()
     pre = model.preprocessing
-    augmented = plan.views > 1 and config.data.augment
+    policy = ctx.loaders.policy
+    augmented = plan.views > 1 and bool(policy.ops)
     train_transform = (
-        thaw_data.train_transform(pre, config.data) if augmented else thaw_data.eval_transform(pre)
+        ctx.loaders.train_transform if augmented else thaw_data.eval_transform(pre)
     )
     train_id = (
-        {"kind": "train", "crop_scale_min": config.data.crop_scale_min, "hflip": config.data.hflip}
+        {"kind": "train", "augment": policy.spec()}
         if augmented
         else {"kind": "eval"}
     )
@@ -53,6 +54,7 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
             decoded=loaders.decoded[split],
             batch_size=max(config.data.batch_size, 64),
             warn=report.warn,
+            channels_last=config.hardware.channels_last,
         )
 
     evaluation = thaw_data.eval_transform(pre)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from thaw.config import BN_POLICIES, SCHEDULES, PhaseConfig, RunConfig, unfreeze_groups
+from thaw.config import BN_POLICIES, OPTIMIZERS, SCHEDULES, PhaseConfig, RunConfig, unfreeze_groups
 from thaw.errors import ThawError
 
 REGULARIZERS = ("none", "l2-sp")
@@ -65,6 +65,7 @@ class PhasePlan:
     views: int = 1
     interpolate_from: str | None = None
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    optimizer: str = "adamw"
 
     def groups(self, n_groups: int) -> list[int]:
         """The indices of the backbone layer groups this plan trains, for a model with ``n_groups``."""
@@ -172,6 +173,8 @@ class PhasePlan:
             raise ThawError(f"{where}: schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"{where}: label_smoothing {self.label_smoothing} must be in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ThawError(f"{where}: optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.regularizer not in REGULARIZERS:
             raise ThawError(
                 f"{where}: regularizer {self.regularizer!r} is not one of {', '.join(REGULARIZERS)}"
@@ -220,7 +223,7 @@ def two_phase(c: RunConfig) -> list[PhasePlan]:
     the backbone at ``lr / lr_ratio`` (with ``--unfreeze N --phase2 cached``: on the cached activations of
     the frozen layers before them). A phase with 0 epochs is left out."""
     unfreeze = unfreeze_groups(c.unfreeze)
-    common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
+    common = _common(c)
     plans = [
         PhasePlan(
             "phase1",
@@ -318,15 +321,25 @@ def surgical_last(c: RunConfig) -> list[PhasePlan]:
     return [probe, dataclasses.replace(tune, name="surgical", train="last:1")]
 
 
+def _common(c: RunConfig) -> dict[str, Any]:
+    """What every plan of a strategy takes from the config as it is."""
+    return {
+        "lr": c.lr,
+        "bn_policy": c.bn_policy,
+        "label_smoothing": c.label_smoothing,
+        "optimizer": c.optimizer,
+    }
+
+
 def _probe(c: RunConfig) -> PhasePlan:
-    common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
+    common = _common(c)
     return PhasePlan(
         "phase1", train="head", features=c.phase1_features, views=c.cache_views, **common, **_phase(c.phase1)
     )
 
 
 def _finetune(c: RunConfig) -> PhasePlan:
-    common = {"lr": c.lr, "bn_policy": c.bn_policy, "label_smoothing": c.label_smoothing}
+    common = _common(c)
     return PhasePlan("phase2", train="all", lr_ratio=c.lr_ratio, **common, **_phase(c.phase2))
 
 

@@ -1,0 +1,282 @@
+"""The suite every default change is judged on: the shared datasets, the built-in digits and a set of small
+marks on real steel tiles, each with several candidates and seeds, on one split per dataset (paired).
+
+    python bench/suite.py run [--datasets neu hep2] [--candidates default standard] [--seeds 0 1 2]
+    python bench/suite.py table [--markdown]
+    python bench/suite.py costs [--datasets ...]     # what the augmentation check measures, op by op
+
+Resumable and runnable in parts: every run is an ordinary thaw run folder under
+``bench/out/suite/<dataset>/<candidate>-seed<k>``; a finished one is read back, an interrupted one resumed.
+``table`` prints, per dataset and candidate, the converged probe (phase 1: the logistic regression solved
+on the frozen features), the final model, the gain, test accuracy (and AUC where binary) as mean +- sd
+over seeds, the paired difference from the default, and wall seconds.
+
+A candidate whose settings resolve to exactly the default's (``standard`` where the check kept the
+standard policy) is the same computation with the same seeds; it is run anyway only with ``--no-alias``.
+
+``tiles`` is made here from ``../shared/data/neu-surface-defects``: every image gets a dark spot of 1% of
+its area at a random place, or none (label ``marked`` / ``clean``), so the label is a small mark that a
+random crop can cut out of the picture, as on the industrial defect sets thaw is tried on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+OUT = ROOT / "bench" / "out" / "suite"
+DATASETS = {
+    "digits": {"data.path": "builtin:digits", "data.hflip": False},
+    "hymenoptera": {"data.path": str(SHARED / "hymenoptera")},
+    "neu": {"data.path": str(SHARED / "neu-surface-defects")},
+    "breastmnist": {"data.path": str(SHARED / "breastmnist.npz")},
+    "eurosat": {"data.path": str(SHARED / "eurosat-5")},
+    "hep2": {"data.path": str(SHARED / "hep2-cells")},
+    "tiles": {"data.path": str(ROOT / "bench" / "out" / "suite-data" / "tiles")},
+}
+BASE = {
+    "model.name": "mobilenet_v2",
+    "model.weights": "IMAGENET1K_V1",
+    "data.image_size": 64,
+    "phase2.epochs": 6,
+}
+CANDIDATES = {
+    "default": {},
+    "standard": {"data.augment": "standard"},
+    "none": {"data.augment": "none"},
+    "light": {"data.augment": "light"},
+    "strong": {"data.augment": "strong"},
+    "dihedral": {"data.augment": "crop:0.5,hflip,vflip,rot90"},
+    "lp-ft": {"strategy": "lp-ft"},
+    "finetune-low-lr": {"strategy": "finetune-low-lr"},
+    "ratio100": {"lr_ratio": 100.0},
+    "dropout0": {"model.dropout": 0.0},
+    "no-warmup": {"phase2.warmup_epochs": 0.0},
+    "sgd": {"optimizer": "sgd", "lr": 1e-2},
+}
+
+
+def make_tiles(folder: Path, per_class: int = 300, seed: int = 0) -> None:
+    """Small dark spots on real NEU steel tiles: ``marked`` (a spot of 1% of the area) or ``clean``."""
+    from PIL import Image, ImageDraw
+
+    if (folder / "done").is_file():
+        return
+    sources = sorted((SHARED / "neu-surface-defects").rglob("*.jpg")) + sorted(
+        (SHARED / "neu-surface-defects").rglob("*.bmp")
+    )
+    if not sources:
+        sys.exit(f"tiles: no images under {SHARED / 'neu-surface-defects'}")
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(sources), size=2 * per_class, replace=False)
+    for k, index in enumerate(picked):
+        label = "marked" if k % 2 else "clean"
+        image = Image.open(sources[index]).convert("L")
+        if label == "marked":
+            w, h = image.size
+            r = (0.01 * w * h / np.pi) ** 0.5
+            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+            ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=int(rng.integers(0, 30)))
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        image.save(folder / label / f"{k:04d}.png")
+    (folder / "done").write_text("")
+
+
+def config(dataset: str, candidate: str, seed: int, out: Path):
+    import thaw
+    from thaw.config import override
+
+    changes = {**BASE, **DATASETS[dataset], **CANDIDATES[candidate], "seed": seed, "out": str(out)}
+    return override(thaw.RunConfig(), changes)
+
+
+def run_one(dataset: str, candidate: str, seed: int) -> dict:
+    """One run (or its folder read back, or resumed); its row."""
+    import thaw
+    from thaw.results import RunSummary
+
+    out = OUT / dataset / f"{candidate}-seed{seed}"
+    start = time.perf_counter()
+    if (out / "summary.json").is_file():
+        summary = RunSummary.read(out)
+        wall = out / "wall.json"
+        seconds = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
+    else:
+        incomplete = out.parent / f"{out.name}.incomplete"
+        if incomplete.is_dir():
+            summary = thaw.resume(incomplete, quiet=True).summary
+        else:
+            summary = thaw.fit(config(dataset, candidate, seed, out), quiet=True).summary
+        seconds = round(time.perf_counter() - start, 1)
+        (out / "wall.json").write_text(json.dumps({"seconds": seconds, "resumed": incomplete.is_dir()}))
+    return row(dataset, candidate, seed, summary, seconds)
+
+
+def row(dataset: str, candidate: str, seed: int, summary, seconds) -> dict:
+    first = next(iter(summary.phases.values()))
+    final = summary.final
+    split = "test" if final.test is not None else "val"
+    binary = len(summary.classes) == 2
+    out = {
+        "dataset": dataset,
+        "candidate": candidate,
+        "seed": seed,
+        "split": split,
+        "probe_acc": first.on(split).accuracy,
+        "final_acc": final.on(split).accuracy,
+        "probe_auc": first.on(split).auc if binary else None,
+        "final_auc": final.on(split).auc if binary else None,
+        "final_phase": summary.final_phase,
+        "epochs": {n: r.epochs_run for n, r in summary.phases.items()},
+        "augment": summary.augment.get("chosen"),
+        "augment_check": summary.augment.get("ops"),
+        "seconds": seconds,
+    }
+    out["gain"] = out["final_acc"] - out["probe_acc"]
+    return out
+
+
+def same_as_default(dataset: str, candidate: str, seed: int) -> bool:
+    """``standard`` is the default's computation when the default's check kept the standard policy."""
+    if candidate != "standard":
+        return False
+    summary = OUT / dataset / f"default-seed{seed}" / "summary.json"
+    if not summary.is_file():
+        return False
+    from thaw.augmentation import parse
+
+    chosen = json.loads(summary.read_text()).get("augment", {}).get("chosen_spec")
+    hflip = DATASETS[dataset].get("data.hflip", True)
+    return chosen == parse("standard", 0.5, hflip).spec()
+
+
+def cmd_run(args) -> None:
+    from thaw.train.recipe import quiet_lightning
+    from thaw.weights.install import install
+
+    quiet_lightning()
+    install("mobilenet_v2", log=lambda *_: None)
+    if "tiles" in args.datasets:
+        make_tiles(Path(DATASETS["tiles"]["data.path"]))
+    for seed in args.seeds:  # seed by seed: a partial suite covers every dataset
+        for dataset in args.datasets:
+            for candidate in args.candidates:
+                if not args.no_alias and same_as_default(dataset, candidate, seed):
+                    print(json.dumps({"dataset": dataset, "candidate": candidate, "seed": seed,
+                                      "same_as": "default"}), flush=True)
+                    continue
+                r = run_one(dataset, candidate, seed)
+                print(json.dumps(r), flush=True)
+
+
+def rows() -> list[dict]:
+    from thaw.results import RunSummary
+
+    found = []
+    for folder in sorted(OUT.glob("*/*-seed*")):
+        if folder.name.endswith(".incomplete") or not (folder / "summary.json").is_file():
+            continue
+        candidate, _, seed = folder.name.rpartition("-seed")
+        wall = folder / "wall.json"
+        seconds = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
+        found.append(row(folder.parent.name, candidate, int(seed), RunSummary.read(folder), seconds))
+    for dataset in {r["dataset"] for r in found}:  # standard = default where the check kept it
+        for r in [r for r in found if r["dataset"] == dataset and r["candidate"] == "default"]:
+            have = any(
+                (x["dataset"], x["candidate"], x["seed"]) == (dataset, "standard", r["seed"]) for x in found
+            )
+            if not have and same_as_default(dataset, "standard", r["seed"]):
+                found.append({**r, "candidate": "standard", "same_as": "default"})
+    return found
+
+
+def _ms(values: list[float], scale: float = 100.0) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.1f} +- {sd:.1f}"
+
+
+def cmd_table(args) -> None:
+    table = rows()
+    lines = [
+        "| dataset | candidate | seeds | probe (phase 1) | final | gain | final AUC | vs default (paired) "
+        "| augmentation | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in DATASETS:
+        per = [r for r in table if r["dataset"] == dataset]
+        default = {r["seed"]: r for r in per if r["candidate"] == "default"}
+        for candidate in CANDIDATES:
+            got = sorted((r for r in per if r["candidate"] == candidate), key=lambda r: r["seed"])
+            if not got:
+                continue
+            paired = [r["final_acc"] - default[r["seed"]]["final_acc"] for r in got if r["seed"] in default]
+            aug = sorted({r["augment"] or "-" for r in got})
+            secs = [r["seconds"] for r in got if r.get("seconds") is not None]
+            lines.append(
+                f"| {dataset} | {candidate}{' (= default)' if got[0].get('same_as') else ''} | {len(got)} "
+                f"| {_ms([r['probe_acc'] for r in got])} | {_ms([r['final_acc'] for r in got])} "
+                f"| {_ms([r['gain'] for r in got])} | {_ms([r['final_auc'] for r in got], 1.0)} "
+                f"| {_ms(paired) if candidate != 'default' else ''} | {'; '.join(aug)} "
+                f"| {statistics.fmean(secs):.0f} |" if secs else "| - |"
+            )
+    print("\n".join(lines))
+
+
+def cmd_costs(args) -> None:
+    """The augmentation check's cost of every op, alone, on each dataset (phase 1 solved first)."""
+    import thaw
+    from thaw.augmentation import Policy
+    from thaw.config import override
+    from thaw.train import augment_check
+    from thaw.train.recipe import quiet_lightning
+    from thaw.weights.install import install
+
+    quiet_lightning()
+    install("mobilenet_v2", log=lambda *_: None)
+    every = Policy(crop=0.5, hflip=True, vflip=True, rot90=True, affine=True, color=True, trivial=True)
+    for dataset in args.datasets:
+        if dataset == "tiles":
+            make_tiles(Path(DATASETS["tiles"]["data.path"]))
+        out = OUT / "costs" / dataset
+        cfg = override(config(dataset, "default", 0, out), {"phase2.epochs": 0, "data.augment": "none"})
+        if not (out / "summary.json").is_file():
+            thaw.fit(cfg, quiet=True)
+        model = thaw.load(out).model
+        from thaw import data as thaw_data
+
+        sources = thaw_data.discover(override(cfg, {"data.split_file": str(out / "split.csv")}).data)
+        decoded = thaw_data.decode_sources(sources, model.preprocessing, model.spec.in_channels,
+                                           warn=lambda *_: None)
+        _, record = augment_check.check(model, every, decoded["train"], seed=0, channels_last=True)
+        print(json.dumps({"dataset": dataset, **record}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("run", "table", "costs"))
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--candidates", nargs="+", default=["default", "standard", "none"], choices=CANDIDATES)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--no-alias", action="store_true", help="run a candidate even where it equals the default")
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args()
+    missing = [d for d in args.datasets if d != "digits" and not (SHARED.exists())]
+    if missing:
+        sys.exit(f"skipped: {', '.join(missing)}: {SHARED} is absent")
+    {"run": cmd_run, "table": cmd_table, "costs": cmd_costs}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
