@@ -55,7 +55,9 @@ def test_every_setting_has_a_flag_with_its_default_in_the_help():
     from thaw.cli import _settings, parser
 
     fit = parser()._subparsers._group_actions[0].choices["fit"]
-    by_dest = {a.dest: a for a in fit._actions}
+    by_dest = {}
+    for a in fit._actions:  # the setting's own flag comes first (--no-augment, an alias, after it)
+        by_dest.setdefault(a.dest, a)
     for _, key, f, default in _settings(RunConfig()):
         if key == "data.path":
             continue  # the positional DATA
