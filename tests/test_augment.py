@@ -181,8 +181,36 @@ def test_a_phase_that_does_not_beat_its_incoming_score_stops_after_patience(tmp_
     )
     summary = thaw.fit(config, quiet=True).summary
     phase2 = summary.phases["phase2"]
-    assert phase2.incoming["plan"] == "phase1" and phase2.incoming["monitor"] == "val_loss"
-    assert phase2.incoming["score"] == pytest.approx(summary.phases["phase1"].val.loss, abs=1e-5)
-    assert not phase2.incoming["beaten"]
+    assert phase2.incoming["plan"] == "phase1" and set(phase2.incoming["scores"]) == {"val_loss", "val_acc"}
+    assert phase2.incoming["scores"]["val_loss"] == pytest.approx(summary.phases["phase1"].val.loss, abs=1e-5)
+    assert not phase2.incoming["beaten"] and phase2.incoming["stopped"]
     assert phase2.epochs_run == 2 and phase2.stopped_early
     assert summary.final_phase == "phase1"
+
+
+def test_the_incoming_guard_goes_on_when_either_score_beats_the_incoming_weights():
+    from types import SimpleNamespace
+
+    from thaw.train.guards import IncomingGuard
+
+    def epochs(guard, rows):
+        trainer = SimpleNamespace(sanity_checking=False, should_stop=False, callback_metrics={})
+        for row in rows:
+            trainer.callback_metrics = {k: torch.tensor(v) for k, v in row.items()}
+            guard.on_validation_end(trainer, None)
+        return trainer.should_stop
+
+    incoming = {"val_loss": 0.40, "val_acc": 0.80}
+    falls = [
+        {"val_loss": 0.6, "val_acc": 0.7},
+        {"val_loss": 0.5, "val_acc": 0.8},
+        {"val_loss": 0.45, "val_acc": 0.79},
+    ]
+    assert epochs(IncomingGuard(incoming, 3), falls)  # no gain on either score in 3 epochs: stop
+    assert not epochs(IncomingGuard(incoming, 4), falls)  # patience not yet spent
+    recovers = [*falls[:2], {"val_loss": 0.45, "val_acc": 0.84}]  # accuracy up, loss still above
+    guard = IncomingGuard(incoming, 3)
+    assert not epochs(guard, recovers) and guard.beaten
+    restored = IncomingGuard(incoming, 3)
+    restored.load_state_dict(guard.state_dict())
+    assert restored.beaten

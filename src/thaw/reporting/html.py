@@ -133,11 +133,11 @@ def _decision(page: Page, summary: RunSummary) -> None:
         )
     for result in summary.phases.values():
         came = result.incoming
-        if came and not came["beaten"] and result.stopped_early:
+        if came and came.get("stopped"):
+            shown = ", ".join(f"{_e(k)} {v:.4g}" for k, v in came["scores"].items())
             why += (
                 f" {_e(result.name)} stopped after {result.epochs_run} epochs: it did not beat the "
-                f"{_e(came['monitor'])} of the {_e(came['plan'])} weights it started from "
-                f"({came['score']:.4g}) within its patience."
+                f"{_e(came['plan'])} weights it started from ({shown}) within its patience."
             )
     final = summary.final
     split = "test" if final.test is not None else "val"

@@ -69,3 +69,39 @@ class NonFiniteGuard(L.Callback):
         # so the caller says where the run stands and how to resume it.
         if isinstance(exception, KeyboardInterrupt):
             raise exception
+
+
+class IncomingGuard(L.Callback):
+    """Stops a phase that has not beaten the weights it started from within ``patience`` epochs.
+
+    ``incoming``: the validation scores of those weights, by logged key (``val_loss`` and the metric that
+    picks the plan kept: ``val_acc``, or ``--monitor``'s). An epoch beats them when either is better (a
+    lower loss, a higher metric): a phase that shows a gain on either goes on under the usual early
+    stopping; one that shows none by its ``patience``-th epoch stops there instead of spending the rest
+    of its budget on weights the run will not keep. Its state travels in the checkpoints."""
+
+    def __init__(self, incoming: dict[str, float], patience: int) -> None:
+        self.incoming, self.patience = incoming, patience
+        self.beaten, self.stopped, self.epochs = False, False, 0
+
+    def state_dict(self) -> dict:
+        return {"beaten": self.beaten, "stopped": self.stopped, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beaten, self.stopped = bool(state["beaten"]), bool(state["stopped"])
+        self.epochs = int(state["epochs"])
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.beaten:
+            return
+        self.epochs += 1
+        logged = trainer.callback_metrics
+        for key, score in self.incoming.items():
+            if key in logged:
+                value = float(logged[key])
+                # float32 metrics against float64 records: a tie must not count as a gain
+                if value < score - 1e-6 if key == "val_loss" else value > score + 1e-6:
+                    self.beaten = True
+        if not self.beaten and self.epochs >= self.patience:
+            self.stopped = True
+            trainer.should_stop = True

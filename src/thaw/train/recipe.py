@@ -35,7 +35,7 @@ from thaw.results import MONITORED, PhaseResult, RunSummary, choose_final, gains
 from thaw.shift import evaluate_shift
 from thaw.train import adapt, augment_check, distributed, lr_find
 from thaw.train.forgetting import Probe, plot_drift
-from thaw.train.guards import NonFiniteGuard
+from thaw.train.guards import IncomingGuard, NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.prefix import cached_prefix
@@ -287,13 +287,14 @@ def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> 
     return record
 
 
-def incoming_score(before: PhaseResult | None, monitor: str) -> float | None:
-    """The validation score, in ``monitor``'s terms, of the weights a plan starts from."""
+def incoming_scores(before: PhaseResult | None, monitor: str) -> dict[str, float]:
+    """The validation loss of the weights a plan starts from, and the metric that picks the plan kept
+    (``choose_final``: accuracy, or ``--monitor``'s), by the keys training logs them under."""
     if before is None:
-        return None
-    metric = "loss" if monitor == "val_loss" else MONITORED[monitor]
-    value = getattr(before.val, metric)
-    return float(value) if value == value else None
+        return {}
+    key = "val_acc" if monitor == "val_loss" else monitor
+    scores = {"val_loss": before.val.loss, key: getattr(before.val, MONITORED[monitor])}
+    return {k: float(v) for k, v in scores.items() if v == v}
 
 
 @dataclass
@@ -320,9 +321,9 @@ def run_phase(
     """Train one plan with early stopping on validation loss, from its last checkpoint if an earlier
     attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``.
 
-    Early stopping starts from the validation score of the weights the plan starts from (``start``,
-    default the plan before): a plan that falls below them and has not beaten them within ``patience``
-    epochs stops there, instead of spending its whole budget on weights the run will not keep."""
+    A plan that has not beaten the weights it starts from (``start``, default the plan before) on
+    validation loss or on the metric that picks the plan kept within ``patience`` epochs stops there
+    (``guards.IncomingGuard``), instead of spending its whole budget on weights the run will not keep."""
     config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
     feed = feed or Feed(loaders.train(index), loaders.val_shard)  # under DDP: this rank's shard
     earlier = [row for r in before.values() for row in r.epochs]
@@ -352,15 +353,14 @@ def run_phase(
     last = run.checkpoints / f"{plan.name}-last.ckpt"
     guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good weights
     start = start or (list(before.values())[-1] if before else None)
-    incoming = incoming_score(start, monitor)
-    stopper = EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience)
-    if incoming is not None:  # a resumed phase reads its own best score back from the checkpoint
-        stopper.best_score = torch.tensor(incoming)
+    incoming = incoming_scores(start, monitor)
+    gate = IncomingGuard(incoming, plan.patience) if incoming else None
     trainer = L.Trainer(
         max_epochs=plan.epochs,
         callbacks=[
             guard,
-            stopper,
+            *([gate] if gate else []),
+            EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience),
             checkpoint,
             recorder,
             *logger_callbacks(config.logger),
@@ -381,6 +381,8 @@ def run_phase(
     if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
         recorder.load_state_dict(state["callbacks"][recorder.state_key])
         guard.load_state_dict(state["callbacks"].get(guard.state_key, {}))
+        if gate is not None and gate.state_key in state["callbacks"]:
+            gate.load_state_dict(state["callbacks"][gate.state_key])
     else:
         trainer.fit(module, feed.train, feed.val, ckpt_path=last if state is not None else None)
     best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
@@ -410,12 +412,12 @@ def run_phase(
         epochs=rows,
         features=feed.record,
         incoming=None
-        if incoming is None
+        if gate is None
         else {
             "plan": start.name,
-            "monitor": monitor,
-            "score": round(incoming, 6),
-            "beaten": best_row[monitor] < incoming if mode == "min" else best_row[monitor] > incoming,
+            "scores": {k: round(v, 6) for k, v in incoming.items()},
+            "beaten": gate.beaten,
+            "stopped": gate.stopped,
         },
     )
     run.save_weights(plan.name, model)
@@ -432,6 +434,8 @@ def phase_over(state: dict, plan: PhasePlan) -> bool:
     stopper = next((v for k, v in state["callbacks"].items() if k.startswith("EarlyStopping")), {})
     guard = next((v for k, v in state["callbacks"].items() if k.startswith("NonFiniteGuard")), {})
     halted = bool(guard.get("reason"))  # a non-finite loss stopped it
+    gate = next((v for k, v in state["callbacks"].items() if k.startswith("IncomingGuard")), {})
+    halted = halted or bool(gate.get("stopped"))  # it did not beat the weights it started from
     return state["epoch"] + 1 >= plan.epochs or stopper.get("stopped_epoch", 0) > 0 or halted
 
 

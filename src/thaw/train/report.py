@@ -85,11 +85,11 @@ class Reporter:
         )
         self.say(f"{result.name}: {kept}: val acc {_pct(result.val.accuracy)}{test} ({result.seconds:.0f}s)")
         came = result.incoming
-        if came and not came["beaten"] and result.stopped_early:
-            metric = came["monitor"].removeprefix("val_").replace("_", " ")
+        if came and came.get("stopped"):
+            shown = ", ".join(f"{k.removeprefix('val_')} {v:.4g}" for k, v in came["scores"].items())
             self.say(
-                f"{result.name} did not beat the val {metric} of the {came['plan']} weights it started from "
-                f"({came['score']:.4g}) within its patience: stopped after {result.epochs_run} epochs"
+                f"{result.name} did not beat the {came['plan']} weights it started from (val {shown}) within "
+                f"its patience: stopped after {result.epochs_run} epochs; the run keeps the better plan"
             )
         if result.halted:
             self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
