@@ -339,6 +339,21 @@ FIT = {  # id -> (argv builder, expected exit, fragments the one line must hold)
         2,
         ["not valid YAML"],
     ),
+    "yaml syntax has its line": (
+        lambda t: ["fit", D, "--config", str(yaml_file(t, "lr: 0.1\ndata: [oops\nseed: 1\n"))],
+        2,
+        ["not valid YAML at line 3"],
+    ),
+    "yaml duplicate key": (
+        lambda t: ["fit", D, "--config", str(yaml_file(t, "lr: 0.1\nseed: 2\nlr: 0.2\n"))],
+        2,
+        ["'lr' appears twice (lines 1 and 3)"],
+    ),
+    "yaml duplicate nested key": (
+        lambda t: ["fit", D, "--config", str(yaml_file(t, "data:\n  batch_size: 4\n  batch_size: 8\n"))],
+        2,
+        ["'batch_size' appears twice"],
+    ),
     "yaml not a mapping": (lambda t: ["fit", D, "--config", str(yaml_file(t, "- 1\n"))], 2, ["mapping"]),
     "yaml unknown key": (lambda t: ["fit", D, "--config", str(yaml_file(t, "lrr: 1\n"))], 2, ["lrr"]),
     "yaml wrong type": (
@@ -885,8 +900,9 @@ def test_batch_norm_on_batches_of_one_is_fine_when_frozen(tmp_path):
         {"data.batch_size": 1, "bn_policy": "frozen", "phase2.epochs": 1},
     )
     check_run(config, plans_for(config), ["a", "b"], False)  # no error: batch norm stays in eval mode
+    train = override(config, {"bn_policy": "train"})
     with pytest.raises(ThawError, match="batches of 2"):
-        check_run(override(config, {"bn_policy": "fastai"}), plans_for(config), ["a", "b"], False)
+        check_run(train, plans_for(train), ["a", "b"], False)
 
 
 def test_an_out_that_appears_while_training_is_named_and_not_resumed(tmp_path, capsys, monkeypatch):
@@ -902,7 +918,9 @@ def test_an_out_that_appears_while_training_is_named_and_not_resumed(tmp_path, c
 
     monkeypatch.setattr(recipe, "write_report", appear)
     assert main(["fit", str(data), *TINY, "--out", str(out)]) == 2
-    line = one_line(capsys.readouterr().err)
+    err = capsys.readouterr().err  # the run's warnings (too few validation images for a threshold), then:
+    (line,) = [line for line in err.splitlines() if line.startswith("thaw: error: ")]
+    assert "Traceback" not in err
     assert f"{out} appeared while this run trained" in line and f"mv {out}.incomplete" in line
     assert "thaw resume" not in line and (out / "theirs").is_dir()
     assert (tmp_path / "fc.incomplete" / "model.safetensors").is_file()  # the finished run is kept
@@ -970,3 +988,32 @@ def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
     assert "decision: red where p_red >= 0.997" in " ".join(capsys.readouterr().out.split())
     (copy / "summary.json").unlink()  # a model file alone: the argmax, nothing to say
     assert main(["predict", str(copy), image, "--csv"]) == 0 and not capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- smaller edges
+
+
+def test_a_split_file_with_relative_keys_fits_the_same_data_by_absolute_path(tmp_path, monkeypatch):
+    from thaw.config import DataConfig
+    from thaw.data.sources import discover, write_split
+
+    monkeypatch.chdir(tmp_path)
+    make_class_folder(tmp_path / "d", per_class=5)
+    relative = discover(DataConfig(path="d"))
+    write_split(relative, tmp_path / "split.csv")
+    assert not relative.items[0].key.startswith("/")
+    absolute = discover(DataConfig(path=str(tmp_path / "d"), split_file=str(tmp_path / "split.csv")))
+    by_name = {Path(it.key).name: it.split for it in relative.items}
+    assert {Path(it.key).name: it.split for it in absolute.items} == by_name
+    again = discover(DataConfig(path="d", split_file=str(tmp_path / "split.csv")))  # and the other way
+    assert {Path(it.key).name: it.split for it in again.items} == by_name
+
+
+def test_embed_names_no_flag_it_lacks_when_the_cache_cannot_be_written(tmp_path, capsys, monkeypatch):
+    (tmp_path / "home").write_text("a file where THAW_HOME's folder should be")
+    monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    flags = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32"]
+    assert main(["embed", str(data), *flags, "--out", str(tmp_path / "e.npz")]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "THAW_HOME" in line and "--phase1" not in line

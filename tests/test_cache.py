@@ -62,6 +62,8 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.parametrize("kind", ["features", "store"])
 def test_two_processes_computing_one_entry_take_turns(tmp_path, kind):
+    from thaw import cache
+
     data = make_class_folder(tmp_path / "d", per_class=3)
     paths = sorted(str(p) for p in data.rglob("*.png"))
     root, go = tmp_path / "cache", tmp_path / "go"
@@ -85,9 +87,8 @@ def test_two_processes_computing_one_entry_take_turns(tmp_path, kind):
     assert results[0]["sum"] == results[1]["sum"] and results[0]["rows"] == results[1]["rows"] == 6
     if kind == "features":
         assert sorted(r["computed"] for r in results) == [False, True]  # one computed, one read it
-    entries = sorted(p.name for p in root.iterdir())
-    assert len(entries) == 2 and entries[1] == entries[0] + ".lock"  # one entry, no staging folder left
-    assert (root / entries[0] / "meta.json").is_file()
+    (entry,) = root.iterdir()  # one entry, no staging folder left
+    assert (entry / "meta.json").is_file() and cache.lock_path(entry).is_file()
 
 
 HOLDER = textwrap.dedent(
@@ -95,7 +96,9 @@ HOLDER = textwrap.dedent(
     import sys, time
     from filelock import FileLock
 
-    lock = FileLock(sys.argv[1] + ".lock")
+    from thaw.cache import lock_path
+
+    lock = FileLock(str(lock_path(__import__("pathlib").Path(sys.argv[1]))))
     lock.acquire()
     print("held", flush=True)
     sys.stdin.read()  # until the test closes stdin

@@ -1,7 +1,8 @@
 """One content-addressed cache entry (features, prefix activations, decoded images), shared by every
 process that uses ``THAW_HOME``: several ``thaw fit`` at once, DDP ranks, nodes on a shared file system.
 
-An entry ``<root>/<key>/`` is written by one process at a time, the holder of ``<root>/<key>.lock`` (a
+An entry ``<root>/<key>/`` is written by one process at a time, the holder of its lock file (in
+``<root>/../.locks/``, so the cache folders hold entries alone; a
 real file lock, ``filelock``: released by the kernel when its holder dies, and seen by other machines on
 file systems that honour locks), into ``<root>/<key>.partial/``; its files are flushed to disk and the
 folder renamed into place, so an entry either is complete or is not there. A process that finds no entry
@@ -23,18 +24,24 @@ from filelock import FileLock, Timeout
 from thaw.files import fsync_dir, fsync_tree
 
 PARTIAL = ".partial"
-LOCK = ".lock"
 
 
 def partial_path(folder: Path) -> Path:
     return folder.with_name(folder.name + PARTIAL)
 
 
+def lock_path(folder: Path) -> Path:
+    """``<root>/../.locks/<root name>-<key>.lock``: one lock file per entry, outside the entries' folder."""
+    locks = folder.parent.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{folder.parent.name}-{folder.name}.lock"
+
+
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[Path]:
     """Hold the entry's lock (waiting for another writer to finish) and yield its empty staging folder."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + LOCK):
+    with FileLock(str(lock_path(folder))):
         partial = partial_path(folder)
         shutil.rmtree(partial, ignore_errors=True)  # a holder that died: nobody else can be writing it
         try:
@@ -56,7 +63,7 @@ def sweep(root: Path) -> None:
     for partial in root.glob(f"*{PARTIAL}") if root.is_dir() else ():
         folder = partial.with_name(partial.name.removesuffix(PARTIAL))
         try:
-            with FileLock(str(folder) + LOCK, timeout=0):
+            with FileLock(str(lock_path(folder)), timeout=0):
                 shutil.rmtree(partial, ignore_errors=True)
         except Timeout:  # being written now, here or on another machine
             pass

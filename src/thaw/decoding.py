@@ -111,24 +111,37 @@ def dicom_image(path: str, window: tuple[float, float] | None = None) -> tuple[I
 
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut
     except ImportError:
         raise ThawError(
             f"{path} is a DICOM file: install pydicom to read it (pip install 'thaw-transfer[dicom]')"
         ) from None
     try:
         ds = pydicom.dcmread(path)
-    except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
-        raise ValueError(f"not a readable DICOM file ({err})") from err
+    except Exception as err:  # pydicom raises many kinds for truncated or foreign files
+        raise ValueError(f"not a readable DICOM file ({_first_line(err)})") from err
+    try:
+        return _dicom_pixels(ds, path, window)
+    except ValueError:
+        raise
+    except Exception as err:  # an element pydicom parses lazily, found damaged only now
+        raise ValueError(f"damaged DICOM file ({type(err).__name__}: {_first_line(err)})") from err
+
+
+def _dicom_pixels(ds, path: str, window: tuple[float, float] | None) -> tuple[Image.Image, bool]:
+    from pydicom.pixels import apply_modality_lut
+
     if "PixelData" not in ds:
         raise ValueError("DICOM file has no pixel data (no PixelData element): a report or structured file")
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many kinds for compressed data it cannot decode
         raise ValueError(f"DICOM pixel data cannot be decoded ({_first_line(err)})") from err
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+    colour = getattr(ds, "SamplesPerPixel", 1) == 3
+    if pixels.ndim == (4 if colour else 3):  # several frames (declared, or more pixel data than one)
         pixels = pixels[0]
-    if getattr(ds, "SamplesPerPixel", 1) == 3:
+    if pixels.ndim != (3 if colour else 2) or colour and pixels.shape[2] != 3 or 0 in pixels.shape:
+        raise ValueError(f"DICOM pixel data has shape {pixels.shape}, not one {ds.Rows}x{ds.Columns} image")
+    if colour:
         return Image.fromarray(np.asarray(pixels, dtype=np.uint8)), False
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     if window is not None:

@@ -202,13 +202,13 @@ def features(
     workers: int = 0,
     root: Path | None = None,
     warn: Callable[[str], None] = print,
-    way_out: str = "--phase1 online",
+    way_out: str | None = "--phase1 online",
     channels_last: bool = True,
 ) -> Features:
     """The features of ``items`` through ``backbone``: from the cache when it holds them, else computed
     (from ``decoded`` images if given, else decoded from disk one at a time) and cached. ``backbone`` may
     be any frozen module (a cut prefix: its rows are the flattened activations); ``way_out``: the flag
-    that avoids the cache, named when the cache cannot be written."""
+    that avoids the cache, named when the cache cannot be written (None: the command has none)."""
     import time
 
     root = root or cache_root()
@@ -260,11 +260,14 @@ def features(
     except OSError as err:
         raise ThawError(
             f"cannot write the feature cache in {root} ({err.strerror or err}): set THAW_HOME to a writable "
-            f"folder with free space, or use {way_out}"
+            f"folder with free space" + (f", or use {way_out}" if way_out else "")
         ) from err
     result = _read(folder, warn, repair=False)
     if result is None:
-        raise ThawError(f"the feature cache in {folder} could not be read back; use {way_out}")
+        raise ThawError(
+            f"the feature cache in {folder} could not be read back"
+            + (f"; use {way_out}" if way_out else "; delete it and run again")
+        )
     result.seconds, result.cached = time.perf_counter() - start, False
     return result
 
