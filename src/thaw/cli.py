@@ -797,10 +797,12 @@ def main(argv: list[str] | None = None) -> int:
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
     """One line on stderr; when a run was being written, where it is, and how to continue it when
     ``thaw resume`` can (its start files are written and its final name is free)."""
-    from thaw.train.run_folder import resumable
+    from thaw.train.run_folder import final_path, resumable
 
     if resumable(run):
         message += f"; the run so far is in {run}: continue it with `thaw resume {run}`"
+    elif run is not None and run.is_dir() and not final_path(run).exists():
+        message += f"; {run} stopped before the run started (nothing to resume): delete it, rerun `thaw fit`"
     print(f"{prefix}{message}", file=sys.stderr)
 
 
