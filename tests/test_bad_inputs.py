@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, make_image, tiny_flags
+from conftest import make_class_folder, make_image, tiny_config, tiny_flags
 from PIL import Image
 
 from thaw.cli import main
+from thaw.errors import ThawError
 
 FAST = tiny_flags()
 TINY = [*FAST, "--phase1-epochs", "1", "--phase2-epochs", "0", "--quiet"]
@@ -100,7 +101,7 @@ def test_predict_on_awkward_image(trained, tmp_path, capsys, name):
     writer, skipped = IMAGES[name]
     path = tmp_path / name
     writer(path)
-    assert main(["predict", str(run), str(path), "--csv"]) == 0
+    assert main(["predict", str(run), str(path), "--csv"]) == (4 if skipped else 0)  # 4: none was read
     out, err = capsys.readouterr()
     assert "Traceback" not in err
     if skipped:  # named on stderr, and its CSV row has no prediction and says why in the error column
@@ -337,6 +338,21 @@ FIT = {  # id -> (argv builder, expected exit, fragments the one line must hold)
         lambda t: ["fit", D, "--config", str(yaml_file(t, "data: [oops\n"))],
         2,
         ["not valid YAML"],
+    ),
+    "yaml syntax has its line": (
+        lambda t: ["fit", D, "--config", str(yaml_file(t, "lr: 0.1\ndata: [oops\nseed: 1\n"))],
+        2,
+        ["not valid YAML at line 3"],
+    ),
+    "yaml duplicate key": (
+        lambda t: ["fit", D, "--config", str(yaml_file(t, "lr: 0.1\nseed: 2\nlr: 0.2\n"))],
+        2,
+        ["'lr' appears twice (lines 1 and 3)"],
+    ),
+    "yaml duplicate nested key": (
+        lambda t: ["fit", D, "--config", str(yaml_file(t, "data:\n  batch_size: 4\n  batch_size: 8\n"))],
+        2,
+        ["'batch_size' appears twice"],
     ),
     "yaml not a mapping": (lambda t: ["fit", D, "--config", str(yaml_file(t, "- 1\n"))], 2, ["mapping"]),
     "yaml unknown key": (lambda t: ["fit", D, "--config", str(yaml_file(t, "lrr: 1\n"))], 2, ["lrr"]),
@@ -635,3 +651,369 @@ def test_subprocess_shows_no_traceback(trained, tmp_path, evil_pickle, argv):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "pwned" not in done.stdout
     one_line(done.stderr)
+
+
+# ----------------------------------------------------------------------------- model files check themselves
+
+
+def rewrite_metadata(path: Path, change) -> None:
+    """Rewrite the thaw metadata of a model file with ``change(meta)`` applied; the tensors stay."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["thaw"])
+    change(meta)
+    save_file(load_file(str(path)), str(path), metadata={"thaw": json.dumps(meta)})
+
+
+def retrain_a_tensor(path: Path) -> None:
+    """Other values in one tensor, the metadata (and its recorded sha256) as it was: a spliced file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    state["head.1.bias"] = state["head.1.bias"] + 1.0
+    save_file(state, str(path), metadata=meta)
+
+
+LONE_FILES = {  # id -> (damage to the file copied on its own, fragments of the one line)
+    "one name for two outputs": (
+        lambda p: rewrite_metadata(p, lambda m: m.update(class_names=["red"])),
+        ["1 class name(s)", "2 outputs"],
+    ),
+    "three names for two outputs": (
+        lambda p: rewrite_metadata(p, lambda m: m.update(class_names=["red", "blue", "green"])),
+        ["3 class name(s)", "2 outputs"],
+    ),
+    "repeated names": (
+        lambda p: rewrite_metadata(p, lambda m: m.update(class_names=["red", "red"])),
+        ["repeat"],
+    ),
+    "head and spec disagree": (
+        lambda p: rewrite_metadata(p, lambda m: m["spec"].update(num_classes=3)),
+        ["2 outputs", "says 3"],
+    ),
+    "task contradicts the spec": (
+        lambda p: rewrite_metadata(p, lambda m: m.update(task="multilabel")),
+        ["task 'multilabel'"],
+    ),
+    "preprocessing of another channel count": (
+        lambda p: rewrite_metadata(p, lambda m: m["preprocessing"].update(mean=[0.5])),
+        ["preprocessing", "3-channel"],
+    ),
+    "zero std": (
+        lambda p: rewrite_metadata(p, lambda m: m["preprocessing"].update(std=[0.2, 0.0, 0.2])),
+        ["preprocessing"],
+    ),
+    "tensors changed, metadata kept": (retrain_a_tensor, ["sha256", "its own metadata"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LONE_FILES))
+def test_a_copied_model_file_checks_itself(trained, tmp_path, capsys, case):
+    import shutil
+
+    data, run = trained
+    damage, fragments = LONE_FILES[case]
+    lone = tmp_path / "model.safetensors"  # no summary.json or config.yaml beside it
+    shutil.copyfile(run / "model.safetensors", lone)
+    damage(lone)
+    assert main(["predict", str(lone), str(data / "red" / "red_0.png"), "--csv"]) == 2
+    out, err = capsys.readouterr()
+    assert not out  # no prediction at all, right or wrong
+    line = one_line(err)
+    assert all(f in line for f in fragments) and str(lone) in line, line
+
+
+def test_model_file_records_its_tensors_sha256_and_task(trained, tmp_path):
+    from safetensors import safe_open
+
+    from thaw.models.model_file import tensors_sha256
+
+    _, run = trained
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["thaw"])
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["tensors_sha256"] == tensors_sha256(state) and meta["task"] == "single-label"
+    state["head.1.bias"] = state["head.1.bias"].clone() + 1e-6
+    assert tensors_sha256(state) != meta["tensors_sha256"]
+
+
+# ----------------------------------------------------------------------------- exit codes scripts rely on
+
+
+def test_predict_exit_codes_say_whether_all_some_or_no_images_were_read(trained, tmp_path, capsys):
+    from thaw.errors import NONE_READ, SOME_FAILED
+
+    data, run = trained
+    good = data / "red" / "red_0.png"
+    bad = tmp_path / "zero.jpg"
+    bad.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    assert main(["predict", str(run), str(good), "--csv"]) == 0
+    assert main(["predict", str(run), str(good), str(bad), "--csv"]) == SOME_FAILED == 3
+    assert main(["predict", str(run), str(bad), str(text), "--jsonl"]) == NONE_READ == 4
+    out = capsys.readouterr().out
+    assert out.count('"error": "cannot read image') == 2  # every failed file still has its row
+
+
+def test_evaluate_exit_codes(trained, tmp_path, capsys):
+    import shutil
+
+    data, run = trained
+    some = tmp_path / "some"
+    shutil.copytree(data, some)
+    (some / "red" / "red_0.png").write_bytes(b"")
+    assert main(["evaluate", str(run), str(some)]) == 3
+    assert "skipped 1 undecodable" in capsys.readouterr().err
+    none = tmp_path / "none"
+    for f in data.rglob("*.png"):
+        (none / f.relative_to(data)).parent.mkdir(parents=True, exist_ok=True)
+        (none / f.relative_to(data)).write_text("text")
+    assert main(["evaluate", str(run), str(none)]) == 4
+    assert "none of the" in one_line(capsys.readouterr().err)
+
+
+def test_embed_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    flags = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32"]
+    assert main(["embed", str(data), *flags, "--out", str(tmp_path / "all.npz")]) == 0
+    (data / "red" / "red_0.png").write_bytes(b"")
+    assert main(["embed", str(data), *flags, "--out", str(tmp_path / "some.npz")]) == 3
+    assert np.load(tmp_path / "some.npz")["features"].shape[0] == 11
+    for f in data.rglob("*.png"):
+        f.write_text("text")
+    assert main(["embed", str(data), *flags, "--out", str(tmp_path / "none.npz")]) == 4
+    assert "could be decoded" in capsys.readouterr().err.splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- ONNX and huge images
+
+
+def test_onnx_predict_gives_an_oversized_image_its_error_row_and_goes_on(trained, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    data, run = trained
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(run), "--out", str(onnx), "--no-check"]) == 0
+    bomb_png(tmp_path / "bomb.png")
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    good = data / "red" / "red_0.png"
+    capsys.readouterr()
+    argv = [str(tmp_path / "bomb.png"), str(good), str(tmp_path / "zero.jpg"), "--csv"]
+    assert main(["predict", str(onnx), *argv]) == 3
+    rows = {r.split(",")[0]: r for r in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[str(good)].split(",")[1] in ("red", "blue")
+    assert (
+        "too large to decode" in rows[str(tmp_path / "bomb.png")]
+        and "cannot read" in rows[str(tmp_path / "zero.jpg")]
+    )
+    assert main(["predict", str(run), *argv]) == 3  # the PyTorch path: the same rows
+    torch_rows = {r.split(",")[0]: r for r in capsys.readouterr().out.splitlines()[1:]}
+    assert torch_rows[str(tmp_path / "bomb.png")].endswith(rows[str(tmp_path / "bomb.png")].split(",")[-1])
+
+
+def big_png(path: Path, size: int = 7000) -> None:
+    """A 49-megapixel greyscale gradient, small on disk."""
+    ramp = np.linspace(0, 255, size).astype(np.uint8)
+    Image.fromarray(np.tile(ramp, (size, 1))).save(path, optimize=False, compress_level=1)
+
+
+def test_huge_images_decode_reduced_without_pillow_warnings(tmp_path, recwarn):
+    from thaw.decoding import KEEP, LARGE_PIXELS, read_image
+
+    big_png(tmp_path / "big.png")
+    image, _ = read_image(str(tmp_path / "big.png"), 3, target=64)
+    assert min(image.size) >= KEEP * 64 and max(image.size) < 7000  # reduced, and enough for the model
+    assert abs(np.asarray(image)[:, :, 0].mean() - 127.5) < 3  # the same picture
+    rgb = Image.new("RGB", (7200, 7200), (30, 120, 200))
+    rgb.save(tmp_path / "big.jpg", quality=50)
+    assert 7200 * 7200 > LARGE_PIXELS
+    jpeg, _ = read_image(str(tmp_path / "big.jpg"), 3, target=64)
+    assert min(jpeg.size) >= KEEP * 64 and jpeg.size[0] <= 7200 // 8 + 1  # decoded at 1/8 scale
+    assert abs(np.asarray(jpeg).astype(int).mean(axis=(0, 1)) - (30, 120, 200)).max() < 6
+    full, _ = read_image(str(tmp_path / "big.png"), 3)  # no target: as it is
+    assert full.size == (7000, 7000)
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+def test_normal_size_images_decode_exactly_as_before(tmp_path):
+    from PIL import ImageOps
+
+    from thaw.decoding import read_image
+
+    make_image(tmp_path / "a.png", (200, 30, 30), 3, size=300)
+    exif_rotated(tmp_path / "b.jpg")
+    for name in ("a.png", "b.jpg"):
+        with Image.open(tmp_path / name) as img:
+            before = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        assert np.array_equal(np.asarray(read_image(str(tmp_path / name), 3, target=36)[0]), before)
+
+
+# ----------------------------------------------------------------------------- errors before any run folder
+
+BEFORE_FOLDER = {  # id -> (flags, fragments of the one line)
+    "unknown model": (["--model", "resnet19"], ["resnet19", "did you mean"]),
+    "unknown weights name": (["--weights", "BOGUS"], ["--weights 'BOGUS'", "DEFAULT"]),
+    "missing weights file": (["--weights", "nowhere/w.pth"], ["nowhere/w.pth", "no such file"]),
+    "batch norm on batches of one": (
+        ["--batch-size", "1", "--bn-policy", "train", "--phase2-epochs", "1"],
+        ["--batch-size 1", "batches of 2 or more"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_FOLDER))
+def test_errors_found_before_training_leave_no_run_folder(tmp_path, capsys, case):
+    flags, fragments = BEFORE_FOLDER[case]
+    data = make_class_folder(tmp_path / "d", per_class=4)
+    out = tmp_path / "out" / "a9"
+    argv = [
+        "fit",
+        str(data),
+        *FAST,
+        "--phase1-epochs",
+        "1",
+        "--phase2-epochs",
+        "0",
+        *flags,
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert all(f in line for f in fragments), line
+    assert "thaw resume" not in line and not (tmp_path / "out").exists()
+
+
+def test_batch_norm_on_batches_of_one_is_fine_when_frozen(tmp_path):
+    from thaw.config import override
+    from thaw.train.preflight import check_run
+    from thaw.train.strategies import plans_for
+
+    config = override(
+        tiny_config(tmp_path / "d", tmp_path / "out"),
+        {"data.batch_size": 1, "bn_policy": "frozen", "phase2.epochs": 1},
+    )
+    check_run(config, plans_for(config), ["a", "b"], False)  # no error: batch norm stays in eval mode
+    train = override(config, {"bn_policy": "train"})
+    with pytest.raises(ThawError, match="batches of 2"):
+        check_run(train, plans_for(train), ["a", "b"], False)
+
+
+def test_an_out_that_appears_while_training_is_named_and_not_resumed(tmp_path, capsys, monkeypatch):
+    from thaw.train import recipe
+
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    out = tmp_path / "fc"
+    real = recipe.write_report
+
+    def appear(path, **kwargs):  # someone else writes --out while this run is finishing
+        (out / "theirs").mkdir(parents=True)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(recipe, "write_report", appear)
+    assert main(["fit", str(data), *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err  # the run's warnings (too few validation images for a threshold), then:
+    (line,) = [line for line in err.splitlines() if line.startswith("thaw: error: ")]
+    assert "Traceback" not in err
+    assert f"{out} appeared while this run trained" in line and f"mv {out}.incomplete" in line
+    assert "thaw resume" not in line and (out / "theirs").is_dir()
+    assert (tmp_path / "fc.incomplete" / "model.safetensors").is_file()  # the finished run is kept
+    assert main(["resume", str(tmp_path / "fc.incomplete")]) == 2
+    assert f"{out} exists beside" in one_line(capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- the binary decision, shown
+
+
+class Fixed(torch.nn.Module):
+    """A two-class model whose p_1 is an image's mean pixel / 255: its scores are what the test says."""
+
+    class_names = ["cat", "dog"]
+    multilabel = False
+
+    def forward(self, x):
+        p1 = x.float().mean(dim=(1, 2, 3)).clamp(0, 1)
+        return torch.stack([1 - p1, p1], dim=1).log()
+
+    def probabilities(self, logits):
+        return logits.softmax(dim=1)
+
+
+def scored(values: list[float], labels: list[int]):
+    from thaw.data.images import Decoded
+
+    images = [torch.full((3, 8, 8), int(v * 255), dtype=torch.uint8) for v in values]
+    return Decoded([str(i) for i in range(len(values))], images, labels)
+
+
+@pytest.mark.parametrize("per_class, chosen", [(2, False), (4, False), (5, True)])
+def test_threshold_needs_enough_validation_images_of_each_class(per_class, chosen):
+    from thaw.clinical import MIN_PER_CLASS, operating_point
+    from thaw.preprocessing import Preprocessing
+
+    assert MIN_PER_CLASS == 5
+    pre = Preprocessing(8, 8, (0.0,) * 3, (1.0 / 255,) * 3)  # the crop's values stay the pixel values
+    rng = np.random.default_rng(per_class)
+    cats, dogs = rng.uniform(0.0, 0.5, 20), rng.uniform(0.9, 1.0, per_class)
+    val = scored([*cats, *dogs], [0] * 20 + [1] * per_class)
+    operating, _ = operating_point(Fixed(), {"val": val}, pre, False, None)
+    if chosen:
+        assert operating.threshold is not None and operating.rule == "Youden's J on validation"
+    else:
+        assert operating.threshold is None
+        assert operating.rule.startswith(f"argmax: validation has {per_class} image(s) of dog, too few")
+
+
+def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
+    data, run = trained
+    copy = copy_run(run, tmp_path)
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["operating"] = {**(summary.get("operating") or {}), "threshold": 0.997}
+    summary["operating"]["rule"] = "Youden's J on validation"
+    (copy / "summary.json").write_text(json.dumps(summary))
+    image = str(data / "red" / "red_0.png")
+    assert main(["predict", str(copy), image, "--csv"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == (
+        "note: decision: red where p_red >= 0.997, else blue (threshold by Youden's J on validation; "
+        "not the argmax)"
+    )
+    assert main(["predict", str(copy), image]) == 0
+    assert "decision: red where p_red >= 0.997" in " ".join(capsys.readouterr().out.split())
+    (copy / "summary.json").unlink()  # a model file alone: the argmax, nothing to say
+    assert main(["predict", str(copy), image, "--csv"]) == 0 and not capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- smaller edges
+
+
+def test_a_split_file_with_relative_keys_fits_the_same_data_by_absolute_path(tmp_path, monkeypatch):
+    from thaw.config import DataConfig
+    from thaw.data.sources import discover, write_split
+
+    monkeypatch.chdir(tmp_path)
+    make_class_folder(tmp_path / "d", per_class=5)
+    relative = discover(DataConfig(path="d"))
+    write_split(relative, tmp_path / "split.csv")
+    assert not relative.items[0].key.startswith("/")
+    absolute = discover(DataConfig(path=str(tmp_path / "d"), split_file=str(tmp_path / "split.csv")))
+    by_name = {Path(it.key).name: it.split for it in relative.items}
+    assert {Path(it.key).name: it.split for it in absolute.items} == by_name
+    again = discover(DataConfig(path="d", split_file=str(tmp_path / "split.csv")))  # and the other way
+    assert {Path(it.key).name: it.split for it in again.items} == by_name
+
+
+def test_embed_names_no_flag_it_lacks_when_the_cache_cannot_be_written(tmp_path, capsys, monkeypatch):
+    (tmp_path / "home").write_text("a file where THAW_HOME's folder should be")
+    monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    flags = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32"]
+    assert main(["embed", str(data), *flags, "--out", str(tmp_path / "e.npz")]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "THAW_HOME" in line and "--phase1" not in line

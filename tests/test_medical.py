@@ -216,9 +216,10 @@ def test_class_weights_sampler_and_statistics():
 
 
 def test_a_run_with_the_medical_options(tmp_path, capsys):
-    data = make_class_folder(tmp_path / "d", per_class=10)
+    data = make_class_folder(tmp_path / "d", per_class=16)
     out = tmp_path / "run"
     args = ["fit", str(data), *tiny_flags(), "--monitor", "val_auc", "--balance", "loss"]
+    args += ["--val-fraction", "0.35"]  # 5 or more validation images of each class: a threshold is chosen
     assert main([*args, "--normalize", "dataset", "--tta", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "saved model at threshold" in printed and "95% bootstrap" in printed

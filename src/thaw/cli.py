@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from thaw.config import DATA_FORMATS, RunConfig, float_or_auto, override
-from thaw.errors import ThawError
+from thaw.errors import NONE_READ, SOME_FAILED, ThawError
 
 DEMO = {
     "data.path": "builtin:digits",
@@ -254,7 +254,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         first = result.test.accuracy if first is None else first
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Exit 0, or :data:`SOME_FAILED` when some images could not be read (the metrics leave them out)."""
     from thaw.evaluate import evaluate_run
 
     e = evaluate_run(args.run, args.data, args.format, tta=args.tta)
@@ -266,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     m = e.metrics
     if m.per_label:
         _print_multilabel_evaluation(e)
-        return
+        return SOME_FAILED if e.skipped else 0
     print(
         f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
         f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
@@ -282,6 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if e.write_error:
         raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
     print(f"written: {e.path}")
+    return SOME_FAILED if e.skipped else 0
 
 
 def _print_multilabel_evaluation(e) -> None:
@@ -302,7 +304,7 @@ def _print_multilabel_evaluation(e) -> None:
     print(f"written: {e.path}")
 
 
-def cmd_embed(args: argparse.Namespace) -> None:
+def cmd_embed(args: argparse.Namespace) -> int:
     from thaw.probe import check_out, embed, write_embedding
 
     config = config_from_args(args, RunConfig())
@@ -313,6 +315,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(
         f"{out}: {e.features.shape[0]} images x {e.features.shape[1]} features ({splits}) in {e.seconds:.1f}s"
     )
+    return SOME_FAILED if e.failed else 0
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -369,7 +372,9 @@ def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit 0 when every image was predicted, :data:`SOME_FAILED` when some could not be read (each has an
+    error row), :data:`NONE_READ` when none could."""
     if args.run.lower().endswith(".onnx"):  # onnxruntime only: torch is never imported
         from thaw.onnx_predict import OnnxPredictor
 
@@ -380,6 +385,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         predictor = Predictor.load(args.run)
     preds = predictor.predict_paths(args.images, tta=args.tta)
     names, k = predictor.class_names, args.top_k
+    decision = predictor.decision()  # a binary threshold decides against the argmax: say which and why
+    if not decision.startswith("argmax") and (args.csv or args.jsonl):
+        print(f"note: decision: {decision}", file=sys.stderr)
     if args.jsonl:
         for p in preds:
             print(
@@ -400,7 +408,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table()
+        table = Table(caption=None if decision.startswith("argmax: the most") else f"decision: {decision}")
         for col in ("image", "prediction", "confidence", *(["top " + str(k)] if k else []), "error"):
             table.add_column(col, justify="right" if col == "confidence" else "left")
         for p in preds:
@@ -414,6 +422,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     failed = [p.path for p in preds if p.error]
     if failed:
         print(f"warning: could not read {len(failed)} file(s): {', '.join(failed[:5])}", file=sys.stderr)
+    return NONE_READ if len(failed) == len(preds) else SOME_FAILED if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -741,14 +750,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit 0 on success; 2 and one line on stderr for a problem the user can fix (or a
-    file that cannot be written); 130 on Ctrl-C; 143 on SIGTERM; 1 and one line for anything unexpected
-    (--debug: the traceback). An interrupted run says where it stands and how to continue it."""
+    file that cannot be written); 3 when ``predict``, ``evaluate`` or ``embed`` could not read some of
+    its inputs, 4 when it could read none; 130 on Ctrl-C; 143 on SIGTERM; 1 and one line for anything
+    unexpected (--debug: the traceback). An interrupted run says where it stands and how to continue it."""
     from thaw.train import run_folder
 
     args = parser().parse_args(argv)
     run_folder.active = None
     try:
-        args.func(args)
+        code = args.func(args) or 0
     except BrokenPipeError:  # `thaw models --json | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
@@ -767,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         _error(str(err), run_folder.active)
-        return 2
+        return err.exit_code
     except OSError as err:  # a full disk, a folder that is not writable: name the file and the cause
         if args.debug:
             raise
@@ -781,13 +791,18 @@ def main(argv: list[str] | None = None) -> int:
         what = f"unexpected {type(err).__name__}: {text} (run with --debug for the traceback)"
         _error(what, run_folder.active)
         return 1
-    return 0
+    return code
 
 
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
-    """One line on stderr; when a run was being written, where it is and how to continue it."""
-    if run is not None and run.is_dir():
+    """One line on stderr; when a run was being written, where it is, and how to continue it when
+    ``thaw resume`` can (its start files are written and its final name is free)."""
+    from thaw.train.run_folder import final_path, resumable
+
+    if resumable(run):
         message += f"; the run so far is in {run}: continue it with `thaw resume {run}`"
+    elif run is not None and run.is_dir() and not final_path(run).exists():
+        message += f"; {run} stopped before the run started (nothing to resume): delete it, rerun `thaw fit`"
     print(f"{prefix}{message}", file=sys.stderr)
 
 

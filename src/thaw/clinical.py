@@ -23,6 +23,9 @@ from thaw.preprocessing import Preprocessing
 from thaw.results import Metrics, Operating
 
 BOOTSTRAP = 1000
+MIN_PER_CLASS = 5
+"""A binary threshold is chosen on validation only with at least this many images of each class; with
+fewer, one image decides it (a threshold of 0.997 from 2 images), so the argmax is kept instead."""
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")
 
 
@@ -137,7 +140,14 @@ def operating_point(
     if model.multilabel:
         return _multilabel_operating_point(model, probs, labels, tta, target_sensitivity, seed)
     threshold, rule = None, "argmax"
-    if probs["val"].shape[1] == 2:
+    counts = np.bincount(labels["val"].numpy(), minlength=2)
+    if probs["val"].shape[1] == 2 and counts.min() < MIN_PER_CLASS:
+        few = model.class_names[int(counts.argmin())]
+        rule = (
+            f"argmax: validation has {counts.min()} image(s) of {few}, too few to choose a threshold "
+            f"(it needs {MIN_PER_CLASS} of each class)"
+        )
+    elif probs["val"].shape[1] == 2:
         threshold = choose_threshold(probs["val"][:, 1].numpy(), labels["val"].numpy(), target_sensitivity)
         rule = (
             f"validation sensitivity >= {target_sensitivity:g}"

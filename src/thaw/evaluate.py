@@ -181,7 +181,7 @@ def evaluate_run(
     from thaw.config import RunConfig, override
     from thaw.data.images import DECODE_ERRORS, open_image
     from thaw.data.sources import discover, evaluation_items
-    from thaw.errors import ThawError
+    from thaw.errors import NothingRead, ThawError
     from thaw.predict import Predictor
 
     predictor = Predictor.load(run)
@@ -211,12 +211,12 @@ def evaluate_run(
     images, labels, skipped = [], [], []
     for it in items:
         try:
-            images.append(open_image(it, 3, predictor.window))
+            images.append(open_image(it, 3, predictor.window, predictor.preprocessing.resize_size))
             labels.append(target(it))
         except DECODE_ERRORS:
             skipped.append(it.key)
     if not images:
-        raise ThawError(f"{data}: none of the {len(items)} images to evaluate could be decoded")
+        raise NothingRead(f"{data}: none of the {len(items)} images to evaluate could be decoded")
     probs = predictor.predict_proba(images, tta=tta)
     cut = predictor.thresholds if predictor.multilabel else predictor.threshold
     metrics = classification_metrics(probs, torch.tensor(labels), cut, predictor.class_names)

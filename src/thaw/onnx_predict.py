@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from thaw.decoding import DECODE_ERRORS, read_image
 from thaw.errors import ThawError
 from thaw.predictions import Prediction, expand_paths, failure, result, views
 
@@ -51,6 +52,14 @@ class OnnxPredictor:
         self.preprocessing: dict = self.metadata["preprocessing"]
         self.channels = self.metadata["input"]["shape"][1]
 
+    def decision(self) -> str:
+        """How a label is chosen, in words (the binary threshold from the export's metadata)."""
+        threshold = self.metadata.get("threshold")
+        if threshold is None or len(self.class_names) != 2 or self.metadata.get("task") == "multilabel":
+            return "argmax: the most probable class"
+        low, high = self.class_names
+        return f"{high} where p_{high} >= {threshold:.3f}, else {low} (the run's threshold; not the argmax)"
+
     def resized(self, image: Image.Image) -> np.ndarray:
         """uint8 [H, W, C] with the shorter side at ``resize_size`` (torchvision's output size rule)."""
         pre = self.preprocessing
@@ -80,11 +89,9 @@ class OnnxPredictor:
     ) -> list[Prediction]:
         out: list[Prediction] = []
         for f in expand_paths(paths):
-            try:
-                with Image.open(f) as img:
-                    img.seek(0)
-                    image = ImageOps.exif_transpose(img).convert("RGB")
-            except (OSError, ValueError, SyntaxError) as err:
+            try:  # the reader of training and the PyTorch predictor: 16-bit, DICOM, huge images alike
+                image = read_image(str(f), self.channels, None, self.preprocessing["resize_size"])[0]
+            except DECODE_ERRORS as err:
                 out.append(failure(str(f), err))
                 continue
             probs = self.predict_proba(self.arrays(image, tta)).mean(axis=0)

@@ -28,12 +28,14 @@ class Predictor:
         threshold: float | None = None,
         window: tuple[float, float] | None = None,
         thresholds: list[float] | None = None,
+        rule: str = "",
     ) -> None:
         self.model = model.eval()
         self.window = window  # the run's --dicom-window, for DICOM files
         self.multilabel = model.multilabel
         # binary: class 1 where its probability reaches the threshold the run chose on validation
         self.threshold = threshold if len(model.class_names) == 2 and not self.multilabel else None
+        self.rule = rule  # how the run chose the threshold (summary.json's operating rule)
         self.thresholds = None
         if self.multilabel:
             self.thresholds = list(thresholds) if thresholds else [0.5] * len(model.class_names)
@@ -45,7 +47,21 @@ class Predictor:
     def load(cls, path: str | Path) -> Predictor:
         verify_model_file(path)
         model = load_model(path)
-        return cls(model, run_threshold(path), run_window(path), run_thresholds(path, model.class_names))
+        threshold, rule = run_threshold(path), run_rule(path)
+        return cls(model, threshold, run_window(path), run_thresholds(path, model.class_names), rule)
+
+    def decision(self) -> str:
+        """How a label is chosen, in words: the binary threshold and the rule that chose it, else the
+        argmax (and why, when the run could not choose a threshold)."""
+        if self.multilabel:
+            return "every label whose probability reaches its threshold"
+        if self.threshold is None:
+            return self.rule if self.rule.startswith("argmax:") else "argmax: the most probable class"
+        low, high = self.class_names
+        return (
+            f"{high} where p_{high} >= {self.threshold:.3f}, else {low} (threshold by "
+            f"{self.rule or 'the run'}; not the argmax)"
+        )
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
         mode = "L" if self.model.spec.in_channels == 1 else "RGB"
@@ -99,7 +115,8 @@ class Predictor:
             images, slots, out = [], [], []
             for f in chunk:
                 try:
-                    images.append(open_image(Item(str(f), -1), 3, self.window))
+                    target = self.preprocessing.resize_size
+                    images.append(open_image(Item(str(f), -1), 3, self.window, target))
                     slots.append(len(out))
                     out.append(None)
                 except DECODE_ERRORS as err:
@@ -128,6 +145,19 @@ def run_threshold(path: str | Path) -> float | None:
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, int | float) else None
+
+
+def run_rule(path: str | Path) -> str:
+    """How the run chose its decision threshold (``summary.json``'s ``operating.rule``), if it says."""
+    import json
+
+    path = Path(path)
+    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    try:
+        rule = (json.loads(summary.read_text()).get("operating") or {}).get("rule")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return rule if isinstance(rule, str) else ""
 
 
 def run_thresholds(path: str | Path, class_names: list[str]) -> list[float] | None:

@@ -67,6 +67,7 @@ def embed(
             batch_size=max(data.batch_size, 64),
             workers=data.num_workers if workers is None else workers,
             warn=warn,
+            way_out=None,  # embed and probe always cache; no flag avoids it
         )
         kept = set(f.keys)
         failed += [it.key for it in items if it.key not in kept]

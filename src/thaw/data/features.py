@@ -12,8 +12,9 @@ half-written cache (a killed run) and is rebuilt. The key hashes everything the 
 the backbone's weights (their bytes), its input preprocessing and channels, the transform and views and
 seed, the images (path, size and modification time of each file; the pixels of in-memory images) and
 their labels (kept beside the features: a relabelled CSV must not read the old labels back).
-A stale cache is never used: any change gives another key. ``rm -r ~/.cache/thaw/cache/features``
-clears it.
+Processes sharing the cache take turns per entry under a file lock (``thaw.cache``): one computes, the
+others wait and read it. A stale cache is never used: any change gives another key.
+``rm -r ~/.cache/thaw/cache/features`` clears it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from thaw.data.images import Decoded, open_image, resized
+from thaw import cache
+from thaw.data.images import DECODE_ERRORS, Decoded, open_image, resized
 from thaw.data.sources import Item
-from thaw.errors import ThawError
+from thaw.errors import NothingRead, ThawError
 from thaw.preprocessing import Preprocessing
 
 FORMAT = 1
@@ -109,8 +111,9 @@ class Views(Dataset):
         else:
             label = torch.as_tensor(self.items[i].label)  # a class index, or multi-label 0/1 values
             try:
-                image = resized(open_image(self.items[i], self.channels), self.pre)
-            except (OSError, ValueError, SyntaxError):
+                image = open_image(self.items[i], self.channels, None, self.pre.resize_size)
+                image = resized(image, self.pre)
+            except DECODE_ERRORS:
                 size = self.pre.size
                 return torch.zeros(self.views, self.channels, size, size), label, False
         out = []
@@ -165,7 +168,7 @@ def compute(
         if progress:
             progress(done, len(dataset))
     if x is None:
-        raise ThawError("no image could be decoded: there are no features to compute")
+        raise NothingRead(f"none of the {len(dataset)} images could be decoded: no features to compute")
     x.flush()
     del x
     if row < len(dataset) * dataset.views:  # undecodable images: shrink the file to the rows written
@@ -199,13 +202,13 @@ def features(
     workers: int = 0,
     root: Path | None = None,
     warn: Callable[[str], None] = print,
-    way_out: str = "--phase1 online",
+    way_out: str | None = "--phase1 online",
     channels_last: bool = True,
 ) -> Features:
     """The features of ``items`` through ``backbone``: from the cache when it holds them, else computed
     (from ``decoded`` images if given, else decoded from disk one at a time) and cached. ``backbone`` may
     be any frozen module (a cut prefix: its rows are the flattened activations); ``way_out``: the flag
-    that avoids the cache, named when the cache cannot be written."""
+    that avoids the cache, named when the cache cannot be written (None: the command has none)."""
     import time
 
     root = root or cache_root()
@@ -227,10 +230,9 @@ def features(
         identity["layout"] = "contiguous"
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     folder = root / key
-    found = _read(folder, warn)
+    found = _read(folder, warn, repair=False)  # a complete entry needs no lock: it is never rewritten
     if found is not None:
         return found
-    _remove_orphans(root)
     start = time.perf_counter()
     keys = decoded.keys if decoded is not None else [it.key for it in items]
     dataset = Views(
@@ -242,43 +244,40 @@ def features(
         pre=pre,
         channels=channels,
     )
-    partial = root / f"{key}.partial-{os.getpid()}"
     try:
-        partial.mkdir(parents=True, exist_ok=True)
-        failed = compute(backbone, dataset, keys, partial, batch_size, workers, channels_last=channels_last)
-        meta = {**identity, "views": views, "failed": [keys[i] for i in failed]}
-        (partial / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
+        with cache.locked(folder) as partial:  # another process computing this entry: wait for it
+            found = _read(folder, warn)
+            if found is not None:
+                return found
+            cache.sweep(root)
+            partial.mkdir(parents=True)
+            failed = compute(
+                backbone, dataset, keys, partial, batch_size, workers, channels_last=channels_last
+            )
+            meta = {**identity, "views": views, "failed": [keys[i] for i in failed]}
+            (partial / "meta.json").write_text(json.dumps(meta))  # last: an entry with it is complete
+            cache.publish(partial, folder)
     except OSError as err:
-        shutil.rmtree(partial, ignore_errors=True)
         raise ThawError(
             f"cannot write the feature cache in {root} ({err.strerror or err}): set THAW_HOME to a writable "
-            f"folder with free space, or use {way_out}"
+            f"folder with free space" + (f", or use {way_out}" if way_out else "")
         ) from err
-    result = _read(folder, warn)
+    result = _read(folder, warn, repair=False)
     if result is None:
-        raise ThawError(f"the feature cache in {folder} could not be read back; use {way_out}")
+        raise ThawError(
+            f"the feature cache in {folder} could not be read back"
+            + (f"; use {way_out}" if way_out else "; delete it and run again")
+        )
     result.seconds, result.cached = time.perf_counter() - start, False
     return result
 
 
-def _remove_orphans(root: Path) -> None:
-    """Partial caches left by killed processes (``<key>.partial-<pid>`` whose process is gone)."""
-    for partial in root.glob("*.partial-*") if root.is_dir() else ():
-        pid = int(partial.name.rpartition("-")[2] or 0)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except PermissionError:  # another user's live process
-            pass
-
-
-def _read(folder: Path, warn: Callable[[str], None]) -> Features | None:
+def _read(folder: Path, warn: Callable[[str], None], repair: bool = True) -> Features | None:
+    """The entry in ``folder``, or None. ``repair`` (only with the entry's lock held): a damaged entry is
+    reported and removed, to be computed again."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        if folder.exists():  # no meta.json: a half-written cache (a killed run); rebuild it
+        if folder.exists() and repair:  # no meta.json: a half-written cache (an older thaw); rebuild it
             shutil.rmtree(folder, ignore_errors=True)
         return None
     try:
@@ -289,7 +288,8 @@ def _read(folder: Path, warn: Callable[[str], None]) -> Features | None:
         if x.shape[0] != len(labels) or len(labels) != len(keys) * meta["views"]:
             raise ValueError(f"{x.shape[0]} rows, {len(labels)} labels, {len(keys)} keys")
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-        warn(f"the feature cache in {folder} is corrupt ({err}); computing the features again")
-        shutil.rmtree(folder, ignore_errors=True)
+        if repair:
+            warn(f"the feature cache in {folder} is corrupt ({err}); computing the features again")
+            shutil.rmtree(folder, ignore_errors=True)
         return None
     return Features(x, labels, keys, meta["views"], cached=True)

@@ -9,8 +9,9 @@ their darkest to their brightest pixel, to 0-255 (Pillow's own conversion would 
 near white). Per-image min-max rather than the full 0-65535 range: a 12-bit scanner stored in 16 bits
 would use only 1/16 of the range and come out nearly black. DICOM files go through their rescale
 slope/intercept and an optional window (``--dicom-window``) first. Images over Pillow's
-decompression-bomb limit (about 179 megapixels) are skipped by name;
-an image more than ``MAX_ASPECT`` times longer than wide (or the reverse) is center-cropped to that ratio
+decompression-bomb limit (about 179 megapixels) are skipped by name; huge ones under it are decoded
+reduced towards the model's input size (``thaw.decoding``, the reader shared with ``predict``).
+An image more than ``MAX_ASPECT`` times longer than wide (or the reverse) is center-cropped to that ratio
 before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
@@ -31,6 +32,16 @@ from thaw.augmentation import parse as parse_augment
 from thaw.config import DataConfig
 from thaw.data import augment
 from thaw.data.sources import Item, Sources
+from thaw.decoding import (  # noqa: F401 (re-exported: the readers' names as they were)
+    DECODE_ERRORS,
+    DICOM_EXTENSIONS,
+    MAX_ASPECT,
+    bounded,
+    dicom_image,
+    read_image,
+    scale_to_8bit,
+    to_8bit,
+)
 from thaw.errors import ThawError
 from thaw.preprocessing import Preprocessing
 
@@ -46,20 +57,18 @@ class Decoded:
     labels: list
 
 
-MAX_ASPECT = 4
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-"""What Pillow raises for a broken, truncated, foreign or oversized file: such a file is skipped by name."""
-
-
-def open_image(item: Item, channels: int, window: tuple[float, float] | None = None) -> Image.Image:
+def open_image(
+    item: Item, channels: int, window: tuple[float, float] | None = None, target: int | None = None
+) -> Image.Image:
     """The image in ``L`` (``channels`` 1) or ``RGB``: EXIF rotation applied, the first frame of an
     animation, 16-bit depth scaled per image, the long side at most ``MAX_ASPECT`` times the short.
-    DICOM files (``.dcm``): rescale slope/intercept applied, then ``window`` (center, width) if given."""
-    return load_image(item, channels, window)[0]
+    DICOM files (``.dcm``): rescale slope/intercept applied, then ``window`` (center, width) if given.
+    ``target``: the shorter side the model resizes to (a huge image is decoded reduced towards it)."""
+    return load_image(item, channels, window, target)[0]
 
 
 def load_image(
-    item: Item, channels: int, window: tuple[float, float] | None = None
+    item: Item, channels: int, window: tuple[float, float] | None = None, target: int | None = None
 ) -> tuple[Image.Image, bool]:
     """:func:`open_image`, and whether the source had more than 8 bits per channel (and was scaled)."""
     mode = "L" if channels == 1 else "RGB"
@@ -73,85 +82,7 @@ def load_image(
                 f"{item.key}: in-memory images must be uint8, or 2-D greyscale numbers; got {array.dtype}"
             )
         return bounded(scale_to_8bit(array, item.key)).convert(mode), True
-    if item.key.lower().endswith(DICOM_EXTENSIONS):
-        img, deep = dicom_image(item.key, window)
-        return bounded(img).convert(mode), deep
-    with Image.open(item.key) as img:
-        img.seek(0)  # first frame of a GIF
-        img = ImageOps.exif_transpose(img)
-        deep = img.mode in ("I", "F") or img.mode.startswith("I;16")
-        return bounded(to_8bit(img, item.key)).convert(mode), deep
-
-
-DICOM_EXTENSIONS = (".dcm", ".dicom")
-
-
-def dicom_image(path: str, window: tuple[float, float] | None = None) -> tuple[Image.Image, bool]:
-    """A DICOM file's first frame: stored values through the modality LUT (rescale slope and intercept,
-    e.g. to Hounsfield units), clipped to ``window`` (center, width) if given, then scaled to 0-255 (the
-    window's range, else the image's own minimum to maximum); MONOCHROME1 (white = 0) is inverted."""
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut
-    except ImportError:
-        raise ThawError(
-            f"{path} is a DICOM file: install pydicom to read it (pip install 'thaw-transfer[dicom]')"
-        ) from None
-    try:
-        ds = pydicom.dcmread(path)
-    except (pydicom.errors.InvalidDicomError, OSError, EOFError) as err:
-        raise ValueError(f"not a readable DICOM file ({err})") from err
-    if "PixelData" not in ds:
-        raise ValueError("DICOM file has no pixel data (no PixelData element): a report or structured file")
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:  # pydicom raises many kinds for compressed data it cannot decode
-        raise ValueError(f"DICOM pixel data cannot be decoded ({_first_line(err)})") from err
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
-    if getattr(ds, "SamplesPerPixel", 1) == 3:
-        return Image.fromarray(np.asarray(pixels, dtype=np.uint8)), False
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    if window is not None:
-        center, width = window
-        low, high = center - width / 2, center + width / 2
-        values = (np.clip(values, low, high) - low) * (255.0 / (high - low))
-        img = Image.fromarray(np.round(values).astype(np.uint8), mode="L")
-    else:
-        img = scale_to_8bit(values, path)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        img = ImageOps.invert(img)
-    return img, True
-
-
-def to_8bit(img: Image.Image, key: str) -> Image.Image:
-    """Images deeper than 8 bits per channel (``I;16*``, ``I``, ``F``) scaled from their own minimum to
-    their maximum onto 0-255; others unchanged."""
-    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
-        return img
-    return scale_to_8bit(np.asarray(img, dtype=np.float64), key)
-
-
-def scale_to_8bit(array: np.ndarray, key: str) -> Image.Image:
-    """A 2-D array of any depth, from its minimum (0) to its maximum (255), as an ``L`` image."""
-    array = np.asarray(array, dtype=np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{key} holds NaN or infinite pixel values")
-    low, high = float(array.min()), float(array.max())
-    scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-
-
-def bounded(img: Image.Image) -> Image.Image:
-    """Center-crop the long side to at most ``MAX_ASPECT`` times the short side."""
-    w, h = img.size
-    if w > MAX_ASPECT * h:
-        left = (w - MAX_ASPECT * h) // 2
-        return img.crop((left, 0, left + MAX_ASPECT * h, h))
-    if h > MAX_ASPECT * w:
-        top = (h - MAX_ASPECT * w) // 2
-        return img.crop((0, top, w, top + MAX_ASPECT * w))
-    return img
+    return read_image(item.key, channels, window, target)
 
 
 def resized(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
@@ -207,7 +138,7 @@ class _Decode(Dataset):
     def __getitem__(self, i: int):
         item = self.items[i]
         try:
-            image, scaled = load_image(item, self.channels, self.window)
+            image, scaled = load_image(item, self.channels, self.window, self.pre.resize_size)
             return i, resized(image, self.pre), "scaled" if scaled else ""
         except DECODE_ERRORS as err:
             if self.strict:

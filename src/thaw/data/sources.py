@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -462,6 +463,11 @@ def apply_split_file(sources: Sources, split_file: Path) -> None:
             else split_name(row["split"] or "", f"--split-file {split_file}, line {line}")
             for line, row in enumerate(reader, start=2)
         }
+    # keys written relative (``data/cat/1.png``) match the same files given by absolute path, and back
+    resolved = {os.path.abspath(k): v for k, v in given.items()}
+    for it in sources.items:
+        if it.key not in given and it.array is None and os.path.abspath(it.key) in resolved:
+            given[it.key] = resolved[os.path.abspath(it.key)]
     missing = [it.key for it in sources.items if it.key not in given]
     if missing:
         raise ThawError(

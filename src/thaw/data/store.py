@@ -5,9 +5,10 @@ Reads go through the page cache, not into the process: its memory stays flat how
 are (a memory map would count every page it touched as the process's own). The store lives beside the
 feature cache, in ``$THAW_HOME/cache/images/<key>/`` (``~/.cache/thaw``): ``images.u8`` (the pixels,
 image after image), ``index.npz`` (byte offset and [C, H, W] shape per image, labels) and ``meta.json``
-(keys and the files that failed), written last; a folder without it is a half-written store and is
-rebuilt. The key hashes the images (path, size, modification time), the preprocessing and the channels,
-so a later run on the same data, or another rank under DDP, reads the same store.
+(keys and the files that failed), written last. Processes sharing it take turns per entry under a file
+lock (``thaw.cache``): one writes, the others wait and read. The key hashes the images (path, size,
+modification time), the preprocessing and the channels, so a later run on the same data, or another
+rank under DDP, reads the same store.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thaw import cache
 from thaw.data.features import cache_root, images_fingerprint
 from thaw.data.images import Decoded, decoded_items
 from thaw.data.sources import Item
@@ -102,58 +104,63 @@ def decode_to_disk(
         "window": list(window) if window else None,
     }
     folder = root / hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-    found = _read(folder)
-    if found is not None:
-        if deep is not None:
-            deep += json.loads((folder / "meta.json").read_text()).get("deep", [])
-        return found
-    partial = root / f"{folder.name}.partial-{os.getpid()}"
-    try:
-        partial.mkdir(parents=True, exist_ok=True)
-        offsets, shapes, keys, labels, failed, scaled, at = [], [], [], [], [], [], 0
-        with open(partial / "images.u8", "wb") as out:
-            for i, image, note in decoded_items(items, pre, channels, strict, workers, window):
-                if image is None:
-                    failed.append(f"{items[i].key} ({note})")
-                    continue
-                if note == "scaled":
-                    scaled.append(items[i].key)
-                data = image.contiguous().numpy().tobytes()
-                out.write(data)
-                offsets.append(at)
-                shapes.append(list(image.shape))
-                keys.append(items[i].key)
-                labels.append(items[i].label)
-                at += len(data)
-        np.savez(
-            partial / "index.npz",
-            offsets=np.asarray(offsets, dtype=np.int64),
-            shapes=np.asarray(shapes, dtype=np.int64).reshape(-1, 3),
-            labels=np.asarray(labels, dtype=np.int64),
-        )
-        meta = {**identity, "keys": keys, "failed": failed, "deep": scaled}
-        (partial / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
-    except OSError as err:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ThawError(
-            f"cannot write the decoded-image store in {root} ({err.strerror or err}): set THAW_HOME to a "
-            f"writable folder with free space, or use --image-store memory"
-        ) from err
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    found = _read(folder)
-    if deep is not None:
-        deep += scaled
+    found = _read(folder, repair=False)  # a complete entry needs no lock: it is never rewritten
     if found is None:
-        raise ThawError(f"the decoded-image store {folder} could not be read back; use --image-store memory")
+        try:
+            with cache.locked(folder) as partial:  # another process writing this entry: wait, then read it
+                if _read(folder) is None:
+                    cache.sweep(root)
+                    _write(partial, identity, items, pre, channels, strict, workers, window)
+                    cache.publish(partial, folder)
+        except OSError as err:
+            raise ThawError(
+                f"cannot write the decoded-image store in {root} ({err.strerror or err}): set THAW_HOME to "
+                f"a writable folder with free space, or use --image-store memory"
+            ) from err
+        found = _read(folder, repair=False)
+        if found is None:
+            raise ThawError(
+                f"the decoded-image store {folder} could not be read back; use --image-store memory"
+            )
+    if deep is not None:
+        deep += json.loads((folder / "meta.json").read_text()).get("deep", [])
     return found
 
 
-def _read(folder: Path) -> tuple[Decoded, list[str]] | None:
+def _write(partial: Path, identity: dict, items, pre, channels, strict, workers, window) -> None:
+    """Decode ``items`` into the staging folder ``partial``; ``meta.json`` is written last (with the keys
+    of images scaled from more than 8 bits): an entry with it is complete."""
+    partial.mkdir(parents=True)
+    offsets, shapes, keys, labels, failed, scaled, at = [], [], [], [], [], [], 0
+    with open(partial / "images.u8", "wb") as out:
+        for i, image, note in decoded_items(items, pre, channels, strict, workers, window):
+            if image is None:
+                failed.append(f"{items[i].key} ({note})")
+                continue
+            if note == "scaled":
+                scaled.append(items[i].key)
+            data = image.contiguous().numpy().tobytes()
+            out.write(data)
+            offsets.append(at)
+            shapes.append(list(image.shape))
+            keys.append(items[i].key)
+            labels.append(items[i].label)
+            at += len(data)
+    np.savez(
+        partial / "index.npz",
+        offsets=np.asarray(offsets, dtype=np.int64),
+        shapes=np.asarray(shapes, dtype=np.int64).reshape(-1, 3),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+    meta = {**identity, "keys": keys, "failed": failed, "deep": scaled}
+    (partial / "meta.json").write_text(json.dumps(meta))
+
+
+def _read(folder: Path, repair: bool = True) -> tuple[Decoded, list[str]] | None:
+    """The entry in ``folder``, or None; ``repair`` (only with the entry's lock held): an incomplete one
+    is removed, to be written again."""
     if not (folder / "meta.json").is_file():
-        if folder.exists():
+        if folder.exists() and repair:
             shutil.rmtree(folder, ignore_errors=True)
         return None
     meta = json.loads((folder / "meta.json").read_text())

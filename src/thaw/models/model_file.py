@@ -1,9 +1,16 @@
-"""A trained classifier as one ``.safetensors`` file that rebuilds itself, with no config and no download."""
+"""A trained classifier as one ``.safetensors`` file that rebuilds itself, with no config and no download.
+
+The file checks itself: its metadata holds the sha256 of its tensors (names, types, shapes and values), and
+every load compares it, and checks the class names, the task and the preprocessing against the tensors,
+whether the file sits in its run folder or was copied on its own.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 from pathlib import Path
 
 from thaw.config import ModelConfig
@@ -17,12 +24,15 @@ def save_model(model: Classifier, path: Path) -> None:
     """A safetensors file that rebuilds itself: spec, class names and preprocessing in the metadata."""
     from safetensors.torch import save_file
 
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {
         "spec": dataclasses.asdict(model.spec),
         "preprocessing": dataclasses.asdict(model.preprocessing),
         "class_names": model.class_names,
+        "task": "multilabel" if model.spec.multilabel else "single-label",
+        "tensors_sha256": tensors_sha256(state),
     }
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    check_metadata(meta["spec"], meta["class_names"], meta["preprocessing"], state, "the model")
     bad = non_finite(state)
     if bad:
         raise ThawError(
@@ -38,6 +48,66 @@ def non_finite(state: dict) -> list[str]:
     import torch
 
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def tensors_sha256(state: dict) -> str:
+    """The sha256 of a state dict: every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(state[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+HEAD_WEIGHT = "head.1.weight"  # the linear head of every Classifier: [outputs, features]
+
+
+def check_metadata(spec: dict, class_names, pre: dict, state: dict, where: str) -> None:
+    """The metadata must describe the tensors: as many unique class names as the head has outputs, a task
+    the outputs can mean, and preprocessing with one mean and std per input channel."""
+    fix = "restore the file written by `thaw fit`, or train again"
+    outputs = state[HEAD_WEIGHT].shape[0] if HEAD_WEIGHT in state else None
+    num_classes = spec.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ThawError(f"{where}: its metadata gives {num_classes!r} classes, not a count; {fix}")
+    if outputs is not None and outputs != num_classes:
+        raise ThawError(f"{where}: its head has {outputs} outputs but its metadata says {num_classes}; {fix}")
+    if not isinstance(class_names, list) or not all(isinstance(c, str) and c for c in class_names):
+        raise ThawError(f"{where}: its class names are not a list of names ({class_names!r}); {fix}")
+    if len(class_names) != num_classes:
+        raise ThawError(
+            f"{where}: {len(class_names)} class name(s) ({', '.join(class_names[:5])}) for a head of "
+            f"{num_classes} outputs; {fix}"
+        )
+    if len(set(class_names)) != len(class_names):
+        raise ThawError(f"{where}: its class names repeat ({', '.join(class_names)}); {fix}")
+    if not isinstance(spec.get("multilabel", False), bool):
+        raise ThawError(f"{where}: its task (multilabel {spec.get('multilabel')!r}) is not a yes/no; {fix}")
+    if num_classes < 2 and not spec.get("multilabel"):
+        raise ThawError(f"{where}: a single-label model needs 2 or more classes, it has 1; {fix}")
+    channels = spec.get("in_channels", 3)
+    try:
+        mean, std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
+        size, resize = pre["size"], pre["resize_size"]
+        ok = (
+            len(mean) == len(std) == channels
+            and all(math.isfinite(v) for v in mean + std)
+            and all(v > 0 for v in std)
+            and isinstance(size, int)
+            and isinstance(resize, int)
+            and 0 < size <= resize
+            and pre.get("interpolation", "bilinear") in ("bilinear", "bicubic", "nearest")
+        )
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ThawError(
+            f"{where}: its preprocessing ({pre!r}) does not fit a {channels}-channel input "
+            f"(a mean and a positive std per channel, 0 < size <= resize_size); {fix}"
+        )
 
 
 def load_model(path: str | Path) -> Classifier:
@@ -74,6 +144,19 @@ def load_model(path: str | Path) -> Classifier:
         raise ThawError(
             f"{path} holds non-finite weights (NaN or infinity in {', '.join(bad[:3])}"
             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): it cannot predict; train it again"
+        )
+    recorded = meta.get("tensors_sha256")
+    if recorded is not None and recorded != tensors_sha256(state):
+        raise ThawError(
+            f"{path}: its tensors are not the ones it was saved with (their sha256 differs from the one "
+            f"in its own metadata): the file was changed or damaged; restore it or train again"
+        )
+    check_metadata(meta["spec"], class_names, pre, state, str(path))
+    task = meta.get("task")
+    if task is not None and task != ("multilabel" if spec.multilabel else "single-label"):
+        raise ThawError(
+            f"{path}: its task {task!r} contradicts its spec (multilabel {spec.multilabel}); "
+            f"restore the file written by `thaw fit`, or train again"
         )
     config = ModelConfig(
         name=spec.name,

@@ -509,7 +509,7 @@ class Predictions:
         import torch
         from torchvision.transforms.v2 import functional as F
 
-        from thaw.data.images import open_image, resized
+        from thaw.data.images import DECODE_ERRORS, open_image, resized
         from thaw.predict import Predictor
 
         predictor = Predictor.load(run / "model.safetensors")
@@ -522,8 +522,9 @@ class Predictions:
         std = torch.tensor(pre.std).view(-1, 1, 1)
         for item in sources.split(split):
             try:
-                crop = F.center_crop(resized(open_image(item, channels), pre), [pre.size, pre.size])
-            except (OSError, ValueError, SyntaxError):
+                image = open_image(item, channels, None, pre.resize_size)
+                crop = F.center_crop(resized(image, pre), [pre.size, pre.size])
+            except DECODE_ERRORS:
                 failed.append(item.key)
                 continue
             keys.append(item.key)

@@ -33,7 +33,7 @@ from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
 from thaw.results import MONITORED, PhaseResult, RunSummary, choose_final, gains
 from thaw.shift import evaluate_shift
-from thaw.train import adapt, augment_check, distributed, lr_find
+from thaw.train import adapt, augment_check, distributed, lr_find, preflight
 from thaw.train.forgetting import Probe, plot_drift
 from thaw.train.guards import IncomingGuard, NonFiniteGuard
 from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
@@ -89,6 +89,7 @@ def fit(
         multilabel.check_run(config, sources)  # settings with no multi-label meaning, refused here
         sources = given[0] = apply_budget(sources, config.data, config.seed)
         adapt.check_unlabelled(config, sources)
+        preflight.check_run(config, plans, sources.class_names, sources.multilabel)  # before any folder
         out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
         cfg, run_plans = override(config, {"out": str(out)}), plans
         if not cfg.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
@@ -192,6 +193,8 @@ def train(
     operating, scored = operating_point(
         model, loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
     )
+    if operating.rule.startswith("argmax:"):  # a binary run with too few validation images of a class
+        report.warn(f"no decision threshold chosen; {operating.rule}")
     shift = evaluate_shift(model, loaders.decoded, config, report.say)
 
     summary = RunSummary(

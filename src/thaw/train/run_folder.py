@@ -42,6 +42,18 @@ def check_outside_data(out: Path, data_path: str) -> None:
         )
 
 
+START_FILES = ("config.yaml", "plans.yaml", "split.csv")
+"""What a run writes before it trains: without them there is nothing to resume."""
+
+
+def resumable(path: Path | None) -> bool:
+    """Whether ``thaw resume path`` can continue the run: its start files are there and its final name is
+    free (a run whose ``--out`` appeared meanwhile cannot be renamed into place)."""
+    if path is None or not Path(path).is_dir():
+        return False
+    return all((Path(path) / n).is_file() for n in START_FILES) and not final_path(path).exists()
+
+
 def staging_path(out: Path) -> Path:
     return out.with_name(out.name + STAGING)
 
@@ -87,11 +99,16 @@ class RunFolder:
             if (run.final / "summary.json").is_file():
                 raise ThawError(f"{run.final} is a finished run: there is nothing to resume")
             raise ThawError(f"no interrupted run at {run.path}; give the folder `thaw fit` was writing")
-        missing = [n for n in ("config.yaml", "plans.yaml", "split.csv") if not (run.path / n).is_file()]
+        missing = [n for n in START_FILES if not (run.path / n).is_file()]
         if missing:
             raise ThawError(
                 f"{run.path} has no {missing[0]}: it was interrupted before it started; delete it and "
                 f"run `thaw fit` again"
+            )
+        if run.final.exists():
+            raise ThawError(
+                f"{run.final} exists beside the interrupted {run.path}, so the run cannot be finished "
+                f"under its name; move {run.final} away first, then resume"
             )
         for stale in run.path.rglob(".*.tmp"):  # the temporary file of a write the kill interrupted
             stale.unlink()
@@ -147,6 +164,11 @@ class RunFolder:
 
     def commit(self) -> Path:
         global active
+        if self.final.exists():  # --out appeared while the run trained: never overwrite or merge
+            raise ThawError(
+                f"{self.final} appeared while this run trained (thaw never overwrites a run); the finished "
+                f"run is in {self.path}: move it to a free name, e.g. mv {self.path} {self.final}-2"
+            )
         self.path.rename(self.final)
         active = None
         return self.final

@@ -1,0 +1,304 @@
+"""Fuzzed readers: Hypothesis generates CSVs, split files, .npz archives, YAML configs, DICOM files and
+flag values; every one is either accepted (and read correctly) or refused with a ThawError of one line.
+A few hundred inputs in all, kept fast (small ``max_examples``, no deadline: the machine is shared)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_class_folder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thaw.config import DataConfig, RunConfig
+from thaw.data.sources import discover
+from thaw.errors import ThawError
+
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+
+
+def refused_in_one_line(err: ThawError) -> None:
+    text = str(err)
+    assert text and "\n" not in text and "Traceback" not in text, text
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("fuzz") / "img", per_class=4)
+
+
+# ----------------------------------------------------------------------------- CSV
+
+cell = st.one_of(
+    st.sampled_from(["", " ", "red", "blue", "0", "1", "train", "val", "test", "tset", "nope.png", '"', ","]),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12),
+)
+
+
+@FUZZ
+@given(
+    header=st.lists(st.sampled_from(["path", "label", "split", "Path", "x", "", "label", "a b"]), max_size=5),
+    rows=st.lists(
+        st.tuples(st.integers(0, 9), st.one_of(st.none(), cell), st.one_of(st.none(), cell), cell),
+        max_size=12,
+    ),
+    bom=st.booleans(),
+)
+def test_csv_reader(images, header, rows, bom):
+    files = sorted(images.rglob("*.png"))
+    with tempfile.TemporaryDirectory(dir=images.parent) as tmp:
+        lines = [",".join(header)]
+        for index, label, split, extra in rows:
+            path = (
+                f"img/{files[index].parent.name}/{files[index].name}" if index < len(files) else "img/x.png"
+            )
+            values = [path, label if label is not None else files[index % 8].parent.name, split or "", extra]
+            lines.append(",".join(v.replace("\n", " ") for v in values[: max(len(header), 1)]))
+        csv_path = Path(tmp) / "data.csv"
+        csv_path.write_bytes(("\ufeff" if bom else "").encode() + ("\n".join(lines) + "\n").encode())
+        (Path(tmp) / "img").symlink_to(images, target_is_directory=True)
+        try:
+            sources = discover(DataConfig(path=str(csv_path)))
+        except ThawError as err:
+            refused_in_one_line(err)
+            return
+        assert sources.items and len(sources.class_names) >= 2
+        assert all(Path(it.key).is_file() for it in sources.items)
+        assert len({it.key for it in sources.items}) == len(sources.items)
+
+
+# ----------------------------------------------------------------------------- split files
+
+
+@FUZZ
+@given(
+    header=st.sampled_from(["key,split", "key,label,class,split", "key,part", "split,key", ""]),
+    values=st.lists(
+        st.one_of(cell, st.sampled_from(["train", "val", "test", "unlabelled", "TRAIN"])), max_size=20
+    ),
+    absolute=st.booleans(),
+)
+def test_split_file_reader(images, header, values, absolute):
+    files = sorted(images.rglob("*.png"))
+    with tempfile.TemporaryDirectory(dir=images.parent) as tmp:
+        columns = header.split(",") if header else []
+        lines = [header]
+        for i, value in enumerate(values):
+            key = str(files[i % len(files)].resolve() if absolute else files[i % len(files)])
+            row = {
+                "key": key,
+                "split": value.replace("\n", " ").replace(",", " "),
+                "label": "0",
+                "class": "x",
+            }
+            lines.append(",".join(row.get(c, "") for c in columns))
+        split = Path(tmp) / "split.csv"
+        split.write_text("\n".join(lines) + "\n")
+        try:
+            sources = discover(DataConfig(path=str(images), split_file=str(split)))
+        except ThawError as err:
+            refused_in_one_line(err)
+            return
+        assert {it.split for it in sources.items} <= {"train", "val", "test", "unlabelled"}
+
+
+# ----------------------------------------------------------------------------- .npz
+
+dtypes = st.sampled_from([np.uint8, np.int64, np.float32, np.uint16, np.bool_, np.int8])
+
+
+@st.composite
+def arrays(draw):
+    shape = draw(st.lists(st.integers(0, 6), min_size=1, max_size=4))
+    dtype = draw(dtypes)
+    data = draw(st.integers(-3, 300))
+    return np.full(shape, data).astype(dtype) if shape else np.zeros(0, dtype)
+
+
+@FUZZ
+@given(
+    members=st.dictionaries(
+        st.sampled_from(
+            ["train_images", "train_labels", "val_images", "val_labels", "test_images", "label_names", "x"]
+        ),
+        arrays(),
+        max_size=6,
+    ),
+    raw=st.one_of(st.none(), st.binary(max_size=64)),
+)
+def test_npz_reader(tmp_path_factory, members, raw):
+    path = tmp_path_factory.mktemp("npz") / "data.npz"
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        np.savez(path, **members)
+    try:
+        sources = discover(DataConfig(path=str(path)))
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    assert sources.items and all(it.array is not None for it in sources.items)
+
+
+# ----------------------------------------------------------------------------- YAML configs
+
+yaml_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(), st.text(max_size=8)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+sections = {
+    "data": ["batch_size", "image_size", "val_fraction", "augment", "path", "format"],
+    "model": ["name", "weights", "dropout"],
+    "phase1": ["epochs", "patience", "lr"],
+    "phase2": ["epochs", "warmup_epochs", "weight_decay"],
+}
+
+
+@st.composite
+def configs(draw):
+    out = {}
+    for key in draw(
+        st.lists(st.sampled_from([*sections, "lr", "seed", "lr_ratio", "lrr", "out"]), max_size=4)
+    ):
+        if key in sections:
+            out[key] = draw(
+                st.dictionaries(st.sampled_from(sections[key] + ["oops"]), yaml_values, max_size=3)
+            )
+        else:
+            out[key] = draw(yaml_values)
+    return out
+
+
+@FUZZ
+@given(structure=configs(), text=st.one_of(st.none(), st.text(max_size=40)))
+def test_yaml_config_reader(tmp_path_factory, structure, text):
+    import yaml
+
+    path = tmp_path_factory.mktemp("yaml") / "config.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(structure))
+    try:
+        config = RunConfig.from_yaml(path).validate()
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    assert isinstance(config, RunConfig)
+    assert RunConfig.from_dict(config.to_dict()) == config  # what was accepted round-trips
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+@FUZZ
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 6),
+    bits=st.sampled_from([8, 16]),
+    photometric=st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"]),
+    samples=st.sampled_from([1, 3]),
+    slope=st.one_of(st.floats(-10, 10), st.none()),
+    pixels=st.one_of(st.none(), st.binary(max_size=200)),
+    truncate=st.one_of(st.none(), st.integers(0, 400)),
+)
+def test_dicom_reader(tmp_path_factory, rows, cols, bits, photometric, samples, slope, pixels, truncate):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from thaw.decoding import DECODE_ERRORS, read_image
+
+    path = tmp_path_factory.mktemp("dcm") / "x.dcm"
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = rows, cols, bits, bits, bits - 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = samples, photometric, 0
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    if pixels is not None:
+        ds.PixelData = pixels
+    ds.save_as(str(path), enforce_file_format=True)
+    if truncate is not None:
+        path.write_bytes(path.read_bytes()[:truncate])
+    try:
+        image, _ = read_image(str(path), 3)
+    except DECODE_ERRORS as err:  # an error row in predict, a skipped file in training
+        assert "\n" not in str(err).strip() or isinstance(err, pydicom.errors.InvalidDicomError) is False
+        return
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    assert image.mode == "RGB" and image.size[0] >= 1
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+@FUZZ
+@given(
+    flag=st.sampled_from(
+        [
+            "--lr",
+            "--lr-ratio",
+            "--batch-size",
+            "--image-size",
+            "--seed",
+            "--workers",
+            "--unfreeze",
+            "--val-fraction",
+            "--phase1-epochs",
+            "--phase2-warmup-epochs",
+            "--dicom-window",
+            "--augment",
+            "--label-fraction",
+            "--labels-per-class",
+            "--target-sensitivity",
+            "--dropout",
+            "--monitor",
+        ]
+    ),
+    value=st.one_of(
+        st.text(max_size=10),
+        st.integers(-(2**40), 2**40).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(str),
+        st.sampled_from(["auto", "none", "nan", "-inf", "1e-3", "0", "all", "40,400", "crop:0.6,hflip"]),
+    ),
+)
+def test_flag_parsing(flag, value):
+    from thaw.cli import config_from_args, parser
+
+    if value.startswith("-"):
+        argv = ["fit", "data", f"{flag}={value}"]
+    else:
+        argv = ["fit", "data", flag, value]
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = parser().parse_args(argv)
+    except SystemExit as stop:  # argparse's own refusal: its usage and one error line, exit 2
+        assert stop.code == 2 and stderr.getvalue().strip().splitlines()[-1].startswith("usage") is False
+        return
+    try:
+        config = config_from_args(args, RunConfig())
+        if config.data.dicom_window:
+            from thaw.config import dicom_window
+
+            dicom_window(config.data.dicom_window)
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    assert isinstance(args, argparse.Namespace) and config.data.path == "data"
