@@ -51,6 +51,8 @@ def resumable(path: Path | None) -> bool:
     free (a run whose ``--out`` appeared meanwhile cannot be renamed into place)."""
     if path is None or not Path(path).is_dir():
         return False
+    if (Path(path) / "auto" / "auto.json").is_file():  # a --strategy auto search: it resumes from its record
+        return not final_path(path).exists()
     return all((Path(path) / n).is_file() for n in START_FILES) and not final_path(path).exists()
 
 
