@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint weights bench clean chromium
+.PHONY: demo test test-fast lint docs weights bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,15 +33,20 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "no chromium, and apt-get needs root on Debian: the report's browser test will skip"; fi
 
-test: weights chromium
-	$(BIN)/ruff check src tests bench
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or a page left out of the nav fails.
+# The CLI reference is generated from the parser at each build (docs/hooks/cli_reference.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: weights chromium docs
+	$(BIN)/ruff check src tests bench docs
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs
 
 bench: weights
 	$(BIN)/python bench/throughput.py
