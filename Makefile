@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint docs weights bench clean chromium
+.PHONY: demo test test-fast lint docs lowest weights bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ docs: $(STAMP)
 test: weights chromium docs
 	$(BIN)/ruff check src tests bench docs
 	$(BIN)/python -m pytest -q -ra
+
+# The lowest versions pyproject.toml allows (torch and torchvision excepted: see .ci/lowest-versions),
+# in build/lowest-venv, then the fast tests that exercise them.
+lowest: $(STAMP)
+	VENV=$(VENV) .ci/lowest-versions
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
