@@ -34,5 +34,5 @@ def test_unknown_or_missing_logger_is_refused_before_training(tmp_path, capsys, 
         main(["fit", "builtin:digits", "--logger", "comet"])
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a))
-    with pytest.raises(ThawError, match="pip install mlflow"):
+    with pytest.raises(ThawError, match=r"pip install .thaw-transfer\[mlflow\]."):
         check_logger("mlflow")

@@ -111,7 +111,7 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    pytest.skip("no chromium binary: `make chromium` (apt-get install chromium) installs it")
+    pytest.skip("no chromium on PATH: `make chromium` installs Debian's package (apt-get, as root)")
 
 
 def browse(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:

@@ -131,11 +131,11 @@ def _onnx(model: Classifier, meta: dict, path: Path) -> None:
     import warnings
 
     try:
-        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+        import onnx  # noqa: F401  (torch's ONNX exporter needs onnx and onnxscript, the check onnxruntime)
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ThawError(
-            f"ONNX export needs {err.name}: pip install 'onnx' 'onnxscript' 'onnxruntime'"
-        ) from None
+        raise ThawError(f"ONNX export needs {err.name}: pip install 'thaw-transfer[export]'") from None
     serving = ServingModel(model).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

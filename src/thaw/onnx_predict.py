@@ -32,7 +32,7 @@ class OnnxPredictor:
             import onnxruntime as ort
         except ImportError:
             raise ThawError(
-                "predicting with an ONNX file needs onnxruntime: pip install onnxruntime"
+                "predicting with an ONNX file needs onnxruntime: pip install 'thaw-transfer[export]'"
             ) from None
         path = Path(path)
         if not path.is_file():

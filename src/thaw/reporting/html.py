@@ -547,7 +547,10 @@ class Predictions:
         try:
             from thaw.reporting.cam import find_target, grad_cam, overlay
         except ImportError as err:
-            return None, f"No class-activation maps: {err.name} is not installed (pip install grad-cam)."
+            return None, (
+                f"No class-activation maps: {err.name} is not installed "
+                "(pip install 'thaw-transfer[report]')."
+            )
         model = self.predictor.model
         images = self.inputs[list(indices)]
         target = find_target(model, images[0])

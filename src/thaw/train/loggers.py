@@ -15,7 +15,7 @@ def check_logger(name: str) -> None:
     """Fail before training, not after the first phase, when the logger's package is missing."""
     package = PACKAGES.get(name)
     if package and importlib.util.find_spec(package) is None and not _tensorboardx(name):
-        raise ThawError(f"--logger {name} needs the {package} package: pip install {package}")
+        raise ThawError(f"--logger {name} needs the {package} package: pip install 'thaw-transfer[{name}]'")
 
 
 def _tensorboardx(name: str) -> bool:

@@ -133,6 +133,7 @@ def _photos() -> dict[str, Image.Image]:
         from skimage import data
     except ImportError:
         raise ThawError(
-            "`thaw weights verify` needs scikit-image for its test photos: pip install scikit-image"
+            "`thaw weights verify` needs scikit-image for its test photos: "
+            "pip install 'thaw-transfer[verify]'"
         ) from None
     return {p: Image.fromarray(np.asarray(getattr(data, p)())).convert("RGB") for p, _, _ in PHOTOS}
