@@ -16,7 +16,8 @@ standard policy) is the same computation with the same seeds; it is run anyway o
 
 ``tiles`` is made here from ``../shared/data/neu-surface-defects``: every image gets a dark spot of 1% of
 its area at a random place, or none (label ``marked`` / ``clean``), so the label is a small mark that a
-random crop can cut out of the picture, as on the industrial defect sets thaw is tried on.
+random crop can cut out of the picture, as on the industrial defect sets thaw is tried on; ``edge-tiles``
+puts the spot in the outer 12% band of the tile, where half-area crops cut it away most often.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ DATASETS = {
     "eurosat": {"data.path": str(SHARED / "eurosat-5")},
     "hep2": {"data.path": str(SHARED / "hep2-cells")},
     "tiles": {"data.path": str(ROOT / "bench" / "out" / "suite-data" / "tiles")},
+    "edge-tiles": {"data.path": str(ROOT / "bench" / "out" / "suite-data" / "edge-tiles")},
 }
 BASE = {
     "model.name": "mobilenet_v2",
@@ -50,6 +52,7 @@ BASE = {
 }
 CANDIDATES = {
     "default": {},
+    "check015": {"data.augment": "auto"},  # the check at its first threshold, 0.15 (runs kept from then)
     "standard": {"data.augment": "standard"},
     "none": {"data.augment": "none"},
     "light": {"data.augment": "light"},
@@ -64,8 +67,9 @@ CANDIDATES = {
 }
 
 
-def make_tiles(folder: Path, per_class: int = 300, seed: int = 0) -> None:
-    """Small dark spots on real NEU steel tiles: ``marked`` (a spot of 1% of the area) or ``clean``."""
+def make_tiles(folder: Path, per_class: int = 300, seed: int = 0, edge: float | None = None) -> None:
+    """Small dark spots on real NEU steel tiles: ``marked`` (a spot of 1% of the area) or ``clean``.
+    ``edge``: the spot lies in the outer band of that share of the side (where half-area crops cut it)."""
     from PIL import Image, ImageDraw
 
     if (folder / "done").is_file():
@@ -84,10 +88,24 @@ def make_tiles(folder: Path, per_class: int = 300, seed: int = 0) -> None:
             w, h = image.size
             r = (0.01 * w * h / np.pi) ** 0.5
             cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+            if edge is not None:  # push one coordinate into the outer band
+                band = edge * w
+                near = rng.uniform(r, band)
+                if rng.random() < 0.5:
+                    cx = near if rng.random() < 0.5 else w - near
+                else:
+                    cy = near if rng.random() < 0.5 else h - near
             ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=int(rng.integers(0, 30)))
         (folder / label).mkdir(parents=True, exist_ok=True)
         image.save(folder / label / f"{k:04d}.png")
     (folder / "done").write_text("")
+
+
+def make_data(datasets: list[str]) -> None:
+    if "tiles" in datasets:
+        make_tiles(Path(DATASETS["tiles"]["data.path"]))
+    if "edge-tiles" in datasets:
+        make_tiles(Path(DATASETS["edge-tiles"]["data.path"]), seed=1, edge=0.12)
 
 
 def config(dataset: str, candidate: str, seed: int, out: Path):
@@ -98,13 +116,54 @@ def config(dataset: str, candidate: str, seed: int, out: Path):
     return override(thaw.RunConfig(), changes)
 
 
+class SameAsStandard(Exception):
+    """The default's check kept the standard policy: its phase 2 is the standard run's, already there."""
+
+
+def standard_policy(dataset: str):
+    from thaw.augmentation import parse
+
+    return parse("standard", 0.5, DATASETS[dataset].get("data.hflip", True))
+
+
 def run_one(dataset: str, candidate: str, seed: int) -> dict:
-    """One run (or its folder read back, or resumed); its row."""
+    """One run (or its folder read back, or resumed); its row. A ``default`` run whose augmentation check
+    keeps the standard policy while the ``standard`` run of that seed exists stops after the check (the
+    rest would repeat that run's computation) and is recorded as ``default-seedK.alias.json``."""
+    from thaw.train import augment_check
+
+    out = OUT / dataset / f"{candidate}-seed{seed}"
+    alias = out.with_name(out.name + ".alias.json")
+    standard = OUT / dataset / f"standard-seed{seed}"
+    if alias.is_file():
+        return {**run_one(dataset, "standard", seed), "candidate": candidate, "same_as": "standard"}
+    start = time.perf_counter()
+    original = augment_check.check
+
+    def check(*args, **kwargs):
+        policy, record = original(*args, **kwargs)
+        kept = policy == standard_policy(dataset)
+        if candidate == "default" and kept and (standard / "summary.json").is_file():
+            alias.write_text(json.dumps({"same_as": "standard", "augment": record}, indent=1))
+            raise SameAsStandard
+        return policy, record
+
+    augment_check.check = check
+    try:
+        return _run_one(dataset, candidate, seed, out, start)
+    except SameAsStandard:
+        import shutil
+
+        shutil.rmtree(out.with_name(out.name + ".incomplete"), ignore_errors=True)
+        return {**run_one(dataset, "standard", seed), "candidate": candidate, "same_as": "standard"}
+    finally:
+        augment_check.check = original
+
+
+def _run_one(dataset: str, candidate: str, seed: int, out: Path, start: float) -> dict:
     import thaw
     from thaw.results import RunSummary
 
-    out = OUT / dataset / f"{candidate}-seed{seed}"
-    start = time.perf_counter()
     if (out / "summary.json").is_file():
         summary = RunSummary.read(out)
         wall = out / "wall.json"
@@ -164,8 +223,7 @@ def cmd_run(args) -> None:
 
     quiet_lightning()
     install("mobilenet_v2", log=lambda *_: None)
-    if "tiles" in args.datasets:
-        make_tiles(Path(DATASETS["tiles"]["data.path"]))
+    make_data(args.datasets)
     for seed in args.seeds:  # seed by seed: a partial suite covers every dataset
         for dataset in args.datasets:
             for candidate in args.candidates:
@@ -188,6 +246,11 @@ def rows() -> list[dict]:
         wall = folder / "wall.json"
         seconds = json.loads(wall.read_text())["seconds"] if wall.is_file() else None
         found.append(row(folder.parent.name, candidate, int(seed), RunSummary.read(folder), seconds))
+    for alias in sorted(OUT.glob("*/*-seed*.alias.json")):  # default = standard where the check kept it
+        candidate, _, seed = alias.name.removesuffix(".alias.json").rpartition("-seed")
+        for r in [r for r in found if r["dataset"] == alias.parent.name and r["candidate"] == "standard"]:
+            if r["seed"] == int(seed):
+                found.append({**r, "candidate": candidate, "same_as": "standard"})
     for dataset in {r["dataset"] for r in found}:  # standard = default where the check kept it
         for r in [r for r in found if r["dataset"] == dataset and r["candidate"] == "default"]:
             have = any(
@@ -205,6 +268,11 @@ def _ms(values: list[float], scale: float = 100.0) -> str:
     mean = statistics.fmean(values) * scale
     sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
     return f"{mean:.1f} +- {sd:.1f}"
+
+
+def same(got: list[dict]) -> str:
+    shared = sorted({r["same_as"] for r in got if r.get("same_as")})
+    return f" (= {', '.join(shared)} in {sum(1 for r in got if r.get('same_as'))} seeds)" if shared else ""
 
 
 def cmd_table(args) -> None:
@@ -225,7 +293,7 @@ def cmd_table(args) -> None:
             aug = sorted({r["augment"] or "-" for r in got})
             secs = [r["seconds"] for r in got if r.get("seconds") is not None]
             lines.append(
-                f"| {dataset} | {candidate}{' (= default)' if got[0].get('same_as') else ''} | {len(got)} "
+                f"| {dataset} | {candidate}{same(got)} | {len(got)} "
                 f"| {_ms([r['probe_acc'] for r in got])} | {_ms([r['final_acc'] for r in got])} "
                 f"| {_ms([r['gain'] for r in got])} | {_ms([r['final_auc'] for r in got], 1.0)} "
                 f"| {_ms(paired) if candidate != 'default' else ''} | {'; '.join(aug)} "
@@ -247,8 +315,7 @@ def cmd_costs(args) -> None:
     install("mobilenet_v2", log=lambda *_: None)
     every = Policy(crop=0.5, hflip=True, vflip=True, rot90=True, affine=True, color=True, trivial=True)
     for dataset in args.datasets:
-        if dataset == "tiles":
-            make_tiles(Path(DATASETS["tiles"]["data.path"]))
+        make_data([dataset])
         out = OUT / "costs" / dataset
         cfg = override(config(dataset, "default", 0, out), {"phase2.epochs": 0, "data.augment": "none"})
         if not (out / "summary.json").is_file():

@@ -88,7 +88,7 @@ def test_no_augment_flag_is_augment_none(tmp_path, capsys):
 
 
 def make_marks(root: Path, per_class: int = 40, seed: int = 0) -> Path:
-    """Grey noise tiles; ``marked`` ones carry a small dark spot (1.5% of the area) near a corner, where a
+    """Grey noise tiles; ``marked`` ones carry a small dark spot (1% of the area) in a corner, where a
     random crop of half the area often cuts it away: the label is a small mark."""
     rng = np.random.default_rng(seed)
     for label in ("clean", "marked"):
@@ -97,9 +97,9 @@ def make_marks(root: Path, per_class: int = 40, seed: int = 0) -> Path:
             pixels = rng.normal(150, 12, (96, 96)).clip(0, 255).astype(np.uint8)
             image = Image.fromarray(pixels).convert("RGB")
             if label == "marked":
-                r = (0.015 * 96 * 96 / np.pi) ** 0.5
-                cx = rng.choice([r + 2, 96 - r - 2]) + rng.uniform(-2, 2)
-                cy = rng.choice([r + 2, 96 - r - 2]) + rng.uniform(-2, 2)
+                r = (0.01 * 96 * 96 / np.pi) ** 0.5
+                cx = rng.choice([r + 1, 95 - r]) + rng.uniform(-1, 1)
+                cy = rng.choice([r + 1, 95 - r]) + rng.uniform(-1, 1)
                 ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=(10, 10, 10))
             image.save(root / label / f"{k:03d}.png")
     return root
