@@ -262,12 +262,14 @@ def rows() -> list[dict]:
 
 
 def _ms(values: list[float], scale: float = 100.0) -> str:
+    """mean +- sd: points for accuracies (``scale`` 100), three decimals for AUC (``scale`` 1)."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     mean = statistics.fmean(values) * scale
     sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{mean:.1f} +- {sd:.1f}"
+    digits = 1 if scale == 100.0 else 3
+    return f"{mean:.{digits}f} +- {sd:.{digits}f}"
 
 
 def same(got: list[dict]) -> str:
