@@ -30,7 +30,8 @@ def test_embed_writes_features_with_labels_splits_and_paths_and_never_overwrites
 
 def test_embed_skips_undecodable_images_by_name(class_folder, tmp_path, capsys):
     (class_folder / "red" / "broken.png").write_bytes(b"not a png")
-    assert main(["embed", str(class_folder), *MODEL, "--out", str(tmp_path / "f.npz")]) == 0
+    # exit 3: the features were written, but some input could not be read (SECURITY.md, exit codes)
+    assert main(["embed", str(class_folder), *MODEL, "--out", str(tmp_path / "f.npz")]) == 3
     assert "broken.png" in capsys.readouterr().err
     assert not any("broken" in str(k) for k in np.load(tmp_path / "f.npz")["keys"])
 
