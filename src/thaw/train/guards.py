@@ -72,36 +72,49 @@ class NonFiniteGuard(L.Callback):
 
 
 class IncomingGuard(L.Callback):
-    """Stops a phase that has not beaten the weights it started from within ``patience`` epochs.
+    """Stops a phase that has fallen below the weights it started from and is no longer recovering.
 
     ``incoming``: the validation scores of those weights, by logged key (``val_loss`` and the metric that
     picks the plan kept: ``val_acc``, or ``--monitor``'s). An epoch beats them when either is better (a
-    lower loss, a higher metric): a phase that shows a gain on either goes on under the usual early
-    stopping; one that shows none by its ``patience``-th epoch stops there instead of spending the rest
-    of its budget on weights the run will not keep. Its state travels in the checkpoints."""
+    lower loss, a higher metric); from then on the usual early stopping alone decides. Until then, from
+    the ``patience``-th epoch on, an epoch that improves neither score over the phase's own best epoch so
+    far stops the phase: it fell and has stopped climbing back, so the rest of its budget would go to
+    weights the run will not keep. A phase that dips and recovers (on HEp-2 cells phase 2 falls to 69-78%
+    validation accuracy in its first epochs, then passes the solved head's 86% by epoch 4-5 and ends at
+    90%) goes on while each epoch closes the gap. Its state travels in the checkpoints."""
 
     def __init__(self, incoming: dict[str, float], patience: int) -> None:
         self.incoming, self.patience = incoming, patience
         self.beaten, self.stopped, self.epochs = False, False, 0
+        self.best: dict[str, float] = {}
 
     def state_dict(self) -> dict:
-        return {"beaten": self.beaten, "stopped": self.stopped, "epochs": self.epochs}
+        return {"beaten": self.beaten, "stopped": self.stopped, "epochs": self.epochs, "best": self.best}
 
     def load_state_dict(self, state: dict) -> None:
         self.beaten, self.stopped = bool(state["beaten"]), bool(state["stopped"])
-        self.epochs = int(state["epochs"])
+        self.epochs, self.best = int(state["epochs"]), dict(state.get("best", {}))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self.beaten:
             return
         self.epochs += 1
         logged = trainer.callback_metrics
+        climbing = False
         for key, score in self.incoming.items():
-            if key in logged:
-                value = float(logged[key])
-                # float32 metrics against float64 records: a tie must not count as a gain
-                if value < score - 1e-6 if key == "val_loss" else value > score + 1e-6:
-                    self.beaten = True
-        if not self.beaten and self.epochs >= self.patience:
+            if key not in logged:
+                continue
+            value, best = float(logged[key]), self.best.get(key)
+            # float32 metrics against float64 records: a tie must not count as a gain
+            if _better(key, value, score):
+                self.beaten = True
+            if best is None or _better(key, value, best):
+                climbing = best is not None or climbing
+                self.best[key] = value
+        if not self.beaten and self.epochs >= self.patience and not climbing:
             self.stopped = True
             trainer.should_stop = True
+
+
+def _better(key: str, value: float, than: float) -> bool:
+    return value < than - 1e-6 if key == "val_loss" else value > than + 1e-6
