@@ -226,8 +226,9 @@ def features(
         if decoded is None
         else hashlib.blake2b("\n".join(decoded.keys).encode()).hexdigest(),
     }
-    if not channels_last:  # the features differ from the channels-last layout's at float rounding
-        identity["layout"] = "contiguous"
+    # the layouts' features differ at float rounding; a cache written before the key had a layout (in the
+    # contiguous one) must not be read back as channels-last features
+    identity["layout"] = "channels_last" if channels_last else "contiguous"
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     folder = root / key
     found = _read(folder, warn, repair=False)  # a complete entry needs no lock: it is never rewritten
