@@ -1017,3 +1017,39 @@ def test_embed_names_no_flag_it_lacks_when_the_cache_cannot_be_written(tmp_path,
     assert main(["embed", str(data), *flags, "--out", str(tmp_path / "e.npz")]) == 2
     line = one_line(capsys.readouterr().err)
     assert "THAW_HOME" in line and "--phase1" not in line
+
+
+def test_evaluation_data_takes_builtin_datasets_as_fit_does():
+    """``thaw evaluate RUN builtin:digits`` on a run trained elsewhere: the built-in images (no split of
+    their own, so every one), not "data path does not exist"."""
+    from thaw.data.sources import evaluation_items
+
+    items, split, names = evaluation_items("builtin:digits")
+    assert split == "all" and len(names) == 10 and len(items) == 1797
+
+
+def test_a_log_file_gets_epoch_lines_not_progress_bar_fragments(tmp_path, capsys):
+    """Output that is not a terminal (a pipe, a log file, captured here) gets one line per epoch and no
+    progress bar, whose redraws would leave fragments such as ``train_loss: 0.466`` in the log."""
+    from conftest import make_class_folder, tiny_config
+
+    import thaw
+
+    data = make_class_folder(tmp_path / "data", per_class=6)
+    thaw.fit(tiny_config(data, tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "phase2 epoch   1:" in out
+    assert "Epoch 0/" not in out and "train_loss:" not in out and "it/s" not in out
+
+
+def test_an_undecodable_training_image_is_recorded_in_the_summary(tmp_path):
+    """It stays in split.csv (resume checks the split lists every image it finds) and summary.json names it."""
+    from conftest import make_class_folder, tiny_config
+
+    import thaw
+
+    data = make_class_folder(tmp_path / "data", per_class=8)
+    (data / "red" / "zz-broken.png").write_bytes(b"not a png")
+    summary = thaw.fit(tiny_config(data, tmp_path / "run"), quiet=True).summary
+    assert [Path(k).name for k in summary.skipped_images] == ["zz-broken.png"]
+    assert "zz-broken.png" in (tmp_path / "run" / "split.csv").read_text()

@@ -209,6 +209,7 @@ class RunSummary:
     task: str = "single-label"  # or "multilabel": ``classes`` are then the label names
     auto: dict = field(default_factory=dict)  # --strategy auto: the screening table and why the winner won
     augment: dict = field(default_factory=dict)  # --augment: the policy trained with, and what auto measured
+    skipped_images: list[str] = field(default_factory=list)  # listed in split.csv, undecodable, left out
 
     @property
     def final(self) -> PhaseResult:

@@ -358,10 +358,13 @@ FINDERS = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv
 def evaluation_items(path: str, fmt: str = "auto") -> tuple[list[Item], str, list[str]]:
     """Labelled items to evaluate on: the test split if the data has one, else val, else every image.
     Returns the items, the split's name and the dataset's class names (labels index into them)."""
-    if not Path(path).exists():
+    if str(path).startswith("builtin:"):  # as thaw fit takes it
+        sources = builtin(str(path).removeprefix("builtin:"))
+    elif not Path(path).exists():
         raise ThawError(f"data path {path!r} does not exist")
-    fmt = fmt if fmt != "auto" else detect_format(Path(path))
-    sources = FINDERS[fmt](Path(path))
+    else:
+        fmt = fmt if fmt != "auto" else detect_format(Path(path))
+        sources = FINDERS[fmt](Path(path))
     for split in ("test", "val"):
         if sources.split(split):
             return sources.split(split), split, sources.class_names

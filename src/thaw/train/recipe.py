@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -223,6 +224,7 @@ def train(
             "skipped": "no plan fine-tunes the backbone",
         },
         task=multilabel.TASK if sources.multilabel else multilabel.SINGLE,
+        skipped_images=loaders.skipped,
     )
     if not distributed.is_zero():  # rank 0 writes the run folder
         return RunResult(run.final, summary, model)
@@ -372,7 +374,8 @@ def run_phase(
         logger=lightning_logger(config.logger, run.path, plan.name),
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        enable_progress_bar=not report.quiet,
+        # a pipe or a log file gets the one line per epoch, not the progress bar's fragments
+        enable_progress_bar=not report.quiet and sys.stdout.isatty(),
         default_root_dir=run.path,
         log_every_n_steps=1,
         **distributed.trainer_args(config.hardware),
@@ -464,6 +467,9 @@ class Loaders:
         self.decoded = thaw_data.decode_sources(
             sources, pre, channels, data.strict_images, report.warn, window, self.store, data.num_workers
         )
+        kept = {key for d in self.decoded.values() for key in d.keys}  # undecodable images, skipped
+        listed = [it.key for s in ("train", "val", "test") for it in sources.split(s)]
+        self.skipped = [key for key in listed if key not in kept]
         if data.normalize == "dataset":  # the model file keeps these, so prediction uses them too
             mean, std = thaw_data.dataset_statistics(self.decoded["train"])
             pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
