@@ -1043,7 +1043,7 @@ def test_a_log_file_gets_epoch_lines_not_progress_bar_fragments(tmp_path, capsys
 
 
 def test_an_undecodable_training_image_is_recorded_in_the_summary(tmp_path):
-    """It stays in split.csv (resume checks the split lists every image it finds) and summary.json names it."""
+    """It stays in split.csv (resume checks the split lists every image it finds); summary.json names it."""
     from conftest import make_class_folder, tiny_config
 
     import thaw
