@@ -460,11 +460,7 @@ def completion_script(shell: str) -> str:
     from thaw.models.adapters import ADAPTERS
     from thaw.train.strategies import STRATEGIES
 
-    models = [
-        arch if source == "torchvision" else f"{adapter.prefixes[0]}{arch}"
-        for source, adapter in ADAPTERS.items()
-        for arch in adapter.catalogue()
-    ]
+    models = [adapter.model_name(arch) for adapter in ADAPTERS.values() for arch in adapter.catalogue()]
     values = {"--strategy": [*STRATEGIES, AUTO], "--strategies": list(STRATEGIES), "--model": models}
     p = parser()  # a parser of its own: the choices below are hints for the shell, not checks
     for command in [p, *_subcommands(p)]:
