@@ -224,3 +224,18 @@ def test_the_incoming_guard_stops_a_phase_that_fell_and_stopped_climbing_back():
     assert restored.beaten and restored.best == guard.best
     stalls = [*climbing[:3], {"val_loss": 0.5, "val_acc": 0.78}]  # climbed, then stalled below: stop
     assert epochs(IncomingGuard(incoming, 3), stalls)
+
+
+def test_the_check_scores_every_op_on_greyscale_images():
+    """One-channel images (``--in-channels sum``): every op runs on them and is scored."""
+    from thaw.config import ModelConfig
+    from thaw.data.images import Decoded
+    from thaw.models import build_classifier
+
+    grey = ModelConfig(name="mobilenet_v3_small", weights="none", in_channels="sum")
+    model = build_classifier(grey, 2, image_size=32)
+    images = [torch.randint(0, 255, (1, 36, 36), dtype=torch.uint8) for _ in range(8)]
+    data = Decoded([f"k{i}" for i in range(8)], images, [i % 2 for i in range(8)])
+    every = Policy(crop=0.5, hflip=True, vflip=True, rot90=True, affine=True, color=True, trivial=True)
+    _, record = augment_check.check(model, every, data)
+    assert set(record["ops"]) == set(every.ops) and record["images"] == 8

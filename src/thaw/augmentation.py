@@ -1,5 +1,5 @@
-"""Training augmentation as data: a :class:`Policy` says which ops run, and :func:`transform` builds the
-torchvision v2 pipeline from it.
+"""Training augmentation as data: a :class:`Policy` says which ops run (``thaw.data.augment.transform``
+builds its torchvision v2 pipeline).
 
 ``--augment`` takes a preset or an explicit list of ops:
 
@@ -63,9 +63,6 @@ class Policy:
     def spec(self) -> str:
         """The ``--augment`` value that gives exactly this policy."""
         return ",".join(f"crop:{self.crop:g}" if op == "crop" else op for op in self.ops) or "none"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def parse(text: str, crop_scale_min: float = 0.5, hflip: bool = True) -> Policy:

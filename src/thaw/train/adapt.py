@@ -205,7 +205,13 @@ def pseudo_round(
     )
     plan = pseudo_plan(config)
     result = ctx.run.finished_phase(plan.name) or run_phase(
-        model, plan, index, ctx, results, Feed(batches, loaders.val, note="labelled + pseudo-labelled images")
+        model,
+        plan,
+        index,
+        ctx,
+        results,
+        Feed(batches, loaders.val, note="labelled + pseudo-labelled images"),
+        start=results[kept_phase],  # it starts from the kept plan's weights, not the last plan's
     )
     return result, {**record, "after": _metrics(result)}
 

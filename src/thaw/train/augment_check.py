@@ -22,6 +22,7 @@ pass over a 1,300-image training set for the two ops of ``standard``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -83,7 +84,7 @@ def check(
                 result = result.without("crop")
                 entry["decision"] = "dropped"
             else:
-                result = Policy(**{**result.to_dict(), "crop": weaker})
+                result = dataclasses.replace(result, crop=weaker)
                 entry["decision"] = f"weakened to {weaker:g}-1"
         else:
             result = result.without(op)
@@ -127,7 +128,9 @@ def _views(
     """``CHECK_VIEWS`` views of each image with ``op`` alone, and (crops) each view's area share."""
     interpolation = InterpolationMode(pre.interpolation)
     normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
-    alone = v2.Compose([v2.CenterCrop(pre.size), *op_steps(Policy(**{op: True}))]) if op != "crop" else None
+    channels = data.images[0].shape[0]  # the ops as training builds them for these images
+    steps = [] if op == "crop" else op_steps(Policy(**{op: True}), channels)
+    alone = v2.Compose([v2.CenterCrop(pre.size), *steps])  # every op but the crop, on the eval crop
     views, areas = [], []
     ratio = (3 / 4, 4 / 3)
     for i in idx:

@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from thaw import data as thaw_data
 from thaw import multilabel
 from thaw.augmentation import Policy
+from thaw.augmentation import parse as parse_augment
 from thaw.clinical import operating_point, plot_reliability
 from thaw.config import RunConfig, dicom_window, override
 from thaw.data.budget import apply_budget, budget_record
@@ -269,16 +270,14 @@ def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> 
         if saved.is_file():
             return json.loads(saved.read_text())
         record = {"setting": config.data.augment, "chosen": policy.describe(), "chosen_spec": policy.spec()}
-        if config.data.augment != "auto":
-            pass
-        elif not policy.ops:
+        if config.data.augment == "auto" and not policy.ops:
             record["skipped"] = "nothing to check"
-        elif not trained_head:
+        elif config.data.augment == "auto" and not trained_head:
             record["skipped"] = (
                 "no head was solved before the first trained plan, so nothing can score the augmented views; "
                 "the standard policy is used as it is"
             )
-        else:
+        elif config.data.augment == "auto":
             _, record = augment_check.check(
                 model, policy, loaders.decoded["train"], config.seed, config.hardware.channels_last
             )
@@ -286,7 +285,7 @@ def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> 
         return record
 
     record = distributed.on_zero(decide)
-    loaders.use(thaw_data.policy_of(override(config, {"data.augment": record["chosen_spec"]}).data))
+    loaders.use(parse_augment(record["chosen_spec"]))  # an explicit list (or none): no preset to shape
     if record.get("setting") == "auto":
         ctx.report.say(augment_check.line(record))
     return record
@@ -474,7 +473,7 @@ class Loaders:
             mean, std = thaw_data.dataset_statistics(self.decoded["train"])
             pre = model.preprocessing = dataclasses.replace(pre, mean=mean, std=std)
             report.say(f"normalize: training-set statistics mean {mean}, std {std}")
-        self.decoded_pre = pre
+        self.pre = pre  # what the transforms normalise with (the training set's statistics, if asked)
         train_labels = self.decoded["train"].labels
         self.class_weights = (  # --balance loss: per class, or per label the positives' weight
             multilabel.pos_weight(train_labels)
@@ -502,7 +501,7 @@ class Loaders:
         """Train with augmentation ``policy`` from here on (``--augment auto``: what the check chose)."""
         self.policy = policy
         self.train_transform = thaw_data.train_transform(
-            self.decoded_pre, self.config.data, policy, self.channels
+            self.pre, self.config.data, policy, self.channels
         )
 
     def train(self, phase: int):
