@@ -20,13 +20,35 @@ import tempfile
 from pathlib import Path
 
 THAW = [str(Path(sys.executable).with_name("thaw"))]
-DIGITS = ["builtin:digits", "--weights", "IMAGENET1K_V1", "--image-size", "32", "--seed", "0", "--quiet", "--phase1-epochs", "3",
-          "--phase2-epochs", "2"]
+DIGITS = [
+    "builtin:digits",
+    "--weights",
+    "IMAGENET1K_V1",
+    "--image-size",
+    "32",
+    "--seed",
+    "0",
+    "--quiet",
+    "--phase1-epochs",
+    "3",
+    "--phase2-epochs",
+    "2",
+]
 RUNS = {
     "demo": ["demo", "--seed", "0", "--quiet"],
     "wise-ft": ["fit", *DIGITS, "--strategy", "wise-ft"],
-    "gradual-online": ["fit", *DIGITS, "--strategy", "gradual", "--gradual-every", "1", "--phase1", "online",
-                       "--phase2", "online"],
+    "gradual-online": [
+        "fit",
+        *DIGITS,
+        "--strategy",
+        "gradual",
+        "--gradual-every",
+        "1",
+        "--phase1",
+        "online",
+        "--phase2",
+        "online",
+    ],
 }
 CLOCK = {"seconds", "train_images_per_s", "version", "features_from_cache"}  # and every *_seconds
 
@@ -55,7 +77,9 @@ def differences(a, b, where="") -> list[str]:
         return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{where}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
-    return [] if json.dumps(a) == json.dumps(b) else [f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}"]
+    return (
+        [] if json.dumps(a) == json.dumps(b) else [f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}"]
+    )
 
 
 def main() -> int:
