@@ -12,6 +12,7 @@ from pathlib import Path
 
 from thaw.config import DATA_FORMATS, RunConfig, float_or_auto, override
 from thaw.errors import NONE_READ, SOME_FAILED, ThawError
+from thaw.version import __version__
 
 DEMO = {
     "data.path": "builtin:digits",
@@ -561,8 +562,6 @@ def parse_count(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from thaw import __version__
-
     p = argparse.ArgumentParser(
         prog="thaw",
         description="Transfer learning for image classifiers: "

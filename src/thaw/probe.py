@@ -17,7 +17,9 @@ from thaw.config import DataConfig, ModelConfig
 from thaw.data import discover, eval_transform
 from thaw.data import features as feature_cache
 from thaw.errors import ThawError
+from thaw.files import atomic_path
 from thaw.models import build_classifier
+from thaw.multilabel import refuse
 from thaw.train.head_solver import solve_head
 
 KNN_K = (1, 5, 20)
@@ -115,7 +117,6 @@ def _class_text(class_names: list[str], label) -> str:
 def write_embedding(embedding: Embedding, out: Path) -> Path:
     """``.npz`` (features, labels, class_names, splits, keys, model), or ``.parquet`` with pyarrow.
     Never overwrites a file."""
-    from thaw.files import atomic_path
 
     out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,6 @@ def probe(
     labelled train and val images (the test split, if any, is left alone)."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-    from thaw.multilabel import refuse
 
     refuse(discover(data), "thaw probe")  # its probes are multiclass logistic regression and k-NN
     results = []
