@@ -27,7 +27,8 @@ LAYERS = [  # bottom to top; a module belongs to the layer of the longest prefix
     ("use: what runs after training", ("thaw.run", "thaw.analyses", "thaw.evaluate", "thaw.predict",
                                         "thaw.onnx_predict", "thaw.export", "thaw.shift", "thaw.clinical",
                                         "thaw.reporting")),
-    ("studies", ("thaw.study", "thaw.compare", "thaw.curve", "thaw.folds", "thaw.probe", "thaw.auto")),
+    ("studies", ("thaw.study", "thaw.compare", "thaw.curve", "thaw.folds", "thaw.probe", "thaw.auto",
+                 "thaw.demo")),
     ("the command line and the facade", ("thaw.cli", "thaw")),
 ]
 

@@ -5,6 +5,7 @@ MedMNIST+ benchmark recommends before costly end-to-end training)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -165,6 +166,17 @@ class ProbeResult:
     @staticmethod
     def summary(values: list[float]) -> tuple[float, float]:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def parse_models(text: str, model: ModelConfig) -> list[ModelConfig]:
+    """``--model a,b@WEIGHTS,c``: one model config per name, each with the weights after its ``@`` (else
+    ``model``'s)."""
+    models = []
+    for entry in (n.strip() for n in text.split(",")):
+        name, _, weights = entry.partition("@")
+        if name:
+            models.append(dataclasses.replace(model, name=name, weights=weights or model.weights))
+    return models
 
 
 def probe(
