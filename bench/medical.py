@@ -82,7 +82,7 @@ def _scores(run_dir: Path) -> dict:
     from thaw.clinical import predict_views
     from thaw.config import RunConfig, override
     from thaw.data import decode_sources, discover
-    from thaw.evaluate import classification_metrics
+    from thaw.metrics.classification import classification_metrics
     from thaw.predict import Predictor
 
     summary = json.loads((run_dir / "summary.json").read_text())

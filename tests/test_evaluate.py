@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from thaw.evaluate import classification_metrics
+from thaw.metrics.classification import classification_metrics
 from thaw.results import dumps
 
 

@@ -1,5 +1,6 @@
-"""Dependencies point one way: no import cycles among thaw's modules, data never needs models (or timm), and
-only the model adapters ask which source (torchvision, timm) a model comes from."""
+"""Dependencies point one way: thaw's modules sit in layers, each importing only from its own layer or the
+ones below, with no import cycle, counting imports inside functions too; data never needs models (or timm),
+and only the model adapters ask which source (torchvision, timm) a model comes from."""
 
 from __future__ import annotations
 
@@ -13,6 +14,35 @@ import thaw
 SRC = Path(thaw.__file__).parent
 ADAPTERS = SRC / "models" / "adapters"
 SOURCES = {"torchvision", "timm"}
+
+
+LAYERS = [  # bottom to top; a module belongs to the layer of the longest prefix that names it
+    ("leaves", ("thaw.config", "thaw.errors", "thaw.preprocessing", "thaw.results", "thaw.files",
+                "thaw.predictions", "thaw.augmentation", "thaw.decoding", "thaw.cache", "thaw.version")),
+    ("data and models", ("thaw.data", "thaw.models")),
+    ("weights", ("thaw.weights",)),
+    ("tuning", ("thaw.freeze", "thaw.optim", "thaw.multilabel")),
+    ("metrics: pure numbers, no plotting", ("thaw.metrics",)),
+    ("train: the engine", ("thaw.train",)),
+    ("use: what runs after training", ("thaw.run", "thaw.analyses", "thaw.evaluate", "thaw.predict",
+                                        "thaw.onnx_predict", "thaw.export", "thaw.shift", "thaw.clinical",
+                                        "thaw.reporting")),
+    ("studies", ("thaw.study", "thaw.compare", "thaw.curve", "thaw.folds", "thaw.probe", "thaw.auto",
+                 "thaw.demo")),
+    ("the command line and the facade", ("thaw.cli", "thaw")),
+]
+
+
+def layer(module: str) -> int:
+    """The index in :data:`LAYERS` of ``module``'s layer (the facade ``thaw`` itself is the top)."""
+    found = [
+        (len(prefix), i)
+        for i, (_, prefixes) in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or (prefix != "thaw" and module.startswith(prefix + "."))
+    ]
+    assert found, f"{module} is in no layer: add it to LAYERS in tests/test_imports.py"
+    return max(found)[1]
 
 
 def module_name(path: Path) -> str:
@@ -76,8 +106,42 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycles_between_modules():
-    assert cycles(import_graph(top_level_only=True)) == []
+def test_no_import_cycles_between_modules_even_inside_functions():
+    assert cycles(import_graph(top_level_only=False)) == []
+
+
+def test_every_module_imports_only_its_layer_and_those_below_even_inside_functions():
+    upward = [
+        f"{m} ({LAYERS[layer(m)][0]}) imports {d} ({LAYERS[layer(d)][0]})"
+        for m, deps in import_graph(top_level_only=False).items()
+        for d in sorted(deps)
+        if layer(d) > layer(m)
+    ]
+    assert upward == []
+
+
+def function_imports() -> list[tuple[str, int, str]]:
+    """Every thaw import inside a function: its module, line, and the comment that says why it is there
+    (on the import's lines, or the line just above)."""
+    found = []
+    for module, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                one = ast.Module([node], [])
+                if isinstance(node, ast.Import | ast.ImportFrom) and imported(module, one, True):
+                    text = lines[node.lineno - 2 : node.end_lineno]
+                    why = [line.split("#", 1)[1].strip() for line in text if "#" in line]
+                    found.append((module, node.lineno, why[0] if why else ""))
+    return found
+
+
+def test_a_thaw_import_inside_a_function_says_why():
+    """Inside a function only for a reason (an optional heavy dependency, a torch-free command line), given
+    in a comment on the import or the line above it."""
+    assert [f"{m}:{line}" for m, line, why in function_imports() if not why] == []
 
 
 def test_models_import_no_layer_above_them_and_no_cycle_even_inside_functions():

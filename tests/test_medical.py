@@ -12,7 +12,6 @@ from conftest import make_class_folder, tiny_config, tiny_flags
 from PIL import Image
 
 from thaw.cli import main
-from thaw.clinical import bootstrap_ci, choose_threshold
 from thaw.config import RunConfig, override
 from thaw.data.images import (
     Decoded,
@@ -25,7 +24,9 @@ from thaw.data.images import (
 )
 from thaw.data.sources import Item, discover
 from thaw.errors import ThawError
-from thaw.evaluate import classification_metrics
+from thaw.metrics.bootstrap import bootstrap_ci
+from thaw.metrics.classification import classification_metrics
+from thaw.metrics.clinical import choose_threshold
 from thaw.preprocessing import Preprocessing
 from thaw.results import Metrics, RunSummary, choose_final
 

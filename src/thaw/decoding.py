@@ -24,6 +24,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from thaw.errors import ThawError
+
 MAX_ASPECT = 4
 LARGE_PIXELS = 40_000_000
 """Images with more pixels than this are decoded reduced; smaller ones exactly as they are."""
@@ -107,7 +109,6 @@ def dicom_image(path: str, window: tuple[float, float] | None = None) -> tuple[I
     """A DICOM file's first frame: stored values through the modality LUT (rescale slope and intercept,
     e.g. to Hounsfield units), clipped to ``window`` (center, width) if given, then scaled to 0-255 (the
     window's range, else the image's own minimum to maximum); MONOCHROME1 (white = 0) is inverted."""
-    from thaw.errors import ThawError
 
     try:
         import pydicom

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    multiclass_accuracy,
-    multiclass_auroc,
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-)
 
-from thaw.files import atomic_path, write_atomic
+from thaw.config import RunConfig, override
+from thaw.data.images import DECODE_ERRORS, open_image
+from thaw.data.sources import discover, evaluation_items
+from thaw.errors import NothingRead, ThawError
+from thaw.files import write_atomic
+from thaw.metrics.bootstrap import bootstrap_ci
+from thaw.metrics.classification import classification_metrics
+from thaw.predict import Predictor
 from thaw.results import Metrics, dumps
 
 if TYPE_CHECKING:
@@ -41,110 +38,6 @@ def predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.
         labels.append(torch.as_tensor(y))
     model.train(was_training)
     return torch.cat(probs), torch.cat(labels)
-
-
-def classification_metrics(
-    probs: torch.Tensor,
-    labels: torch.Tensor,
-    threshold: float | Sequence[float] | None = None,
-    names: Sequence[str] | None = None,
-) -> Metrics:
-    """accuracy, balanced accuracy, macro-F1, AUC (binary: of class 1; multiclass: macro one-vs-rest),
-    loss (cross-entropy), the confusion matrix, the count, ECE (top-class confidence, 15 bins) and, for
-    binary tasks, sensitivity and specificity of class 1. Binary predictions are class 1 where its
-    probability is at least ``threshold`` (default: the argmax, i.e. 0.5).
-
-    Multi-label labels ([N, K] of 0/1): :func:`thaw.multilabel.metrics`, ``threshold`` one per label
-    (default 0.5 each) and ``names`` the label names of the per-label table."""
-    if labels.ndim == 2:
-        from thaw import multilabel
-
-        return multilabel.metrics(probs, labels, threshold, names)
-    num_classes = probs.shape[1]
-    preds = probs.argmax(dim=1)
-    binary = num_classes == 2
-    if binary and threshold is not None:
-        preds = (probs[:, 1] >= threshold).long()
-    present = labels.unique().numel() > 1
-    auc = (
-        multiclass_auroc(probs, labels, num_classes, average="macro")
-        if present
-        else torch.tensor(float("nan"))
-    )
-    if binary and present:
-        auc = binary_auroc(probs[:, 1], labels)
-    nll = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
-    confusion = multiclass_confusion_matrix(preds, labels, num_classes)
-    nan = float("nan")
-    sensitivity = specificity = nan
-    if binary:
-        tn, fp, fn, tp = (float(v) for v in confusion.flatten())
-        sensitivity = tp / (tp + fn) if tp + fn else nan
-        specificity = tn / (tn + fp) if tn + fp else nan
-    return Metrics(
-        n=int(labels.numel()),
-        accuracy=float((preds == labels).float().mean()),
-        balanced_accuracy=float(multiclass_accuracy(preds, labels, num_classes, average="macro")),
-        macro_f1=float(multiclass_f1_score(preds, labels, num_classes, average="macro")),
-        auc=float(auc),
-        loss=float(nll),
-        confusion=confusion.tolist(),
-        sensitivity=sensitivity,
-        specificity=specificity,
-        threshold=(0.5 if threshold is None else float(threshold)) if binary else nan,
-        ece=float(multiclass_calibration_error(probs, labels, num_classes, n_bins=15)),
-    )
-
-
-def write_metrics_csv(rows: list[dict], path: Path) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, text.getvalue())
-
-
-def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, both phases on one axis, the phase boundary marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    x = [r["step_epoch"] for r in rows]
-    for ax, metric in zip(axes, ("loss", "acc")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [r.get(f"{split}_{metric}") for r in rows]
-            ax.plot(x, ys, style, markersize=3, label=split)
-        starts = [
-            (r["step_epoch"] - 0.5, r["phase"]) for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]
-        ]
-        for b, phase in starts:
-            ax.axvline(b, color="grey", linestyle="--")
-            ax.text(b, ax.get_ylim()[1], f" {phase} ", va="top", ha="left", fontsize=8, color="grey")
-        ax.set_xlabel("epoch (all phases)")
-        ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
-    from thaw.reporting.figures import confusion as confusion_png
-
-    write_atomic(path, confusion_png(confusion, class_names, title))
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip("."))
-    plt.close(fig)
 
 
 @dataclass(frozen=True)
@@ -178,11 +71,6 @@ def evaluate_run(
     Never scores training images: on the run's own data it uses the run's ``split.csv`` and evaluates the
     test split (else val); on other data, the test split if the data has one, else val, else every image,
     leaving out any image the run trained on."""
-    from thaw.config import RunConfig, override
-    from thaw.data.images import DECODE_ERRORS, open_image
-    from thaw.data.sources import discover, evaluation_items
-    from thaw.errors import NothingRead, ThawError
-    from thaw.predict import Predictor
 
     predictor = Predictor.load(run)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
@@ -220,8 +108,6 @@ def evaluate_run(
     probs = predictor.predict_proba(images, tta=tta)
     cut = predictor.thresholds if predictor.multilabel else predictor.threshold
     metrics = classification_metrics(probs, torch.tensor(labels), cut, predictor.class_names)
-    from thaw.clinical import bootstrap_ci
-
     metrics = dataclasses.replace(metrics, ci=bootstrap_ci(probs, torch.tensor(labels), cut))
     evaluation = Evaluation(str(data), split, note, metrics, skipped)
     if write:
@@ -238,7 +124,6 @@ def evaluate_run(
 def _targets(items: list, names: list[str], predictor, data, run_dir: Path):
     """How an item's label becomes the model's: its class's index among the model's classes, or (multi-
     label) its 0/1 values in the order of the model's labels, matched by name."""
-    from thaw.errors import ThawError
 
     multilabel = bool(items) and not isinstance(items[0].label, int)
     if multilabel != predictor.multilabel:

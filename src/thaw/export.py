@@ -22,9 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from thaw.config import RunConfig
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.models import Classifier, load_model
+from thaw.predict import run_threshold, run_thresholds
+from thaw.reporting.html import Predictions
+from thaw.results import RunSummary
+from thaw.version import __version__
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -53,8 +58,6 @@ class Exported:
 
 
 def metadata(model: Classifier, fmt: str) -> dict:
-    from thaw import __version__
-
     pre = dataclasses.asdict(model.preprocessing)
     channels = model.spec.in_channels
     inside = fmt != "safetensors"
@@ -103,7 +106,6 @@ def export_run(
             raise ThawError(f"{existing} already exists; choose another --out or pass --force to replace it")
     model = load_model(source)
     meta = metadata(model, fmt)
-    from thaw.predict import run_threshold, run_thresholds
 
     threshold = run_threshold(source) if len(model.class_names) == 2 and not model.multilabel else None
     if threshold is not None:  # binary: class 1 where its probability reaches it (chosen on validation)
@@ -198,9 +200,6 @@ def parity(exported: Exported, run: str | Path, images: np.ndarray) -> Parity:
 
 def check_on_run(exported: Exported, run: str | Path) -> str:
     """:func:`parity` on the run's own test (else val) images, as one line; or why it was not checked."""
-    from thaw.config import RunConfig
-    from thaw.reporting.html import Predictions
-    from thaw.results import RunSummary
 
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     try:

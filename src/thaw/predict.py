@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from thaw.config import dicom_window
 from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
 from thaw.data.sources import Item
 from thaw.errors import ThawError
 from thaw.models import Classifier, load_model
+from thaw.models.state_dict import sha256
 from thaw.predictions import Prediction, expand_paths, failure, result, views
 
 __all__ = ["Prediction", "Predictor", "expand_paths"]
@@ -178,7 +180,6 @@ def run_window(path: str | Path) -> tuple[float, float] | None:
     """The run's ``--dicom-window`` (``config.yaml``), if it had one."""
     import yaml
 
-    from thaw.config import dicom_window
 
     path = Path(path)
     config = (path if path.is_dir() else path.parent) / "config.yaml"
@@ -193,7 +194,6 @@ def verify_model_file(path: str | Path) -> None:
     """A run's ``model.safetensors`` must be the file the run wrote: its sha256 is in ``summary.json``."""
     import json
 
-    from thaw.models.state_dict import sha256
 
     path = Path(path)
     model = path / "model.safetensors" if path.is_dir() else path

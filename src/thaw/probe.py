@@ -5,6 +5,7 @@ MedMNIST+ benchmark recommends before costly end-to-end training)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from thaw.config import DataConfig, ModelConfig
 from thaw.data import discover, eval_transform
 from thaw.data import features as feature_cache
 from thaw.errors import ThawError
+from thaw.files import atomic_path
 from thaw.models import build_classifier
+from thaw.multilabel import refuse
 from thaw.train.head_solver import solve_head
 
 KNN_K = (1, 5, 20)
@@ -115,7 +118,6 @@ def _class_text(class_names: list[str], label) -> str:
 def write_embedding(embedding: Embedding, out: Path) -> Path:
     """``.npz`` (features, labels, class_names, splits, keys, model), or ``.parquet`` with pyarrow.
     Never overwrites a file."""
-    from thaw.files import atomic_path
 
     out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +168,17 @@ class ProbeResult:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def parse_models(text: str, model: ModelConfig) -> list[ModelConfig]:
+    """``--model a,b@WEIGHTS,c``: one model config per name, each with the weights after its ``@`` (else
+    ``model``'s)."""
+    models = []
+    for entry in (n.strip() for n in text.split(",")):
+        name, _, weights = entry.partition("@")
+        if name:
+            models.append(dataclasses.replace(model, name=name, weights=weights or model.weights))
+    return models
+
+
 def probe(
     data: DataConfig, models: list[ModelConfig], folds: int = 5, seed: int = 0, warn=print
 ) -> list[ProbeResult]:
@@ -174,7 +187,6 @@ def probe(
     labelled train and val images (the test split, if any, is left alone)."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-    from thaw.multilabel import refuse
 
     refuse(discover(data), "thaw probe")  # its probes are multiclass logistic regression and k-NN
     results = []

@@ -24,8 +24,10 @@ from torchvision.transforms.v2 import functional as F
 
 from thaw import data as thaw_data
 from thaw.config import RunConfig
+from thaw.data.sources import evaluation_items
 from thaw.errors import ThawError
-from thaw.evaluate import classification_metrics, predict
+from thaw.evaluate import predict
+from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.results import Shift
 
@@ -120,7 +122,6 @@ def _scorer(model: Classifier, config: RunConfig):
 def ood_images(path: str, model: Classifier) -> thaw_data.Decoded:
     """Every labelled image under ``path`` (any layout ``thaw fit`` takes; its test split if it has one),
     its labels mapped onto the run's classes by name."""
-    from thaw.data.sources import evaluation_items
 
     if not Path(path).exists():
         raise ThawError(f"--ood {path}: no such folder; give a labelled folder with the run's classes")

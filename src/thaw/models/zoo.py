@@ -131,3 +131,13 @@ def count(source: str, arch: str, size: int = 224) -> tuple[int, float]:
         with counter, torch.no_grad():
             model.eval()(torch.empty(1, 3, size, size))
     return params, round(counter.get_total_flops() / 2e9, 3)
+
+
+def parse_count(text: str) -> int:
+    """``25M``, ``500k``, ``2.5e7`` or ``25`` (millions) -> a parameter count."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(text[-1:].lower())
+    try:
+        value = float(text[:-1] if scale else text)
+    except ValueError:
+        raise ThawError(f"--max-params {text!r} is not a count; give 25M, 500k or 25 (millions)") from None
+    return int(value * scale if scale else value if value >= 1e4 else value * 1e6)

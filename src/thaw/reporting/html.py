@@ -20,10 +20,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from thaw.config import RunConfig, override
+from thaw.data import discover
+from thaw.data.images import DECODE_ERRORS, open_image, resized
 from thaw.errors import ThawError
 from thaw.files import write_atomic
+from thaw.predict import Predictor
 from thaw.reporting import figures
 from thaw.results import GAIN_METRICS, SUMMARY_VERSION, RunSummary
+from thaw.version import __version__
 
 REPORT = "report.html"
 TOP_LOSSES = 12
@@ -77,9 +82,6 @@ def check_run(run: Path) -> dict:
 
 
 def build_report(run: Path) -> str:
-    from thaw import __version__
-    from thaw.config import RunConfig
-
     raw = check_run(run)
     summary = RunSummary.from_dict(raw)
     config = RunConfig.from_yaml(run / "config.yaml")
@@ -490,15 +492,11 @@ class Predictions:
 
     @classmethod
     def of(cls, run: Path, config, summary: RunSummary) -> Predictions:
-        from thaw.config import override
-
         if not (run / "model.safetensors").is_file():
             return cls(False, "the run folder has no model.safetensors")
         if not (run / "split.csv").is_file():
             return cls(False, "the run folder has no split.csv")
         try:
-            from thaw.data import discover
-
             sources = discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
         except ThawError as err:
             return cls(False, f"the run's data is not available here ({err})")
@@ -509,8 +507,6 @@ class Predictions:
         import torch
         from torchvision.transforms.v2 import functional as F
 
-        from thaw.data.images import DECODE_ERRORS, open_image, resized
-        from thaw.predict import Predictor
 
         predictor = Predictor.load(run / "model.safetensors")
         if predictor.class_names != summary.classes:
@@ -545,7 +541,7 @@ class Predictions:
     def cams(self, indices: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
         """Grad-CAM overlays of the predicted class for ``indices``, or None and the reason why not."""
         try:
-            from thaw.reporting.cam import find_target, grad_cam, overlay
+            from thaw.reporting.cam import find_target, grad_cam, overlay  # pytorch-grad-cam is optional
         except ImportError as err:
             return None, (
                 f"No class-activation maps: {err.name} is not installed "

@@ -149,7 +149,7 @@ class PhaseModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """val_auc, val_balanced_accuracy and val_f1 over the whole validation split (``--monitor``;
         multi-label: the mean AUC over the labels, and the means at thresholds 0.5)."""
-        from thaw.evaluate import classification_metrics
+        from thaw.metrics.classification import classification_metrics
 
         outputs = self._val_outputs
         if self.trainer.world_size > 1:  # every rank holds its shard: gather the whole split

@@ -23,16 +23,18 @@ from thaw import data as thaw_data
 from thaw import multilabel
 from thaw.augmentation import Policy
 from thaw.augmentation import parse as parse_augment
-from thaw.clinical import operating_point, plot_reliability
+from thaw.clinical import operating_point
 from thaw.config import RunConfig, dicom_window, override
 from thaw.data.budget import apply_budget, budget_record
 from thaw.data.sources import label_gaps
 from thaw.errors import ThawError
-from thaw.evaluate import classification_metrics, plot_confusion, plot_curves, predict, write_metrics_csv
-from thaw.files import atomic_path, write_atomic
+from thaw.evaluate import predict
+from thaw.files import atomic_path, write_atomic, write_metrics_csv
+from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier, build_classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.reporting.html import write_report
+from thaw.reporting.plots import plot_confusion, plot_curves, plot_reliability
 from thaw.results import MONITORED, PhaseResult, RunSummary, choose_final, gains
 from thaw.shift import evaluate_shift
 from thaw.train import adapt, augment_check, distributed, lr_find, preflight

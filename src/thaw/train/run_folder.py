@@ -30,6 +30,18 @@ def default_out(dataset: str, model: str, root: str = "runs") -> Path:
     return out
 
 
+def study_folder(config, kind: str, stamped: bool = True) -> Path:
+    """The folder of a study (``kind``: compare, curve, cv): ``config.out``, else
+    ``runs/<data>-<model>-<kind>-<time>`` (``stamped``), or ``runs/<kind>-<data>-<model>`` (not stamped: a
+    rerun of the same command finds the study and finishes it)."""
+    if config.out:
+        return Path(config.out)
+    data = Path(config.data.path.removeprefix("builtin:")).stem
+    if not stamped:
+        return Path("runs") / f"{kind}-{data}-{config.model.name.replace('/', '-')}"
+    return default_out(f"{data}-{kind}", config.model.name)
+
+
 def check_outside_data(out: Path, data_path: str) -> None:
     """A run folder inside a data folder would be read as a class of images by the next run there."""
     data = Path(data_path)

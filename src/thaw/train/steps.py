@@ -10,7 +10,8 @@ import torch
 
 from thaw import data as thaw_data
 from thaw.data import features as feature_cache
-from thaw.evaluate import classification_metrics, predict
+from thaw.evaluate import predict
+from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.results import PhaseResult
 from thaw.train import distributed

@@ -1,0 +1,1 @@
+"""Pure numbers from probabilities and labels: metrics, thresholds, bootstrap intervals, statistics."""

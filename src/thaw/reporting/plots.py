@@ -1,0 +1,86 @@
+"""The figure files a run folder holds (curves.png, confusion_*.png, reliability.png): matplotlib, Agg,
+each written atomically. The report's own figures are in :mod:`thaw.reporting.figures`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from thaw.files import atomic_path, write_atomic
+from thaw.reporting.figures import confusion as confusion_png
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, both phases on one axis, the phase boundary marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = [r["step_epoch"] for r in rows]
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [r.get(f"{split}_{metric}") for r in rows]
+            ax.plot(x, ys, style, markersize=3, label=split)
+        starts = [
+            (r["step_epoch"] - 0.5, r["phase"]) for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]
+        ]
+        for b, phase in starts:
+            ax.axvline(b, color="grey", linestyle="--")
+            ax.text(b, ax.get_ylim()[1], f" {phase} ", va="top", ha="left", fontsize=8, color="grey")
+        ax.set_xlabel("epoch (all phases)")
+        ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
+    write_atomic(path, confusion_png(confusion, class_names, title))
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip("."))
+    plt.close(fig)
+
+
+def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: Path, title: str = "", bins: int = 15):
+    """Reliability diagram: mean top-class confidence vs accuracy per confidence bin, bar width = bin,
+    the diagonal = perfect calibration; the ECE in the title. Multi-label: every (image, label)
+    probability against how often that label is present, per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    multilabel = labels.ndim == 2
+    if multilabel:
+        conf, correct = probs.flatten().float(), labels.flatten().float()
+    else:
+        conf, pred = probs.max(1)
+        correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            acc, mean_conf = float(correct[inside].mean()), float(conf[inside].mean())
+            ece += float(inside.float().mean()) * abs(acc - mean_conf)
+            ax.bar(float(lo), acc, width=float(hi - lo), align="edge", edgecolor="black", alpha=0.7)
+            ax.plot([mean_conf], [acc], "k.", markersize=4)
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability (every label)" if multilabel else "confidence (top class)")
+    ax.set_ylabel("share present" if multilabel else "accuracy")
+    ax.set_title(f"{title} ECE {ece:.3f}".strip(), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
