@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -239,8 +240,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from thaw.weights.install import install, is_installed
 
     if not is_installed("mobilenet_v2"):
-        install("mobilenet_v2")
+        install("mobilenet_v2", log=_warn if args.log_format == "json" else print)  # json: stdout is events
     config = override(RunConfig(), {**DEMO, "out": args.out, "seed": args.seed}).validate()
+    if args.log_format == "json":  # the run's events say it all
+        thaw.fit(config, quiet=args.quiet)
+        return
     print("thaw demo: fine-tune ImageNet MobileNetV2 on scikit-learn's handwritten digits (8x8 scans, 64 px)")
     summary = thaw.fit(config, quiet=args.quiet).summary
     print()
@@ -560,6 +564,19 @@ def parse_count(text: str) -> int:
     return int(value * scale if scale else value if value >= 1e4 else value * 1e6)
 
 
+LOG_FORMATS = ("text", "json")  # thaw.train.report.LOG_FORMATS (a test keeps them equal)
+
+
+def log_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: lines for people (default); json: one JSON object per event on stdout, for scripts "
+        "(each with an event field and a UTC time; nothing else on stdout, no progress bar)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from thaw import __version__
 
@@ -592,6 +609,7 @@ def parser() -> argparse.ArgumentParser:
         help="stratified K-fold cross-validation over train+val: K run folders under --out, cv.json with "
         "mean, sd and 95%% CI",
     )
+    log_format_flag(f)
     config_flags(f)
     f.set_defaults(func=cmd_fit)
 
@@ -651,12 +669,14 @@ def parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     rs.add_argument("run", help="the run folder (runs/X or runs/X.incomplete)")
     rs.add_argument("--quiet", action="store_true", help="print only the result table")
+    log_format_flag(rs)
     rs.set_defaults(func=cmd_resume)
 
     d = sub.add_parser("demo", help="offline demo: ImageNet MobileNetV2 fine-tuned on handwritten digits")
     d.add_argument("--out", help="run folder (default runs/digits-mobilenet_v2-<time>)")
     d.add_argument("--seed", type=int, default=0, help="random seed (0)")
     d.add_argument("--quiet", action="store_true", help="print only the result table")
+    log_format_flag(d)
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
@@ -764,7 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run_folder.active = None
     try:
-        code = args.func(args) or 0
+        with reporting(getattr(args, "log_format", "text")):
+            code = args.func(args) or 0
     except BrokenPipeError:  # `thaw models --json | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
@@ -798,6 +819,15 @@ def main(argv: list[str] | None = None) -> int:
         _error(what, run_folder.active)
         return 1
     return code
+
+
+def reporting(name: str):
+    """The log format runs started by the command report in (``--log-format``)."""
+    if name == "text":
+        return contextlib.nullcontext()
+    from thaw.train.report import log_format
+
+    return log_format(name)
 
 
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
