@@ -66,7 +66,12 @@ def test_a_constant_difference_is_not_p_zero():
     assert math.isnan(main["p_t"]) and all(math.isnan(x) for x in main["ci"])
     assert "p >= 0.25: 3 seeds cannot show more" in v["line"] and "not shown beyond seed noise" in v["line"]
     identical = {"two-phase": {0: 0.8, 1: 0.9}, "linear-probe": {0: 0.8, 1: 0.9}}
-    assert verdict(identical, "two-phase")["main"]["p"] == 1.0
+    same = verdict(identical, "two-phase")
+    assert same["main"]["p"] == 1.0 and not same["beyond_noise"]
+    assert (
+        same["line"]
+        == "two-phase vs linear-probe: the same test accuracy on every one of 2 seeds: no difference to call"
+    )
     rows = pairwise_rows(v["comparisons"])
     assert rows[0][2] == "+2.0 on every seed (no interval)" and rows[0][5] == "0.250 (= floor)"
 

@@ -301,9 +301,11 @@ def verdict(
 
 
 def verdict_line(c: Paired, metric: str, family: int) -> str:
-    head = f"{c.a} vs {c.b}: {100 * c.mean:+.1f} points of {metric}"
+    head = f"{c.a} vs {c.b}: {_points(c.mean)} points of {metric}"
     if c.n < 2:
         return f"{head} on {c.n} shared seed: no verdict on noise; use --seeds 3 or more"
+    if c.test == "sign-flip" and c.mean == 0:
+        return f"{c.a} vs {c.b}: the same {metric} on every one of {c.n} seeds: no difference to call"
     if c.test == "sign-flip":
         return (
             f"{head} on every one of {c.n} seeds (sd 0: no interval, the t-test is undefined); exact "
@@ -314,7 +316,7 @@ def verdict_line(c: Paired, metric: str, family: int) -> str:
     dlo, dhi = c.d_z_ci
     winner = c.a if c.mean > 0 else c.b
     line = (
-        f"{head} [95% CI {100 * lo:+.1f}, {100 * hi:+.1f}], d_z {c.d_z:.1f} [{dlo:.1f}, {dhi:.1f}], "
+        f"{head} [95% CI {_points(lo)}, {_points(hi)}], d_z {c.d_z:.1f} [{dlo:.1f}, {dhi:.1f}], "
         f"paired over {c.n} seeds; t-test p = {_p(c.p_t)}, Holm-corrected over {family} comparisons "
         f"p = {_p(c.p_holm)}: "
     )
@@ -328,6 +330,11 @@ def verdict_line(c: Paired, metric: str, family: int) -> str:
     return line + f"{winner} is better beyond seed noise (sign-flip p = {_p(c.p_sign_flip)})"
 
 
+def _points(x: float) -> str:
+    """A difference in points, signed; never "-0.0"."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
+
+
 def _p(p: float) -> str:
     return "-" if not math.isfinite(p) else f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
@@ -338,11 +345,11 @@ def pairwise_rows(comparisons: list[dict]) -> list[list[str]]:
     for c in comparisons:
         lo, hi = c["ci"]
         if c["n"] < 2:
-            diff = f"{100 * c['mean']:+.1f} ({c['n']} seed)"
+            diff = f"{_points(c['mean'])} ({c['n']} seed)"
         elif c["test"] == "sign-flip":
-            diff = f"{100 * c['mean']:+.1f} on every seed (no interval)"
+            diff = f"{_points(c['mean'])} on every seed (no interval)"
         else:
-            diff = f"{100 * c['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            diff = f"{_points(c['mean'])} [{_points(lo)}, {_points(hi)}]"
         dlo, dhi = c["d_z_ci"]
         dz = "-" if not math.isfinite(c["d_z"]) else f"{c['d_z']:.1f} [{dlo:.1f}, {dhi:.1f}]"
         p = _p(c["p"]) + (" (= floor)" if c["test"] == "sign-flip" and c["p"] <= c["floor"] else "")
