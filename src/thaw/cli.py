@@ -6,6 +6,7 @@ quick), so each command imports what it calls when it runs: those are the in-fun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -222,6 +223,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from thaw import demo  # torch-free cli
     from thaw.reporting.console import phase_lines  # torch-free cli
 
+    if args.log_format == "json":  # stdout is the run's events: the rest goes to stderr
+        demo.run(args.out, args.seed, args.quiet, say=lambda text: print(text, file=sys.stderr))
+        return
     summary = demo.run(args.out, args.seed, args.quiet).summary
     print()
     _print(phase_lines(summary))
@@ -387,6 +391,18 @@ def cmd_models(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------- the parser
 # One function per command; the settings of fit-like commands are generated from config.py (config_flags).
 
+LOG_FORMATS = ("text", "json")  # thaw.train.report.LOG_FORMATS (a test keeps them equal)
+
+
+def log_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: lines for people (default); json: one JSON object per event on stdout, for scripts "
+        "(each with an event field and a UTC time; nothing else on stdout, no progress bar)",
+    )
+
 
 def _fit(sub) -> None:
     f = sub.add_parser("fit", help="fine-tune a pretrained model on DATA with the two-phase recipe")
@@ -409,6 +425,7 @@ def _fit(sub) -> None:
         help="stratified K-fold cross-validation over train+val: K run folders under --out, cv.json with "
         "mean, sd and 95%% CI",
     )
+    log_format_flag(f)
     config_flags(f)
     f.set_defaults(func=cmd_fit)
 
@@ -477,11 +494,13 @@ def _resume_and_demo(sub) -> None:
     rs = sub.add_parser("resume", help="continue an interrupted run where it stopped")
     rs.add_argument("run", help="the run folder (runs/X or runs/X.incomplete)")
     rs.add_argument("--quiet", action="store_true", help="print only the result table")
+    log_format_flag(rs)
     rs.set_defaults(func=cmd_resume)
     d = sub.add_parser("demo", help="offline demo: ImageNet MobileNetV2 fine-tuned on handwritten digits")
     d.add_argument("--out", help="run folder (default runs/digits-mobilenet_v2-<time>)")
     d.add_argument("--seed", type=int, default=0, help="random seed (0)")
     d.add_argument("--quiet", action="store_true", help="print only the result table")
+    log_format_flag(d)
     d.set_defaults(func=cmd_demo)
 
 
@@ -622,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run_folder.active = None
     try:
-        code = args.func(args) or 0
+        with reporting(getattr(args, "log_format", "text")):
+            code = args.func(args) or 0
     except BrokenPipeError:  # `thaw models --json | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
@@ -656,6 +676,15 @@ def main(argv: list[str] | None = None) -> int:
         _error(what, run_folder.active)
         return 1
     return code
+
+
+def reporting(name: str):
+    """The log format runs started by the command report in (``--log-format``)."""
+    if name == "text":
+        return contextlib.nullcontext()
+    from thaw.train.report import log_format  # torch-free cli
+
+    return log_format(name)
 
 
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from thaw.config import RunConfig, override
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
+from thaw.metrics.stats import Paired, floor_note, paired, with_holm
 from thaw.results import RunSummary, dumps
 
 REFERENCE = "two-phase"
@@ -241,43 +242,159 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     return (*mean_sd(values), finite)
 
 
-def verdict(scores: dict[str, dict[int, float]], reference: str, metric: str = "test accuracy") -> dict:
-    """Paired comparison over seeds of the best strategy (by mean) against ``reference`` (or, when the
-    reference is best, of the reference against the runner-up): mean paired difference, its sd, and a
-    paired t-test. "beyond noise" needs p < 0.05; with fewer than 2 shared seeds there is no verdict."""
-    from scipy import stats
-
+def pairwise(scores: dict[str, dict[int, float]], reference: str) -> tuple[str | None, list[Paired]]:
+    """The best strategy by mean score, and the family of paired comparisons over seeds: every strategy
+    against ``reference`` and, when another strategy is best, every other one against the best, with
+    Holm's correction over that whole family (the best was picked on these same scores, so testing it
+    alone would overstate it)."""
     means = {s: float(np.mean(list(v.values()))) for s, v in scores.items() if v}
     if reference not in means or len(means) < 2:
-        return {"line": f"no verdict: the comparison needs {reference} and one other strategy"}
-    ranked = sorted(means, key=lambda s: -means[s])
-    best = ranked[0] if ranked[0] != reference else ranked[1]
-    seeds = sorted(set(scores[best]) & set(scores[reference]))
-    diffs = np.array([scores[best][k] - scores[reference][k] for k in seeds])
-    out = {
-        "best": ranked[0],
-        "versus": best,
-        "reference": reference,
-        "seeds": seeds,
-        "differences": diffs.tolist(),
-    }
-    if len(seeds) < 2:
-        out["line"] = f"no verdict on noise: {len(seeds)} shared seed; use --seeds 3 or more"
-        return out
-    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
-    p = float(stats.ttest_rel([scores[best][k] for k in seeds], [scores[reference][k] for k in seeds]).pvalue)
-    if not math.isfinite(p):  # every difference the same: 0 (identical runs) or a constant
-        p = 1.0 if mean == 0 else 0.0
-    beyond = p < 0.05
-    a, b = (ranked[0], reference) if ranked[0] != reference else (reference, best)
-    diff = mean if ranked[0] != reference else -mean
-    out.update(mean_difference=mean, sd_difference=sd, p_value=p, beyond_noise=beyond)
-    out["line"] = (
-        f"{a} vs {b}: {100 * diff:+.1f} points of {metric} (paired over {len(seeds)} seeds, sd "
-        f"{100 * sd:.1f}, t-test p = {p:.3f}): "
-        + (f"{a} is better beyond noise" if beyond else "within noise")
+        return None, []
+    best = max(means, key=lambda s: means[s])
+    family = [paired(s, reference, scores[s], scores[reference]) for s in means if s != reference]
+    if best != reference:
+        family += [paired(s, best, scores[s], scores[best]) for s in means if s not in (reference, best)]
+    return best, with_holm(family)
+
+
+def noise_note(split: str, images: int | None) -> str:
+    """What the verdict's "noise" covers, and what it does not."""
+    sampled = f"the sampling noise of the {images} {split} images" if images else f"{split} sampling noise"
+    return (
+        f"noise counted: seed-to-seed training noise on one fixed split; not counted: {sampled} (the run "
+        f"folders keep no per-image predictions) and the choice of split"
     )
+
+
+def verdict(
+    scores: dict[str, dict[int, float]],
+    reference: str,
+    metric: str = "test accuracy",
+    images: int | None = None,
+) -> dict:
+    """The pairwise comparisons over seeds and one verdict line: the best strategy (by mean) against
+    ``reference``, or, when the reference is best, the reference against the runner-up; the mean paired
+    difference with its 95% interval, d_z with its interval, and the Holm-corrected p. "beyond seed
+    noise" needs a corrected p < 0.05; fewer than 2 shared seeds give no verdict."""
+    best, family = pairwise(scores, reference)
+    if best is None:
+        line = f"no verdict: the comparison needs {reference} and one other strategy"
+        return {"line": line, "comparisons": []}
+    if best != reference:
+        main = next(c for c in family if c.a == best and c.b == reference)
+    else:
+        means = {c.a: c.mean for c in family}
+        main = next(c for c in family if c.a == max(means, key=lambda s: means[s])).flipped()
+    split = metric.split()[0]
+    out = {
+        "best": best,
+        "versus": main.b if best == main.a else main.a,
+        "reference": reference,
+        "metric": metric,
+        "comparisons": [c.to_dict() for c in family],
+        "main": main.to_dict(),
+        "noise": noise_note(split, images),
+        "beyond_noise": bool(main.n > 1 and main.p_holm < 0.05),
+    }
+    out["line"] = verdict_line(main, metric, len(family))
     return out
+
+
+def verdict_line(c: Paired, metric: str, family: int) -> str:
+    head = f"{c.a} vs {c.b}: {_points(c.mean)} points of {metric}"
+    if c.n < 2:
+        return f"{head} on {c.n} shared seed: no verdict on noise; use --seeds 3 or more"
+    if c.test == "sign-flip" and c.mean == 0:
+        return f"{c.a} vs {c.b}: the same {metric} on every one of {c.n} seeds: no difference to call"
+    if c.test == "sign-flip":
+        return (
+            f"{head} on every one of {c.n} seeds (sd 0: no interval, the t-test is undefined); exact "
+            f"sign-flip test {floor_note(c.n)}, Holm-corrected over {family} comparisons p = "
+            f"{_p(c.p_holm)}: not shown beyond seed noise"
+        )
+    lo, hi = c.ci
+    dlo, dhi = c.d_z_ci
+    winner = c.a if c.mean > 0 else c.b
+    line = (
+        f"{head} [95% CI {_points(lo)}, {_points(hi)}], d_z {c.d_z:.1f} [{dlo:.1f}, {dhi:.1f}], "
+        f"paired over {c.n} seeds; t-test p = {_p(c.p_t)}, Holm-corrected over {family} comparisons "
+        f"p = {_p(c.p_holm)}: "
+    )
+    if c.p_holm >= 0.05:
+        return line + f"within seed noise (sign-flip p = {_p(c.p_sign_flip)})"
+    if c.floor >= 0.05:  # the t-test's normality carries the verdict: say so
+        return line + (
+            f"{winner} is better beyond seed noise if seed differences are normal (the sign-flip test, "
+            f"which does not assume it, cannot go below {_p(c.floor)} on {c.n} seeds)"
+        )
+    return line + f"{winner} is better beyond seed noise (sign-flip p = {_p(c.p_sign_flip)})"
+
+
+def _points(x: float) -> str:
+    """A difference in points, signed; never "-0.0"."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
+
+
+def _p(p: float) -> str:
+    return "-" if not math.isfinite(p) else f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def pairwise_rows(comparisons: list[dict]) -> list[list[str]]:
+    """The pairwise table's cells, one row per comparison (points for differences)."""
+    rows = []
+    for c in comparisons:
+        lo, hi = c["ci"]
+        if c["n"] < 2:
+            diff = f"{_points(c['mean'])} ({c['n']} seed)"
+        elif c["test"] == "sign-flip":
+            diff = f"{_points(c['mean'])} on every seed (no interval)"
+        else:
+            diff = f"{_points(c['mean'])} [{_points(lo)}, {_points(hi)}]"
+        dlo, dhi = c["d_z_ci"]
+        dz = "-" if not math.isfinite(c["d_z"]) else f"{c['d_z']:.1f} [{dlo:.1f}, {dhi:.1f}]"
+        p = _p(c["p"]) + (" (= floor)" if c["test"] == "sign-flip" and c["p"] <= c["floor"] else "")
+        flip = _p(c["p_sign_flip"]) + (" (= floor)" if c["p_sign_flip"] <= c["floor"] else "")
+        rows.append([f"{c['a']} vs {c['b']}", str(c["n"]), diff, dz, c["test"], p, flip, _p(c["p_holm"])])
+    return rows
+
+
+PAIRWISE = (
+    "comparison", "seeds", "difference (points) [95% CI]", "d_z [95% CI]", "test", "p", "sign-flip p",
+    "Holm p",
+)  # fmt: skip
+
+
+def pairwise_markdown(comparisons: list[dict]) -> str:
+    rows = pairwise_rows(comparisons)
+    lines = ["| " + " | ".join(PAIRWISE) + " |", "|" + "---|" * len(PAIRWISE)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def pairwise_csv(comparisons: list[dict]) -> str:
+    """One row per comparison: differences as fractions (not points), intervals as low/high columns."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(PAIRWISE_CSV)
+    for c in comparisons:
+        flat = {**c, "ci_low": c["ci"][0], "ci_high": c["ci"][1]}
+        flat.update(d_z_low=c["d_z_ci"][0], d_z_high=c["d_z_ci"][1], sign_flip_floor=c["floor"])
+        writer.writerow([_csv_value(flat[k]) for k in PAIRWISE_CSV])
+    return out.getvalue()
+
+
+PAIRWISE_CSV = (
+    "a", "b", "n", "mean", "sd", "ci_low", "ci_high", "d_z", "d_z_low", "d_z_high", "test", "p_t",
+    "p_sign_flip", "sign_flip_floor", "p", "p_holm",
+)  # fmt: skip
+
+
+def _csv_value(v):
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else ""
+    return v
 
 
 def write_comparison(
@@ -300,7 +417,8 @@ def write_comparison(
     key = "test_accuracy" if all(math.isfinite(r["test_accuracy"]) for r in rows) else "val_accuracy"
     scores = {s: {r["seed"]: r[key] for r in rows if r["strategy"] == s} for s in plan.strategies}
     reference = REFERENCE if REFERENCE in plan.strategies else plan.strategies[0]
-    decision = verdict(scores, reference, key.replace("_", " "))
+    scored = summaries[0][3].final.on(key.split("_")[0]) if summaries else None
+    decision = verdict(scores, reference, key.replace("_", " "), scored.n if scored else None)
     results = {
         **plan.spec(),
         "runs": [
@@ -315,12 +433,20 @@ def write_comparison(
     if any(r["last_phase"] != r["final_phase"] for r in rows):  # validation kept an earlier plan somewhere
         shown += [c for c in LAST if any(math.isfinite(t[c[0]][0]) for t in table)]
     md = markdown_table(table, shown)
-    write_atomic(root / "table.md", md + "\n\n" + decision["line"] + "\n")
+    pairs = pairwise_markdown(decision["comparisons"]) if decision["comparisons"] else ""
+    family = len(decision["comparisons"])
+    caption = f"paired over seeds, {key.replace('_', ' ')}; Holm's correction over the {family} comparisons"
+    said = decision["line"] + (f"\n{decision['noise']}" if "noise" in decision else "")
+    text = "\n\n".join(x for x in (md, pairs and f"{pairs}\n\n{caption}", said) if x)
+    write_atomic(root / "table.md", text + "\n")
     write_atomic(root / "table.csv", csv_table(table, shown))
+    write_atomic(root / "pairwise.csv", pairwise_csv(decision["comparisons"]))
     plot_comparison(root, plan, summaries, rows)
-    say(md)
-    say(decision["line"])
-    say(f"comparison in {root}: results.json, table.md/.csv, val_accuracy.png, gain.png, cka_accuracy.png")
+    say(text)
+    say(
+        f"comparison in {root}: results.json, table.md/.csv, pairwise.csv, val_accuracy.png, gain.png, "
+        "cka_accuracy.png"
+    )
     return results
 
 

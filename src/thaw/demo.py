@@ -29,7 +29,7 @@ def config(out: str | None = None, seed: int = 0) -> RunConfig:
 def run(out: str | None = None, seed: int = 0, quiet: bool = False, say=print) -> RunResult:
     """Install the weights if they are not here, then fit the demo's config."""
     if not is_installed("mobilenet_v2"):
-        install("mobilenet_v2")
+        install("mobilenet_v2", log=say)
     cfg = config(out, seed)
     say(TITLE)
     return fit(cfg, quiet=quiet)

@@ -1,1 +1,1 @@
-"""Pure numbers from probabilities and labels: metrics, thresholds, bootstrap intervals, statistics."""
+"""Pure numbers about models and runs: metrics, thresholds, bootstrap intervals, statistical tests."""

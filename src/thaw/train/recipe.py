@@ -289,7 +289,7 @@ def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> 
     record = distributed.on_zero(decide)
     loaders.use(parse_augment(record["chosen_spec"]))  # an explicit list (or none): no preset to shape
     if record.get("setting") == "auto":
-        ctx.report.say(augment_check.line(record))
+        ctx.report.augment(record, augment_check.line(record))
     return record
 
 

@@ -1,8 +1,22 @@
-"""What a run prints: the plan, one line per epoch, and what each phase gained over the one before."""
+"""What a run prints: the plan, one line per epoch, and what each phase gained over the one before.
+
+Two formats: ``text`` (the default: lines for people, the rich result table) and ``json`` (one JSON object
+per line on stdout for scripts, each with an ``event`` field and a UTC ``time``: ``run_start`` with the
+config's digest, ``phase_start``, ``epoch`` with its metrics.csv row, ``augment_check``, ``gate``,
+``phase_end``, ``message``, ``warning`` and ``result``; nothing else on stdout, no progress bar). Choose
+one around a run with ``with log_format("json"): thaw.fit(config)``; ``--log-format`` does that.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -15,19 +29,79 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f}"
 
 
+LOG_FORMATS = ("text", "json")
+_FORMAT: ContextVar[str] = ContextVar("thaw_log_format", default="text")
+
+
+@contextmanager
+def log_format(name: str) -> Iterator[None]:
+    """Runs started inside report in ``name`` (one of :data:`LOG_FORMATS`)."""
+    if name not in LOG_FORMATS:
+        raise ValueError(f"log format {name!r}: choose from {', '.join(LOG_FORMATS)}")
+    token = _FORMAT.set(name)
+    try:
+        yield
+    finally:
+        _FORMAT.reset(token)
+
+
+def _finite(value):
+    """JSON has no NaN or Infinity: null instead."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def config_digest(config) -> str:
+    """sha256 of the config as canonical JSON: two runs with the same digest had the same settings."""
+    text = json.dumps(_finite(config.to_dict()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class Reporter:
+    """Says what a run does; ``quiet``: only the result table (text) or the result event (json). In json
+    mode ``quiet`` is always true for the caller (no progress bar), and :meth:`emit` writes the events."""
+
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+        self.json = _FORMAT.get() == "json"
+        self.silent = quiet  # what the caller asked for
+        self.quiet = quiet or self.json  # no human output on stdout
         self.console = Console(highlight=False)
 
+    def emit(self, event: str, **fields) -> None:
+        """One JSON line on stdout (json mode): the event, its UTC time, its fields."""
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        line = json.dumps(_finite({"event": event, "time": stamp, **fields}), allow_nan=False)
+        print(line, file=sys.stdout, flush=True)
+
     def say(self, text: str) -> None:
-        if not self.quiet:
+        if self.json and not self.silent:
+            self.emit("message", text=text)
+        elif not self.quiet:
             tqdm.write(text)
 
     def warn(self, text: str) -> None:
-        tqdm.write(f"warning: {text}", file=sys.stderr)
+        if self.json:
+            self.emit("warning", text=text)
+        else:
+            tqdm.write(f"warning: {text}", file=sys.stderr)
+
+    def augment(self, record: dict, line: str) -> None:
+        """The augmentation check: its record (augment.json) as an event, or its one line."""
+        if self.json and not self.silent:
+            self.emit("augment_check", **record)
+        else:
+            self.say(line)
 
     def start(self, config, sources, model, loaders, plans) -> None:
+        if self.json:
+            if not self.silent:
+                self.emit("run_start", **self._start_fields(config, sources, model, loaders, plans))
+            return
         sizes = ", ".join(f"{s} {len(d.images)}" for s, d in loaders.decoded.items())
         pre = model.preprocessing
         classes = len(sources.class_names)
@@ -55,7 +129,30 @@ class Reporter:
                 + f"; {config.data.num_workers} workers; images in {getattr(loaders, 'store', 'memory')}"
             )
 
+    def _start_fields(self, config, sources, model, loaders, plans) -> dict:
+        return {
+            "config_digest": config_digest(config),
+            "data": sources.name,
+            "classes": list(sources.class_names),
+            "multilabel": bool(sources.multilabel),
+            "images": {s: len(d.images) for s, d in loaders.decoded.items()},
+            "split": sources.split_origin,
+            "model": config.model.name,
+            "weights": config.model.weights,
+            "input_size": model.preprocessing.size,
+            "strategy": config.strategy,
+            "plans": [p.name for p in plans],
+            "seed": config.seed,
+            "out": config.out,
+        }
+
     def phase_start(self, plan, model, resumed: bool = False) -> None:
+        if self.json:
+            if not self.silent:
+                groups = len(model.layer_groups)
+                fields = {"description": plan.describe(groups), "epochs": plan.epochs, "resumed": resumed}
+                self.emit("phase_start", phase=plan.name, **fields)
+            return
         if plan.interpolate_from or plan.features == "cached" and plan.train == "head":
             alphas = f", alphas {', '.join(map(str, plan.alphas))}" if plan.interpolate_from else ""
             self.say(f"\n{plan.describe(len(model.layer_groups))}{alphas}")
@@ -67,6 +164,10 @@ class Reporter:
         )
 
     def epoch(self, row: dict) -> None:
+        if self.json:
+            if not self.silent:
+                self.emit("epoch", **row)
+            return
         self.say(
             f"  {row['phase']} epoch {row['epoch']:>3}: train loss {row.get('train_loss', float('nan')):.4f} "
             f"acc {_pct(row.get('train_acc'))} | val loss {row['val_loss']:.4f} acc {_pct(row['val_acc'])} "
@@ -75,6 +176,9 @@ class Reporter:
         )
 
     def phase_end(self, result: PhaseResult) -> None:
+        if self.json:
+            self._phase_end_events(result)
+            return
         test = f", test acc {_pct(result.test.accuracy)}" if result.test is not None else ""
         kept = (
             f"alpha {result.alpha:g} of {len(result.curve)}"
@@ -94,8 +198,31 @@ class Reporter:
         if result.halted:
             self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
 
+    def _phase_end_events(self, result: PhaseResult) -> None:
+        if result.incoming and not self.silent:
+            self.emit("gate", phase=result.name, **result.incoming)
+        if result.halted:
+            self.warn(f"{result.name} was stopped early ({result.halted}): it kept its best weights before")
+        if self.silent:
+            return
+        self.emit(
+            "phase_end",
+            phase=result.name,
+            best_epoch=result.best_epoch,
+            epochs_run=result.epochs_run,
+            stopped_early=result.stopped_early,
+            alpha=result.alpha,
+            solver=result.solver or None,
+            val=_scores(result.val),
+            test=_scores(result.test),
+            seconds=result.seconds,
+        )
+
     def finish(self, summary: RunSummary, path) -> None:
         """The result table, printed with --quiet too."""
+        if self.json:
+            self.emit("result", **result_fields(summary, path))
+            return
         phases = list(summary.phases.values())
         table = Table(title=f"{summary.dataset} - {summary.model}")
         table.add_column("phase")
@@ -139,6 +266,29 @@ class Reporter:
             f"results: {path}/ (summary.json, metrics.csv, curves.png, {confusion}reliability.png, "
             f"model.safetensors)"
         )
+
+
+def _scores(m) -> dict | None:
+    return None if m is None else {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss, "n": m.n}
+
+
+def result_fields(summary: RunSummary, path) -> dict:
+    """The result table as data: each plan's val/test scores, epochs and seconds, its gain over the plan
+    before, and which plan the saved model is."""
+    phases = [
+        {
+            "phase": r.name,
+            "val": _scores(r.val),
+            "test": _scores(r.test),
+            "best_epoch": r.best_epoch,
+            "epochs_run": r.epochs_run,
+            "seconds": r.seconds,
+            "gain": summary.gain.get(r.name),
+        }
+        for r in summary.phases.values()
+    ]
+    operating = summary.operating.to_dict() if summary.operating is not None else None
+    return {"path": str(path), "final_phase": summary.final_phase, "phases": phases, "operating": operating}
 
 
 def operating_lines(summary: RunSummary) -> list[str]:
