@@ -304,6 +304,19 @@ def _print_multilabel_evaluation(e) -> None:
     print(f"written: {e.path}")
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from thaw.data.shards import write
+
+    config = config_from_args(args, RunConfig())
+    done = write(config.data, Path(args.out_dir), args.shard_size)
+    splits = ", ".join(f"{s} {n}" for s, n in done["images"].items() if n)
+    print(
+        f"{done['out']}: {done['shards']} shard(s), {done['bytes'] / 2**20:.1f} MiB ({splits}; "
+        f"{done['classes']} classes; split: {done['split_origin']}), with classes.json and manifest.json"
+    )
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from thaw.probe import check_out, embed, write_embedding
 
@@ -680,6 +693,20 @@ def parser() -> argparse.ArgumentParser:
     )
     config_flags(em, sections=("data", "model"))
     em.set_defaults(func=cmd_embed)
+
+    sh = sub.add_parser(
+        "shards",
+        help="write DATA as WebDataset shards (with the split thaw would make) for fit, embed and predict",
+    )
+    sh.add_argument("data", help="the images, as for thaw fit (folders, a CSV, an .npz, builtin:digits, ...)")
+    sh.add_argument("--out", dest="out_dir", required=True, help="a new or empty folder; never overwritten")
+    sh.add_argument(
+        "--shard-size",
+        default="1000",
+        help="images per shard (e.g. 1000) or bytes per shard (e.g. 64MB, 1GB) (default: 1000)",
+    )
+    config_flags(sh, sections=("data",))
+    sh.set_defaults(func=cmd_shards)
 
     pr = sub.add_parser(
         "probe",
