@@ -114,12 +114,14 @@ def test_round_trip_fit_gives_the_folders_split_and_phase1_features(folder_and_s
         assert np.array_equal(x, runs["shards"][keys])
 
 
-def test_embed_over_http_streamed_and_predict_match_the_folder(folder_and_shards, tmp_path, monkeypatch, capsys):
+def test_embed_over_http_streamed_and_predict_match_the_folder(
+    folder_and_shards, tmp_path, monkeypatch, capsys
+):
     data, out = folder_and_shards
     monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
     server, url = serve(out.parent)
     try:
-        flags = ["--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "32"]  # fixed weights
+        flags = ["--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "32"]  # not random
         assert main(["embed", str(data), "--out", str(tmp_path / "a.npz"), *flags]) == 0
         assert main(["embed", f"{url}/out/", "--out", str(tmp_path / "b.npz"), *flags]) == 0
         pattern = f"{url}/out/train-{{000000..000002}}.tar::{url}/out/val-000000.tar"

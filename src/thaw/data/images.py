@@ -209,8 +209,9 @@ def decode_sources(
 ) -> dict[str, Decoded]:
     """Decode every split, into memory or (``store`` ``disk``) into the decoded-image cache on disk, or
     (``stream``) not at all: each image is decoded when it is used (:class:`Streamed`); undecodable files
-    are reported by name (and why) and skipped. A dataset that mixes 8-bit images with deeper ones (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled per image (minimum to
-    maximum), the 8-bit ones are not, so the two kinds may differ in contrast."""
+    are reported by name (and why) and skipped. A dataset that mixes 8-bit images with deeper ones
+    (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled per image (minimum to maximum), the
+    8-bit ones are not, so the two kinds may differ in contrast."""
     from thaw.data import store as disk
 
     decoded, failed, deep = {}, [], []
