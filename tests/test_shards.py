@@ -213,3 +213,27 @@ def test_shards_never_overwrite_and_size_in_megabytes(folder_and_shards, tmp_pat
     found = shards.find(str(digits))
     assert len(found.items) == 1797 and found.class_names == [str(c) for c in range(10)]
     capsys.readouterr()
+
+
+def test_litdata_round_trip_keeps_the_split_and_the_features(folder_and_shards, tmp_path, monkeypatch):
+    """LitData's optimized format, written by ``thaw shards --shard-format litdata``: the folder's split,
+    and its embedding bitwise (each sample holds the file's own bytes)."""
+    from thaw.config import DataConfig
+    from thaw.data.sources import discover
+
+    data, _ = folder_and_shards
+    lit = tmp_path / "lit"
+    assert (
+        main(["shards", str(data), "--out", str(lit), "--shard-format", "litdata", "--shard-size", "20KB"])
+        == 0
+    )
+    assert (lit / "train" / "index.json").is_file() and len(list((lit / "train").glob("chunk-*.bin"))) > 1
+    folder, shards_ = discover(DataConfig(path=str(data))), discover(DataConfig(path=str(lit)))
+    assert {it.key: it.split for it in folder.items} == {it.key: it.split for it in shards_.items}
+    monkeypatch.setenv("THAW_HOME", str(tmp_path / "home"))
+    flags = ["--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "32"]
+    for name, source in (("a", data), ("b", lit)):
+        assert main(["embed", str(source), "--out", str(tmp_path / f"{name}.npz"), *flags]) == 0
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    order = {k: i for i, k in enumerate(a["keys"])}
+    assert np.array_equal(a["features"][[order[k] for k in b["keys"]]], b["features"])

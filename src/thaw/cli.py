@@ -308,7 +308,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
     from thaw.data.shards import write
 
     config = config_from_args(args, RunConfig())
-    done = write(config.data, Path(args.out_dir), args.shard_size)
+    done = write(config.data, Path(args.out_dir), args.shard_size, args.shard_format)
     splits = ", ".join(f"{s} {n}" for s, n in done["images"].items() if n)
     print(
         f"{done['out']}: {done['shards']} shard(s), {done['bytes'] / 2**20:.1f} MiB ({splits}; "
@@ -704,6 +704,13 @@ def parser() -> argparse.ArgumentParser:
         "--shard-size",
         default="1000",
         help="images per shard (e.g. 1000) or bytes per shard (e.g. 64MB, 1GB) (default: 1000)",
+    )
+    sh.add_argument(
+        "--shard-format",
+        choices=("webdataset", "litdata"),
+        default="webdataset",
+        help="WebDataset tar files, or LitData's optimized format, a dataset per split "
+        "(default: webdataset)",
     )
     config_flags(sh, sections=("data",))
     sh.set_defaults(func=cmd_shards)

@@ -193,6 +193,8 @@ def claims(path: str) -> bool:
     if p.exists():
         if p.is_file():
             return p.suffix.lower() == ".tar"
+        if claims_litdata(path):
+            return False
         return (
             (p / MANIFEST).is_file()
             or any(p.glob("*.tar"))
@@ -411,9 +413,10 @@ def check_out(out: Path) -> None:
         )
 
 
-def write(config: DataConfig, out: Path, shard_size: str = "1000") -> dict:
+def write(config: DataConfig, out: Path, shard_size: str = "1000", kind: str = "webdataset") -> dict:
     """Shards of the data ``config`` names, with the split thaw would make (or the data's own) in ``out``:
-    ``<split>-000000.tar`` ..., ``classes.json`` and ``manifest.json``. Written beside ``out`` and
+    ``<split>-000000.tar`` ... (``kind`` ``litdata``: a LitData dataset per split, ``<split>/``),
+    ``classes.json`` and ``manifest.json``. Written beside ``out`` and
     renamed into place: an interrupted run leaves nothing behind. Returns what was written."""
     count, size = parse_shard_size(shard_size)
     out = Path(out)
@@ -427,10 +430,11 @@ def write(config: DataConfig, out: Path, shard_size: str = "1000") -> dict:
         for split in SPLITS:
             items = sources.split(split)
             if items:
-                entries += _write_split(staging, split, items, count, size, at)
+                writer = _write_litdata if kind == "litdata" else _write_split
+                entries += writer(staging, split, items, count, size, at)
                 at += len(items)
         manifest = {
-            "format": "thaw-shards",
+            "format": "thaw-litdata" if kind == "litdata" else "thaw-shards",
             "version": 1,
             "name": sources.name,
             "classes": sources.class_names,
@@ -446,8 +450,8 @@ def write(config: DataConfig, out: Path, shard_size: str = "1000") -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    images = {s: sum(len(e["samples"]) for e in entries if e["split"] == s) for s in SPLITS}
-    total = sum((out / e["file"]).stat().st_size for e in entries)
+    images = {s: sum(_count(e["samples"]) for e in entries if e["split"] == s) for s in SPLITS}
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {
         "out": str(out),
         "shards": len(entries),
@@ -456,6 +460,10 @@ def write(config: DataConfig, out: Path, shard_size: str = "1000") -> dict:
         "classes": len(sources.class_names),
         "split_origin": sources.split_origin,
     }
+
+
+def _count(samples: list | int) -> int:
+    return samples if isinstance(samples, int) else len(samples)
 
 
 def _write_split(folder: Path, split: str, items: list[Item], count: int, size: float, at: int) -> list[dict]:
@@ -516,5 +524,109 @@ def _encoded(it: Item, n: int, split: str) -> dict:
     return sample
 
 
-found.FINDERS["shards"] = find
-found.CLAIMS["shards"] = claims
+# ---- LitData's optimized format
+
+
+@dataclass(frozen=True)
+class LitSample:
+    """Sample ``index`` of the LitData dataset in ``folder`` (its ``index.json`` and chunks): ``image``
+    holds the encoded file's bytes (thaw writes these), a Pillow image, an array or a tensor."""
+
+    folder: str
+    index: int
+    name: str = ""
+
+    def open(self) -> np.ndarray | Blob:
+        image = _lit_dataset(self.folder)[self.index]["image"]
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+            if self.name.endswith(".npy"):
+                return np.load(io.BytesIO(data), allow_pickle=False)
+            return Blob(data, f"{self.folder}#{self.index}")
+        if hasattr(image, "permute"):  # a torch tensor, [C, H, W] as torchvision decodes
+            image = image.permute(1, 2, 0).squeeze(2) if image.ndim == 3 else image
+            return np.ascontiguousarray(image.numpy())
+        return np.asarray(image)  # a Pillow image or an array
+
+    def fingerprint(self) -> str:
+        index = Path(self.folder) / "index.json"
+        stamp = f":{index.stat().st_mtime_ns}" if not is_remote(self.folder) and index.is_file() else ""
+        return f"{self.folder}:{self.index}{stamp}"
+
+
+_LIT: dict[tuple[str, int], object] = {}  # (folder, pid) -> the open StreamingDataset
+
+
+def _lit_dataset(folder: str):
+    key = (folder, os.getpid())
+    if key not in _LIT:
+        litdata = _extra("litdata")
+        try:
+            _LIT[key] = litdata.StreamingDataset(folder)
+        except (AssertionError, FileNotFoundError, ValueError, OSError) as err:
+            raise ThawError(
+                f"{folder}: not a readable LitData dataset ({err}); write it with thaw shards"
+            ) from None
+    return _LIT[key]
+
+
+def claims_litdata(path: str) -> bool:
+    """A local folder with LitData's ``index.json``, itself or in split folders (``train/``, ``val/``)."""
+    p = Path(path)
+    return p.is_dir() and (
+        (p / "index.json").is_file() or any((d / "index.json").is_file() for d in _split_dirs(p))
+    )
+
+
+def find_litdata(path: str | Path) -> Sources:
+    """The items of a LitData dataset: split folders (``train/``, ``val/``, ``test/``, each with its
+    ``index.json``) or one folder (then a ``--split-file`` splits it); ``classes.json`` beside them. Each
+    sample is read once here for its label and key (a ``meta`` JSON string: ``key``, ``label``, ``name``)."""
+    root = str(path).rstrip("/")
+    parts = [(str(d), found.split_name(d.name, root)) for d in _split_dirs(Path(root))]
+    parts = [(d, s) for d, s in parts if (Path(d) / "index.json").is_file()] or [(root, None)]
+    manifest = json.loads(read_small(f"{root}/{MANIFEST}") or b"{}")
+    items = []
+    for folder, split in parts:
+        dataset = _lit_dataset(folder)
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            meta = json.loads(sample["meta"]) if isinstance(sample.get("meta"), str) else {}
+            label = meta.get("label", sample.get("label"))
+            label = label.item() if hasattr(label, "item") else label
+            key = meta.get("key") or f"{folder}#{i}"
+            items.append(Item(key, label, split, source=LitSample(folder, i, meta.get("name", ""))))
+    samples = [[it.key, "", 0, 0, it.label] for it in items]
+    class_names = _class_names(root + "/", manifest, [(root, None, samples)])
+    multilabel = bool(manifest.get("multilabel"))
+    for it in items:
+        it.label = _check_label(it.source.folder, it.key, it.label, class_names, multilabel)
+    sources = Sources(Path(root).name, class_names, items, split_origin="shards", multilabel=multilabel)
+    if parts[0][1] is None:
+        sources.needs_split = (
+            f"{root}: a LitData dataset without train/ and val/ folders needs a --split-file"
+        )
+    return sources
+
+
+def _write_litdata(
+    folder: Path, split: str, items: list[Item], count: int, size: float, at: int
+) -> list[dict]:
+    """``items`` as one LitData dataset in ``folder/split`` (chunks of ``count`` images or ``size`` bytes)."""
+    writer_module = _extra("litdata.streaming.writer")
+    limit = {"chunk_size": count} if count < 10**12 else {"chunk_bytes": int(size)}
+    writer = writer_module.BinaryWriter(str(folder / split), **limit)
+    for n, it in enumerate(items, start=at):
+        sample = _encoded(it, n, split)
+        ext = next(k for k in sample if k in IMAGE_MEMBERS)
+        meta = {**json.loads(sample["json"]), "name": f"{n:08d}.{ext}"}
+        # the key in a JSON string: a bare path would be read back as that file (litdata's FileSerializer)
+        label = meta["label"] if isinstance(meta["label"], int) else -1  # multi-label: in meta only
+        writer.add_item(n - at, {"image": sample[ext], "label": label, "meta": json.dumps(meta)})
+    writer.done()
+    writer.merge()
+    return [{"file": f"{split}/", "split": split, "samples": len(items)}]
+
+
+found.FINDERS.update(shards=find, litdata=find_litdata)
+found.CLAIMS.update(shards=claims, litdata=claims_litdata)
