@@ -237,3 +237,31 @@ def test_litdata_round_trip_keeps_the_split_and_the_features(folder_and_shards, 
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     order = {k: i for i, k in enumerate(a["keys"])}
     assert np.array_equal(a["features"][[order[k] for k in b["keys"]]], b["features"])
+
+
+def test_shards_from_another_writer_are_read_once_without_a_manifest(folder_and_shards, tmp_path):
+    """Plain WebDataset shards (an image and a ``.cls`` per sample, ``classes.json``): one pass lists
+    them; each image decodes to the same pixels as its file."""
+    from thaw.config import DataConfig
+    from thaw.data.images import open_image
+    from thaw.data.sources import Item, discover
+
+    data, _ = folder_and_shards
+    pngs = sorted(data.rglob("*.png"))
+    root = tmp_path / "foreign"
+    root.mkdir()
+    (root / "classes.json").write_text('["blue", "red"]')
+    for split, chunk in (("train", pngs[::2]), ("val", pngs[1::2])):
+        members = []
+        for i, png in enumerate(chunk):
+            members += [
+                (f"s{i}.png", png.read_bytes()),
+                (f"s{i}.cls", str(int(png.parent.name == "red")).encode()),
+            ]
+        _tar(root / f"{split}-0.tar", members)
+    found = discover(DataConfig(path=str(root / "{train,val}-0.tar")))
+    assert [it.key for it in found.split("train")][:2] == [f"{root}/train-0.tar#s0", f"{root}/train-0.tar#s1"]
+    assert [it.label for it in found.split("val")] == [int(p.parent.name == "red") for p in pngs[1::2]]
+    item = found.split("val")[3]
+    same = open_image(Item(str(pngs[1::2][3]), 0), 3)
+    assert np.array_equal(np.asarray(open_image(item, 3)), np.asarray(same))
