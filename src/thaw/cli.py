@@ -573,6 +573,30 @@ def parse_count(text: str) -> int:
     return int(value * scale if scale else value if value >= 1e4 else value * 1e6)
 
 
+def add_shards_parser(sub) -> None:
+    """``thaw shards DATA --out DIR``: its own function, so ``parser`` does not grow."""
+    sh = sub.add_parser(
+        "shards",
+        help="write DATA as WebDataset shards (with the split thaw would make) for fit, embed and predict",
+    )
+    sh.add_argument("data", help="the images, as for thaw fit (folders, a CSV, an .npz, builtin:digits, ...)")
+    sh.add_argument("--out", dest="out_dir", required=True, help="a new or empty folder; never overwritten")
+    sh.add_argument(
+        "--shard-size",
+        default="1000",
+        help="images per shard (e.g. 1000) or bytes per shard (e.g. 64MB, 1GB) (default: 1000)",
+    )
+    sh.add_argument(
+        "--shard-format",
+        choices=("webdataset", "litdata"),
+        default="webdataset",
+        help="WebDataset tar files, or LitData's optimized format, a dataset per split "
+        "(default: webdataset)",
+    )
+    config_flags(sh, sections=("data",))
+    sh.set_defaults(func=cmd_shards)
+
+
 def parser() -> argparse.ArgumentParser:
     from thaw import __version__
 
@@ -694,26 +718,7 @@ def parser() -> argparse.ArgumentParser:
     config_flags(em, sections=("data", "model"))
     em.set_defaults(func=cmd_embed)
 
-    sh = sub.add_parser(
-        "shards",
-        help="write DATA as WebDataset shards (with the split thaw would make) for fit, embed and predict",
-    )
-    sh.add_argument("data", help="the images, as for thaw fit (folders, a CSV, an .npz, builtin:digits, ...)")
-    sh.add_argument("--out", dest="out_dir", required=True, help="a new or empty folder; never overwritten")
-    sh.add_argument(
-        "--shard-size",
-        default="1000",
-        help="images per shard (e.g. 1000) or bytes per shard (e.g. 64MB, 1GB) (default: 1000)",
-    )
-    sh.add_argument(
-        "--shard-format",
-        choices=("webdataset", "litdata"),
-        default="webdataset",
-        help="WebDataset tar files, or LitData's optimized format, a dataset per split "
-        "(default: webdataset)",
-    )
-    config_flags(sh, sections=("data",))
-    sh.set_defaults(func=cmd_shards)
+    add_shards_parser(sub)
 
     pr = sub.add_parser(
         "probe",

@@ -494,8 +494,15 @@ def _write_split(folder: Path, split: str, items: list[Item], count: int, size: 
 def _encoded(it: Item, n: int, split: str) -> dict:
     """One sample: the image file's own bytes (decoded later exactly as the file), or an in-memory
     array as a lossless PNG (uint8) or ``.npy`` (deeper), with its class index and original key."""
-    if it.array is not None:
-        array = np.asarray(it.array)
+    content = it.source.open() if it.source is not None else it.array  # resharding shards: as read
+    if isinstance(content, Blob):
+        ext, data = content.name.rsplit(".", 1)[-1].lower(), content.getvalue()
+        if ext not in IMAGE_MEMBERS:  # a LitData sample without a name: the format its bytes are in
+            from PIL import Image
+
+            ext = (Image.open(content).format or "png").lower()
+    elif content is not None:
+        array = np.asarray(content)
         buf = io.BytesIO()
         if array.dtype == np.uint8 and (array.ndim == 2 or array.ndim == 3 and array.shape[2] == 3):
             from PIL import Image
@@ -542,7 +549,7 @@ class LitSample:
             data = bytes(image)
             if self.name.endswith(".npy"):
                 return np.load(io.BytesIO(data), allow_pickle=False)
-            return Blob(data, f"{self.folder}#{self.index}")
+            return Blob(data, f"{self.folder}#{self.name or self.index}")
         if hasattr(image, "permute"):  # a torch tensor, [C, H, W] as torchvision decodes
             image = image.permute(1, 2, 0).squeeze(2) if image.ndim == 3 else image
             return np.ascontiguousarray(image.numpy())
