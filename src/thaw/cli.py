@@ -246,6 +246,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return SOME_FAILED if e.skipped else 0
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from thaw.data.shards import write  # torch-free cli
+
+    config = config_from_args(args, RunConfig())
+    done = write(config.data, Path(args.out_dir), args.shard_size, args.shard_format)
+    splits = ", ".join(f"{s} {n}" for s, n in done["images"].items() if n)
+    print(
+        f"{done['out']}: {done['shards']} shard(s), {done['bytes'] / 2**20:.1f} MiB ({splits}; "
+        f"{done['classes']} classes; split: {done['split_origin']}), with classes.json and manifest.json"
+    )
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from thaw.probe import check_out, embed, write_embedding  # torch-free cli
 
@@ -528,6 +541,7 @@ def _features(sub) -> None:
     )
     config_flags(em, sections=("data", "model"))
     em.set_defaults(func=cmd_embed)
+    _shards(sub)
     pr = sub.add_parser(
         "probe",
         help="how good are pretrained features for DATA: linear and k-NN probes; "
@@ -538,6 +552,29 @@ def _features(sub) -> None:
     pr.add_argument("--json", help="also write the results to this JSON file")
     config_flags(pr, sections=("data", "model"))
     pr.set_defaults(func=cmd_probe)
+
+
+def _shards(sub) -> None:
+    sh = sub.add_parser(
+        "shards",
+        help="write DATA as WebDataset shards (with the split thaw would make) for fit, embed and predict",
+    )
+    sh.add_argument("data", help="the images, as for thaw fit (folders, a CSV, an .npz, builtin:digits, ...)")
+    sh.add_argument("--out", dest="out_dir", required=True, help="a new or empty folder; never overwritten")
+    sh.add_argument(
+        "--shard-size",
+        default="1000",
+        help="images per shard (e.g. 1000) or bytes per shard (e.g. 64MB, 1GB) (default: 1000)",
+    )
+    sh.add_argument(
+        "--shard-format",
+        choices=("webdataset", "litdata"),
+        default="webdataset",
+        help="WebDataset tar files, or LitData's optimized format, a dataset per split "
+        "(default: webdataset)",
+    )
+    config_flags(sh, sections=("data",))
+    sh.set_defaults(func=cmd_shards)
 
 
 def _predict(sub) -> None:

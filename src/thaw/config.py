@@ -61,7 +61,7 @@ BN_POLICIES = ("frozen", "train", "fastai")
   frozen groups (fastai's ``train_bn=True``).
 """
 
-DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz")
+DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz", "shards", "litdata")
 IN_CHANNELS = ("replicate", "sum")
 SCHEDULES = ("constant", "cosine")
 LOGGERS = ("none", "csv", "tensorboard", "mlflow", "wandb")
@@ -71,7 +71,7 @@ MONITORS = ("val_loss", "val_auc", "val_balanced_accuracy", "val_f1")
 ACCELERATORS = ("auto", "cpu", "gpu", "mps")
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 DIST_STRATEGIES = ("auto", "ddp", "fsdp")
-IMAGE_STORES = ("auto", "memory", "disk")
+IMAGE_STORES = ("auto", "memory", "disk", "stream")
 SHIFTS = ("none", "corruptions")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -125,6 +125,7 @@ class DataConfig:
     image_store: str = setting(
         "auto",
         "decoded images: memory = all in RAM; disk = a uint8 cache file read image by image (flat memory); "
+        "stream = decoded again at every use, from the files or shards (flat memory, no local copy); "
         "auto = disk when they would take more than --disk-above-mb",
         choices=IMAGE_STORES,
     )

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from thaw.config import dicom_window
+from thaw.data import shards
 from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
 from thaw.data.sources import Item
 from thaw.errors import ThawError
@@ -111,22 +112,22 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """:meth:`predict_paths` one at a time: files are decoded and classified ``batch_size`` at a time,
         so memory stays flat over any number of files."""
-        files = expand_paths(paths)
+        files = images_of(paths)
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             images, slots, out = [], [], []
             for f in chunk:
                 try:
                     target = self.preprocessing.resize_size
-                    images.append(open_image(Item(str(f), -1), 3, self.window, target))
+                    images.append(open_image(f, 3, self.window, target))
                     slots.append(len(out))
                     out.append(None)
                 except DECODE_ERRORS as err:
-                    out.append(failure(str(f), err))
+                    out.append(failure(f.key, err))
             probs = self.predict_proba(images, batch_size=batch_size, tta=tta)
             for slot, p in zip(slots, probs):
                 out[slot] = result(
-                    str(chunk[slot]), self.class_names, p.tolist(), self.threshold, self.thresholds
+                    chunk[slot].key, self.class_names, p.tolist(), self.threshold, self.thresholds
                 )
             yield from out
 
@@ -134,6 +135,14 @@ class Predictor:
         """Predictions for the image files (folders are searched recursively), and the files that failed."""
         done = self.predict_paths(paths)
         return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]
+
+
+def images_of(paths: list[str | Path]) -> list[Item]:
+    """The images to classify: files (folders searched recursively), or every sample of shards (one
+    path that names shards: a folder of them, a pattern or a URL; see ``thaw.data.shards``)."""
+    if len(paths) == 1 and shards.claims(str(paths[0])):
+        return shards.find(str(paths[0])).items
+    return [Item(str(f), -1) for f in expand_paths(paths)]
 
 
 def run_threshold(path: str | Path) -> float | None:

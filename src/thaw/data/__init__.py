@@ -1,6 +1,6 @@
 """Data: finding labelled images (``sources``) and turning them into batches (``images``)."""
 
-from thaw.data import store
+from thaw.data import shards, store  # shards: registers the shards format with sources
 from thaw.data.images import (
     Decoded,
     class_weights,
@@ -25,6 +25,7 @@ __all__ = [
     "from_arrays",
     "loader",
     "policy_of",
+    "shards",
     "store",
     "train_transform",
     "write_split",

@@ -78,6 +78,8 @@ def images_fingerprint(items: list[Item]) -> str:
         digest.update(it.key.encode())
         if it.array is not None:
             digest.update(np.ascontiguousarray(it.array).tobytes())
+        elif it.source is not None:  # a sample in a shard (thaw.data.shards): its byte range
+            digest.update(it.source.fingerprint().encode())
         else:
             stat = os.stat(it.key)
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())

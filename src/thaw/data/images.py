@@ -17,6 +17,7 @@ before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,11 @@ def load_image(
 ) -> tuple[Image.Image, bool]:
     """:func:`open_image`, and whether the source had more than 8 bits per channel (and was scaled)."""
     mode = "L" if channels == 1 else "RGB"
+    if item.source is not None:  # a sample in a shard: its bytes read as the file's, or its array
+        content = item.source.open()
+        if not isinstance(content, np.ndarray):
+            return read_image(content, channels, window, target)
+        item = dataclasses.replace(item, array=content, source=None)
     if item.array is not None:
         array = np.asarray(item.array)
         if array.dtype == np.uint8:
@@ -201,17 +207,20 @@ def decode_sources(
     store: str = "memory",
     workers: int = 0,
 ) -> dict[str, Decoded]:
-    """Decode every split, into memory or (``store`` ``disk``) into the decoded-image cache on disk;
-    undecodable files are reported by name (and why) and skipped. A dataset that mixes 8-bit images with
-    deeper ones (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled per image (minimum to
-    maximum), the 8-bit ones are not, so the two kinds may differ in contrast."""
+    """Decode every split, into memory or (``store`` ``disk``) into the decoded-image cache on disk, or
+    (``stream``) not at all: each image is decoded when it is used (:class:`Streamed`); undecodable files
+    are reported by name (and why) and skipped. A dataset that mixes 8-bit images with deeper ones
+    (16-bit PNG/TIFF, DICOM) is reported: the deeper ones are scaled per image (minimum to maximum), the
+    8-bit ones are not, so the two kinds may differ in contrast."""
     from thaw.data import store as disk
 
     decoded, failed, deep = {}, [], []
     for split in ("train", "val", "test"):
         items = sources.split(split)
         if items:
-            if store == "disk":
+            if store == "stream":  # nothing decoded now: each image at every use
+                decoded[split], bad = streamed(items, pre, channels, window), []
+            elif store == "disk":
                 decoded[split], bad = disk.decode_to_disk(items, pre, channels, strict, workers, window, deep)
             else:
                 decoded[split], bad = decode(items, pre, channels, strict, window, deep, workers)
@@ -230,6 +239,36 @@ def decode_sources(
         if split not in decoded or not decoded[split].images:
             raise ThawError(f"{sources.name}: no decodable images in the {split} split")
     return decoded
+
+
+class Streamed(Sequence):
+    """Images decoded (and resized) at every access from their files or shards, never kept: the
+    ``images`` of a split under ``--image-store stream``, in memory only the items themselves."""
+
+    def __init__(self, items: list[Item], pre: Preprocessing, channels: int, window=None) -> None:
+        self.items, self.pre, self.channels, self.window = items, pre, channels, window
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):  # a list, as images[a:b] of a list of tensors gives
+            return [self[j] for j in range(*i.indices(len(self)))]
+        item = self.items[i]
+        try:
+            image, _ = load_image(item, self.channels, self.window, self.pre.resize_size)
+        except DECODE_ERRORS as err:
+            raise ThawError(
+                f"cannot decode image {item.key} ({_first_line(err)}); --image-store stream decodes every "
+                f"image when it is used and cannot skip one: fix or remove it, or use --image-store disk"
+            ) from None
+        return resized(image, self.pre)
+
+
+def streamed(items: list[Item], pre: Preprocessing, channels: int, window=None) -> Decoded:
+    """A split under ``--image-store stream``: keys and labels now, images when they are used."""
+    images = Streamed(items, pre, channels, window)
+    return Decoded([it.key for it in items], images, [it.label for it in items])
 
 
 def train_transform(pre: Preprocessing, config: DataConfig, policy: Policy | None = None, channels: int = 3):

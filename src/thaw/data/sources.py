@@ -34,13 +34,15 @@ SPLIT_ALIASES = {
 @dataclass
 class Item:
     """One labelled image: a file path, or a key into in-memory pixels (``array``: HxW or HxWxC uint8, or
-    HxW of any depth, scaled per image). ``label``: the class index, or for multi-label data one 0/1 per
-    label (a tuple, in the order of ``Sources.class_names``)."""
+    HxW of any depth, scaled per image), or into a shard (``source``: a ``shards.Member`` that reads the
+    image's bytes). ``label``: the class index, or for multi-label data one 0/1 per label (a tuple, in the
+    order of ``Sources.class_names``)."""
 
     key: str
     label: int | tuple[int, ...]
     split: str | None = None
     array: np.ndarray | None = field(default=None, repr=False)
+    source: object | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Sources:
     items: list[Item]
     split_origin: str = "given"
     multilabel: bool = False
+    needs_split: str | None = None  # why only a split file can split this data (the message), if so
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -62,24 +65,32 @@ class Sources:
 def discover(config: DataConfig) -> Sources:
     """Find the images and labels at ``config.path`` and give every item a split: the split file's, the
     data's own, or a stratified one seeded by ``config.split_seed``."""
-    if config.path.startswith("builtin:"):
-        sources = builtin(config.path.removeprefix("builtin:"))
-    else:
-        path = Path(config.path)
-        if not config.path or not path.exists():
-            raise ThawError(
-                f"data path {config.path!r} does not exist; give a folder of class subfolders, "
-                f"a folder with train/ and val/, a .csv of path,label (or path,<label1>,<label2>,... "
-                f"of 0/1 for multi-label) or a MedMNIST .npz"
-            )
-        fmt = config.format if config.format != "auto" else detect_format(path)
-        sources = FINDERS[fmt](path)
+    sources = find(config.path, config.format)
     if config.split_file:
         apply_split_file(sources, Path(config.split_file))
+    elif sources.needs_split:
+        raise ThawError(sources.needs_split)
     else:
         assign_splits(sources, config.val_fraction, config.test_fraction, config.split_seed)
     check(sources)
     return sources
+
+
+def find(path: str, fmt: str = "auto") -> Sources:
+    """The labelled items at ``path``, in the layout ``fmt`` (``auto``: detected), splits as given."""
+    if path.startswith("builtin:"):
+        return builtin(path.removeprefix("builtin:"))
+    for name, claims in CLAIMS.items():  # data that is not a local path (URLs, patterns) first
+        if fmt == name or fmt == "auto" and claims(path):
+            return FINDERS[name](path)
+    if not path or not Path(path).exists():
+        raise ThawError(
+            f"data path {path!r} does not exist; give a folder of class subfolders, a folder with train/ "
+            f"and val/, a .csv of path,label (or path,<label1>,<label2>,... of 0/1 for multi-label), a "
+            f"MedMNIST .npz, or shards (thaw shards)"
+        )
+    fmt = fmt if fmt != "auto" else detect_format(Path(path))
+    return FINDERS[fmt](Path(path))
 
 
 def detect_format(path: Path) -> str:
@@ -353,18 +364,13 @@ def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.nda
 
 
 FINDERS = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}
+CLAIMS: dict = {}  # format -> whether a path is data of that format (thaw.data.shards adds its own)
 
 
 def evaluation_items(path: str, fmt: str = "auto") -> tuple[list[Item], str, list[str]]:
     """Labelled items to evaluate on: the test split if the data has one, else val, else every image.
     Returns the items, the split's name and the dataset's class names (labels index into them)."""
-    if str(path).startswith("builtin:"):  # as thaw fit takes it
-        sources = builtin(str(path).removeprefix("builtin:"))
-    elif not Path(path).exists():
-        raise ThawError(f"data path {path!r} does not exist")
-    else:
-        fmt = fmt if fmt != "auto" else detect_format(Path(path))
-        sources = FINDERS[fmt](Path(path))
+    sources = find(str(path), fmt)  # as thaw fit takes it
     for split in ("test", "val"):
         if sources.split(split):
             return sources.split(split), split, sources.class_names
