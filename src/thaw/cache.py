@@ -62,12 +62,12 @@ def warn_stderr(text: str) -> None:
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """The entry of ``identity`` under ``folder_root``. ``read(folder, meta)`` turns a complete entry's files
+    """The entry of ``identity`` in the folder ``root``. ``read(folder, meta)`` turns a complete entry's files
     into its value and raises one of :data:`CORRUPT` (with why) for files it refuses; ``what`` names the
     cache in messages ("the feature cache"); ``way_out``: the flag that avoids the cache, named when it
     cannot be written (None: there is none)."""
 
-    folder_root: Path
+    root: Path
     identity: dict
     read: Callable[[Path, dict], T]
     what: str
@@ -75,7 +75,7 @@ class Entry(Generic[T]):
 
     @property
     def folder(self) -> Path:
-        return self.folder_root / key(self.identity)
+        return self.root / key(self.identity)
 
     def get(self, write: Callable[[Path], dict], warn: Callable[[str], None] = warn_stderr) -> tuple[T, bool]:
         """The entry's value, and whether this call computed it. Computed when absent or refused:
@@ -89,14 +89,14 @@ class Entry(Generic[T]):
                 found = self.load(warn)
                 if found is not None:
                     return found, False
-                sweep(self.folder_root)
+                sweep(self.root)
                 partial.mkdir(parents=True)
                 meta = {**self.identity, **write(partial)}
                 (partial / META).write_text(json.dumps(meta))  # last: an entry with it is complete
                 publish(partial, self.folder)
         except OSError as err:
             raise ThawError(
-                f"cannot write {self.what} in {self.folder_root} ({err.strerror or err}): set THAW_HOME to a "
+                f"cannot write {self.what} in {self.root} ({err.strerror or err}): set THAW_HOME to a "
                 f"writable folder with free space" + (f", or use {self.way_out}" if self.way_out else "")
             ) from err
         try:
