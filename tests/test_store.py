@@ -90,3 +90,18 @@ def test_a_run_on_disk_images_matches_one_in_memory(tmp_path, home):
     saved = json.loads((tmp_path / "disk" / "summary.json").read_text())
     assert saved["hardware"]["image_store"] == "disk"
     assert "image_store: disk" in (tmp_path / "disk" / "config.yaml").read_text()
+
+
+def test_a_truncated_store_is_refused_in_one_line_and_written_again(tmp_path, home):
+    items = _sources(tmp_path / "d").split("train")[:4]
+    first, _ = store.decode_to_disk(items, PRE, 3, strict=False)
+    (folder,) = (home / "cache" / "images").iterdir()
+    pixels = folder / "images.u8"
+    size = pixels.stat().st_size
+    pixels.write_bytes(pixels.read_bytes()[: size // 2])  # as if the disk lost its tail
+    warnings = []
+    again, _ = store.decode_to_disk(items, PRE, 3, strict=False, warn=warnings.append)
+    (warning,) = warnings
+    assert f"holds {size // 2} bytes, its index {size}" in warning and warning.endswith("computing it again")
+    assert pixels.stat().st_size == size
+    assert all(torch.equal(a, b) for a, b in zip(first.images, again.images, strict=True))

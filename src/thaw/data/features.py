@@ -12,8 +12,9 @@ half-written cache (a killed run) and is rebuilt. The key hashes everything the 
 the backbone's weights (their bytes), its input preprocessing and channels, the transform and views and
 seed, the images (path, size and modification time of each file; the pixels of in-memory images) and
 their labels (kept beside the features: a relabelled CSV must not read the old labels back).
-Processes sharing the cache take turns per entry under a file lock (``thaw.cache``): one computes, the
-others wait and read it. A stale cache is never used: any change gives another key.
+Processes sharing the cache take turns per entry under a file lock (a :class:`thaw.cache.Entry`): one
+computes, the others wait and read it; a corrupt entry is reported in one line and computed again. A stale
+cache is never used: any change gives another key.
 ``rm -r ~/.cache/thaw/cache/features`` clears it.
 """
 
@@ -23,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from thaw import cache
-from thaw.data.images import DECODE_ERRORS, Decoded, open_image, resized
+from thaw.data.decoded import Decoded, images_fingerprint, open_image, resized
 from thaw.data.sources import Item
-from thaw.errors import NothingRead, ThawError
+from thaw.decoding import DECODE_ERRORS
+from thaw.errors import NothingRead
 from thaw.preprocessing import Preprocessing
 
 FORMAT = 1
@@ -60,7 +62,7 @@ class Features:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("THAW_HOME") or "~/.cache/thaw").expanduser() / "cache" / "features"
+    return cache.root("features")
 
 
 def backbone_fingerprint(backbone: nn.Module) -> str:
@@ -69,20 +71,6 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
     for name, tensor in backbone.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def images_fingerprint(items: list[Item]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for it in items:
-        digest.update(it.key.encode())
-        if it.array is not None:
-            digest.update(np.ascontiguousarray(it.array).tobytes())
-        elif it.source is not None:  # a sample in a shard (thaw.data.shards): its byte range
-            digest.update(it.source.fingerprint().encode())
-        else:
-            stat = os.stat(it.key)
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
@@ -174,20 +162,24 @@ def compute(
     x.flush()
     del x
     if row < len(dataset) * dataset.views:  # undecodable images: shrink the file to the rows written
-        full = np.load(folder / "x.npy", mmap_mode="r")
-        trimmed = np.lib.format.open_memmap(
-            folder / "x.tmp.npy", mode="w+", dtype=np.float32, shape=(row, full.shape[1])
-        )
-        for start in range(0, row, 4096):
-            stop = min(row, start + 4096)
-            trimmed[start:stop] = full[start:stop]
-        trimmed.flush()
-        del trimmed, full
-        os.replace(folder / "x.tmp.npy", folder / "x.npy")
+        _shrink(folder / "x.npy", row)
     np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
     (folder / "keys.json").write_text(json.dumps(kept_keys))
     backbone.train(was_training)
     return failed
+
+
+def _shrink(path: Path, rows: int) -> None:
+    """Keep the first ``rows`` rows of the ``.npy`` array in ``path``, copied in chunks: memory stays flat."""
+    full = np.load(path, mmap_mode="r")
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    trimmed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, full.shape[1]))
+    for start in range(0, rows, 4096):
+        stop = min(rows, start + 4096)
+        trimmed[start:stop] = full[start:stop]
+    trimmed.flush()
+    del trimmed, full
+    os.replace(tmp, path)
 
 
 def features(
@@ -211,10 +203,38 @@ def features(
     (from ``decoded`` images if given, else decoded from disk one at a time) and cached. ``backbone`` may
     be any frozen module (a cut prefix: its rows are the flattened activations); ``way_out``: the flag
     that avoids the cache, named when the cache cannot be written (None: the command has none)."""
-    import time
+    identity = feature_identity(
+        backbone, items, transform_id, pre, channels, views, seed, decoded, channels_last
+    )
+    entry = cache.Entry(root or cache_root(), identity, _read, "the feature cache", way_out)
+    start = time.perf_counter()
+    keys = decoded.keys if decoded is not None else [it.key for it in items]
+    source = None if decoded is not None else items
+    dataset = Views(transform, views, seed, decoded=decoded, items=source, pre=pre, channels=channels)
 
-    root = root or cache_root()
-    identity = {
+    def write(partial: Path) -> dict:
+        failed = compute(backbone, dataset, keys, partial, batch_size, workers, channels_last=channels_last)
+        return {"views": views, "failed": [keys[i] for i in failed]}
+
+    result, computed = entry.get(write, warn)
+    if computed:
+        result.seconds, result.cached = time.perf_counter() - start, False
+    return result
+
+
+def feature_identity(
+    backbone: nn.Module,
+    items: list[Item],
+    transform_id: dict,
+    pre: Preprocessing,
+    channels: int,
+    views: int,
+    seed: int,
+    decoded: Decoded | None,
+    channels_last: bool,
+) -> dict:
+    """Everything the features depend on (the cache key hashes it)."""
+    return {
         "format": FORMAT,
         "backbone": backbone_fingerprint(backbone),
         "preprocessing": dataclasses.asdict(pre),
@@ -223,76 +243,19 @@ def features(
         "views": views,
         "seed": seed if views > 1 else None,
         "images": images_fingerprint(items),
-        "labels": hashlib.blake2b(json.dumps([it.label for it in items]).encode()).hexdigest(),
-        "decoded_keys": None
-        if decoded is None
-        else hashlib.blake2b("\n".join(decoded.keys).encode()).hexdigest(),
+        "labels": cache.digest(json.dumps([it.label for it in items])),
+        "decoded_keys": None if decoded is None else cache.digest("\n".join(decoded.keys)),
+        # the layouts' features differ at float rounding; a cache written before the key had a layout (in
+        # the contiguous one) must not be read back as channels-last features
+        "layout": "channels_last" if channels_last else "contiguous",
     }
-    # the layouts' features differ at float rounding; a cache written before the key had a layout (in the
-    # contiguous one) must not be read back as channels-last features
-    identity["layout"] = "channels_last" if channels_last else "contiguous"
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-    folder = root / key
-    found = _read(folder, warn, repair=False)  # a complete entry needs no lock: it is never rewritten
-    if found is not None:
-        return found
-    start = time.perf_counter()
-    keys = decoded.keys if decoded is not None else [it.key for it in items]
-    dataset = Views(
-        transform,
-        views,
-        seed,
-        decoded=decoded,
-        items=None if decoded is not None else items,
-        pre=pre,
-        channels=channels,
-    )
-    try:
-        with cache.locked(folder) as partial:  # another process computing this entry: wait for it
-            found = _read(folder, warn)
-            if found is not None:
-                return found
-            cache.sweep(root)
-            partial.mkdir(parents=True)
-            failed = compute(
-                backbone, dataset, keys, partial, batch_size, workers, channels_last=channels_last
-            )
-            meta = {**identity, "views": views, "failed": [keys[i] for i in failed]}
-            (partial / "meta.json").write_text(json.dumps(meta))  # last: an entry with it is complete
-            cache.publish(partial, folder)
-    except OSError as err:
-        raise ThawError(
-            f"cannot write the feature cache in {root} ({err.strerror or err}): set THAW_HOME to a writable "
-            f"folder with free space" + (f", or use {way_out}" if way_out else "")
-        ) from err
-    result = _read(folder, warn, repair=False)
-    if result is None:
-        raise ThawError(
-            f"the feature cache in {folder} could not be read back"
-            + (f"; use {way_out}" if way_out else "; delete it and run again")
-        )
-    result.seconds, result.cached = time.perf_counter() - start, False
-    return result
 
 
-def _read(folder: Path, warn: Callable[[str], None], repair: bool = True) -> Features | None:
-    """The entry in ``folder``, or None. ``repair`` (only with the entry's lock held): a damaged entry is
-    reported and removed, to be computed again."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        if folder.exists() and repair:  # no meta.json: a half-written cache (an older thaw); rebuild it
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        x = np.load(folder / "x.npy", mmap_mode="r")
-        labels = np.load(folder / "labels.npy")
-        keys = json.loads((folder / "keys.json").read_text())
-        if x.shape[0] != len(labels) or len(labels) != len(keys) * meta["views"]:
-            raise ValueError(f"{x.shape[0]} rows, {len(labels)} labels, {len(keys)} keys")
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-        if repair:
-            warn(f"the feature cache in {folder} is corrupt ({err}); computing the features again")
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
+def _read(folder: Path, meta: dict) -> Features:
+    """The complete entry in ``folder``; raises ValueError when its rows, labels and keys disagree."""
+    x = np.load(folder / "x.npy", mmap_mode="r")
+    labels = np.load(folder / "labels.npy")
+    keys = json.loads((folder / "keys.json").read_text())
+    if x.shape[0] != len(labels) or len(labels) != len(keys) * meta["views"]:
+        raise ValueError(f"{x.shape[0]} rows, {len(labels)} labels, {len(keys)} keys")
     return Features(x, labels, keys, meta["views"], cached=True)

@@ -8,24 +8,21 @@ image after image), ``index.npz`` (byte offset and [C, H, W] shape per image, la
 (keys and the files that failed), written last. Processes sharing it take turns per entry under a file
 lock (``thaw.cache``): one writes, the others wait and read. The key hashes the images (path, size,
 modification time), the preprocessing and the channels, so a later run on the same data, or another
-rank under DDP, reads the same store.
+rank under DDP, reads the same store (a :class:`thaw.cache.Entry`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from thaw import cache
-from thaw.data.features import cache_root, images_fingerprint
-from thaw.data.images import Decoded, decoded_items
+from thaw.data.decoded import Decoded, decoded_items, images_fingerprint
 from thaw.data.sources import Item
 from thaw.errors import ThawError
 from thaw.preprocessing import Preprocessing
@@ -34,7 +31,7 @@ FORMAT = 1
 
 
 def store_root() -> Path:
-    return cache_root().parent / "images"
+    return cache.root("images")
 
 
 def estimated_mb(n_images: int, pre: Preprocessing, channels: int) -> float:
@@ -92,10 +89,10 @@ def decode_to_disk(
     window: tuple[float, float] | None = None,
     deep: list[str] | None = None,
     root: Path | None = None,
+    warn: Callable[[str], None] = cache.warn_stderr,
 ) -> tuple[Decoded, list[str]]:
     """The decoded images of ``items`` from the store, written first if it does not hold them; ``deep``
-    collects the keys of images deeper than 8 bits (scaled per image), as ``images.decode`` does."""
-    root = root or store_root()
+    collects the keys of images deeper than 8 bits (scaled per image), as ``decoded.decode`` does."""
     identity = {
         "format": FORMAT,
         "images": images_fingerprint(items),
@@ -103,34 +100,20 @@ def decode_to_disk(
         "channels": channels,
         "window": list(window) if window else None,
     }
-    folder = root / hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-    found = _read(folder, repair=False)  # a complete entry needs no lock: it is never rewritten
-    if found is None:
-        try:
-            with cache.locked(folder) as partial:  # another process writing this entry: wait, then read it
-                if _read(folder) is None:
-                    cache.sweep(root)
-                    _write(partial, identity, items, pre, channels, strict, workers, window)
-                    cache.publish(partial, folder)
-        except OSError as err:
-            raise ThawError(
-                f"cannot write the decoded-image store in {root} ({err.strerror or err}): set THAW_HOME to "
-                f"a writable folder with free space, or use --image-store memory"
-            ) from err
-        found = _read(folder, repair=False)
-        if found is None:
-            raise ThawError(
-                f"the decoded-image store {folder} could not be read back; use --image-store memory"
-            )
+    entry = cache.Entry(
+        root or store_root(), identity, _read, "the decoded-image store", way_out="--image-store memory"
+    )
+    (decoded, failed, scaled), _ = entry.get(
+        lambda partial: _write(partial, items, pre, channels, strict, workers, window), warn
+    )
     if deep is not None:
-        deep += json.loads((folder / "meta.json").read_text()).get("deep", [])
-    return found
+        deep += scaled
+    return decoded, failed
 
 
-def _write(partial: Path, identity: dict, items, pre, channels, strict, workers, window) -> None:
-    """Decode ``items`` into the staging folder ``partial``; ``meta.json`` is written last (with the keys
-    of images scaled from more than 8 bits): an entry with it is complete."""
-    partial.mkdir(parents=True)
+def _write(partial: Path, items, pre, channels, strict, workers, window) -> dict:
+    """Decode ``items`` into the staging folder ``partial``; returns what ``meta.json`` adds: the keys, the
+    files that failed (with why) and the keys of images scaled from more than 8 bits."""
     offsets, shapes, keys, labels, failed, scaled, at = [], [], [], [], [], [], 0
     with open(partial / "images.u8", "wb") as out:
         for i, image, note in decoded_items(items, pre, channels, strict, workers, window):
@@ -152,18 +135,21 @@ def _write(partial: Path, identity: dict, items, pre, channels, strict, workers,
         shapes=np.asarray(shapes, dtype=np.int64).reshape(-1, 3),
         labels=np.asarray(labels, dtype=np.int64),
     )
-    meta = {**identity, "keys": keys, "failed": failed, "deep": scaled}
-    (partial / "meta.json").write_text(json.dumps(meta))
+    return {"keys": keys, "failed": failed, "deep": scaled}
 
 
-def _read(folder: Path, repair: bool = True) -> tuple[Decoded, list[str]] | None:
-    """The entry in ``folder``, or None; ``repair`` (only with the entry's lock held): an incomplete one
-    is removed, to be written again."""
-    if not (folder / "meta.json").is_file():
-        if folder.exists() and repair:
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
-    meta = json.loads((folder / "meta.json").read_text())
+def _read(folder: Path, meta: dict) -> tuple[Decoded, list[str], list[str]]:
+    """The complete entry in ``folder``: the decoded split, the files that failed, the keys of deeper
+    images. Raises ValueError when its index and pixel file disagree (a truncated store)."""
     index = np.load(folder / "index.npz")
-    images = DiskImages(folder / "images.u8", index["offsets"], index["shapes"])
-    return Decoded(list(meta["keys"]), images, index["labels"].tolist()), list(meta["failed"])
+    offsets, shapes, labels = index["offsets"], index["shapes"], index["labels"]
+    keys = list(meta["keys"])
+    if not len(offsets) == len(shapes) == len(labels) == len(keys):
+        counts = f"{len(offsets)} offsets, {len(shapes)} shapes, {len(labels)} labels"
+        raise ValueError(f"{counts}, {len(keys)} keys")
+    size = int(offsets[-1] + np.prod(shapes[-1])) if len(offsets) else 0
+    found = (folder / "images.u8").stat().st_size
+    if found != size:
+        raise ValueError(f"images.u8 holds {found} bytes, its index {size}")
+    images = DiskImages(folder / "images.u8", offsets, shapes)
+    return Decoded(keys, images, labels.tolist()), list(meta["failed"]), list(meta.get("deep", []))

@@ -17,12 +17,14 @@ online and says why in one line (on screen and in ``summary.json``: ``phases.<pl
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from thaw import cache
 from thaw import data as thaw_data
 from thaw.data import features as feature_cache
 from thaw.data.images import EpochSampler, ShardSampler, sample_weights
@@ -40,7 +42,7 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
     the reason when the backbone cannot be cut there."""
     from thaw.train.recipe import Feed, run_phase  # the recipe imports this module
 
-    config, loaders, report = ctx.config, ctx.loaders, ctx.report
+    config, loaders = ctx.config, ctx.loaders
     try:
         split = prefix_split(model, plan)
     except CannotSplit as why:
@@ -50,61 +52,14 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
             model, plan, index, ctx, before, Feed(loaders.train(index), loaders.val_shard, None, record, note)
         )
     start = time.perf_counter()
-    pre = model.preprocessing
-    policy = ctx.loaders.policy
-    augmented = plan.views > 1 and bool(policy.ops)
-    train_transform = (
-        ctx.loaders.train_transform if augmented else thaw_data.eval_transform(pre)
-    )
     where = {"prefix": split.boundary, "first_group": split.first_group, "arch": model.spec.arch}
-    train_id = (
-        {"kind": "train", "augment": policy.spec(), **where}
-        if augmented
-        else {"kind": "eval", **where}
+    cached = plan_features(
+        split.prefix, model, plan, ctx, ("val",), where, cache.root("prefix"), f"--{plan.name} online"
     )
-
-    def activations(split_name: str, transform, transform_id: dict, views: int) -> feature_cache.Features:
-        return feature_cache.features(
-            split.prefix,
-            loaders.sources.split(split_name),
-            transform,
-            transform_id,
-            pre,
-            model.spec.in_channels,
-            views=views,
-            seed=config.seed,
-            decoded=loaders.decoded[split_name],
-            batch_size=max(config.data.batch_size, 64),
-            root=feature_cache.cache_root().parent / "prefix",
-            warn=report.warn,
-            channels_last=config.hardware.channels_last,
-            way_out=f"--{plan.name} online",
-        )
-
-    train = activations("train", train_transform, train_id, plan.views if augmented else 1)
-    val = activations("val", thaw_data.eval_transform(pre), {"kind": "eval", **where}, 1)
+    train, val = cached["train"], cached["val"]
     computed = [f for f in (train, val) if not f.cached]
     seconds = sum(f.seconds for f in computed) if computed else time.perf_counter() - start
-    exact = not split.stochastic_prefix and train.views == 1
-    record = {
-        "mode": "cached-prefix",
-        "boundary": split.boundary,
-        "first_group": split.first_group,
-        "activation_shape": list(split.shape),
-        "views": train.views,
-        "cache_seconds": round(seconds, 1),
-        "from_cache": not computed,
-        "exact": exact,
-        "not_exact_because": []
-        if exact
-        else [*split.stochastic_prefix, *([f"{train.views} augmented views"] if train.views > 1 else [])],
-    }
-    views = f", {train.views} augmented views per image" if train.views > 1 else ""
-    note = (
-        f"frozen prefix cached ({split.describe()}{views}), "
-        + (f"computed in {seconds:.1f}s" if computed else "from the cache")
-        + ("" if exact or train.views > 1 else f"; not exact: {', '.join(split.stochastic_prefix)}")
-    )
+    record, note = describe(split, train.views, seconds, not computed)
     seed, shard = loaders.train_seed(index), (loaders.rank, loaders.world)  # under DDP: this rank's shard
     balanced = config.balance == "sampler"
     train_loader = activation_loader(train, split.shape, config.data.batch_size, seed, *shard, balanced)
@@ -115,6 +70,74 @@ def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, 
         return model.head(suffix(activation))
 
     return run_phase(model, plan, index, ctx, before, Feed(train_loader, val_loader, forward, record, note))
+
+
+def plan_features(
+    backbone: torch.nn.Module,
+    model: Classifier,
+    plan: PhasePlan,
+    ctx: Context,
+    splits: tuple[str, ...],
+    where: dict | None = None,
+    root: Path | None = None,
+    way_out: str | None = "--phase1 online",
+) -> dict[str, feature_cache.Features]:
+    """The cached outputs of ``backbone`` (frozen: the whole backbone, or a prefix cut ``where``) for the
+    training split, with ``plan.views`` augmented views per image when the plan's augmentation does
+    anything (else the eval transform), and for ``splits`` (the eval transform)."""
+    config, loaders, pre, where = ctx.config, ctx.loaders, model.preprocessing, where or {}
+    augmented = plan.views > 1 and bool(loaders.policy.ops)
+    evaluation = thaw_data.eval_transform(pre)
+
+    def features(split: str, transform, transform_id: dict, views: int) -> feature_cache.Features:
+        return feature_cache.features(
+            backbone,
+            loaders.sources.split(split),
+            transform,
+            {**transform_id, **where},
+            pre,
+            model.spec.in_channels,
+            views=views,
+            seed=config.seed,
+            decoded=loaders.decoded[split],
+            batch_size=max(config.data.batch_size, 64),
+            root=root,
+            warn=ctx.report.warn,
+            channels_last=config.hardware.channels_last,
+            way_out=way_out,
+        )
+
+    if augmented:
+        augment = {"kind": "train", "augment": loaders.policy.spec()}
+        train = features("train", loaders.train_transform, augment, plan.views)
+    else:
+        train = features("train", evaluation, {"kind": "eval"}, 1)
+    return {"train": train, **{s: features(s, evaluation, {"kind": "eval"}, 1) for s in splits}}
+
+
+def describe(split: Split, views: int, seconds: float, from_cache: bool) -> tuple[dict, str]:
+    """The phase's ``features`` record for ``summary.json`` and its line on screen."""
+    exact = not split.stochastic_prefix and views == 1
+    record = {
+        "mode": "cached-prefix",
+        "boundary": split.boundary,
+        "first_group": split.first_group,
+        "activation_shape": list(split.shape),
+        "views": views,
+        "cache_seconds": round(seconds, 1),
+        "from_cache": from_cache,
+        "exact": exact,
+        "not_exact_because": []
+        if exact
+        else [*split.stochastic_prefix, *([f"{views} augmented views"] if views > 1 else [])],
+    }
+    shown = f", {views} augmented views per image" if views > 1 else ""
+    note = (
+        f"frozen prefix cached ({split.describe()}{shown}), "
+        + ("from the cache" if from_cache else f"computed in {seconds:.1f}s")
+        + ("" if exact or views > 1 else f"; not exact: {', '.join(split.stochastic_prefix)}")
+    )
+    return record, note
 
 
 def prefix_split(model: Classifier, plan: PhasePlan) -> Split:
