@@ -119,6 +119,27 @@ def config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     return override(base, changes, keep_none=True).validate()
 
 
+def executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where a study's cells run (thaw.study.Executor)."""
+    g = p.add_argument_group("where the study's runs go (each run one cell)")
+    g.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="here one by one, or Ray tasks"
+    )
+    g.add_argument(
+        "--address", help="Ray: auto (this machine's cluster) or HOST:PORT of a head (default: start one)"
+    )
+    g.add_argument(
+        "--cell-cpus", type=int, help="CPUs (and torch threads) per run (default: Ray 1; local as is)"
+    )
+    g.add_argument("--cell-gpus", type=float, default=0.0, help="GPUs per run on Ray (default: 0)")
+
+
+def _executor(args: argparse.Namespace):
+    from thaw.study import Executor
+
+    return Executor(args.executor, args.address, args.cell_cpus, args.cell_gpus)
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     import thaw
 
@@ -148,6 +169,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.folds is not None:
         cmd_folds(config, args)
         return
+    if args.executor != "local" and config.strategy != "auto":
+        raise ThawError("--executor ray runs a study's runs: give it with --folds K or --strategy auto")
+    if config.strategy == "auto":
+        from thaw.auto import fit_auto
+
+        fit_auto(config, quiet=args.quiet, executor=_executor(args))
+        return
     thaw.fit(config, quiet=args.quiet)
 
 
@@ -163,7 +191,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     config = config_from_args(args, base)
     root = Path(config.out or f"runs/compare-{Path(args.data).stem}-{config.model.name.replace('/', '-')}")
     seeds = tuple(range(config.seed, config.seed + args.seeds))
-    compare(Plan(config, strategies, seeds), root, dry_run=args.dry_run)
+    compare(Plan(config, strategies, seeds), root, dry_run=args.dry_run, executor=_executor(args))
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
@@ -173,6 +201,8 @@ def cmd_strategies(args: argparse.Namespace) -> None:
     width = max(len(name) for name, _ in rows)
     for name, line in rows:
         print(f"{name:<{width}}  {line}")
+
+
 def _meta_out(config: RunConfig, kind: str) -> Path:
     """The folder of a curve or a cross-validation: --out, else runs/<data>-<model>-<kind>-<time>."""
     from thaw.train.run_folder import default_out
@@ -187,7 +217,7 @@ def cmd_folds(config: RunConfig, args: argparse.Namespace) -> None:
 
     out = _meta_out(config, "cv")
     print(f"{args.folds}-fold cross-validation in {out} (rerun with --out {out} to finish it if interrupted)")
-    result = cross_validate(config, args.folds, out, quiet=args.quiet)
+    result = cross_validate(config, args.folds, out, quiet=args.quiet, executor=_executor(args))
     for split, metrics in result["summary"].items():
         for name, s in metrics.items():
             if s["mean"] is not None:
@@ -206,7 +236,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
     config = config_from_args(args, RunConfig())
     out = _meta_out(config, "curve")
     print(f"curve folder: {out} (rerunning the same command there skips finished runs)")
-    run_curve(config, budgets, args.seeds, out, quiet=True)
+    run_curve(config, budgets, args.seeds, out, quiet=True, executor=_executor(args))
     print((out / "curve.md").read_text(), end="")
     print(f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
 
@@ -593,6 +623,7 @@ def parser() -> argparse.ArgumentParser:
         "mean, sd and 95%% CI",
     )
     config_flags(f)
+    executor_flags(f)
     f.set_defaults(func=cmd_fit)
 
     co = sub.add_parser(
@@ -606,6 +637,7 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--config", help="a config.yaml; flags override it")
     co.add_argument("--dry-run", action="store_true", help="print the estimated cost and stop")
     config_flags(co)
+    executor_flags(co)
     co.set_defaults(func=cmd_compare)
 
     st = sub.add_parser("strategies", help="list the named strategies for --strategy, one line each")
@@ -622,6 +654,7 @@ def parser() -> argparse.ArgumentParser:
     )
     cu.add_argument("--seeds", type=int, default=3, help="runs per budget, seeds --seed, --seed+1, ... (3)")
     config_flags(cu)
+    executor_flags(cu)
     cu.set_defaults(func=cmd_curve)
     lf = sub.add_parser(
         "lr-find",
