@@ -311,6 +311,7 @@ def fit_auto(
     recipe's own run) and write the winner's run folder to ``config.out``, with the screening record.
     Returns a :class:`thaw.train.recipe.RunResult`; rerunning the same call resumes an interrupted search."""
     _check(config, plans)
+    executor = (executor or Executor()).check()
     listed = listed or CANDIDATES
     say = say or ((lambda text: None) if quiet else print)
     if sources is None:

@@ -159,6 +159,7 @@ def compare(
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) every strategy x seed, then write results.json, the table, the plots, the verdict."""
+    executor = (executor or Executor()).check()
     config = prepare(plan, root)
     cells = plan.cells(root, config)
     todo = sum(not c.done for c in cells)

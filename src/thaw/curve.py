@@ -92,6 +92,7 @@ def run_curve(
     """Run (or finish) every budget x seed under ``out`` and write ``curve.json``, ``curve.md`` and
     ``curve.png`` there. Returns what ``curve.json`` holds."""
     sources = _check(config, budgets, seeds)
+    executor = (executor or Executor()).check()
     out.mkdir(parents=True, exist_ok=True)
     _check_same_settings(config, out / "curve.yaml")
     labelled = {

@@ -63,6 +63,7 @@ def cross_validate(
     sources = discover(config.data)
     refuse(sources, "--folds")
     parts = fold_sources(sources, folds, config.data.split_seed)
+    executor = (executor or Executor()).check()
     out.mkdir(parents=True, exist_ok=True)
     cells = [
         Cell(f"fold {i}", out / f"fold{i}", override(config, {"out": str(out / f"fold{i}")}), sources=part)

@@ -88,6 +88,12 @@ class Executor:
         if self.kind == "local" and self.address is not None:
             raise ThawError("--address names a Ray cluster: give it with --executor ray")
 
+    def check(self) -> Executor:
+        """Ray importable and reachable now, before a study writes anything (else one line)."""
+        if self.kind == "ray":
+            connect(_ray(), self.address)
+        return self
+
     @property
     def threads(self) -> int | None:
         return self.cpus if self.cpus is not None or self.kind == "local" else 1
@@ -205,7 +211,7 @@ class _Progress:
 def _run_on_ray(cells: list[Cell], executor: Executor, progress: _Progress) -> dict:
     """Every cell a Ray task holding its resources; a task whose worker died is retried and resumes."""
     ray = _ray()
-    connect(ray, executor.address)
+    executor.check()
     threads = executor.threads
     task = ray.remote(run_cell)
     refs = {}
