@@ -48,7 +48,7 @@ def _fault() -> None:
 
 def _strip(value):
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in WALL}
+        return {k: _strip(v) for k, v in value.items() if k not in WALL and not k.endswith("_seconds")}
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
