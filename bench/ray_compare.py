@@ -56,7 +56,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray CPUs, one cell each")
     args = p.parse_args()
     argv = ["compare", args.data, "--strategies", args.strategies, "--seeds", "2", "--model", args.model]
-    argv += ["--weights", args.weights, "--image-size", args.image_size, "--phase2-epochs", args.phase2_epochs]
+    argv += [
+        "--weights",
+        args.weights,
+        "--image-size",
+        args.image_size,
+        "--phase2-epochs",
+        args.phase2_epochs,
+    ]
     argv += ["--cell-cpus", "1"]
     import ray
 

@@ -128,7 +128,17 @@ def test_bad_executor_input_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if thaw-transfer[ray] were not installed
     for argv in (
         [*base, "--out", str(tmp_path / "x"), "--executor", "ray"],
-        ["curve", str(data), *tiny_flags(), "--budgets", "1", "--out", str(tmp_path / "y"), "--executor", "ray"],
+        [
+            "curve",
+            str(data),
+            *tiny_flags(),
+            "--budgets",
+            "1",
+            "--out",
+            str(tmp_path / "y"),
+            "--executor",
+            "ray",
+        ],
         ["fit", str(data), *tiny_flags(), "--folds", "2", "--out", str(tmp_path / "z"), "--executor", "ray"],
     ):
         assert main(argv) == 2
@@ -143,4 +153,6 @@ def test_interval_and_executor_defaults():
     assert (i.mean, i.n) == (pytest.approx(0.9), 3) and i.sd == pytest.approx(0.1)
     assert i.low == pytest.approx(0.9 - 4.303 * 0.1 / 3**0.5, 1e-3)
     assert interval([0.5]).sd == 0.0 and interval([]).n == 0
-    assert Executor().threads is None and Executor("ray").threads == 1 and Executor("ray", cpus=2).threads == 2
+    assert (
+        Executor().threads is None and Executor("ray").threads == 1 and Executor("ray", cpus=2).threads == 2
+    )

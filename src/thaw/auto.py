@@ -623,31 +623,12 @@ def _decide(root, cands, left, rungs, ranked, summaries, state, config, metric):
         rel = rungs[n_rung]["runs"][finalist]
         y, a, b = _paired_predictions(root / "auto" / "incumbent", root / "auto" / rel)
         decision = challenger_wins(y, a, b, metric, tried, seed=config.seed)
-        d, lb, conf = decision["difference"], decision["lower_bound"], decision["confidence"]
-        where = f"{decision['images']} validation images"
         budget = (
             f"rung {n_rung}, {rungs[n_rung]['epochs']} phase-2 epochs"
             if by_name[finalist].scaled
             else "rung 0"
         )
-        if decision["wins"]:
-            line = (
-                f"auto: chose {finalist} ({budget}) because its validation {decision['metric']} was "
-                f"{_lead(d, metric)} above {INCUMBENT}'s ({where}), and the paired bootstrap's "
-                f"{conf:.1%} one-sided lower bound of that lead, {_lead(lb, metric)}, is above 0 "
-                f"({1 - LEVEL:.0%} for the search, split over {tried} challengers)"
-            )
-        elif d > 0:
-            line = (
-                f"auto: kept {INCUMBENT} (the default) because the best challenger, {finalist} ({budget}), "
-                f"led by {_lead(d, metric)} of validation {decision['metric']} ({where}): within noise, the "
-                f"paired bootstrap's {conf:.1%} one-sided lower bound of its lead is {_lead(lb, metric)}"
-            )
-        else:
-            line = (
-                f"auto: kept {INCUMBENT} (the default) because no challenger scored higher on validation "
-                f"{decision['metric']}: the best, {finalist} ({budget}), was {_lead(d, metric)} ({where})"
-            )
+        line = _reason(decision, finalist, budget, metric, tried)
     winner = (finalist, rungs[n_rung]["runs"][finalist]) if decision["wins"] else (INCUMBENT, "incumbent")
     record = {
         "method": METHOD,
@@ -664,6 +645,29 @@ def _decide(root, cands, left, rungs, ranked, summaries, state, config, metric):
         "reason": line,
     }
     return record, winner
+
+
+def _reason(decision: dict[str, Any], finalist: str, budget: str, metric: str, tried: int) -> str:
+    """The one line that says why the finalist replaced the default, or why the default was kept."""
+    d, lb, conf = decision["difference"], decision["lower_bound"], decision["confidence"]
+    where = f"{decision['images']} validation images"
+    if decision["wins"]:
+        return (
+            f"auto: chose {finalist} ({budget}) because its validation {decision['metric']} was "
+            f"{_lead(d, metric)} above {INCUMBENT}'s ({where}), and the paired bootstrap's "
+            f"{conf:.1%} one-sided lower bound of that lead, {_lead(lb, metric)}, is above 0 "
+            f"({1 - LEVEL:.0%} for the search, split over {tried} challengers)"
+        )
+    if d > 0:
+        return (
+            f"auto: kept {INCUMBENT} (the default) because the best challenger, {finalist} ({budget}), "
+            f"led by {_lead(d, metric)} of validation {decision['metric']} ({where}): within noise, the "
+            f"paired bootstrap's {conf:.1%} one-sided lower bound of its lead is {_lead(lb, metric)}"
+        )
+    return (
+        f"auto: kept {INCUMBENT} (the default) because no challenger scored higher on validation "
+        f"{decision['metric']}: the best, {finalist} ({budget}), was {_lead(d, metric)} ({where})"
+    )
 
 
 def _lead(x: float, metric: str) -> str:
@@ -710,22 +714,9 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
     ]
     for r, order in enumerate(ranked):
         rung = rungs[r]
-        promoted = rungs[r + 1]["members"] if r + 1 < len(rungs) else []
         for i, name in enumerate(order):
             rel = rung["runs"][name]
-            rank = f"rank {i + 1} of {len(order)}"
-            if name in promoted:
-                status, why = "promoted", f"{rank}: in the better half, on to rung {r + 1}"
-            elif r == len(ranked) - 1 and i == 0:
-                status = "winner" if winner[0] == name else "finalist"
-                why = f"{rank}: the top of the last rung; " + (
-                    "beat the default beyond noise"
-                    if status == "winner"
-                    else "not beyond noise: the default is kept"
-                )
-            else:
-                why = f"{rank}: " + ("below the better half" if promoted else "the search ended at this rung")
-                status = "dropped"
+            status, why = _status(r, i, name, order, rungs, len(ranked), winner)
             if r and rel == rungs[r - 1]["runs"].get(name):
                 why += f"; the run of rung {r - 1} again (no phase 2 to lengthen)"
             rows.append(row(name, r, rung["epochs"], rel, status, why))
@@ -738,6 +729,21 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
         {**row(c["candidate"], "-", 0, None, "left out", c["why"]), "overrides": c["overrides"]} for c in left
     ]
     return rows
+
+
+def _status(r: int, i: int, name: str, order: list[str], rungs, last: int, winner) -> tuple[str, str]:
+    """The status of rung ``r``'s ``i``-th best run and why: promoted, winner, finalist or dropped."""
+    promoted = rungs[r + 1]["members"] if r + 1 < len(rungs) else []
+    rank = f"rank {i + 1} of {len(order)}"
+    if name in promoted:
+        return "promoted", f"{rank}: in the better half, on to rung {r + 1}"
+    if r == last - 1 and i == 0:
+        status = "winner" if winner[0] == name else "finalist"
+        why = (
+            "beat the default beyond noise" if status == "winner" else "not beyond noise: the default is kept"
+        )
+        return status, f"{rank}: the top of the last rung; {why}"
+    return "dropped", f"{rank}: " + ("below the better half" if promoted else "the search ended at this rung")
 
 
 def _paired_predictions(incumbent: Path, challenger: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
