@@ -111,6 +111,19 @@ def test_compare_on_ray_equals_the_serial_one_and_a_killed_cell_resumes(local_ra
     assert (run / "phases" / "phase1.json").stat().st_mtime_ns == record["phase1_mtime"]  # not retrained
 
 
+def test_a_two_process_cell_holds_two_cpus_and_runs_under_lightnings_launcher(local_ray, tmp_path):
+    """A cell with --devices 2 (gloo on the CPU) as one Ray task of 2 CPUs: its own thaw process, whose
+    second rank Lightning starts; the run folder is the study's, and the summary says 2 processes."""
+    data = make_class_folder(tmp_path / "shapes", per_class=8)
+    out = tmp_path / "ddp"
+    argv = ["compare", str(data), "--strategies", "two-phase", "--seeds", "1", *tiny_flags(batch=4)]
+    argv += ["--phase2-epochs", "1", "--accelerator", "cpu", "--devices", "2", "--dist-strategy", "ddp"]
+    assert main([*argv, "--executor", "ray", "--cell-cpus", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "runs" / "two-phase-seed0" / "summary.json").read_text())
+    assert summary["hardware"]["processes"] == 2
+    assert (out / "table.md").is_file()
+
+
 def test_bad_executor_input_is_one_line(tmp_path, capsys, monkeypatch):
     data = make_class_folder(tmp_path / "shapes", per_class=4)
     base = ["compare", str(data), "--seeds", "1", *tiny_flags()]
