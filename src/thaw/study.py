@@ -213,12 +213,12 @@ def _run_on_ray(cells: list[Cell], executor: Executor, progress: _Progress) -> d
     ray = _ray()
     executor.check()
     threads = executor.threads
-    task = ray.remote(run_cell)
+    task = ray.remote(_in_folder)
     refs = {}
     for cell in cells:
         cpus, gpus = resources(cell, executor)
         options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": executor.retries}
-        refs[task.options(**options, retry_exceptions=False).remote(cell, threads)] = cell
+        refs[task.options(**options, retry_exceptions=False).remote(os.getcwd(), cell, threads)] = cell
     seconds, pending = {}, list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -234,6 +234,13 @@ def _run_on_ray(cells: list[Cell], executor: Executor, progress: _Progress) -> d
             raise
         progress.done(cell, seconds[cell.path])
     return seconds
+
+
+def _in_folder(cwd: str, cell: Cell, threads: int | None) -> float:
+    """A Ray task: the cell run from the study's working folder, so that the relative paths of its config
+    (the data, ``--out``) mean what they mean to the study (on a cluster: a folder every node sees)."""
+    os.chdir(cwd)
+    return run_cell(cell, threads)
 
 
 def resources(cell: Cell, executor: Executor) -> tuple[float, float]:
