@@ -263,10 +263,10 @@ def _ray():
 def connect(ray, address: str | None) -> None:
     """Join the Ray at ``address`` (``auto``: the cluster this machine belongs to; ``None``: start one
     here); a Ray this process joined already is used as it is."""
-    if ray.is_initialized():
-        return
     if address not in (None, "auto"):
         _reachable(address)
+    if ray.is_initialized():
+        return
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
