@@ -67,6 +67,7 @@ from thaw.config import AUTO, RunConfig, override
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.results import MONITORED, RunSummary, dumps
+from thaw.study import Cell, Executor, run_cell, run_cells
 from thaw.train import run_folder
 from thaw.train.run_folder import final_path, staging_path
 
@@ -304,11 +305,13 @@ def fit_auto(
     plans=None,
     listed: tuple[dict[str, Any], ...] | None = None,
     say: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ):
     """Search the recipes of ``listed`` within ``config.time_budget`` seconds (none: twice the default
     recipe's own run) and write the winner's run folder to ``config.out``, with the screening record.
     Returns a :class:`thaw.train.recipe.RunResult`; rerunning the same call resumes an interrupted search."""
     _check(config, plans)
+    executor = (executor or Executor()).check()
     listed = listed or CANDIDATES
     say = say or ((lambda text: None) if quiet else print)
     if sources is None:
@@ -321,7 +324,7 @@ def fit_auto(
     root = _prepare(config, out, [c["name"] for c in listed], sources)
     try:
         state = State(root / "auto" / "state.json")
-        record, winner = _search(root, cands, left, config, state, say)
+        record, winner = _search(root, cands, left, config, state, say, executor)
         return _finish(root, out, config, record, winner, quiet)
     except BaseException:
         run_folder.active = root  # an interrupted command names the search, not the run inside it
@@ -383,32 +386,28 @@ def _prepare(config: RunConfig, out: Path, names: list[str], sources) -> Path:
     return root
 
 
-def _run(root: Path, rel: str, make: Callable[[Path], RunConfig], state: State) -> RunSummary:
-    """The finished run ``auto/<rel>``: read back, resumed, or trained now; its wall seconds recorded."""
-    from thaw.train.recipe import fit, resume
-
-    path = root / "auto" / rel
-    if not (path / "summary.json").is_file():
-        start = time.monotonic()
-        staged = staging_path(path)
-        begun = staged.is_dir() and all(
-            (staged / n).is_file() for n in ("config.yaml", "plans.yaml", "split.csv")
-        )
-        if staged.is_dir() and not begun:  # killed before the run had started: nothing in it to keep
-            shutil.rmtree(staged)
-        # each run's own result table goes to auto/runs.log; the console gets the screening table
-        with open(root / "auto" / "runs.log", "a") as log, contextlib.redirect_stdout(log):
-            print(f"\n==== auto/{rel}", flush=True)
-            if begun:
-                resume(staged, quiet=True)
-            else:
-                fit(make(path), quiet=True)
-        state.data["runs"][rel] = {"seconds": round(time.monotonic() - start, 2)}
-        state.save()
-    summary = RunSummary.read(path)
-    if rel not in state.data["runs"]:  # finished by a process killed before it recorded the time
-        state.data["runs"][rel] = {"seconds": round(sum(p.seconds for p in summary.phases.values()), 2)}
-    return summary
+def _run_all(
+    root: Path, runs: list[tuple[str, Callable[[Path], RunConfig]]], state: State, executor: Executor | None
+) -> dict[str, RunSummary]:
+    """The finished runs ``auto/<rel>`` of ``runs``, made as cells of one study (on Ray: at once)."""
+    cells = [Cell(f"auto/{rel}", root / "auto" / rel, make(root / "auto" / rel)) for rel, make in runs]
+    if executor is not None and executor.kind == "ray":
+        seconds = run_cells(cells, executor, say=lambda text: None)
+    else:
+        seconds = {}
+        for cell in (c for c in cells if not c.done):  # each run's own result table goes to auto/runs.log
+            with open(root / "auto" / "runs.log", "a") as log, contextlib.redirect_stdout(log):
+                print(f"\n==== {cell.label}", flush=True)
+                seconds[cell.path] = run_cell(cell, executor.threads if executor else None)
+    out = {}
+    for (rel, _), cell in zip(runs, cells, strict=True):
+        if seconds.get(cell.path):
+            state.data["runs"][rel] = {"seconds": round(seconds[cell.path], 2)}
+            state.save()
+        out[rel] = summary = RunSummary.read(cell.path)
+        if rel not in state.data["runs"]:  # finished by a process killed before it recorded the time
+            state.data["runs"][rel] = {"seconds": round(sum(p.seconds for p in summary.phases.values()), 2)}
+    return out
 
 
 def _measured(summary: RunSummary, seconds: float, scaled: tuple[str, ...]) -> tuple[float, float]:
@@ -425,6 +424,7 @@ def _search(
     config: RunConfig,
     state: State,
     say: Callable[[str], None],
+    executor: Executor | None = None,
 ) -> tuple[dict[str, Any], tuple[str, str]]:
     """Run (or replay) the incumbent and the rungs; returns the record for summary.json and the winner
     (candidate name, run folder relative to ``auto/``)."""
@@ -433,13 +433,38 @@ def _search(
     by_name = {c.name: c for c in cands}
     full = incumbent.config.phase2.epochs
     metric = MONITORED[config.monitor]
-    summaries: dict[str, RunSummary] = {}
-
-    def seconds(rel: str) -> float:
-        return float(state.data["runs"].get(rel, {}).get("seconds", math.nan))
-
     say(f"auto: {INCUMBENT} (the default) first, at its full budget of {full} phase-2 epochs")
-    summaries["incumbent"] = _run(root, "incumbent", lambda p: incumbent.at(full, p, split), state)
+    make = lambda p: incumbent.at(full, p, split)  # noqa: E731
+    summaries: dict[str, RunSummary] = _run_all(root, [("incumbent", make)], state, executor)
+    budget = _budget(config, state)
+    say(f"auto: budget {budget:.0f} s ({state.data['budget_rule']}); {state.spent():.0f} s used")
+    estimate = _estimator(by_name, summaries, state)
+    steps = ladder(full, len(challengers))
+    rungs: list[dict[str, Any]] = state.data["rungs"]
+    ranked: list[list[str]] = []  # per rung that ran, its members best first
+    r = 0
+    while challengers:
+        if r == len(rungs):  # a new decision; a recorded one is replayed as it was made
+            if state.data.get("stopped"):
+                break
+            plan = _plan_rung(r, rungs, ranked, by_name, steps, full, budget, state, estimate)
+            if plan is None:
+                break
+            rungs.append(plan)
+            state.save()
+        rung = rungs[r]
+        runs = _rung_runs(root, r, rung, by_name, estimate, budget, state, say, executor)
+        summaries.update(_run_all(root, runs, state, executor) if runs else {})
+        ran = [n for n in rung["members"] if n not in rung["skipped"]]
+        ranked.append(_rank({n: summaries[rung["runs"][n]] for n in ran}, metric, list(by_name)))
+        if len(ran) <= 1 or all(rung["epochs"] >= full or not by_name[n].scaled for n in ran):
+            break  # one left, or every one left at the full budget
+        r += 1
+    return _decide(root, cands, left, rungs, ranked, summaries, state, config, metric)
+
+
+def _budget(config: RunConfig, state: State) -> float:
+    """The search's budget: ``--time-budget``, else twice the incumbent's run; recorded once."""
     if "budget" not in state.data:
         given = config.time_budget
         state.data["budget"] = given if given is not None else round(BUDGET_FACTOR * state.spent(), 1)
@@ -449,10 +474,17 @@ def _search(
             else f"{BUDGET_FACTOR:g}x the default recipe's run of {state.spent():.0f} s (no --time-budget)"
         )
         state.save()
-    budget = float(state.data["budget"])
-    say(f"auto: budget {budget:.0f} s ({state.data['budget_rule']}); {state.spent():.0f} s used")
-    reference = _measured(summaries["incumbent"], seconds("incumbent"), incumbent.scaled)
-    steps = ladder(full, len(challengers))
+    return float(state.data["budget"])
+
+
+def _estimator(by_name: dict[str, Candidate], summaries: dict[str, RunSummary], state: State):
+    """``estimate(name, epochs, before)``: the seconds a candidate's run at ``epochs`` of phase 2 takes, from
+    its own run at the rung before, else the median of rung 0's runs so far, else the incumbent's."""
+
+    def seconds(rel: str) -> float:
+        return float(state.data["runs"].get(rel, {}).get("seconds", math.nan))
+
+    reference = _measured(summaries["incumbent"], seconds("incumbent"), by_name[INCUMBENT].scaled)
 
     def estimate(name: str, epochs: int, before: str | None) -> float:
         c = by_name[name]
@@ -468,43 +500,40 @@ def _search(
             per_epoch = float(np.median([d[1] for d in done if d[1]] or [reference[1]]))
         return overhead + (epochs * (per_epoch or reference[1]) if c.scaled else 0.0)
 
-    rungs: list[dict[str, Any]] = state.data["rungs"]
-    ranked: list[list[str]] = []  # per rung that ran, its members best first
-    r = 0
-    while challengers:
-        if r == len(rungs):  # a new decision; a recorded one is replayed as it was made
-            if state.data.get("stopped"):
-                break
-            plan = _plan_rung(r, rungs, ranked, by_name, steps, full, budget, state, estimate)
-            if plan is None:
-                break
-            rungs.append(plan)
+    return estimate
+
+
+def _rung_runs(root, r, rung, by_name, estimate, budget, state, say, executor) -> list:
+    """The runs of rung ``r`` that fit the budget left, in order; a member whose estimated run does not
+    fit is skipped, with why. On Ray the runs are returned to run together (the estimated seconds of
+    those before count as spent); else each one runs here before the next is checked."""
+    queue = executor is not None and executor.kind == "ray"
+    runs, queued = [], 0.0
+    for name in rung["members"]:
+        rel = rung["runs"][name]
+        if name in rung["skipped"]:
+            continue
+        path = root / "auto" / rel
+        started = (path / "summary.json").is_file() or staging_path(path).is_dir()
+        need = 0.0 if started else estimate(name, rung["epochs"], rung["before"][name])
+        left_s = budget - state.spent() - queued
+        if need and need > left_s:
+            why = f"about {need:.0f} s needed, {max(left_s, 0):.0f} s of the budget left"
+            rung["skipped"][name] = {"why": why, "needed_s": round(need, 1)}
             state.save()
-        rung = rungs[r]
-        for name in rung["members"]:
-            rel = rung["runs"][name]
-            if name in rung["skipped"]:
-                continue
-            path = root / "auto" / rel
-            started = (path / "summary.json").is_file() or staging_path(path).is_dir()
-            need = 0.0 if started else estimate(name, rung["epochs"], rung["before"][name])
-            left_s = budget - state.spent()
-            if need and need > left_s:
-                why = f"about {need:.0f} s needed, {max(left_s, 0):.0f} s of the budget left"
-                rung["skipped"][name] = {"why": why, "needed_s": round(need, 1)}
-                state.save()
-                continue
-            c, epochs = by_name[name], rung["epochs"]
-            if not (path / "summary.json").is_file():
-                budget_text = f"phase 2: {epochs} epochs" if c.scaled else "no phase 2"
-                say(f"auto: rung {r}, {name} ({budget_text}) in auto/{rel}")
-            summaries[rel] = _run(root, rel, lambda p, c=c, e=epochs: c.at(e, p, split), state)
-        ran = [n for n in rung["members"] if n not in rung["skipped"]]
-        ranked.append(_rank({n: summaries[rung["runs"][n]] for n in ran}, metric, list(by_name)))
-        if len(ran) <= 1 or all(rung["epochs"] >= full or not by_name[n].scaled for n in ran):
-            break  # one left, or every one left at the full budget
-        r += 1
-    return _decide(root, cands, left, rungs, ranked, summaries, state, config, metric)
+            continue
+        c, epochs = by_name[name], rung["epochs"]
+        if not (path / "summary.json").is_file():
+            budget_text = f"phase 2: {epochs} epochs" if c.scaled else "no phase 2"
+            say(f"auto: rung {r}, {name} ({budget_text}) in auto/{rel}")
+        make = lambda p, c=c, e=epochs: c.at(e, p, split=root / "auto" / "split.csv")  # noqa: E731
+        if queue:
+            runs.append((rel, make))
+            queued += need
+        else:
+            _run_all(root, [(rel, make)], state, executor)
+            runs.append((rel, make))  # finished now: read back with the others
+    return runs
 
 
 def _plan_rung(r, rungs, ranked, by_name, steps, full, budget, state, estimate) -> dict[str, Any] | None:
@@ -594,31 +623,12 @@ def _decide(root, cands, left, rungs, ranked, summaries, state, config, metric):
         rel = rungs[n_rung]["runs"][finalist]
         y, a, b = _paired_predictions(root / "auto" / "incumbent", root / "auto" / rel)
         decision = challenger_wins(y, a, b, metric, tried, seed=config.seed)
-        d, lb, conf = decision["difference"], decision["lower_bound"], decision["confidence"]
-        where = f"{decision['images']} validation images"
         budget = (
             f"rung {n_rung}, {rungs[n_rung]['epochs']} phase-2 epochs"
             if by_name[finalist].scaled
             else "rung 0"
         )
-        if decision["wins"]:
-            line = (
-                f"auto: chose {finalist} ({budget}) because its validation {decision['metric']} was "
-                f"{_lead(d, metric)} above {INCUMBENT}'s ({where}), and the paired bootstrap's "
-                f"{conf:.1%} one-sided lower bound of that lead, {_lead(lb, metric)}, is above 0 "
-                f"({1 - LEVEL:.0%} for the search, split over {tried} challengers)"
-            )
-        elif d > 0:
-            line = (
-                f"auto: kept {INCUMBENT} (the default) because the best challenger, {finalist} ({budget}), "
-                f"led by {_lead(d, metric)} of validation {decision['metric']} ({where}): within noise, the "
-                f"paired bootstrap's {conf:.1%} one-sided lower bound of its lead is {_lead(lb, metric)}"
-            )
-        else:
-            line = (
-                f"auto: kept {INCUMBENT} (the default) because no challenger scored higher on validation "
-                f"{decision['metric']}: the best, {finalist} ({budget}), was {_lead(d, metric)} ({where})"
-            )
+        line = _reason(decision, finalist, budget, metric, tried)
     winner = (finalist, rungs[n_rung]["runs"][finalist]) if decision["wins"] else (INCUMBENT, "incumbent")
     record = {
         "method": METHOD,
@@ -635,6 +645,29 @@ def _decide(root, cands, left, rungs, ranked, summaries, state, config, metric):
         "reason": line,
     }
     return record, winner
+
+
+def _reason(decision: dict[str, Any], finalist: str, budget: str, metric: str, tried: int) -> str:
+    """The one line that says why the finalist replaced the default, or why the default was kept."""
+    d, lb, conf = decision["difference"], decision["lower_bound"], decision["confidence"]
+    where = f"{decision['images']} validation images"
+    if decision["wins"]:
+        return (
+            f"auto: chose {finalist} ({budget}) because its validation {decision['metric']} was "
+            f"{_lead(d, metric)} above {INCUMBENT}'s ({where}), and the paired bootstrap's "
+            f"{conf:.1%} one-sided lower bound of that lead, {_lead(lb, metric)}, is above 0 "
+            f"({1 - LEVEL:.0%} for the search, split over {tried} challengers)"
+        )
+    if d > 0:
+        return (
+            f"auto: kept {INCUMBENT} (the default) because the best challenger, {finalist} ({budget}), "
+            f"led by {_lead(d, metric)} of validation {decision['metric']} ({where}): within noise, the "
+            f"paired bootstrap's {conf:.1%} one-sided lower bound of its lead is {_lead(lb, metric)}"
+        )
+    return (
+        f"auto: kept {INCUMBENT} (the default) because no challenger scored higher on validation "
+        f"{decision['metric']}: the best, {finalist} ({budget}), was {_lead(d, metric)} ({where})"
+    )
 
 
 def _lead(x: float, metric: str) -> str:
@@ -681,22 +714,9 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
     ]
     for r, order in enumerate(ranked):
         rung = rungs[r]
-        promoted = rungs[r + 1]["members"] if r + 1 < len(rungs) else []
         for i, name in enumerate(order):
             rel = rung["runs"][name]
-            rank = f"rank {i + 1} of {len(order)}"
-            if name in promoted:
-                status, why = "promoted", f"{rank}: in the better half, on to rung {r + 1}"
-            elif r == len(ranked) - 1 and i == 0:
-                status = "winner" if winner[0] == name else "finalist"
-                why = f"{rank}: the top of the last rung; " + (
-                    "beat the default beyond noise"
-                    if status == "winner"
-                    else "not beyond noise: the default is kept"
-                )
-            else:
-                why = f"{rank}: " + ("below the better half" if promoted else "the search ended at this rung")
-                status = "dropped"
+            status, why = _status(r, i, name, order, rungs, len(ranked), winner)
             if r and rel == rungs[r - 1]["runs"].get(name):
                 why += f"; the run of rung {r - 1} again (no phase 2 to lengthen)"
             rows.append(row(name, r, rung["epochs"], rel, status, why))
@@ -709,6 +729,21 @@ def _table(cands, left, rungs, ranked, summaries, state, metric, winner) -> list
         {**row(c["candidate"], "-", 0, None, "left out", c["why"]), "overrides": c["overrides"]} for c in left
     ]
     return rows
+
+
+def _status(r: int, i: int, name: str, order: list[str], rungs, last: int, winner) -> tuple[str, str]:
+    """The status of rung ``r``'s ``i``-th best run and why: promoted, winner, finalist or dropped."""
+    promoted = rungs[r + 1]["members"] if r + 1 < len(rungs) else []
+    rank = f"rank {i + 1} of {len(order)}"
+    if name in promoted:
+        return "promoted", f"{rank}: in the better half, on to rung {r + 1}"
+    if r == last - 1 and i == 0:
+        status = "winner" if winner[0] == name else "finalist"
+        why = (
+            "beat the default beyond noise" if status == "winner" else "not beyond noise: the default is kept"
+        )
+        return status, f"{rank}: the top of the last rung; {why}"
+    return "dropped", f"{rank}: " + ("below the better half" if promoted else "the search ended at this rung")
 
 
 def _paired_predictions(incumbent: Path, challenger: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -119,6 +119,27 @@ def _print(lines: list[str]) -> None:
         print(line)
 
 
+def executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where a study's cells run (thaw.study.Executor)."""
+    g = p.add_argument_group("where the study's runs go (each run one cell)")
+    g.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="here one by one, or Ray tasks"
+    )
+    g.add_argument(
+        "--address", help="Ray: auto (this machine's cluster) or HOST:PORT of a head (default: start one)"
+    )
+    g.add_argument(
+        "--cell-cpus", type=int, help="CPUs (and torch threads) per run (default: Ray 1; local as is)"
+    )
+    g.add_argument("--cell-gpus", type=float, default=0.0, help="GPUs per run on Ray (default: 0)")
+
+
+def _executor(args: argparse.Namespace):
+    from thaw.study import Executor  # torch-free cli
+
+    return Executor(args.executor, args.address, args.cell_cpus, args.cell_gpus)
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     import thaw  # torch-free cli
 
@@ -148,6 +169,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.folds is not None:
         cmd_folds(config, args)
         return
+    if args.executor != "local" and config.strategy != "auto":
+        raise ThawError("--executor ray runs a study's runs: give it with --folds K or --strategy auto")
+    if config.strategy == "auto":
+        from thaw.auto import fit_auto  # torch-free cli
+
+        fit_auto(config, quiet=args.quiet, executor=_executor(args))
+        return
     thaw.fit(config, quiet=args.quiet)
 
 
@@ -162,7 +190,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     config = config_from_args(args, RunConfig.from_yaml(args.config) if args.config else RunConfig())
     seeds = tuple(range(config.seed, config.seed + args.seeds))
     compare(
-        Plan(config, strategies, seeds), study_folder(config, "compare", stamped=False), dry_run=args.dry_run
+        Plan(config, strategies, seeds),
+        study_folder(config, "compare", stamped=False),
+        dry_run=args.dry_run,
+        executor=_executor(args),
     )
 
 
@@ -179,7 +210,7 @@ def cmd_folds(config: RunConfig, args: argparse.Namespace) -> None:
 
     out = study_folder(config, "cv")
     print(f"{args.folds}-fold cross-validation in {out} (rerun with --out {out} to finish it if interrupted)")
-    result = cross_validate(config, args.folds, out, quiet=args.quiet)
+    result = cross_validate(config, args.folds, out, quiet=args.quiet, executor=_executor(args))
     _print(folds_lines(result["summary"]))
     print(f"written: {out / 'cv.json'}")
 
@@ -191,7 +222,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
     config = config_from_args(args, RunConfig())
     out = study_folder(config, "curve")
     print(f"curve folder: {out} (rerunning the same command there skips finished runs)")
-    run_curve(config, budgets, args.seeds, out, quiet=True)
+    run_curve(config, budgets, args.seeds, out, quiet=True, executor=_executor(args))
     print((out / "curve.md").read_text(), end="")
     print(f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
 
@@ -440,6 +471,7 @@ def _fit(sub) -> None:
     )
     log_format_flag(f)
     config_flags(f)
+    executor_flags(f)
     f.set_defaults(func=cmd_fit)
 
 
@@ -455,6 +487,7 @@ def _compare(sub) -> None:
     co.add_argument("--config", help="a config.yaml; flags override it")
     co.add_argument("--dry-run", action="store_true", help="print the estimated cost and stop")
     config_flags(co)
+    executor_flags(co)
     co.set_defaults(func=cmd_compare)
     st = sub.add_parser("strategies", help="list the named strategies for --strategy, one line each")
     st.set_defaults(func=cmd_strategies)
@@ -473,6 +506,7 @@ def _curve(sub) -> None:
     )
     cu.add_argument("--seeds", type=int, default=3, help="runs per budget, seeds --seed, --seed+1, ... (3)")
     config_flags(cu)
+    executor_flags(cu)
     cu.set_defaults(func=cmd_curve)
 
 
@@ -570,8 +604,7 @@ def _shards(sub) -> None:
         "--shard-format",
         choices=("webdataset", "litdata"),
         default="webdataset",
-        help="WebDataset tar files, or LitData's optimized format, a dataset per split "
-        "(default: webdataset)",
+        help="WebDataset tar files, or LitData's optimized format, a dataset per split (default: webdataset)",
     )
     config_flags(sh, sections=("data",))
     sh.set_defaults(func=cmd_shards)

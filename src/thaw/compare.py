@@ -25,9 +25,9 @@ from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.metrics.stats import Paired, floor_note, paired, with_holm
 from thaw.results import RunSummary, dumps
+from thaw.study import METRICS, Cell, Executor, columns, interval, run_cells, summaries
 
 REFERENCE = "two-phase"
-METRICS = (("val", "accuracy"), ("test", "accuracy"), ("test", "auc"), ("test", "macro_f1"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ class Plan:
 
     def runs(self, root: Path) -> list[tuple[str, int, Path]]:
         return [(s, seed, root / "runs" / f"{s}-seed{seed}") for seed in self.seeds for s in self.strategies]
+
+    def cells(self, root: Path, config: RunConfig) -> list[Cell]:
+        """Every strategy x seed as a cell of the study, on ``config`` (the shared split)."""
+        return [
+            Cell(f"{s}, seed {seed}", path, override(config, {"strategy": s, "seed": seed, "out": str(path)}))
+            for s, seed, path in self.runs(root)
+        ]
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
@@ -146,35 +153,29 @@ def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
 
 
 def compare(
-    plan: Plan, root: Path, say: Callable[[str], None] = print, dry_run: bool = False
+    plan: Plan,
+    root: Path,
+    say: Callable[[str], None] = print,
+    dry_run: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) every strategy x seed, then write results.json, the table, the plots, the verdict."""
-    import thaw
-    from thaw.train.run_folder import staging_path
-
+    executor = (executor or Executor()).check()
     config = prepare(plan, root)
-    runs = plan.runs(root)
-    done = [r for r in runs if (r[2] / "summary.json").is_file()]
-    todo = len(runs) - len(done)
+    cells = plan.cells(root, config)
+    todo = sum(not c.done for c in cells)
     if todo:
         minutes, how = estimate(config, plan, todo)
         say(
-            f"{len(runs)} runs ({len(plan.strategies)} strategies x {len(plan.seeds)} seeds), {len(done)} "
-            f"already finished; the other {todo} take about {minutes:.1f} minutes at most at this load "
-            f"({how}; every plan's full epoch budget)"
+            f"{len(cells)} runs ({len(plan.strategies)} strategies x {len(plan.seeds)} seeds), "
+            f"{len(cells) - todo} already finished; the other {todo} take about {minutes:.1f} minutes at "
+            f"most at this load ({how}; every plan's full epoch budget)"
         )
     if dry_run:
         return {}
-    for i, (strategy, seed, path) in enumerate(runs, 1):
-        if (path / "summary.json").is_file():
-            continue
-        say(f"[{i}/{len(runs)}] {strategy}, seed {seed}")
-        if staging_path(path).is_dir():
-            thaw.resume(staging_path(path), quiet=True)
-        else:
-            thaw.fit(override(config, {"strategy": strategy, "seed": seed, "out": str(path)}), quiet=True)
-    summaries = [(s, seed, path, RunSummary.read(path)) for s, seed, path in runs]
-    return write_comparison(root, plan, summaries, say)
+    run_cells(cells, executor, say)
+    runs = [(s, seed, path, summary) for (s, seed, path), summary in zip(plan.runs(root), summaries(cells))]
+    return write_comparison(root, plan, runs, say)
 
 
 # ------------------------------------------------------------------------------------------ the results
@@ -182,64 +183,29 @@ def compare(
 
 def run_row(summary: RunSummary) -> dict[str, Any]:
     """One run as the table sees it: the saved model's metrics, seconds, and its diagnostics."""
-    final = summary.final
-    row: dict[str, Any] = {"final_phase": summary.final_phase}
-    for split, metric in METRICS:
-        m = final.on(split)
-        row[f"{split}_{metric}"] = getattr(m, metric) if m is not None else float("nan")
-    row["seconds"] = round(sum(p.seconds for p in summary.phases.values()), 1)
-    d = summary.forgetting.get(summary.final_phase)
-    row["cka"] = d.cka if d else float("nan")
-    row["imagenet_agreement"] = (
-        d.imagenet_agreement if d and d.imagenet_agreement is not None else float("nan")
+    row: dict[str, Any] = {"final_phase": summary.final_phase, "last_phase": list(summary.phases)[-1]}
+    return {**row, **{key: metric.read(summary) for key, metric in METRICS.items()}}
+
+
+COLUMNS = columns(
+    (
+        "val_accuracy",
+        "test_accuracy",
+        "test_auc",
+        "test_macro_f1",
+        "corrupted_accuracy",
+        "ood_accuracy",
+        "cka",
+        "imagenet_agreement",
+        "seconds",
     )
-    row["max_weight_drift"] = max(d.weight_drift, default=float("nan")) if d else float("nan")
-    last = list(summary.phases)[-1]  # the last plan, when validation kept an earlier one's weights
-    row["last_phase"] = last
-    row["last_test_accuracy"] = _metric(summary.phases[last].test, "accuracy")
-    row["last_test_auc"] = _metric(summary.phases[last].test, "auc")
-    row["last_cka"] = summary.forgetting[last].cka if last in summary.forgetting else float("nan")
-    shift = summary.shift
-    row["corrupted_accuracy"] = (
-        shift.corrupted_accuracy if shift and shift.corrupted_accuracy else float("nan")
-    )
-    row["ood_accuracy"] = shift.ood.accuracy if shift and shift.ood else float("nan")
-    return row
-
-
-def _metric(metrics, name: str) -> float:
-    return getattr(metrics, name) if metrics is not None else float("nan")
-
-
-COLUMNS = (
-    ("val_accuracy", "val acc", 100),
-    ("test_accuracy", "test acc", 100),
-    ("test_auc", "test AUC", 1),
-    ("test_macro_f1", "test macro-F1", 1),
-    ("corrupted_accuracy", "corrupted acc", 100),
-    ("ood_accuracy", "OOD acc", 100),
-    ("cka", "CKA", 1),
-    ("imagenet_agreement", "ImageNet agr.", 1),
-    ("seconds", "seconds", 0),
 )
-LAST = (
-    ("last_test_accuracy", "last plan: test acc", 100),
-    ("last_test_auc", "last plan: test AUC", 1),
-    ("last_cka", "last plan: CKA", 1),
-)
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+LAST = columns(("last_test_accuracy", "last_test_auc", "last_cka"))  # the last plan, when one before is kept
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
     """mean, sd, and how many ``values`` are finite (a NaN AUC or CKA is left out; the table says so)."""
-    finite = sum(1 for x in values if x is not None and math.isfinite(x))
-    return (*mean_sd(values), finite)
+    return interval(values)[:3]
 
 
 def pairwise(scores: dict[str, dict[int, float]], reference: str) -> tuple[str | None, list[Paired]]:
@@ -486,28 +452,36 @@ def csv_table(table: list[dict], columns) -> str:
 
 
 def plot_comparison(root: Path, plan: Plan, summaries, rows: list[dict]) -> None:
+    """val_accuracy.png (every run's validation accuracy over epochs), gain.png (each strategy's paired
+    difference from the reference, mean +- sd over seeds), cka_accuracy.png (feature drift vs accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(plan.strategies)}
-
-    def save(fig, name: str) -> None:
+    key = "test_accuracy" if all(math.isfinite(r["test_accuracy"]) for r in rows) else "val_accuracy"
+    for name, draw, size in (
+        ("val_accuracy.png", lambda ax: _plot_epochs(ax, plan, summaries, colours), (8, 4.5)),
+        ("gain.png", lambda ax: _plot_gain(ax, plan, rows, colours, key), (8, 4)),
+        ("cka_accuracy.png", lambda ax: _plot_cka(ax, plan, rows, colours, key), (6, 4.5)),
+    ):
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax)
         fig.tight_layout()
         with atomic_path(root / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
 
-    # validation accuracy over epochs, every seed a thin line; phase starts marked on the first seed's run
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+
+def _plot_epochs(ax, plan: Plan, summaries, colours: dict) -> None:
+    """Validation accuracy over epochs, every seed a thin line; phase starts marked on the first seed's."""
     for strategy, seed, _, summary in summaries:
         epochs = [r for p in summary.phases.values() for r in p.epochs]
-        xs, ys = [r["step_epoch"] for r in epochs], [100 * r["val_acc"] for r in epochs]
         first = seed == plan.seeds[0]
         ax.plot(
-            xs,
-            ys,
+            [r["step_epoch"] for r in epochs],
+            [100 * r["val_acc"] for r in epochs],
             color=colours[strategy],
             lw=1.6 if first else 0.7,
             alpha=1 if first else 0.5,
@@ -515,36 +489,32 @@ def plot_comparison(root: Path, plan: Plan, summaries, rows: list[dict]) -> None
             ms=2,
             label=strategy if first else None,
         )
-        if first:
-            for p in list(summary.phases.values())[1:]:
-                if p.epochs:
-                    ax.axvline(p.epochs[0]["step_epoch"] - 0.5, color=colours[strategy], ls=":", lw=0.8)
+        for p in list(summary.phases.values())[1:] if first else []:
+            if p.epochs:
+                ax.axvline(p.epochs[0]["step_epoch"] - 0.5, color=colours[strategy], ls=":", lw=0.8)
     ax.set_xlabel("epoch (over all phases; dotted: a phase starts)")
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=8)
-    save(fig, "val_accuracy.png")
 
-    # gain per strategy: paired difference from the reference, mean +- sd over seeds
+
+def _plot_gain(ax, plan: Plan, rows: list[dict], colours: dict, key: str) -> None:
+    """Gain per strategy: paired difference from the reference, mean +- sd over seeds."""
     reference = REFERENCE if REFERENCE in plan.strategies else plan.strategies[0]
-    key = "test_accuracy" if all(math.isfinite(r["test_accuracy"]) for r in rows) else "val_accuracy"
     ref = {r["seed"]: r[key] for r in rows if r["strategy"] == reference}
-    fig, ax = plt.subplots(figsize=(8, 4))
     for i, s in enumerate(plan.strategies):
         diffs = [100 * (r[key] - ref[r["seed"]]) for r in rows if r["strategy"] == s and r["seed"] in ref]
-        mean, sd = mean_sd(diffs)
-        ax.bar(i, mean, yerr=sd, color=colours[s], capsize=3)
+        gain = interval(diffs)
+        ax.bar(i, gain.mean, yerr=gain.sd, color=colours[s], capsize=3)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(plan.strategies)), plan.strategies, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"{key.replace('_', ' ')} - {reference} (points)")
     ax.set_title("gain per strategy, paired over seeds (mean +- sd)")
-    save(fig, "gain.png")
 
-    # feature drift vs accuracy
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+
+def _plot_cka(ax, plan: Plan, rows: list[dict], colours: dict, key: str) -> None:
     for s in plan.strategies:
         mine = [r for r in rows if r["strategy"] == s]
         ax.scatter([r["cka"] for r in mine], [100 * r[key] for r in mine], color=colours[s], label=s, s=20)
     ax.set_xlabel("linear CKA, pretrained vs fine-tuned features (1 = unchanged)")
     ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
     ax.legend(fontsize=8)
-    save(fig, "cka_accuracy.png")

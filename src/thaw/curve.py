@@ -15,8 +15,6 @@ of every call (they hold nothing a run folder does not).
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,8 @@ from thaw.data.budget import apply_budget
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.results import RunSummary, dumps
+from thaw.study import Cell, Executor, interval, run_cells
+from thaw.train.run_folder import final_path
 from thaw.train.strategies import check_named
 
 IGNORED = ("out", "seed", "data.labels_per_class", "data.label_fraction")
@@ -81,58 +81,39 @@ def parse_budgets(text: str) -> list[Budget]:
 
 
 def run_curve(
-    config: RunConfig, budgets: list[Budget], seeds: int, out: Path, quiet: bool = True, say=print
+    config: RunConfig,
+    budgets: list[Budget],
+    seeds: int,
+    out: Path,
+    quiet: bool = True,
+    say=print,
+    executor: Executor | None = None,
 ) -> dict:
     """Run (or finish) every budget x seed under ``out`` and write ``curve.json``, ``curve.md`` and
     ``curve.png`` there. Returns what ``curve.json`` holds."""
-    from thaw.train.recipe import fit, resume
-    from thaw.train.run_folder import final_path, staging_path
-
-    if config.data.labels_per_class is not None or config.data.label_fraction is not None:
-        raise ThawError("thaw curve sets each run's label budget; drop --labels-per-class/--label-fraction")
-    if seeds < 1:
-        raise ThawError(f"--seeds {seeds} must be at least 1")
-    config.validate()
-    check_named(config)  # --strategy auto is a study of its own
-    sources = discover(config.data)
-    for b in budgets:  # a budget a class cannot meet is an error before any run starts
-        apply_budget(sources, override(config, b.settings(), keep_none=True).data, config.seed)
+    sources = _check(config, budgets, seeds)
+    executor = (executor or Executor()).check()
     out.mkdir(parents=True, exist_ok=True)
     _check_same_settings(config, out / "curve.yaml")
-
-    jobs = [(b, config.seed + s) for b in budgets for s in range(seeds)]
-    done = [(b, s) for b, s in jobs if (out / f"{b.folder}-seed{s}" / "summary.json").is_file()]
-    todo = [(b, s) for b, s in jobs if (b, s) not in done]
     labelled = {
         b: len(apply_budget(sources, override(config, b.settings(), keep_none=True).data, 0).split("train"))
         for b in budgets
     }
-    rate = _seconds_per_image_epoch([out / f"{b.folder}-seed{s}" for b, s in done])
-    work = sum(labelled[b] * max(config.phase2.epochs, 1) for b, _ in todo)
-    estimate = f", about {rate * work / 60:.0f} min at this folder's measured speed" if rate and work else ""
-    say(
-        f"curve: {len(budgets)} budgets x {seeds} seeds = {len(jobs)} runs ({len(done)} finished, "
-        f"{len(todo)} to run); labelled training images per run: "
-        + ", ".join(f"{b.label} {labelled[b]}" for b in budgets)
-        + f"; at most {work} image-epochs of phase 2 to go{estimate}"
-    )
-    start = time.perf_counter()
-    for i, (b, s) in enumerate(todo, start=1):
-        run_out = out / f"{b.folder}-seed{s}"
-        t0 = time.perf_counter()
-        if staging_path(run_out).is_dir():
-            resume(staging_path(run_out), quiet=quiet)
-        else:
-            fit(
-                override(config, {**b.settings(), "seed": s, "out": str(run_out)}, keep_none=True),
-                quiet=quiet,
-            )
-        spent, finished = time.perf_counter() - start, todo[:i]
-        share = sum(labelled[b] for b, _ in finished) / sum(labelled[b] for b, _ in todo)
-        left = spent / share - spent  # runs cost about in proportion to their labelled images
-        took = time.perf_counter() - t0
-        say(f"  {b.label} seed {s}: done in {took:.0f}s ({i}/{len(todo)}, about {left / 60:.0f} min left)")
-    runs = [_row(b, s, final_path(out / f"{b.folder}-seed{s}")) for b, s in jobs]
+    jobs = [(b, config.seed + s) for b in budgets for s in range(seeds)]
+    cells = [
+        Cell(
+            f"{b.label} seed {s}",
+            out / f"{b.folder}-seed{s}",
+            override(
+                config, {**b.settings(), "seed": s, "out": str(out / f"{b.folder}-seed{s}")}, keep_none=True
+            ),
+            cost=labelled[b],  # runs cost about in proportion to their labelled images
+        )
+        for b, s in jobs
+    ]
+    _announce(config, budgets, seeds, cells, labelled, say)
+    run_cells(cells, executor, say)
+    runs = [_row(b, s, final_path(c.path)) for (b, s), c in zip(jobs, cells)]
     result = {
         "budgets": [b.label for b in budgets],
         "seeds": seeds,
@@ -143,6 +124,34 @@ def run_curve(
     write_atomic(out / "curve.md", markdown(result))
     plot(result, out / "curve.png", f"{sources.name} - {config.model.name}")
     return result
+
+
+def _check(config: RunConfig, budgets: list[Budget], seeds: int):
+    """The sources, once the settings are checked: every budget met by every class before any run."""
+    if config.data.labels_per_class is not None or config.data.label_fraction is not None:
+        raise ThawError("thaw curve sets each run's label budget; drop --labels-per-class/--label-fraction")
+    if seeds < 1:
+        raise ThawError(f"--seeds {seeds} must be at least 1")
+    config.validate()
+    check_named(config)  # --strategy auto is a study of its own
+    sources = discover(config.data)
+    for b in budgets:  # a budget a class cannot meet is an error before any run starts
+        apply_budget(sources, override(config, b.settings(), keep_none=True).data, config.seed)
+    return sources
+
+
+def _announce(config, budgets, seeds, cells, labelled, say) -> None:
+    done = [c for c in cells if c.done]
+    todo = [c for c in cells if not c.done]
+    rate = _seconds_per_image_epoch([c.path for c in done])
+    work = int(sum(c.cost * max(config.phase2.epochs, 1) for c in todo))
+    estimate = f", about {rate * work / 60:.0f} min at this folder's measured speed" if rate and work else ""
+    say(
+        f"curve: {len(budgets)} budgets x {seeds} seeds = {len(cells)} runs ({len(done)} finished, "
+        f"{len(todo)} to run); labelled training images per run: "
+        + ", ".join(f"{b.label} {labelled[b]}" for b in budgets)
+        + f"; at most {work} image-epochs of phase 2 to go{estimate}"
+    )
 
 
 def _check_same_settings(config: RunConfig, path: Path) -> None:
@@ -200,23 +209,16 @@ def _row(budget: Budget, seed: int, path: Path) -> dict:
     }
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def table(runs: list[dict], budgets: list[Budget]) -> list[dict]:
     """Mean and sd over seeds per budget, of the saved model and of the linear probe."""
     rows = []
     for b in budgets:
         mine = [r for r in runs if r["budget"] == b.label]
-        row = {"budget": b.label, "labelled": _mean_sd([r["labelled"] for r in mine])[0], "n": len(mine)}
+        row = {"budget": b.label, "labelled": interval([r["labelled"] for r in mine]).mean, "n": len(mine)}
         for who in ("model", "last", "probe"):
             for metric in ("accuracy", "auc"):
                 values = [r[who][metric] for r in mine if r[who]]
-                row[f"{who}_{metric}"] = _mean_sd(values)
+                row[f"{who}_{metric}"] = interval(values)[:2]
         rows.append(row)
     return rows
 

@@ -12,16 +12,17 @@ freedom): the folds' spread says how much one fixed validation split could have 
 from __future__ import annotations
 
 import dataclasses
-import math
-import statistics
 from pathlib import Path
 
+from thaw import study
 from thaw.config import RunConfig, override
 from thaw.data import discover
 from thaw.data.sources import Sources
 from thaw.errors import ThawError
 from thaw.files import write_atomic
-from thaw.results import GAIN_METRICS, RunSummary, dumps
+from thaw.multilabel import refuse
+from thaw.results import GAIN_METRICS, dumps
+from thaw.study import Cell, Executor, run_cells, summaries
 from thaw.train.strategies import check_named
 
 
@@ -53,37 +54,29 @@ def fold_sources(sources: Sources, folds: int, seed: int) -> list[Sources]:
     return out
 
 
-def cross_validate(config: RunConfig, folds: int, out: Path, quiet: bool = True, say=print) -> dict:
+def cross_validate(
+    config: RunConfig, folds: int, out: Path, quiet: bool = True, say=print, executor: Executor | None = None
+) -> dict:
     """Run (or finish) every fold under ``out`` and write ``cv.json``; returns what it holds."""
-    from thaw.train.recipe import fit, resume
-    from thaw.train.run_folder import final_path, staging_path
-
     config.validate()
     check_named(config)  # --strategy auto is a study of its own
-    from thaw.multilabel import refuse
-
     sources = discover(config.data)
     refuse(sources, "--folds")
     parts = fold_sources(sources, folds, config.data.split_seed)
+    executor = (executor or Executor()).check()
     out.mkdir(parents=True, exist_ok=True)
-    for i, sources in enumerate(parts):
-        run_out = out / f"fold{i}"
-        if (run_out / "summary.json").is_file():
-            say(f"fold {i}: finished earlier, skipped")
-            continue
-        if staging_path(run_out).is_dir():
-            resume(staging_path(run_out), quiet=quiet)
-        else:
-            fit(override(config, {"out": str(run_out)}), sources=sources, quiet=quiet)
-        say(f"fold {i}: done")
-    summaries = [RunSummary.read(final_path(out / f"fold{i}")) for i in range(folds)]
+    cells = [
+        Cell(f"fold {i}", out / f"fold{i}", override(config, {"out": str(out / f"fold{i}")}), sources=part)
+        for i, part in enumerate(parts)
+    ]
+    run_cells(cells, executor, say)
     result = {
         "folds": folds,
         "split_seed": config.data.split_seed,
-        "runs": [str(out / f"fold{i}") for i in range(folds)],
+        "runs": [str(c.path) for c in cells],
         "per_fold": [
             {s: _metrics(r.final.on(s)) for s in ("val", "test") if r.final.on(s) is not None}
-            for r in summaries
+            for r in summaries(cells)
         ],
     }
     result["summary"] = {
@@ -101,12 +94,7 @@ def _metrics(m) -> dict:
 
 def interval(values: list[float]) -> dict:
     """Mean, sd and the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom)."""
-    from scipy.stats import t
-
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+    i = study.interval(values)
+    if not i.n:
         return {"mean": None, "sd": None, "ci95": None}
-    mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    half = float(t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+    return {"mean": i.mean, "sd": i.sd, "ci95": [i.low, i.high]}
