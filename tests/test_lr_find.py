@@ -262,10 +262,11 @@ def test_fit_lr_auto_records_the_value(tmp_path, class_folder):
 
 def test_head_sweep_without_a_phase_1(tmp_path, class_folder):
     """Fine-tuning from the start (--phase1-epochs 0) still has a head LR to find: a fresh head."""
+    from thaw.reporting.figures import lr_find_plot
     from thaw.train.lr_find import lr_find
 
     config = tiny_config(class_folder, tmp_path / "unused", **{"phase1.epochs": 0, "data.batch_size": 4})
-    found = lr_find(config, 1, tmp_path / "f", steps=20, say=lambda _: None)
+    found = lr_find(config, 1, tmp_path / "f", steps=20, say=lambda _: None, draw=lr_find_plot)
     assert found.swept == "head" and found.start_lr <= found.suggestion <= found.end_lr
     assert (tmp_path / "f" / "lr_find_phase1.png").is_file()
 

@@ -30,38 +30,38 @@ __all__ = [
 
 
 def fit(config, sources=None, quiet=False, plans=None):
-    """Run the config's strategy (or ``plans``); see :func:`thaw.train.recipe.fit`. ``strategy="auto"``:
+    """Run the config's strategy (or ``plans``); see :func:`thaw.run.fit`. ``strategy="auto"``:
     a search over candidate recipes within ``time_budget``; see :func:`thaw.auto.fit_auto`."""
     if config.strategy == "auto":
-        from thaw.auto import fit_auto
+        from thaw.auto import fit_auto  # torch and Lightning load on first use: `import thaw` stays light
 
         return fit_auto(config, sources, quiet, plans)
-    from thaw.train.recipe import fit as _fit
+    from thaw.run import fit as _fit  # torch and Lightning load on first use
 
     return _fit(config, sources, quiet, plans)
 
 
 def resume(path, quiet=False):
-    """Continue an interrupted run (or ``--strategy auto`` search); see :func:`thaw.train.recipe.resume`."""
-    from thaw.auto import is_auto, resume_auto
+    """Continue an interrupted run (or ``--strategy auto`` search); see :func:`thaw.run.resume`."""
+    from thaw.auto import is_auto, resume_auto  # torch and Lightning load on first use
 
     if is_auto(path):
         return resume_auto(path, quiet)
-    from thaw.train.recipe import resume as _resume
+    from thaw.run import resume as _resume  # torch and Lightning load on first use
 
     return _resume(path, quiet)
 
 
 def evaluate_run(run, data=None, fmt="auto"):
     """Score a run on labelled data, never on its training images; see :func:`thaw.evaluate.evaluate_run`."""
-    from thaw.evaluate import evaluate_run
+    from thaw.evaluate import evaluate_run  # torch loads on first use
 
     return evaluate_run(run, data, fmt)
 
 
 def load(path):
     """A :class:`thaw.predict.Predictor` for a run folder or its ``model.safetensors``."""
-    from thaw.predict import Predictor
+    from thaw.predict import Predictor  # torch loads on first use
 
     return Predictor.load(path)
 

@@ -307,7 +307,7 @@ def fit_auto(
 ):
     """Search the recipes of ``listed`` within ``config.time_budget`` seconds (none: twice the default
     recipe's own run) and write the winner's run folder to ``config.out``, with the screening record.
-    Returns a :class:`thaw.train.recipe.RunResult`; rerunning the same call resumes an interrupted search."""
+    Returns a :class:`thaw.run.RunResult`; rerunning the same call resumes an interrupted search."""
     _check(config, plans)
     listed = listed or CANDIDATES
     say = say or ((lambda text: None) if quiet else print)
@@ -385,7 +385,7 @@ def _prepare(config: RunConfig, out: Path, names: list[str], sources) -> Path:
 
 def _run(root: Path, rel: str, make: Callable[[Path], RunConfig], state: State) -> RunSummary:
     """The finished run ``auto/<rel>``: read back, resumed, or trained now; its wall seconds recorded."""
-    from thaw.train.recipe import fit, resume
+    from thaw.run import fit, resume
 
     path = root / "auto" / rel
     if not (path / "summary.json").is_file():
@@ -750,7 +750,7 @@ def _finish(root: Path, out: Path, config: RunConfig, record: dict, winner: tupl
     summary.json and report.html; drop the screening runs' per-plan checkpoints; commit the folder."""
     from thaw.models import load_model
     from thaw.reporting.html import write_report
-    from thaw.train.recipe import RunResult
+    from thaw.run import RunResult
 
     source = root / "auto" / winner[1]
     for f in sorted(source.rglob("*")):

@@ -85,7 +85,7 @@ def run_curve(
 ) -> dict:
     """Run (or finish) every budget x seed under ``out`` and write ``curve.json``, ``curve.md`` and
     ``curve.png`` there. Returns what ``curve.json`` holds."""
-    from thaw.train.recipe import fit, resume
+    from thaw.run import fit, resume
     from thaw.train.run_folder import final_path, staging_path
 
     if config.data.labels_per_class is not None or config.data.label_fraction is not None:

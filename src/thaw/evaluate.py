@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import (
     binary_auroc,
     multiclass_accuracy,
@@ -21,28 +19,15 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
-from thaw.files import atomic_path, write_atomic
+from thaw.files import atomic_path, write_atomic, write_rows_csv
 from thaw.results import Metrics, dumps
+from thaw.train.inference import predict  # noqa: F401  (evaluate.predict: the engine's inference)
 
 if TYPE_CHECKING:
-    from thaw.models import Classifier
+    pass
 
 
 @torch.no_grad()
-def predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [N, C] and labels [N] over a loader, in eval mode (multi-label: per-label
-    probabilities and 0/1 labels, both [N, K])."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    probs, labels = [], []
-    for x, y in loader:
-        probs.append(model.probabilities(model(x.to(device))).cpu())
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
-    return torch.cat(probs), torch.cat(labels)
-
-
 def classification_metrics(
     probs: torch.Tensor,
     labels: torch.Tensor,
@@ -97,12 +82,7 @@ def classification_metrics(
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, text.getvalue())
+    write_rows_csv(rows, path)
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:

@@ -4,6 +4,8 @@ the data and the folder entry flushed to disk before and after the rename, so do
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +65,13 @@ def fsync_tree(folder: Path) -> None:
         if path.is_file():
             fsync_file(path)
     fsync_dir(folder)
+
+
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """``rows`` as a CSV file (the columns in the order they first appear), written atomically."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())

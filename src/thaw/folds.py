@@ -55,7 +55,7 @@ def fold_sources(sources: Sources, folds: int, seed: int) -> list[Sources]:
 
 def cross_validate(config: RunConfig, folds: int, out: Path, quiet: bool = True, say=print) -> dict:
     """Run (or finish) every fold under ``out`` and write ``cv.json``; returns what it holds."""
-    from thaw.train.recipe import fit, resume
+    from thaw.run import fit, resume
     from thaw.train.run_folder import final_path, staging_path
 
     config.validate()

@@ -224,3 +224,41 @@ def _float(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def lr_find_plot(found, title: str) -> bytes:
+    """Loss vs LR (log scale): each batch's loss faint, the smoothed loss, the suggestion and the other
+    rules marked, the default LR dashed (``found``: a ``thaw.train.lr_find.LRFind``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(found.lrs, found.raw_losses, color="lightgrey", linewidth=1, label="batch loss")
+    ax.plot(found.lrs, found.losses, color="tab:blue", linewidth=2, label="smoothed loss")
+    index = found.lrs.index(found.suggestion)
+    ax.plot(
+        found.suggestion,
+        found.losses[index],
+        "o",
+        color="red",
+        markersize=9,
+        label=f"{found.rule}: {found.suggestion:.2g}",
+    )
+    for (name, lr), marker in zip(found.alternatives.items(), ("^", "s")):
+        i = (
+            found.lrs.index(lr)
+            if lr in found.lrs
+            else min(range(len(found.lrs)), key=lambda j: abs(math.log(found.lrs[j] / lr)))
+        )
+        ax.plot(lr, found.losses[i], marker, color="dimgrey", markersize=7, label=f"{name}: {lr:.2g}")
+    ax.axvline(found.default, color="green", linestyle="--", linewidth=1, label=f"default: {found.default:g}")
+    finite = [v for v in found.losses if math.isfinite(v)]
+    ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 3 * finite[0]) * 1.05)
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        f"{found.swept} learning rate" + (f" (head fixed at {found.head_lr:.2g})" if found.head_lr else "")
+    )
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title(f"LR range test, phase {found.phase}: {title} ({found.stopped})", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)

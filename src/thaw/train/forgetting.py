@@ -14,7 +14,6 @@ plan then costs one more forward over it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,27 +140,3 @@ def backbone_features(model: Classifier, images: torch.Tensor, batch: int = 64) 
 @torch.no_grad()
 def _top1(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return head(features).argmax(1)
-
-
-def plot_drift(diagnostics: dict[str, Forgetting], path: Path) -> None:
-    """Weight drift per layer group (input -> output), one line per plan."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from thaw.files import atomic_path
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, d in diagnostics.items():
-        ax.plot(
-            range(len(d.weight_drift)), d.weight_drift, marker="o", ms=3, label=f"{name} (CKA {d.cka:.3f})"
-        )
-    ax.set_xlabel("layer group (input -> output)")
-    ax.set_ylabel("||w - w0|| / ||w0||")
-    ax.set_title("weight drift from the pretrained backbone")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
