@@ -159,15 +159,15 @@ def test_a_curve_diverging_at_once_is_one_error():
     lrs = sweep_lrs(1.0, 10.0, 100)[:12]
     rising = [0.7 + 0.1 * i for i in range(12)]
     with pytest.raises(ThawError, match="diverged from the first steps.*--start-lr"):
-        _check_curve(Sweep(lrs, rising, rising, True), 100, 1.0, 2)
+        _check_curve(Sweep(lrs, rising, rising, True), 100, 1.0, "backbone")
     with pytest.raises(ThawError, match="not finite"):
-        _check_curve(Sweep(lrs[:1], [math.nan], [math.nan], True), 100, 1.0, 1)
+        _check_curve(Sweep(lrs[:1], [math.nan], [math.nan], True), 100, 1.0, "head")
     # a phase-2 curve from a solved head may only rise, then diverge: a finding, not an error
     lrs = sweep_lrs(1e-7, 1.0, 100)[:95]
     rising = [0.4 + 0.02 * i for i in range(95)]
-    _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, 2)
+    _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, "backbone")
     with pytest.raises(ThawError, match="head's loss never fell"):
-        _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, 1)
+        _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, "head")
 
 
 def test_lr_find_cli_both_phases(tmp_path, class_folder, capsys):

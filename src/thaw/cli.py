@@ -600,7 +600,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--plans",
         metavar="FILE",
-        help="a YAML list of phase plans (PhasePlan settings) to run instead of --strategy's",
+        help="a YAML file listing the phase plans to run (PhasePlan settings): they replace the strategy's "
+        "(default: none)",
     )
     config_flags(f)
     f.set_defaults(func=cmd_fit)

@@ -1,4 +1,4 @@
-"""A strategy is a list of phase plans; the engine (``recipe.fit``) runs any list, in order.
+"""A strategy is a list of phase plans; the engine (``engine.run_plans``) runs any list, in order.
 
 A :class:`PhasePlan` is data (no torch): which layer groups train, the learning rate of the head and of
 every backbone group, the schedule, the epoch budget and early stopping, the batch-norm policy, and the
