@@ -22,6 +22,8 @@ from torch import nn
 from thaw import data as thaw_data
 from thaw.errors import ThawError
 from thaw.models import Classifier
+from thaw.models.adapters import adapter_for
+from thaw.models.build import parse_model_name
 from thaw.results import Forgetting
 
 PROBE_IMAGES = 256
@@ -63,9 +65,6 @@ def probe_indices(n: int, k: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> list
 
 def imagenet_head(model: Classifier) -> tuple[nn.Module | None, str]:
     """The pretrained model's own ImageNet classifier (features -> 1000 logits), or None and why not."""
-    from thaw.models.adapters import adapter_for
-    from thaw.models.build import parse_model_name
-
     spec = model.spec
     if spec.weights.lower() == "none":
         return None, "random initial weights: no ImageNet head"
