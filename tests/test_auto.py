@@ -182,7 +182,7 @@ def test_killed_mid_screening_then_the_same_command_resumes_and_finishes(data, t
     assert (staged / "auto" / "rung0" / "lp-ft.incomplete").is_dir()  # interrupted, not finished
     incumbent = (staged / "auto" / "incumbent" / "model.safetensors").stat().st_mtime_ns
 
-    from thaw.train import recipe
+    from thaw import run as recipe
 
     resumed = []
     real = recipe.resume

@@ -906,7 +906,7 @@ def test_batch_norm_on_batches_of_one_is_fine_when_frozen(tmp_path):
 
 
 def test_an_out_that_appears_while_training_is_named_and_not_resumed(tmp_path, capsys, monkeypatch):
-    from thaw.train import recipe
+    from thaw import run as recipe
 
     data = make_class_folder(tmp_path / "d", per_class=6)
     out = tmp_path / "fc"

@@ -159,15 +159,15 @@ def test_a_curve_diverging_at_once_is_one_error():
     lrs = sweep_lrs(1.0, 10.0, 100)[:12]
     rising = [0.7 + 0.1 * i for i in range(12)]
     with pytest.raises(ThawError, match="diverged from the first steps.*--start-lr"):
-        _check_curve(Sweep(lrs, rising, rising, True), 100, 1.0, 2)
+        _check_curve(Sweep(lrs, rising, rising, True), 100, 1.0, "backbone")
     with pytest.raises(ThawError, match="not finite"):
-        _check_curve(Sweep(lrs[:1], [math.nan], [math.nan], True), 100, 1.0, 1)
+        _check_curve(Sweep(lrs[:1], [math.nan], [math.nan], True), 100, 1.0, "head")
     # a phase-2 curve from a solved head may only rise, then diverge: a finding, not an error
     lrs = sweep_lrs(1e-7, 1.0, 100)[:95]
     rising = [0.4 + 0.02 * i for i in range(95)]
-    _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, 2)
+    _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, "backbone")
     with pytest.raises(ThawError, match="head's loss never fell"):
-        _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, 1)
+        _check_curve(Sweep(lrs, rising, rising, True), 100, 1e-7, "head")
 
 
 def test_lr_find_cli_both_phases(tmp_path, class_folder, capsys):
@@ -262,10 +262,11 @@ def test_fit_lr_auto_records_the_value(tmp_path, class_folder):
 
 def test_head_sweep_without_a_phase_1(tmp_path, class_folder):
     """Fine-tuning from the start (--phase1-epochs 0) still has a head LR to find: a fresh head."""
+    from thaw.reporting.figures import lr_find_plot
     from thaw.train.lr_find import lr_find
 
     config = tiny_config(class_folder, tmp_path / "unused", **{"phase1.epochs": 0, "data.batch_size": 4})
-    found = lr_find(config, 1, tmp_path / "f", steps=20, say=lambda _: None)
+    found = lr_find(config, 1, tmp_path / "f", steps=20, say=lambda _: None, draw=lr_find_plot)
     assert found.swept == "head" and found.start_lr <= found.suggestion <= found.end_lr
     assert (tmp_path / "f" / "lr_find_phase1.png").is_file()
 

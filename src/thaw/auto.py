@@ -63,13 +63,21 @@ from typing import Any
 
 import numpy as np
 
+from thaw import data as thaw_data
 from thaw.config import AUTO, RunConfig, override
+from thaw.data import discover
+from thaw.data.images import DECODE_ERRORS, open_image
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
+from thaw.models import load_model
+from thaw.predict import Predictor
+from thaw.reporting.html import write_report
 from thaw.results import MONITORED, RunSummary, dumps
+from thaw.run import RunResult
 from thaw.study import Cell, Executor, run_cell, run_cells
 from thaw.train import run_folder
-from thaw.train.run_folder import final_path, staging_path
+from thaw.train.run_folder import check_outside_data, final_path, staging_path
+from thaw.train.strategies import plans_for
 
 INCUMBENT = "two-phase"
 
@@ -127,7 +135,6 @@ def candidates(
 ) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """The candidates this config can run, the incumbent first, and those left out with why (settings that
     rule the recipe out, or make it the same as one before it: ``lr-ratio-100`` with ``--lr-ratio 100``)."""
-    from thaw.train.strategies import plans_for
 
     listed = listed or CANDIDATES
     assert listed[0]["name"] == INCUMBENT, "the incumbent comes first"
@@ -309,14 +316,12 @@ def fit_auto(
 ):
     """Search the recipes of ``listed`` within ``config.time_budget`` seconds (none: twice the default
     recipe's own run) and write the winner's run folder to ``config.out``, with the screening record.
-    Returns a :class:`thaw.train.recipe.RunResult`; rerunning the same call resumes an interrupted search."""
+    Returns a :class:`thaw.run.RunResult`; rerunning the same call resumes an interrupted search."""
     _check(config, plans)
     executor = (executor or Executor()).check()
     listed = listed or CANDIDATES
     say = say or ((lambda text: None) if quiet else print)
     if sources is None:
-        from thaw.data import discover
-
         sources = discover(config.data)
     out = Path(config.out) if config.out else run_folder.default_out(sources.name, config.model.name)
     config = override(config, {"out": str(out)})
@@ -352,8 +357,6 @@ def _check(config: RunConfig, plans) -> None:
 
 def _prepare(config: RunConfig, out: Path, names: list[str], sources) -> Path:
     """Create (or reopen, for the same command) ``OUT.incomplete/auto`` with the command and the split."""
-    from thaw import data as thaw_data
-    from thaw.train.run_folder import check_outside_data
 
     root = staging_path(out)
     marker = root / "auto" / "auto.json"
@@ -760,9 +763,6 @@ def _paired_predictions(incumbent: Path, challenger: Path) -> tuple[np.ndarray, 
 
 def _val_predictions(run: Path) -> dict[str, tuple[Any, np.ndarray]]:
     """key -> (label, probabilities) of the run's saved model on its validation split (from split.csv)."""
-    from thaw.data import discover
-    from thaw.data.images import DECODE_ERRORS, open_image
-    from thaw.predict import Predictor
 
     config = RunConfig.from_yaml(run / "config.yaml")
     sources = discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
@@ -783,9 +783,6 @@ def _val_predictions(run: Path) -> dict[str, tuple[Any, np.ndarray]]:
 def _finish(root: Path, out: Path, config: RunConfig, record: dict, winner: tuple[str, str], quiet: bool):
     """Make ``OUT`` the winner's run folder (hard links into the staging folder), with the record in its
     summary.json and report.html; drop the screening runs' per-plan checkpoints; commit the folder."""
-    from thaw.models import load_model
-    from thaw.reporting.html import write_report
-    from thaw.train.recipe import RunResult
 
     source = root / "auto" / winner[1]
     for f in sorted(source.rglob("*")):

@@ -16,6 +16,7 @@ from thaw.config import AUTO, DATA_FORMATS, RunConfig, float_or_auto, override
 from thaw.errors import NONE_READ, SOME_FAILED, ThawError
 from thaw.train import run_folder
 from thaw.train.run_folder import final_path, resumable, study_folder
+from thaw.train.strategies import read_plans
 from thaw.version import __version__
 
 DISTRIBUTION = "thaw-transfer"  # the name on the package index; `thaw` there is another project
@@ -28,7 +29,8 @@ def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = 
     ``--phase2-*`` set each phase; ``--patience`` sets both."""
     defaults = RunConfig()
     for section, key, f, default in _settings(defaults):
-        skip = key == "data.path" or f.metadata.get("recorded")  # recorded: written by thaw, not a flag
+        # recorded: written by thaw, not a flag; plans: thaw fit's --plans FILE
+        skip = key in ("data.path", "plans") or f.metadata.get("recorded")
         if skip or sections is not None and section not in sections:
             continue
         group = _group(p, section, defaults)
@@ -160,6 +162,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.out is None and base.out and Path(base.out).exists():
         # rerunning a run's own config.yaml: a new run folder, never the old one
         base = override(base, {"out": None}, keep_none=True)
+    args.plans = read_plans(args.plans) if args.plans else None  # checked here: one line, no run folder
     config = config_from_args(args, base)
     if args.print_config:
         print(config.to_yaml(), end="")
@@ -228,6 +231,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
+    from thaw.reporting.figures import lr_find_plot  # torch-free cli
     from thaw.train.lr_find import lr_find  # torch-free cli
 
     config = config_from_args(args, RunConfig())
@@ -239,6 +243,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
         start_lr=args.start_lr,
         end_lr=args.end_lr,
         warn=_warn,
+        draw=lr_find_plot,
     )
     out = Path(config.out) if config.out else None
     print(f"written: {out / found.plot if out else found.plot} and its .json (the curve)")
@@ -468,6 +473,12 @@ def _fit(sub) -> None:
         metavar="K",
         help="stratified K-fold cross-validation over train+val: K run folders under --out, cv.json with "
         "mean, sd and 95%% CI",
+    )
+    f.add_argument(
+        "--plans",
+        metavar="FILE",
+        help="a YAML file listing the phase plans to run (PhasePlan settings): they replace the strategy's "
+        "(default: none)",
     )
     log_format_flag(f)
     config_flags(f)

@@ -20,12 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from thaw import data as thaw_data
 from thaw.config import RunConfig, override
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
 from thaw.metrics.stats import Paired, floor_note, paired, with_holm
+from thaw.models import build_classifier
 from thaw.results import RunSummary, dumps
 from thaw.study import METRICS, Cell, Executor, columns, interval, run_cells, summaries
+from thaw.train.lr_find import placeholder
+from thaw.train.run_folder import check_outside_data
+from thaw.train.strategies import STRATEGIES, plans_for
 
 REFERENCE = "two-phase"
 
@@ -60,7 +65,6 @@ class Plan:
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
-    from thaw.train.strategies import STRATEGIES
 
     names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     unknown = [s for s in names if s not in STRATEGIES]
@@ -74,8 +78,6 @@ def parse_strategies(text: str) -> tuple[str, ...]:
 
 def prepare(plan: Plan, root: Path) -> RunConfig:
     """Create (or reopen) the comparison folder; returns the base config with the shared split file."""
-    from thaw import data as thaw_data
-    from thaw.train.run_folder import check_outside_data
 
     spec = plan.spec()
     marker = root / "compare.json"
@@ -105,10 +107,6 @@ def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
     gets busier later makes it an underestimate)."""
     import torch
 
-    from thaw import data as thaw_data
-    from thaw.models import build_classifier
-    from thaw.train.lr_find import placeholder
-    from thaw.train.strategies import plans_for
 
     sources = thaw_data.discover(config.data)
     model = build_classifier(

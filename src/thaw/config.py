@@ -34,6 +34,8 @@ def setting(
 
 
 AUTO = "auto"
+# the head's LR, and head LR / the top backbone group's LR: the config's defaults and every plan's
+LR, LR_RATIO = 1e-3, 10.0
 
 
 def float_or_auto(value: Any) -> float | str:
@@ -281,6 +283,11 @@ class RunConfig:
         "the list of phase plans to run (`thaw strategies` lists them); auto: a search over candidate "
         "recipes within --time-budget (thaw.auto)",
     )
+    plans: list | None = setting(
+        None,
+        "the phase plans to run, as data (a list of PhasePlan settings; thaw fit --plans FILE): they replace "
+        "the strategy's",
+    )
     time_budget: float | None = setting(
         None,
         "--strategy auto: seconds of wall time for the whole search, the default recipe's own run "
@@ -304,10 +311,10 @@ class RunConfig:
     )
     cache_views: int = setting(1, "phase 1 cached: augmented views per training image (1 = none)")
     lr: float | str = setting(
-        1e-3, "head learning rate in every phase; auto: thaw lr-find's phase-1 suggestion, found first"
+        LR, "head learning rate in every phase; auto: thaw lr-find's phase-1 suggestion, found first"
     )
     lr_ratio: float | str = setting(
-        10.0, "phase 2: backbone LR = lr / lr_ratio; auto: from thaw lr-find --phase 2, found first"
+        LR_RATIO, "phase 2: backbone LR = lr / lr_ratio; auto: from thaw lr-find --phase 2, found first"
     )
     lr_found: float | None = setting(None, "what lr auto resolved to in this run", recorded=True)
     lr_ratio_found: float | None = setting(None, "what lr_ratio auto resolved to in this run", recorded=True)
@@ -390,6 +397,7 @@ class RunConfig:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+        self._validate_plans()
         if self.time_budget is not None and not self.time_budget > 0:
             raise ThawError(f"--time-budget {self.time_budget} must be a number of seconds above 0, e.g. 600")
         if self.time_budget is not None and self.strategy != AUTO:
@@ -424,6 +432,16 @@ class RunConfig:
         if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
             raise ThawError(f"--target-sensitivity {self.target_sensitivity} must be in (0, 1], e.g. 0.95")
         return self
+
+    def _validate_plans(self) -> None:
+        """``plans`` is a list of mappings (each plan's own checks: ``strategies.plans_from``)."""
+        if self.plans is None:
+            return
+        if not isinstance(self.plans, list) or not all(isinstance(p, dict) for p in self.plans):
+            raise ThawError("plans must be a list of plans, each a mapping of plan settings (name, train...)")
+        if self.strategy == AUTO or self.auto:
+            what = "--strategy auto" if self.strategy == AUTO else f"{' and '.join(self.auto)} auto"
+            raise ThawError(f"{what} is for a named strategy; plans given as data carry their own LRs")
 
     @property
     def auto(self) -> tuple[str, ...]:

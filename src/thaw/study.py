@@ -38,10 +38,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from thaw import run as recipe
 from thaw.config import RunConfig, override
 from thaw.errors import ThawError
 from thaw.results import RunSummary
-from thaw.train import recipe
 from thaw.train.run_folder import START_FILES, final_path, staging_path
 
 EXECUTORS = ("local", "ray")

@@ -11,7 +11,7 @@ import numpy as np
 from thaw.results import PhaseResult
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +21,7 @@ def _plt():
 
 
 def png(fig) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -49,7 +49,7 @@ def _boundaries(ax, rows: list[dict]) -> None:
 
 
 def learning_curves(rows: list[dict], title: str) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     x = [r["step_epoch"] for r in rows]
     for ax, metric, label in zip(axes, ("loss", "acc"), ("cross-entropy loss", "accuracy")):
@@ -69,7 +69,7 @@ def learning_curves(rows: list[dict], title: str) -> bytes:
 def group_lrs(rows: list[dict], phases: dict[str, PhaseResult]) -> bytes:
     """The LR of the head and of every backbone layer group at the start of each epoch. Every group
     follows its plan's schedule, so group g's LR is ``group_lrs[g] * lr_head(t) / head_lr``."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.6))
     x = [r["step_epoch"] for r in rows]
     head = [_float(r.get("lr_head")) for r in rows]
@@ -96,7 +96,7 @@ def group_lrs(rows: list[dict], phases: dict[str, PhaseResult]) -> bytes:
 
 
 def confusion(matrix: list[list[int]], class_names: list[str], title: str) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     n = len(class_names)
     size = min(10, 2.5 + 0.5 * n)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -119,7 +119,7 @@ def roc(probs: np.ndarray, labels: np.ndarray, class_names: list[str], title: st
     (``labels`` [N, K] of 0/1): one ROC per label."""
     from sklearn.metrics import auc, roc_curve
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     multilabel = labels.ndim == 2
     classes = [1] if len(class_names) == 2 and not multilabel else range(len(class_names))
@@ -157,7 +157,7 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> tuple[
 
 def reliability(probs: np.ndarray, labels: np.ndarray, title: str) -> tuple[bytes, float]:
     rows, ece = calibration(probs, labels)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     width = 1 / 10
     ax.bar(
@@ -184,7 +184,7 @@ def reliability(probs: np.ndarray, labels: np.ndarray, title: str) -> tuple[byte
 
 
 def interpolation_curve(curve: list[dict], alpha: float | None, title: str) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([c["alpha"] for c in curve], [c["val_accuracy"] for c in curve], "-o", markersize=3)
     if alpha is not None:
@@ -200,7 +200,7 @@ def interpolation_curve(curve: list[dict], alpha: float | None, title: str) -> b
 
 def solver_curve(curve: list[dict], l2: float, title: str) -> bytes:
     """Training and validation loss (and validation accuracy) of the cached-feature head per L2 strength."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     strengths = [c["l2"] for c in curve]
     ax.plot(strengths, [c["train_loss"] for c in curve], "-o", markersize=3, label="train loss")
@@ -224,3 +224,41 @@ def _float(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def lr_find_plot(found, title: str) -> bytes:
+    """Loss vs LR (log scale): each batch's loss faint, the smoothed loss, the suggestion and the other
+    rules marked, the default LR dashed (``found``: a ``thaw.train.lr_find.LRFind``)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(found.lrs, found.raw_losses, color="lightgrey", linewidth=1, label="batch loss")
+    ax.plot(found.lrs, found.losses, color="tab:blue", linewidth=2, label="smoothed loss")
+    index = found.lrs.index(found.suggestion)
+    ax.plot(
+        found.suggestion,
+        found.losses[index],
+        "o",
+        color="red",
+        markersize=9,
+        label=f"{found.rule}: {found.suggestion:.2g}",
+    )
+    for (name, lr), marker in zip(found.alternatives.items(), ("^", "s")):
+        i = (
+            found.lrs.index(lr)
+            if lr in found.lrs
+            else min(range(len(found.lrs)), key=lambda j: abs(math.log(found.lrs[j] / lr)))
+        )
+        ax.plot(lr, found.losses[i], marker, color="dimgrey", markersize=7, label=f"{name}: {lr:.2g}")
+    ax.axvline(found.default, color="green", linestyle="--", linewidth=1, label=f"default: {found.default:g}")
+    finite = [v for v in found.losses if math.isfinite(v)]
+    ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 3 * finite[0]) * 1.05)
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        f"{found.swept} learning rate" + (f" (head fixed at {found.head_lr:.2g})" if found.head_lr else "")
+    )
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title(f"LR range test, phase {found.phase}: {title} ({found.stopped})", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png(fig)

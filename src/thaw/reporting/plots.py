@@ -9,14 +9,13 @@ import torch
 
 from thaw.files import atomic_path, write_atomic
 from thaw.reporting.figures import confusion as confusion_png
+from thaw.reporting.figures import pyplot
+from thaw.results import Forgetting
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, both phases on one axis, the phase boundary marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = [r["step_epoch"] for r in rows]
@@ -44,8 +43,7 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
 
 
 def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip("."))
     plt.close(fig)
@@ -55,10 +53,7 @@ def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: Path, titl
     """Reliability diagram: mean top-class confidence vs accuracy per confidence bin, bar width = bin,
     the diagonal = perfect calibration; the ECE in the title. Multi-label: every (image, label)
     probability against how often that label is present, per bin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     multilabel = labels.ndim == 2
     if multilabel:
@@ -82,5 +77,21 @@ def plot_reliability(probs: torch.Tensor, labels: torch.Tensor, path: Path, titl
     ax.set_xlabel("predicted probability (every label)" if multilabel else "confidence (top class)")
     ax.set_ylabel("share present" if multilabel else "accuracy")
     ax.set_title(f"{title} ECE {ece:.3f}".strip(), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_drift(diagnostics: dict[str, Forgetting], path: Path) -> None:
+    """Weight drift per layer group (input -> output), one line per plan."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, d in diagnostics.items():
+        ax.plot(
+            range(len(d.weight_drift)), d.weight_drift, marker="o", ms=3, label=f"{name} (CKA {d.cka:.3f})"
+        )
+    ax.set_xlabel("layer group (input -> output)")
+    ax.set_ylabel("||w - w0|| / ||w0||")
+    ax.set_title("weight drift from the pretrained backbone")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

@@ -20,9 +20,7 @@ predictions are confident.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,13 +30,11 @@ from thaw.config import dicom_window
 from thaw.data.budget import UNLABELLED, folder_items
 from thaw.data.images import Decoded, decode
 from thaw.errors import ThawError
-from thaw.evaluate import predict
 from thaw.models import Classifier
 from thaw.results import PhaseResult
-from thaw.train.strategies import PhasePlan, unfreeze_groups
-
-if TYPE_CHECKING:
-    from thaw.train.recipe import Context
+from thaw.train.inference import predict
+from thaw.train.recipe import Context, Feed, run_phase
+from thaw.train.strategies import PhasePlan
 
 
 def check_unlabelled(config, sources: thaw_data.Sources) -> None:
@@ -141,37 +137,26 @@ def select(probs: torch.Tensor, threshold: float, prior: torch.Tensor) -> torch.
 
 
 def pseudo_round(
-    model: Classifier, index: int, ctx: Context, results: dict[str, PhaseResult], kept_phase: str
+    model: Classifier,
+    role: tuple[int, PhasePlan],
+    ctx: Context,
+    results: dict[str, PhaseResult],
+    kept_phase: str,
 ) -> tuple[PhaseResult | None, dict]:
     """Label the unlabelled images with the kept model, keep the confident ones (class balanced), and
-    fine-tune once more on labelled + pseudo-labelled images. Returns the round's result (None when no
-    pseudo-label passed) and what ``summary.json`` reports about it."""
-    from thaw.train.recipe import Feed, run_phase
-
+    fine-tune once more on labelled + pseudo-labelled images under the strategy's ``pseudo`` plan
+    (``role``: its index and plan). Returns the round's result (None when no pseudo-label passed) and what
+    ``summary.json`` reports about it."""
+    index, plan = role
     config, loaders = ctx.config, ctx.loaders
-    if config.data.unlabeled:
-        items, source = folder_items(config.data.unlabeled, "--unlabeled"), config.data.unlabeled
-    else:
-        items, source = loaders.sources.split(UNLABELLED), "the label budget's unlabelled training images"
-    data = _decoded(items, model, ctx, "pseudo-labels")
+    data, source = unlabelled(model, ctx)
     pool = thaw_data.loader(data, thaw_data.eval_transform(model.preprocessing), config.data, shuffle=False)
     probs, truth = predict(model, pool)
-    train_labels = torch.tensor(loaders.decoded["train"].labels)
-    prior = torch.bincount(train_labels, minlength=probs.shape[1]).float() / len(train_labels)
-    chosen = select(probs, config.pseudo_threshold, prior)
-    predicted = probs.argmax(dim=1)
-    known = truth[chosen] >= 0
+    chosen, record = pseudo_labels(probs, truth, loaders.decoded["train"].labels, config.pseudo_threshold)
     record = {
         "source": source,
         "images": len(data.images),
-        "threshold": config.pseudo_threshold,
-        "balance": "class c: at most its labelled share x the confident predictions",
-        "confident": int((probs.max(dim=1).values >= config.pseudo_threshold).sum()),
-        "kept": len(chosen),
-        "kept_per_class": torch.bincount(predicted[chosen], minlength=probs.shape[1]).tolist(),
-        "accuracy": float((predicted[chosen][known] == truth[chosen][known]).float().mean())
-        if bool(known.any())
-        else None,
+        **record,
         "labelled_with": kept_phase,
         "before": _metrics(results[kept_phase]),
     }
@@ -186,50 +171,54 @@ def pseudo_round(
         f"(per class {record['kept_per_class']}, threshold {config.pseudo_threshold:g})"
         + (f", {100 * record['accuracy']:.1f}% correct" if record["accuracy"] is not None else "")
     )
-    extra = Decoded(
-        [data.keys[i] for i in chosen.tolist()],
-        [data.images[i] for i in chosen.tolist()],
-        predicted[chosen].tolist(),
-    )
     labelled = loaders.decoded["train"]
+    keep = chosen.tolist()
+    predicted = probs.argmax(dim=1)[chosen].tolist()
     combined = Decoded(
-        labelled.keys + extra.keys, labelled.images + extra.images, labelled.labels + extra.labels
+        labelled.keys + [data.keys[i] for i in keep],
+        labelled.images + [data.images[i] for i in keep],
+        labelled.labels + predicted,
     )
-    batches = thaw_data.loader(
-        combined,
-        loaders.train_transform,
-        config.data,
-        True,
-        loaders.train_seed(index),
-        balanced=config.balance == "sampler",
-    )
-    plan = pseudo_plan(config)
+    seed, balanced = loaders.train_seed(index), config.balance == "sampler"
+    batches = thaw_data.loader(combined, loaders.train_transform, config.data, True, seed, balanced=balanced)
+    feed = Feed(batches, loaders.val, note="labelled + pseudo-labelled images")
+    # it starts from the kept plan's weights, not the last plan's
     result = ctx.run.finished_phase(plan.name) or run_phase(
-        model,
-        plan,
-        index,
-        ctx,
-        results,
-        Feed(batches, loaders.val, note="labelled + pseudo-labelled images"),
-        start=results[kept_phase],  # it starts from the kept plan's weights, not the last plan's
+        model, plan, index, ctx, results, feed, start=results[kept_phase]
     )
     return result, {**record, "after": _metrics(result)}
 
 
-def pseudo_plan(config) -> PhasePlan:
-    """The round after pseudo-labelling: phase 2's settings (at least one epoch), trained online."""
-    config = config.resolved()  # --lr auto: the rates thaw lr-find found for this run
-    unfreeze = unfreeze_groups(config.unfreeze)
-    return PhasePlan(
-        "pseudo",
-        train="all" if unfreeze is None else f"last:{unfreeze}",
-        lr=config.lr,
-        lr_ratio=config.lr_ratio,
-        bn_policy=config.bn_policy,
-        label_smoothing=config.label_smoothing,
-        optimizer=config.optimizer,
-        **{**dataclasses.asdict(config.phase2), "epochs": max(config.phase2.epochs, 1)},
-    ).validate()
+def unlabelled(model: Classifier, ctx: Context) -> tuple[Decoded, str]:
+    """The images to pseudo-label, decoded: ``--unlabeled``, or the label budget's unlabelled images."""
+    config = ctx.config
+    if config.data.unlabeled:
+        items, source = folder_items(config.data.unlabeled, "--unlabeled"), config.data.unlabeled
+    else:
+        items, source = ctx.loaders.sources.split(UNLABELLED), "the label budget's unlabelled training images"
+    return _decoded(items, model, ctx, "pseudo-labels"), source
+
+
+def pseudo_labels(
+    probs: torch.Tensor, truth: torch.Tensor, train_labels: list[int], threshold: float
+) -> tuple[torch.Tensor, dict]:
+    """The indices of the pseudo-labels kept (:func:`select`, against the labelled images' class shares)
+    and what ``summary.json`` says of them (their accuracy where the truth is known)."""
+    labels = torch.tensor(train_labels)
+    prior = torch.bincount(labels, minlength=probs.shape[1]).float() / len(labels)
+    chosen = select(probs, threshold, prior)
+    predicted = probs.argmax(dim=1)
+    known = truth[chosen] >= 0
+    return chosen, {
+        "threshold": threshold,
+        "balance": "class c: at most its labelled share x the confident predictions",
+        "confident": int((probs.max(dim=1).values >= threshold).sum()),
+        "kept": len(chosen),
+        "kept_per_class": torch.bincount(predicted[chosen], minlength=probs.shape[1]).tolist(),
+        "accuracy": float((predicted[chosen][known] == truth[chosen][known]).float().mean())
+        if bool(known.any())
+        else None,
+    }
 
 
 def _metrics(result: PhaseResult) -> dict:

@@ -14,7 +14,6 @@ plan then costs one more forward over it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +22,8 @@ from torch import nn
 from thaw import data as thaw_data
 from thaw.errors import ThawError
 from thaw.models import Classifier
+from thaw.models.adapters import adapter_for
+from thaw.models.build import parse_model_name
 from thaw.results import Forgetting
 
 PROBE_IMAGES = 256
@@ -64,9 +65,6 @@ def probe_indices(n: int, k: int = PROBE_IMAGES, seed: int = PROBE_SEED) -> list
 
 def imagenet_head(model: Classifier) -> tuple[nn.Module | None, str]:
     """The pretrained model's own ImageNet classifier (features -> 1000 logits), or None and why not."""
-    from thaw.models.adapters import adapter_for
-    from thaw.models.build import parse_model_name
-
     spec = model.spec
     if spec.weights.lower() == "none":
         return None, "random initial weights: no ImageNet head"
@@ -141,27 +139,3 @@ def backbone_features(model: Classifier, images: torch.Tensor, batch: int = 64) 
 @torch.no_grad()
 def _top1(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return head(features).argmax(1)
-
-
-def plot_drift(diagnostics: dict[str, Forgetting], path: Path) -> None:
-    """Weight drift per layer group (input -> output), one line per plan."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from thaw.files import atomic_path
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, d in diagnostics.items():
-        ax.plot(
-            range(len(d.weight_drift)), d.weight_drift, marker="o", ms=3, label=f"{name} (CKA {d.cka:.3f})"
-        )
-    ax.set_xlabel("layer group (input -> output)")
-    ax.set_ylabel("||w - w0|| / ||w0||")
-    ax.set_title("weight drift from the pretrained backbone")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from thaw.train.losses import loss_for
+
 L2_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # strongest first
 PAST_MINIMUM = 3  # L2 strengths tried after the one with the lowest validation loss
 TOLERANCE = (0.02, 0.002)  # relative, absolute: validation losses this close to the lowest count as equal
@@ -37,13 +39,7 @@ class HeadSolution:
 def head_loss(logits, y, weight=None, multilabel: bool = False) -> torch.Tensor:
     """Cross-entropy (``weight`` per class), or for multi-label ``y`` the binary cross-entropy summed over
     the labels and averaged over the images (``weight``: each label's positive weight)."""
-    if multilabel:
-        return (
-            F.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=weight, reduction="none")
-            .sum(1)
-            .mean()
-        )
-    return F.cross_entropy(logits, y, weight=weight)
+    return loss_for(multilabel)(logits, y, weight, reduction="label-sum")
 
 
 def _scores(logits, y, multilabel: bool) -> tuple[float, float]:

@@ -32,20 +32,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from thaw import data as thaw_data
-from thaw import multilabel
 from thaw.config import AUTO, RunConfig, override
+from thaw.data import features as feature_cache
 from thaw.errors import ThawError
 from thaw.files import write_atomic
-from thaw.models import Classifier
+from thaw.models import Classifier, build_classifier
 from thaw.optim import param_groups
 from thaw.results import dumps
+from thaw.train.head_solver import solve_head
+from thaw.train.losses import loss_for
 from thaw.train.module import PhaseModule
-from thaw.train.strategies import PhasePlan, plans_for
+from thaw.train.recipe import Loaders
+from thaw.train.report import Reporter
+from thaw.train.run_folder import default_out
+from thaw.train.strategies import PhasePlan, for_role, plans_for
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100  # fastai: 1e-7 .. 10 over 100 steps; thaw's LRs are <= 1
 BETA = 0.98  # the loss is smoothed as fastai and Lightning do: a debiased exponential moving average
@@ -53,6 +58,8 @@ DIVERGED = 4.0  # stop when the smoothed loss exceeds 4 x its lowest (fastai, Li
 MIN_STEPS = 20
 MAX_PASSES = 10  # the sweep cycles through the training batches; more passes than this: too little data
 RULE = "valley"
+SWEPT = {1: "head", 2: "backbone"}  # --phase N: what its range test sweeps (the strategy's plan of that role)
+Draw = Callable[["LRFind", str], bytes]  # the finder's plot, drawn by the layer that uses it
 
 
 @dataclass(frozen=True)
@@ -204,36 +211,24 @@ def sweep(
     by class, as ``--balance loss`` trains. Stops when the smoothed loss diverges. The model and the RNG are
     restored afterwards."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loss_of = loss_for(model)
     with restored(model):
         torch.manual_seed(seed)
         module = PhaseModule(model, plan, seed)  # trainable flags and eval-mode parts, as in training
         model.to(device)
-        groups = param_groups(
-            model, plan.lr, plan.group_lr(len(model.layer_groups)), plan.weight_decay, plan.lr / plan.lr_ratio
-        )
-        reference = plan.lr if swept == "head" else plan.lr / plan.lr_ratio
-        scales = [
-            0.0 if swept == "backbone" and g["name"].startswith("head") else g["lr"] / reference
-            for g in groups
-        ]
-        optimizer = torch.optim.AdamW(groups)
+        optimizer, scales = swept_optimizer(model, plan, swept)
         weight = class_weight.to(device) if class_weight is not None else None
         module.train()
-        raw, smooth, avg, best = [], [], 0.0, math.inf
+        raw, avg, best = [], 0.0, math.inf
         for i, lr in enumerate(lrs):
             x, y = next(batches)
             for g, scale in zip(optimizer.param_groups, scales):
                 if scale:
                     g["lr"] = lr * scale
             logits = model(x.to(device))
-            if model.multilabel:  # BCE per label (weight: the positives'); a guess of 0.5 costs ln 2
-                loss = multilabel.loss(logits, y.to(device), weight, smoothing=plan.label_smoothing)
-                chance = math.log(2)
-            else:
-                loss = F.cross_entropy(
-                    logits, y.to(device), weight=weight, label_smoothing=plan.label_smoothing
-                )
-                chance = math.log(logits.shape[1])  # the loss of a uniform guess
+            loss = loss_of(logits, y.to(device), weight, plan.label_smoothing)
+            # a uniform guess costs ln(classes); multi-label, a guess of 0.5 costs ln 2 per label
+            chance = math.log(2) if model.multilabel else math.log(logits.shape[1])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -241,7 +236,6 @@ def sweep(
             avg = BETA * avg + (1 - BETA) * value
             s = avg / (1 - BETA ** (i + 1))
             raw.append(value)
-            smooth.append(s)
             # Diverged: 4 x the lowest smoothed loss and worse than a uniform guess, after the first tenth of
             # the sweep (which the rules skip). A solved phase-1 head starts phase 2 near zero loss, where
             # 4 x the lowest alone is batch noise, not a destroyed backbone.
@@ -250,7 +244,20 @@ def sweep(
             best = min(best, s)
         model.cpu()
     n = len(raw)
-    return Sweep(lrs[:n], smooth, raw, diverged=n < len(lrs))
+    return Sweep(lrs[:n], smoothed(raw), raw, diverged=n < len(lrs))
+
+
+def swept_optimizer(
+    model: Classifier, plan: PhasePlan, swept: str
+) -> tuple[torch.optim.Optimizer, list[float]]:
+    """AdamW over the plan's parameter groups, and each group's LR as a multiple of the swept LR (0: held)."""
+    backbone = plan.backbone_lr()
+    groups = param_groups(model, plan.lr, plan.group_lr(len(model.layer_groups)), plan.weight_decay, backbone)
+    reference = plan.lr if swept == "head" else backbone
+    scales = [
+        0.0 if swept == "backbone" and g["name"].startswith("head") else g["lr"] / reference for g in groups
+    ]
+    return torch.optim.AdamW(groups), scales
 
 
 def cycle(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -298,126 +305,149 @@ def lr_find(
     end_lr: float = END_LR,
     say: Callable[[str], None] = print,
     warn: Callable[[str], None] = print,
+    draw: Draw | None = None,
+    head_lr: float | None = None,
 ) -> LRFind:
     """The LR range test of ``phase`` (1: the head on the frozen backbone; 2: the unfrozen backbone groups,
-    the head fixed at ``config.lr`` after a phase-1 head solved on cached features). With ``config.lr``
-    ``auto``, phase 2 runs the phase-1 test first and fixes the head at its suggestion. Writes
-    ``lr_find_phase<N>.png`` and ``.json`` into ``out`` (never over existing files); the global RNG is
+    the head fixed at ``head_lr``, default the config's ``lr``, after a phase-1 head solved on cached
+    features), on the strategy's plan of that role. With ``lr`` ``auto`` and no ``head_lr``, phase 2 runs the
+    phase-1 test first and fixes the head at its suggestion. Writes ``lr_find_phase<N>.json`` (and its
+    plot, ``.png``, where ``draw`` draws one) into ``out``, never over existing files; the global RNG is
     left as it was."""
-    import lightning as L
-
-    from thaw.models import build_classifier
-    from thaw.train.recipe import Loaders
-    from thaw.train.report import Reporter
-
     config.validate()
-    if phase not in (1, 2):
+    if phase not in SWEPT:
         raise ThawError(f"--phase {phase} must be 1 (the head) or 2 (the unfrozen backbone)")
     if not 0 < start_lr < end_lr <= 10:
         raise ThawError(f"the sweep needs 0 < --start-lr < --end-lr <= 10; got {start_lr:g} .. {end_lr:g}")
+    swept = SWEPT[phase]
     sources = sources or thaw_data.discover(config.data)
     steps = sweep_steps(len(sources.split("train")), config.data.batch_size, steps)
-    out = Path(out) if out is not None else _default_out(sources.name, config.model.name)
-    head_first = phase == 2 and config.lr == AUTO and config.lr_found is None
-    names = [
-        f"lr_find_phase{p}.{ext}" for p in ((1, 2) if head_first else (phase,)) for ext in ("png", "json")
-    ]
-    existing = [str(out / n) for n in names if (out / n).exists()]
-    if existing:
-        raise ThawError(f"{existing[0]} already exists; choose another --out (thaw lr-find never overwrites)")
+    out = Path(out) if out is not None else default_out(f"lr-find-{sources.name}", config.model.name)
+    if head_lr is None and config.lr == AUTO:  # a run's config.yaml records what lr auto found
+        head_lr = config.lr_found
+    head_first = swept == "backbone" and config.lr == AUTO and head_lr is None
+    _check_new(out, [1, phase] if head_first else [phase])
     head_from = None
     if head_first:
-        first = lr_find(config, 1, out, sources, steps, start_lr, end_lr, say, warn)
-        head_from = first.brief()
-        config = override(config, {"lr_found": first.suggestion})
-    if phase == 2 and config.lr == AUTO:
-        config = override(config, {"lr": config.lr_found})
-    resolved = placeholder(config)
-    plans = [p for p in plans_for(resolved) if not p.interpolate_from]
-    matching = [i for i, p in enumerate(plans) if (p.train == "head") == (phase == 1)]
-    if phase == 1 and not matching:  # no phase 1 (fine-tuning from the start): a fresh head all the same
-        plans, matching = [head_plan(resolved)], [0]
-    if not matching:
-        raise ThawError(
-            f"lr-find --phase {phase}: the strategy has no phase that unfreezes the backbone "
-            "(--phase2-epochs 0?); there is nothing to sweep"
-        )
-    index = matching[0]
-    plan = dataclasses.replace(plans[index], features="online")
-    start = time.perf_counter()
-    with _seeded(config.seed):
-        L.seed_everything(config.seed, verbose=False)
-        model = build_classifier(
-            config.model,
-            len(sources.class_names),
-            sources.class_names,
-            config.data.image_size,
-            sources.multilabel,
-        )
-        loaders = Loaders(sources, model, resolved, Reporter(quiet=True))
-        weights = loaders.class_weights if resolved.balance == "loss" else None  # as training weighs them
-        if phase == 2:
-            _solve_head(model, loaders, resolved, warn, weights)
-        batches = cycle(loaders.train(index))
-        lrs = sweep_lrs(start_lr, end_lr, steps)
-        say(
-            f"lr-find phase {phase}: {'head' if phase == 1 else 'backbone'} LR {start_lr:g} -> {end_lr:g} "
-            f"over {steps} batches of {config.data.batch_size} ({sources.name}, {config.model.name})"
-        )
-        result = sweep(model, plan, batches, lrs, "head" if phase == 1 else "backbone", config.seed, weights)
-    _check_curve(result, steps, start_lr, phase)
-    chosen = suggest(result.lrs, result.losses, steps)
-    suggestion = chosen.pop(RULE)
-    head_lr = plan.lr if phase == 2 else None
-    found = LRFind(
-        phase=phase,
-        swept="head" if phase == 1 else "backbone",
-        suggestion=suggestion,
-        rule=RULE,
-        alternatives=chosen,
-        head_lr=head_lr,
-        lr_ratio=max(1.0, head_lr / suggestion) if head_lr else None,
-        default=plan.lr if phase == 1 else plan.lr / plan.lr_ratio,
-        start_lr=start_lr,
-        end_lr=end_lr,
-        steps=steps,
-        steps_run=len(result.lrs),
-        stopped="the loss diverged" if result.diverged else "end of the range",
-        seconds=round(time.perf_counter() - start, 1),
-        lrs=result.lrs,
-        losses=result.losses,
-        raw_losses=result.raw_losses,
-        plot=f"lr_find_phase{phase}.png",
-        head_from=head_from,
+        first = lr_find(config, 1, out, sources, steps, start_lr, end_lr, say, warn, draw)
+        head_from, head_lr = first.brief(), first.suggestion
+    resolved = placeholder(config if head_lr is None else override(config, {"lr": head_lr}))
+    index, plan = role_plan(resolved, swept)
+    lrs = sweep_lrs(start_lr, end_lr, steps)
+    say(
+        f"lr-find phase {phase}: {swept} LR {start_lr:g} -> {end_lr:g} over {steps} batches of "
+        f"{config.data.batch_size} ({sources.name}, {config.model.name})"
     )
+    start = time.perf_counter()
+    result = _sweep_run(resolved, sources, index, plan, swept, lrs, warn)
+    _check_curve(result, steps, start_lr, swept)
+    found = _found(result, phase, swept, plan, steps, start_lr, end_lr, time.perf_counter() - start)
+    plot = f"lr_find_phase{phase}.png" if draw else None
+    found = dataclasses.replace(found, head_from=head_from, plot=plot)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / f"lr_find_phase{phase}.png", plot(found, f"{sources.name} - {config.model.name}"))
+    if draw is not None:
+        write_atomic(out / found.plot, draw(found, f"{sources.name} - {config.model.name}"))
     write_atomic(out / f"lr_find_phase{phase}.json", dumps(found.to_dict()))
     say(found.describe())
     return found
 
 
+def role_plan(config: RunConfig, swept: str) -> tuple[int, PhasePlan]:
+    """The strategy's plan whose LR a sweep of ``swept`` finds, trained online, and its index."""
+    role = for_role(swept, config, plans_for(config))
+    if role is None:
+        raise ThawError(
+            "lr-find --phase 2: the strategy has no phase that unfreezes the backbone "
+            "(--phase2-epochs 0?); there is nothing to sweep"
+        )
+    index, plan = role
+    return index, dataclasses.replace(plan, features="online")
+
+
+def _sweep_run(
+    config: RunConfig, sources, index: int, plan: PhasePlan, swept: str, lrs: list[float], warn
+) -> Sweep:
+    """A fresh model (its phase-1 head solved first when the backbone is swept) and the sweep, seeded."""
+    with _seeded(config.seed):
+        L.seed_everything(config.seed, verbose=False)
+        classes = sources.class_names
+        model = build_classifier(
+            config.model, len(classes), classes, config.data.image_size, sources.multilabel
+        )
+        loaders = Loaders(sources, model, config, Reporter(quiet=True))
+        weights = loaders.class_weights if config.balance == "loss" else None  # as training weighs them
+        if swept == "backbone":
+            _solve_head(model, loaders, config, warn, weights)
+        return sweep(model, plan, cycle(loaders.train(index)), lrs, swept, config.seed, weights)
+
+
+def _found(
+    result: Sweep,
+    phase: int,
+    swept: str,
+    plan: PhasePlan,
+    steps: int,
+    start_lr: float,
+    end_lr: float,
+    seconds: float,
+) -> LRFind:
+    """The sweep read by the rules: the suggestion, the others, and the LR thaw uses without a finder."""
+    chosen = suggest(result.lrs, result.losses, steps)
+    suggestion = chosen.pop(RULE)
+    head_lr = plan.lr if swept == "backbone" else None
+    return LRFind(
+        phase=phase,
+        swept=swept,
+        suggestion=suggestion,
+        rule=RULE,
+        alternatives=chosen,
+        head_lr=head_lr,
+        lr_ratio=max(1.0, head_lr / suggestion) if head_lr else None,
+        default=plan.lr if swept == "head" else plan.backbone_lr(),
+        start_lr=start_lr,
+        end_lr=end_lr,
+        steps=steps,
+        steps_run=len(result.lrs),
+        stopped="the loss diverged" if result.diverged else "end of the range",
+        seconds=round(seconds, 1),
+        lrs=result.lrs,
+        losses=result.losses,
+        raw_losses=result.raw_losses,
+    )
+
+
+def _check_new(out: Path, phases: list[int]) -> None:
+    """thaw lr-find never overwrites: the files of ``phases`` must not exist in ``out``."""
+    names = [f"lr_find_phase{p}.{ext}" for p in phases for ext in ("png", "json")]
+    existing = [str(out / n) for n in names if (out / n).exists()]
+    if existing:
+        raise ThawError(f"{existing[0]} already exists; choose another --out (thaw lr-find never overwrites)")
+
+
 def resolve_auto(
-    config: RunConfig, sources: thaw_data.Sources, out: Path, say: Callable[[str], None], warn
-) -> tuple[RunConfig, dict]:
-    """``--lr auto`` / ``--lr-ratio auto``: run the phase-1 (and phase-2) finder and record what they found
-    in the config (``lr_found``, ``lr_ratio_found``); return it and the finders' brief results."""
-    found: dict[str, Any] = {}
-    config = override(config, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
+    config: RunConfig,
+    sources: thaw_data.Sources,
+    out: Path,
+    say: Callable[[str], None],
+    warn,
+    draw: Draw | None = None,
+) -> tuple[dict[str, float], dict]:
+    """``--lr auto`` / ``--lr-ratio auto``: run the phase-1 (and phase-2) finder. Returns the numbers found
+    (``lr``, ``lr_ratio``: the run records them) and the finders' brief results; the config is unchanged."""
+    found: dict[str, float] = {}
+    records: dict[str, Any] = {}
     if AUTO == config.lr:
-        first = lr_find(config, 1, out, sources, say=say, warn=warn)
-        config = override(config, {"lr_found": first.suggestion})
-        found["phase1"] = first.brief()
+        first = lr_find(config, 1, out, sources, say=say, warn=warn, draw=draw)
+        found["lr"], records["phase1"] = first.suggestion, first.brief()
     if AUTO == config.lr_ratio:
-        second = lr_find(config, 2, out, sources, say=say, warn=warn)
-        config = override(config, {"lr_ratio_found": second.lr_ratio})
-        found["phase2"] = second.brief()
-    return config, found
+        second = lr_find(config, 2, out, sources, say=say, warn=warn, draw=draw, head_lr=found.get("lr"))
+        found["lr_ratio"], records["phase2"] = second.lr_ratio, second.brief()
+    return found, records
 
 
 def check_auto(config: RunConfig, plans: list[PhasePlan]) -> None:
     """``auto`` for an LR no plan of the strategy uses is a mistake the user should hear about."""
-    solved = [p for p in plans if p.features == "cached" and p.train == "head"]  # no LR: L-BFGS
+    solved = [p for p in plans if p.kind == "solve"]  # no LR: L-BFGS
     trained = [p for p in plans if not p.interpolate_from and p not in solved]
     if "lr" in config.auto and not trained:
         raise ThawError(
@@ -431,18 +461,6 @@ def check_auto(config: RunConfig, plans: list[PhasePlan]) -> None:
         )
 
 
-def head_plan(config: RunConfig) -> PhasePlan:
-    """Phase 1 of the two-phase recipe trained by epochs: the plan a head-only sweep follows."""
-    c = config.phase1
-    return PhasePlan(
-        "phase1",
-        lr=config.lr,
-        weight_decay=c.weight_decay,
-        bn_policy=config.bn_policy,
-        label_smoothing=config.label_smoothing,
-    )
-
-
 def placeholder(config: RunConfig) -> RunConfig:
     """The config with ``auto`` replaced by the defaults: to check the plans before anything is found."""
     defaults = RunConfig()
@@ -450,12 +468,6 @@ def placeholder(config: RunConfig) -> RunConfig:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-
-def _default_out(dataset: str, model: str) -> Path:
-    from thaw.train.run_folder import default_out
-
-    return default_out(f"lr-find-{dataset}", model)
 
 
 @contextmanager
@@ -473,9 +485,6 @@ def _seeded(seed: int) -> Iterator[None]:
 def _solve_head(model: Classifier, loaders, config: RunConfig, warn, class_weight=None) -> None:
     """Phase 1 as the default recipe does it: the head solved to convergence on cached features (with
     ``class_weight``, the class-weighted loss of ``--balance loss``)."""
-    from thaw.data import features as feature_cache
-    from thaw.train.head_solver import solve_head
-
     pre = model.preprocessing
     evaluation = thaw_data.eval_transform(pre)
     feats = {
@@ -509,7 +518,7 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn, class_weigh
         model.head[-1].bias.copy_(solution.bias)
 
 
-def _check_curve(result: Sweep, steps: int, start_lr: float, phase: int) -> None:
+def _check_curve(result: Sweep, steps: int, start_lr: float, swept: str) -> None:
     """A sweep whose first loss is not a number, that diverged before the rules have points to read
     (they skip the first tenth and the last 5), or whose head never learned, has no curve to read. (From a
     solved head, a phase-2 curve that only rises is a finding, not an error.)"""
@@ -525,48 +534,8 @@ def _check_curve(result: Sweep, steps: int, start_lr: float, phase: int) -> None
             f"the loss diverged from the first steps of the sweep ({where}): start lower, e.g. "
             f"--start-lr {start_lr / 100:g}, or check the images and labels"
         )
-    if phase == 1 and result.diverged and lowest == 0:
+    if swept == "head" and result.diverged and lowest == 0:
         raise ThawError(
             f"the head's loss never fell below its first value before it diverged ({where}): check the "
             f"images and labels, or sweep from lower, e.g. --start-lr {start_lr / 100:g}"
         )
-
-
-def plot(found: LRFind, title: str) -> bytes:
-    """Loss vs LR (log scale): each batch's loss faint, the smoothed loss, the suggestion and the other
-    rules marked, the default LR dashed."""
-    from thaw.reporting.figures import _plt, png
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(found.lrs, found.raw_losses, color="lightgrey", linewidth=1, label="batch loss")
-    ax.plot(found.lrs, found.losses, color="tab:blue", linewidth=2, label="smoothed loss")
-    index = found.lrs.index(found.suggestion)
-    ax.plot(
-        found.suggestion,
-        found.losses[index],
-        "o",
-        color="red",
-        markersize=9,
-        label=f"{found.rule}: {found.suggestion:.2g}",
-    )
-    for (name, lr), marker in zip(found.alternatives.items(), ("^", "s")):
-        i = (
-            found.lrs.index(lr)
-            if lr in found.lrs
-            else min(range(len(found.lrs)), key=lambda j: abs(math.log(found.lrs[j] / lr)))
-        )
-        ax.plot(lr, found.losses[i], marker, color="dimgrey", markersize=7, label=f"{name}: {lr:.2g}")
-    ax.axvline(found.default, color="green", linestyle="--", linewidth=1, label=f"default: {found.default:g}")
-    finite = [v for v in found.losses if math.isfinite(v)]
-    ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 3 * finite[0]) * 1.05)
-    ax.set_xscale("log")
-    ax.set_xlabel(
-        f"{found.swept} learning rate" + (f" (head fixed at {found.head_lr:.2g})" if found.head_lr else "")
-    )
-    ax.set_ylabel("training loss (cross-entropy)")
-    ax.set_title(f"LR range test, phase {found.phase}: {title} ({found.stopped})", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return png(fig)

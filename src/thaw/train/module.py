@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from thaw import multilabel
 from thaw.freeze import batchnorm_eval, set_trainable
+from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.optim import param_groups, warmup_cosine
+from thaw.train.losses import loss_for
 from thaw.train.strategies import PhasePlan
 
 
@@ -58,6 +58,7 @@ class PhaseModule(L.LightningModule):
         self._forward = forward or net.__call__  # a function, not a submodule: the state holds one model
         self.class_weights = class_weights  # --balance loss: by class (multi-label: positives by label)
         self.multilabel = model.multilabel  # a sigmoid and binary cross-entropy per label
+        self.loss = loss_for(model)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         names = [f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc")]
         self.metrics = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="disable") for n in names})
@@ -112,14 +113,11 @@ class PhaseModule(L.LightningModule):
         weight = None
         if split == "train" and self.class_weights is not None:
             weight = self.class_weights.to(logits.device)
-        if self.multilabel:  # per image: the mean over its labels; accuracy label-wise at 0.5
-            losses = multilabel.loss(logits, y, weight, smoothing, reduction="none")
+        losses = self.loss(logits, y, weight, smoothing, reduction="none")  # per image
+        if self.multilabel:  # per image the mean over its labels; accuracy label-wise at 0.5
             counts = torch.ones_like(losses)
             correct = ((logits >= 0) == y.bool()).float().mean(1)
-        else:  # per image; with class weights, image i counts w[y_i] times (cross_entropy's weighted mean)
-            losses = F.cross_entropy(
-                logits.float(), y, weight=weight, label_smoothing=smoothing, reduction="none"
-            )
+        else:  # with class weights, image i counts w[y_i] times (cross_entropy's weighted mean)
             counts = weight[y] if weight is not None else torch.ones_like(losses)
             correct = (logits.argmax(dim=1) == y).float()
         loss = losses.sum() / counts.sum()
@@ -149,8 +147,6 @@ class PhaseModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """val_auc, val_balanced_accuracy and val_f1 over the whole validation split (``--monitor``;
         multi-label: the mean AUC over the labels, and the means at thresholds 0.5)."""
-        from thaw.metrics.classification import classification_metrics
-
         outputs = self._val_outputs
         if self.trainer.world_size > 1:  # every rank holds its shard: gather the whole split
             shards: list = [None] * self.trainer.world_size
@@ -170,7 +166,7 @@ class PhaseModule(L.LightningModule):
     def configure_optimizers(self):
         plan = self.plan
         group_lrs = plan.group_lr(len(self.model.layer_groups))
-        groups = param_groups(self.model, plan.lr, group_lrs, plan.weight_decay, plan.lr / plan.lr_ratio)
+        groups = param_groups(self.model, plan.lr, group_lrs, plan.weight_decay, plan.backbone_lr())
         optimizer = (
             torch.optim.SGD(groups, momentum=0.9, nesterov=True)
             if plan.optimizer == "sgd"

@@ -1,59 +1,38 @@
-"""The engine: run a strategy's phase plans in order, each from the best weights of the one before, and
-keep the weights of the phase with the best validation accuracy. The default strategy is two plans
-(``strategies.two_phase``): train a new head on the frozen backbone, then unfreeze and fine-tune with
-the backbone at ``lr / lr_ratio``. Everything below ``fit`` and ``resume`` is machinery."""
+"""One phase of a run: what every step shares (:class:`Context`), what a phase trains on (:class:`Feed`),
+a plan trained by epochs with early stopping and exact resume (:func:`run_phase`), and the one function
+that turns a finished phase into its :class:`PhaseResult` (:func:`finish_phase`). The engine that runs a
+strategy's plans in order is ``thaw.train.engine``."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
 from thaw import multilabel
 from thaw.augmentation import Policy
-from thaw.augmentation import parse as parse_augment
-from thaw.clinical import operating_point
-from thaw.config import RunConfig, dicom_window, override
-from thaw.data.budget import apply_budget, budget_record
-from thaw.data.sources import label_gaps
+from thaw.config import RunConfig, dicom_window
 from thaw.errors import ThawError
-from thaw.evaluate import predict
-from thaw.files import atomic_path, write_atomic, write_metrics_csv
+from thaw.files import atomic_path, write_rows_csv
 from thaw.metrics.classification import classification_metrics
-from thaw.models import Classifier, build_classifier, save_model
-from thaw.models.state_dict import sha256
-from thaw.reporting.html import write_report
-from thaw.reporting.plots import plot_confusion, plot_curves, plot_reliability
-from thaw.results import MONITORED, PhaseResult, RunSummary, choose_final, gains
-from thaw.shift import evaluate_shift
-from thaw.train import adapt, augment_check, distributed, lr_find, preflight
-from thaw.train.forgetting import Probe, plot_drift
+from thaw.models import Classifier
+from thaw.results import MONITORED, PhaseResult
+from thaw.train import distributed
 from thaw.train.guards import IncomingGuard, NonFiniteGuard
-from thaw.train.loggers import check_logger, lightning_logger, logger_callbacks
+from thaw.train.inference import predict
+from thaw.train.loggers import lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
-from thaw.train.prefix import cached_prefix
 from thaw.train.report import Reporter
-from thaw.train.run_folder import FollowerRun, RunFolder, check_outside_data, default_out, final_path
-from thaw.train.steps import cached_head, interpolate
-from thaw.train.strategies import PhasePlan, check_plans, plans_for
-
-
-@dataclass
-class RunResult:
-    path: Path
-    summary: RunSummary
-    model: Classifier
+from thaw.train.run_folder import RunFolder
+from thaw.train.strategies import PhasePlan
 
 
 @dataclass
@@ -66,231 +45,7 @@ class Context:
     run: RunFolder
     report: Reporter
     anchor: dict[str, torch.Tensor]
-
-
-def fit(
-    config: RunConfig,
-    sources: thaw_data.Sources | None = None,
-    quiet: bool = False,
-    plans: list[PhasePlan] | None = None,
-) -> RunResult:
-    """Fine-tune a pretrained classifier with ``plans`` (default: the config's strategy, ``two-phase``)
-    and write a run folder. A run that is interrupted can be continued with :func:`resume`."""
-    config.validate()
-    check_logger(config.logger)
-    distributed.check(config.hardware)
-    quiet_lightning()
-    distributed.start(config.hardware)  # several processes: from here on, each one runs this
-    if config.auto and plans is not None:
-        raise ThawError("lr or lr_ratio auto is found for the config's strategy: give plans with numbers")
-    plans = check_plans(list(plans)) if plans is not None else plans_for(lr_find.placeholder(config))
-    lr_find.check_auto(config, plans)
-    given = [sources]
-    report = Reporter(quiet or not distributed.is_zero())
-
-    def create():  # rank 0 alone finds --lr auto, names, creates and fills the run folder
-        sources = thaw_data.discover(config.data) if given[0] is None else given[0]
-        multilabel.check_run(config, sources)  # settings with no multi-label meaning, refused here
-        sources = given[0] = apply_budget(sources, config.data, config.seed)
-        adapt.check_unlabelled(config, sources)
-        preflight.check_run(config, plans, sources.class_names, sources.multilabel)  # before any folder
-        out = Path(config.out) if config.out else default_out(sources.name, config.model.name)
-        cfg, run_plans = override(config, {"out": str(out)}), plans
-        if not cfg.auto:  # a config.yaml of an earlier --lr auto run, rerun with numbers
-            cfg = override(cfg, {"lr_found": None, "lr_ratio_found": None}, keep_none=True)
-        check_outside_data(out, cfg.data.path)
-        found, files = {}, {}
-        if cfg.auto:  # --lr auto: thaw lr-find first; config.yaml records auto and the value found
-            with tempfile.TemporaryDirectory() as tmp:
-                cfg, found = lr_find.resolve_auto(cfg, sources, Path(tmp), report.say, report.warn)
-                run_plans = plans_for(cfg.resolved())
-                files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
-        run = RunFolder.create(out)
-        for name, data in files.items():  # the finders' plots and curves
-            write_atomic(run / name, data)
-        if found:
-            run.write_json("lr_find.json", found)
-        run.write_text("config.yaml", cfg.to_yaml())
-        run.write_text("plans.yaml", yaml.safe_dump([p.to_dict() for p in run_plans], sort_keys=False))
-        thaw_data.write_split(sources, run / "split.csv")
-        return out, cfg, run_plans
-
-    out, config, plans = distributed.on_zero(create)
-    run = RunFolder(out) if distributed.is_zero() else FollowerRun(out)
-    sources = given[0]
-    if sources is None:  # the other ranks read the split rank 0 wrote: the same split everywhere
-        sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
-    return train(run, config, plans, sources, report)
-
-
-def resume(path: str | Path, quiet: bool = False) -> RunResult:
-    """Continue an interrupted run: finished phases are not rerun, the interrupted one goes on from its
-    last epoch with its optimizer, schedule, early-stopping and RNG state."""
-    staged = RunFolder(final_path(Path(path))).path
-    config = RunConfig.from_yaml(staged / "config.yaml").validate() if staged.is_dir() else None
-    if config is not None:
-        distributed.check(config.hardware)
-        quiet_lightning()
-        distributed.start(config.hardware)
-    run = distributed.on_zero(lambda: RunFolder.reopen(Path(path)))
-    run = run if distributed.is_zero() else FollowerRun(run.final)
-    config = RunConfig.from_yaml(run / "config.yaml").validate().resolved()
-    plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
-    sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
-    report = Reporter(quiet or not distributed.is_zero())
-    report.say(f"resuming {run.path}")
-    return train(run, config, plans, sources, report)
-
-
-def train(
-    run: RunFolder, config: RunConfig, plans: list[PhasePlan], sources: thaw_data.Sources, report: Reporter
-) -> RunResult:
-    quiet_lightning()
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    model = build_classifier(
-        config.model,
-        len(sources.class_names),
-        sources.class_names,
-        config.data.image_size,
-        sources.multilabel,
-    )
-    with distributed.rank_zero_first():  # rank 0 fills the decoded-image store, the others read it
-        loaders = Loaders(sources, model, config, report)
-    probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
-    ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
-    report.start(config, sources, model, loaders, plans)
-    gaps = label_gaps(sources)  # multi-label: labels without a positive in train or val
-    if gaps:
-        report.warn(gaps)
-    adabn = adapt.run_adabn(model, ctx) if config.adabn else None
-
-    results: dict[str, PhaseResult] = {}
-    augment = None
-    for index, plan in enumerate(plans):  # each plan starts from the best weights of the one before
-        if augment is None and augments(plan):  # before the first plan that fine-tunes the backbone
-            augment = choose_augmentation(model, ctx, trained_head=bool(results))
-        step = (
-            interpolate
-            if plan.interpolate_from
-            else run_phase
-            if plan.features == "online"
-            else cached_head  # a frozen backbone: features once, the head solved
-            if plan.train == "head"
-            else cached_prefix  # a frozen prefix: its activations once, the suffix trained
-        )
-        results[plan.name] = run.finished_phase(plan.name) or step(model, plan, index, ctx, results)
-        distributed.barrier()  # rank 0 has saved the plan's weights: every rank goes on from them
-        model.load_state_dict(run.load_weights(plan.name))
-    forgetting = {}
-    for name in results:  # one forward over the probe images per plan
-        model.load_state_dict(run.load_weights(name))
-        forgetting[name] = probe.diagnose(model)
-    final = choose_final(results, config.monitor)
-    model.load_state_dict(run.load_weights(final))
-    pseudo = None
-    if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
-        result, pseudo = adapt.pseudo_round(model, len(plans), ctx, results, final)
-        if result is not None:
-            results[result.name] = result
-            final = choose_final(results, config.monitor)
-        model.load_state_dict(run.load_weights(final))
-    operating, scored = operating_point(
-        model, loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
-    )
-    if operating.rule.startswith("argmax:"):  # a binary run with too few validation images of a class
-        report.warn(f"no decision threshold chosen; {operating.rule}")
-    shift = evaluate_shift(model, loaders.decoded, config, report.say)
-
-    summary = RunSummary(
-        dataset=sources.name,
-        model=config.model.name,
-        classes=sources.class_names,
-        images={s: len(d.images) for s, d in loaders.decoded.items()},
-        phases=results,
-        final_phase=final,
-        strategy=config.strategy,
-        seed=config.seed,
-        gain=gains(results),
-        budget=budget_record(sources, config.data, config.seed),
-        adabn=adabn,
-        pseudo_labels=pseudo,
-        operating=operating,
-        hardware=hardware_summary(config, loaders),
-        forgetting=forgetting,
-        shift=shift,
-        lr_find=json.loads((run / "lr_find.json").read_text()) if (run / "lr_find.json").is_file() else {},
-        augment=augment
-        or {
-            "setting": config.data.augment,
-            "chosen": loaders.policy.describe(),
-            "chosen_spec": loaders.policy.spec(),
-            "skipped": "no plan fine-tunes the backbone",
-        },
-        task=multilabel.TASK if sources.multilabel else multilabel.SINGLE,
-        skipped_images=loaders.skipped,
-    )
-    if not distributed.is_zero():  # rank 0 writes the run folder
-        return RunResult(run.final, summary, model)
-    rows = [row for r in results.values() for row in r.epochs]
-    write_metrics_csv(rows, run / "metrics.csv")  # also when no phase trained epochs (a cached solve alone)
-    plot_curves(rows, run / "curves.png", f"{sources.name} - {config.model.name}")
-    plot_drift(forgetting, run / "drift.png")
-    split = "test" if summary.final.test is not None else "val"
-    if not sources.multilabel:  # multi-label: per-label counts in summary.json (per_label) instead
-        plot_confusion(
-            summary.final.on(split).confusion,
-            sources.class_names,
-            run / "confusion.png",
-            f"{final} on {split}",
-        )
-    plot_reliability(*scored[split], run / "reliability.png", f"{final} on {split}:")
-    with atomic_path(run / "model.safetensors") as tmp:
-        save_model(model.eval(), tmp)
-    summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
-    run.write_json("summary.json", summary.to_dict())
-    write_report(run.path, warn=report.warn)  # report.html; a failure there is a warning, not a lost run
-    path = run.commit()
-    report.finish(summary, path)
-    return RunResult(path, summary, model)
-
-
-def augments(plan: PhasePlan) -> bool:
-    """Whether ``plan`` fine-tunes backbone layers on augmented images: where augmentation that hides the
-    label does its damage (a head trained online in phase 1 uses the policy as given, unchecked)."""
-    return not plan.interpolate_from and plan.train != "head"
-
-
-def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> dict:
-    """``--augment auto``: the check of ``thaw.train.augment_check`` on the head the plans before solved,
-    run once (rank 0; a resumed run reads ``augment.json``) and applied to every later plan; a given
-    policy is used as it is. Returns the record for ``summary.json``."""
-    config, loaders, run = ctx.config, ctx.loaders, ctx.run
-    policy = loaders.policy
-    saved = run / "augment.json"
-
-    def decide() -> dict:
-        if saved.is_file():
-            return json.loads(saved.read_text())
-        record = {"setting": config.data.augment, "chosen": policy.describe(), "chosen_spec": policy.spec()}
-        if config.data.augment == "auto" and not policy.ops:
-            record["skipped"] = "nothing to check"
-        elif config.data.augment == "auto" and not trained_head:
-            record["skipped"] = (
-                "no head was solved before the first trained plan, so nothing can score the augmented views; "
-                "the standard policy is used as it is"
-            )
-        elif config.data.augment == "auto":
-            _, record = augment_check.check(
-                model, policy, loaders.decoded["train"], config.seed, config.hardware.channels_last
-            )
-        run.write_json("augment.json", record)
-        return record
-
-    record = distributed.on_zero(decide)
-    loaders.use(parse_augment(record["chosen_spec"]))  # an explicit list (or none): no preset to shape
-    if record.get("setting") == "auto":
-        ctx.report.augment(record, augment_check.line(record))
-    return record
+    augment: dict | None = None  # --augment: the record of the policy chosen, once a plan needed one
 
 
 def incoming_scores(before: PhaseResult | None, monitor: str) -> dict[str, float]:
@@ -330,45 +85,133 @@ def run_phase(
     A plan that has not beaten the weights it starts from (``start``, default the plan before) on
     validation loss or on the metric that picks the plan kept within ``patience`` epochs stops there
     (``guards.IncomingGuard``), instead of spending its whole budget on weights the run will not keep."""
-    config, loaders, run, report = ctx.config, ctx.loaders, ctx.run, ctx.report
-    feed = feed or Feed(loaders.train(index), loaders.val_shard)  # under DDP: this rank's shard
-    earlier = [row for r in before.values() for row in r.epochs]
+    feed = feed or Feed(ctx.loaders.train(index), ctx.loaders.val_shard)  # under DDP: this rank's shard
+    start = start or (list(before.values())[-1] if before else None)
+    module = phase_module(model, plan, index, ctx, feed)
+    watch = Watch.of(plan, ctx, [row for r in before.values() for row in r.epochs], start)
+    trainer = phase_trainer(plan, ctx, watch)
+    last = ctx.run.checkpoints / f"{plan.name}-last.ckpt"
+    ctx.report.phase_start(plan, model, resumed=last.is_file())
+    if feed.note:
+        ctx.report.say(f"  {feed.note}")
+    state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+    if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
+        watch.restore(state["callbacks"])
+    else:
+        trainer.fit(module, feed.train, feed.val, ckpt_path=last if state is not None else None)
+    best_path = ctx.run.checkpoints / f"{plan.name}-best.ckpt"
+    module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
+    model.cpu()
+    result = finish_phase(model, plan, ctx, **watch.fields(plan, model, len(module.groups), feed))
+    distributed.barrier()  # every rank has read the best checkpoint
+    for stale in (last, best_path) if distributed.is_zero() else ():
+        stale.unlink(missing_ok=True)
+    return result
 
-    def on_row(row: dict) -> None:  # metrics.csv grows epoch by epoch: a crashed run keeps its history
-        report.epoch(row)
-        if distributed.is_zero():
-            write_metrics_csv(earlier + recorder.rows, run / "metrics.csv")
 
+def phase_module(model: Classifier, plan: PhasePlan, index: int, ctx: Context, feed: Feed) -> PhaseModule:
+    """The Lightning module of one plan: its loss weights (``--balance loss``), its anchor (``l2-sp``)."""
+    config, hw = ctx.config, ctx.config.hardware
     anchor = ctx.anchor if plan.regularizer == "l2-sp" else None
-    weights = loaders.class_weights if config.balance == "loss" else None
-    hw = config.hardware
-    module = PhaseModule(
+    weights = ctx.loaders.class_weights if config.balance == "loss" else None
+    return PhaseModule(
         model, plan, config.seed, index, anchor, feed.forward, weights, hw.compile, hw.channels_last
     )
-    monitor, mode = config.monitor, "min" if config.monitor == "val_loss" else "max"
-    recorder = EpochRecorder(plan.name, len(earlier), on_row)
-    checkpoint = ModelCheckpoint(
-        dirpath=run.checkpoints,
-        filename=f"{plan.name}-best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
-    last = run.checkpoints / f"{plan.name}-last.ckpt"
-    guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good weights
-    start = start or (list(before.values())[-1] if before else None)
-    incoming = incoming_scores(start, monitor)
-    gate = IncomingGuard(incoming, plan.patience) if incoming else None
-    trainer = L.Trainer(
+
+
+@dataclass
+class Watch:
+    """What watches a plan train: the epoch rows (``metrics.csv`` grows epoch by epoch), the non-finite
+    guard, the gate against the weights it starts from, and the best and last checkpoints."""
+
+    recorder: EpochRecorder
+    guard: NonFiniteGuard
+    gate: IncomingGuard | None
+    checkpoint: ModelCheckpoint
+    incoming: dict[str, float]
+    start: PhaseResult | None
+
+    @classmethod
+    def of(cls, plan: PhasePlan, ctx: Context, earlier: list[dict], start: PhaseResult | None) -> Watch:
+        report, run = ctx.report, ctx.run
+
+        def on_row(row: dict) -> None:  # a crashed run keeps its history
+            report.epoch(row)
+            if distributed.is_zero():
+                write_rows_csv(earlier + recorder.rows, run / "metrics.csv")
+
+        recorder = EpochRecorder(plan.name, len(earlier), on_row)
+        checkpoint = ModelCheckpoint(
+            dirpath=run.checkpoints,
+            filename=f"{plan.name}-best",
+            monitor=ctx.config.monitor,
+            mode=monitor_mode(ctx.config.monitor),
+            save_last=True,
+            enable_version_counter=False,
+        )
+        checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
+        guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good one
+        incoming = incoming_scores(start, ctx.config.monitor)
+        gate = IncomingGuard(incoming, plan.patience) if incoming else None
+        return cls(recorder, guard, gate, checkpoint, incoming, start)
+
+    def callbacks(self) -> list:
+        return [self.guard, *([self.gate] if self.gate else [])]
+
+    def restore(self, states: dict) -> None:
+        """A phase already over: its rows, guard and gate as its last checkpoint saved them."""
+        self.recorder.load_state_dict(states[self.recorder.state_key])
+        self.guard.load_state_dict(states.get(self.guard.state_key, {}))
+        if self.gate is not None and self.gate.state_key in states:
+            self.gate.load_state_dict(states[self.gate.state_key])
+
+    def fields(self, plan: PhasePlan, model: Classifier, trainable: int, feed: Feed) -> dict:
+        """The :class:`PhaseResult` fields of a phase trained by epochs, from its rows and its plan."""
+        rows, monitor = self.recorder.rows, self.checkpoint.monitor
+        sign = 1 if monitor_mode(monitor) == "min" else -1
+        best_row = min(rows, key=lambda r: sign * r[monitor])
+        group_lrs = plan.group_lr(len(model.layer_groups))
+        gate, start = self.gate, self.start
+        return {
+            "best_epoch": best_row["epoch"],
+            "epochs_run": len(rows),
+            "stopped_early": len(rows) < plan.epochs,
+            "halted": self.guard.reason,
+            "seconds": round(sum(r["seconds"] for r in rows), 1),
+            "train_images_per_s": round(sum(r["train_images_per_s"] for r in rows) / len(rows), 1),
+            "head_lr": plan.lr,
+            "backbone_lr": max(group_lrs, default=0.0),
+            "group_lrs": group_lrs,
+            "trainable_groups": f"{trainable}/{len(model.layer_groups)}",
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "epochs": rows,
+            "features": feed.record,
+            "incoming": None
+            if gate is None
+            else {
+                "plan": start.name,
+                "scores": {k: round(v, 6) for k, v in self.incoming.items()},
+                "beaten": gate.beaten,
+                "stopped": gate.stopped,
+            },
+        }
+
+
+def monitor_mode(monitor: str) -> str:
+    return "min" if monitor == "val_loss" else "max"
+
+
+def phase_trainer(plan: PhasePlan, ctx: Context, watch: Watch) -> L.Trainer:
+    """A Lightning trainer for one plan: early stopping on ``--monitor``, atomic checkpoints, the logger."""
+    config, report, run = ctx.config, ctx.report, ctx.run
+    monitor = config.monitor
+    return L.Trainer(
         max_epochs=plan.epochs,
         callbacks=[
-            guard,
-            *([gate] if gate else []),
-            EarlyStopping(monitor=monitor, mode=mode, patience=plan.patience),
-            checkpoint,
-            recorder,
+            *watch.callbacks(),
+            EarlyStopping(monitor=monitor, mode=monitor_mode(monitor), patience=plan.patience),
+            watch.checkpoint,
+            watch.recorder,
             *logger_callbacks(config.logger),
         ],
         plugins=[AtomicCheckpointIO()],
@@ -381,58 +224,23 @@ def run_phase(
         log_every_n_steps=1,
         **distributed.trainer_args(config.hardware),
     )
-    report.phase_start(plan, model, resumed=last.is_file())
-    if feed.note:
-        report.say(f"  {feed.note}")
-    state = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
-    if state is not None and phase_over(state, plan):  # killed after its last epoch was saved
-        recorder.load_state_dict(state["callbacks"][recorder.state_key])
-        guard.load_state_dict(state["callbacks"].get(guard.state_key, {}))
-        if gate is not None and gate.state_key in state["callbacks"]:
-            gate.load_state_dict(state["callbacks"][gate.state_key])
-    else:
-        trainer.fit(module, feed.train, feed.val, ckpt_path=last if state is not None else None)
-    best = torch.load(run.checkpoints / f"{plan.name}-best.ckpt", map_location="cpu", weights_only=False)
-    module.load_state_dict(best["state_dict"])
-    model.cpu()
-    rows = recorder.rows
-    best_row = min(rows, key=lambda r: r[monitor] if mode == "min" else -r[monitor])
-    n_groups = len(model.layer_groups)
-    group_lrs = plan.group_lr(n_groups)
-    result = PhaseResult(
-        name=plan.name,
-        best_epoch=best_row["epoch"],
-        epochs_run=len(rows),
-        stopped_early=len(rows) < plan.epochs,
-        halted=guard.reason,
-        seconds=round(sum(r["seconds"] for r in rows), 1),
-        train_images_per_s=round(sum(r["train_images_per_s"] for r in rows) / len(rows), 1),
-        head_lr=plan.lr,
-        backbone_lr=max(group_lrs, default=0.0),
-        group_lrs=group_lrs,
-        trainable_groups=f"{len(module.groups)}/{n_groups}",
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        val=classification_metrics(*predict(model, loaders.val), names=model.class_names),
-        test=classification_metrics(*predict(model, loaders.test), names=model.class_names)
-        if loaders.test is not None
-        else None,
-        epochs=rows,
-        features=feed.record,
-        incoming=None
-        if gate is None
-        else {
-            "plan": start.name,
-            "scores": {k: round(v, 6) for k, v in incoming.items()},
-            "beaten": gate.beaten,
-            "stopped": gate.stopped,
-        },
-    )
-    run.save_weights(plan.name, model)
-    run.save_phase(result)  # from here on the plan counts as finished
-    distributed.barrier()  # every rank has read the best checkpoint
-    for stale in (last, run.checkpoints / f"{plan.name}-best.ckpt") if distributed.is_zero() else ():
-        stale.unlink(missing_ok=True)
-    report.phase_end(result)
+
+
+def finish_phase(
+    model: Classifier, plan: PhasePlan, ctx: Context, val=None, test=None, **fields
+) -> PhaseResult:
+    """A finished phase as its :class:`PhaseResult`: the model as it is now scored on validation and test
+    (unless ``val``/``test`` are given), its weights and record saved (from here on the plan counts as
+    finished), and its line on the console. ``fields``: what the step measured."""
+    loaders = ctx.loaders
+    if val is None:
+        val = classification_metrics(*predict(model, loaders.val), names=model.class_names)
+        if loaders.test is not None:
+            test = classification_metrics(*predict(model, loaders.test), names=model.class_names)
+    result = PhaseResult(name=plan.name, val=val, test=test, **fields)
+    ctx.run.save_weights(plan.name, model)
+    ctx.run.save_phase(result)
+    ctx.report.phase_end(result)
     return result
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from thaw.results import PhaseResult, RunSummary
+from thaw.train import distributed
 
 
 def _pct(x: float | None) -> str:
@@ -117,8 +118,6 @@ class Reporter:
         )
         hw = getattr(config, "hardware", None)
         if hw is not None:
-            from thaw.train import distributed
-
             extras = [
                 name for name, on in (("compile", hw.compile), ("channels-last", hw.channels_last)) if on
             ]

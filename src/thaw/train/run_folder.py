@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from thaw.errors import ThawError
-from thaw.files import write_atomic
+from thaw.files import atomic_path, write_atomic
 from thaw.results import PhaseResult, dumps
 
 STAGING = ".incomplete"
@@ -163,8 +163,6 @@ class RunFolder:
     def save_weights(self, name: str, model) -> None:
         """A plan's best weights: ``checkpoints/<plan>.safetensors``."""
         from safetensors.torch import save_file
-
-        from thaw.files import atomic_path
 
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         self.checkpoints.mkdir(exist_ok=True)

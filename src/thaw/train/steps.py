@@ -1,25 +1,24 @@
 """Steps of a run that are not epochs of training: the head solved on cached features, and weight
-interpolation. Each takes what ``run_phase`` takes and returns a :class:`PhaseResult`."""
+interpolation. Each takes what ``recipe.run_phase`` takes and returns a :class:`PhaseResult`."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import torch
 
 from thaw import data as thaw_data
 from thaw.data import features as feature_cache
-from thaw.evaluate import predict
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.results import PhaseResult
 from thaw.train import distributed
-from thaw.train.head_solver import solve_head
+from thaw.train.head_solver import HeadSolution, solve_head
+from thaw.train.inference import predict
+from thaw.train.recipe import Context, finish_phase
 from thaw.train.strategies import PhasePlan
 
-if TYPE_CHECKING:
-    from thaw.train.recipe import Context
+Features = feature_cache.Features
 
 
 def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
@@ -27,75 +26,21 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     training image), and the linear head is solved to convergence on those features (L-BFGS, L2 strength
     chosen on validation loss). The model then predicts exactly what the solved head does on the cached
     features, and phase 2 starts from that head (LP-FT)."""
-    config, loaders, report = ctx.config, ctx.loaders, ctx.report
-    report.phase_start(plan, model)
+    ctx.report.phase_start(plan, model)
     start = time.perf_counter()
-    pre = model.preprocessing
-    policy = ctx.loaders.policy
-    augmented = plan.views > 1 and bool(policy.ops)
-    train_transform = (
-        ctx.loaders.train_transform if augmented else thaw_data.eval_transform(pre)
-    )
-    train_id = (
-        {"kind": "train", "augment": policy.spec()}
-        if augmented
-        else {"kind": "eval"}
-    )
-
-    def features(split: str, transform, transform_id: dict, views: int) -> feature_cache.Features:
-        return feature_cache.features(
-            model.backbone,
-            loaders.sources.split(split),
-            transform,
-            transform_id,
-            pre,
-            model.spec.in_channels,
-            views=views,
-            seed=config.seed,
-            decoded=loaders.decoded[split],
-            batch_size=max(config.data.batch_size, 64),
-            warn=report.warn,
-            channels_last=config.hardware.channels_last,
-        )
-
-    evaluation = thaw_data.eval_transform(pre)
-    with distributed.rank_zero_first():  # computed once, by rank 0; the other ranks read the cache
-        train = features("train", train_transform, train_id, plan.views if augmented else 1)
-        splits = {
-            s: features(s, evaluation, {"kind": "eval"}, 1) for s in ("val", "test") if s in loaders.decoded
-        }
+    train, splits = cached_features(model, plan, ctx)
     computed = [f for f in (train, *splits.values()) if not f.cached]
-    report.say(
+    feature_seconds = sum(f.seconds for f in computed)
+    ctx.report.say(
         f"  features: {train.x.shape[0]} train rows x {train.x.shape[1]}"
         + (f" ({train.views} augmented views per image)" if train.views > 1 else "")
-        + (f", computed in {sum(f.seconds for f in computed):.1f}s" if computed else ", all from the cache")
+        + (f", computed in {feature_seconds:.1f}s" if computed else ", all from the cache")
     )
     solve_start = time.perf_counter()
-    val = splits["val"]
-    solution = solve_head(
-        train.tensor(),
-        torch.from_numpy(train.labels),
-        val.tensor(),
-        torch.from_numpy(val.labels),
-        len(model.class_names),
-        class_weight=loaders.class_weights if config.balance == "loss" else None,
-        multilabel=model.multilabel,
-    )
+    solution = solved_head(model, train, splits["val"], ctx)
     solve_seconds = time.perf_counter() - solve_start
-    linear = model.head[-1]
-    with torch.no_grad():
-        linear.weight.copy_(solution.weight)
-        linear.bias.copy_(solution.bias)
-
-    def metrics(f: feature_cache.Features):
-        logits = torch.nn.functional.linear(f.tensor(), solution.weight, solution.bias)
-        return classification_metrics(
-            model.probabilities(logits), torch.from_numpy(f.labels), names=model.class_names
-        )
-
-    chosen = next(c for c in solution.curve if c["l2"] == solution.l2)
     seconds = time.perf_counter() - start
-    feature_seconds = sum(f.seconds for f in computed)
+    chosen = next(c for c in solution.curve if c["l2"] == solution.l2)
     row = {
         "phase": plan.name,
         "epoch": 1,
@@ -109,44 +54,132 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         "seconds": round(seconds, 2),
         "train_images_per_s": round(train.x.shape[0] / feature_seconds, 1) if feature_seconds else 0.0,
     }
-    report.epoch(row)
-    result = PhaseResult(
-        name=plan.name,
-        best_epoch=1,
-        epochs_run=1,
-        stopped_early=False,
-        seconds=round(seconds, 1),
-        train_images_per_s=row["train_images_per_s"],
-        head_lr=0.0,
-        backbone_lr=0.0,
-        group_lrs=[0.0] * len(model.layer_groups),
-        trainable_groups=f"0/{len(model.layer_groups)}",
-        trainable_params=sum(p.numel() for p in model.head.parameters()),
-        val=metrics(val),
+    ctx.report.epoch(row)
+
+    def metrics(f: Features):
+        logits = torch.nn.functional.linear(f.tensor(), solution.weight, solution.bias)
+        return classification_metrics(
+            model.probabilities(logits), torch.from_numpy(f.labels), names=model.class_names
+        )
+
+    record = solver_record(model, solution, train.views, feature_seconds, not computed, solve_seconds)
+    return finish_phase(
+        model,
+        plan,
+        ctx,
+        val=metrics(splits["val"]),
         test=metrics(splits["test"]) if "test" in splits else None,
+        **frozen_fields(
+            model,
+            seconds,
+            row["train_images_per_s"],
+            epochs_run=1,
+            best_epoch=1,
+            trainable_params=sum(p.numel() for p in model.head.parameters()),
+        ),
         epochs=[row],
         curve=solution.curve,
-        solver={
-            "mode": "cached",
-            "method": "L-BFGS, "
-            + (
-                "one logistic regression per label (sigmoid, binary cross-entropy)"
-                if model.multilabel
-                else "multinomial logistic regression"
-            )
-            + " on centred, scaled features",
-            "l2": solution.l2,
-            "chosen_on": "val_loss",
-            "views": train.views,
-            "features_seconds": round(feature_seconds, 1),
-            "features_from_cache": not computed,
-            "solve_seconds": round(solve_seconds, 1),
-        },
+        solver=record,
     )
-    ctx.run.save_weights(plan.name, model)
-    ctx.run.save_phase(result)
-    report.phase_end(result)
-    return result
+
+
+def cached_features(model: Classifier, plan: PhasePlan, ctx: Context) -> tuple[Features, dict[str, Features]]:
+    """The backbone's features of every split, from the cache or computed once (by rank 0; the other ranks
+    read the cache): ``plan.views`` augmented views of each training image, or its eval transform."""
+    config, loaders = ctx.config, ctx.loaders
+    pre, policy = model.preprocessing, loaders.policy
+    augmented = plan.views > 1 and bool(policy.ops)
+    evaluation = thaw_data.eval_transform(pre)
+
+    def features(split: str, transform, transform_id: dict, views: int) -> Features:
+        return feature_cache.features(
+            model.backbone,
+            loaders.sources.split(split),
+            transform,
+            transform_id,
+            pre,
+            model.spec.in_channels,
+            views=views,
+            seed=config.seed,
+            decoded=loaders.decoded[split],
+            batch_size=max(config.data.batch_size, 64),
+            warn=ctx.report.warn,
+            channels_last=config.hardware.channels_last,
+        )
+
+    with distributed.rank_zero_first():
+        if augmented:
+            augment_id = {"kind": "train", "augment": policy.spec()}
+            train = features("train", loaders.train_transform, augment_id, plan.views)
+        else:
+            train = features("train", evaluation, {"kind": "eval"}, 1)
+        splits = {
+            s: features(s, evaluation, {"kind": "eval"}, 1) for s in ("val", "test") if s in loaders.decoded
+        }
+    return train, splits
+
+
+def solved_head(model: Classifier, train: Features, val: Features, ctx: Context) -> HeadSolution:
+    """The head solved on the features (class-weighted under ``--balance loss``), copied into the model."""
+    loaders = ctx.loaders
+    solution = solve_head(
+        train.tensor(),
+        torch.from_numpy(train.labels),
+        val.tensor(),
+        torch.from_numpy(val.labels),
+        len(model.class_names),
+        class_weight=loaders.class_weights if ctx.config.balance == "loss" else None,
+        multilabel=model.multilabel,
+    )
+    linear = model.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(solution.weight)
+        linear.bias.copy_(solution.bias)
+    return solution
+
+
+def solver_record(
+    model: Classifier,
+    solution: HeadSolution,
+    views: int,
+    feature_seconds: float,
+    cached: bool,
+    seconds: float,
+) -> dict:
+    """``PhaseResult.solver``: how the head was solved, and what was chosen."""
+    kind = (
+        "one logistic regression per label (sigmoid, binary cross-entropy)"
+        if model.multilabel
+        else "multinomial logistic regression"
+    )
+    return {
+        "mode": "cached",
+        "method": f"L-BFGS, {kind} on centred, scaled features",
+        "l2": solution.l2,
+        "chosen_on": "val_loss",
+        "views": views,
+        "features_seconds": round(feature_seconds, 1),
+        "features_from_cache": cached,
+        "solve_seconds": round(seconds, 1),
+    }
+
+
+def frozen_fields(model: Classifier, seconds: float, images_per_s: float, **fields) -> dict:
+    """The :class:`PhaseResult` fields of a step that trains no backbone group by gradient."""
+    n = len(model.layer_groups)
+    return {
+        "best_epoch": 0,
+        "epochs_run": 0,
+        "stopped_early": False,
+        "seconds": round(seconds, 1),
+        "train_images_per_s": images_per_s,
+        "head_lr": 0.0,
+        "backbone_lr": 0.0,
+        "group_lrs": [0.0] * n,
+        "trainable_groups": f"0/{n}",
+        "trainable_params": 0,
+        **fields,
+    }
 
 
 def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
@@ -169,29 +202,10 @@ def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     report.say(
         "  " + ", ".join(f"alpha {c['alpha']:g}: val acc {100 * c['val_accuracy']:.1f}" for c in curve)
     )
-    result = PhaseResult(
-        name=plan.name,
-        best_epoch=0,
-        epochs_run=0,
-        stopped_early=False,
-        seconds=round(time.perf_counter() - start, 1),
-        train_images_per_s=0.0,
-        head_lr=0.0,
-        backbone_lr=0.0,
-        group_lrs=[],
-        trainable_groups=f"0/{len(model.layer_groups)}",
-        trainable_params=0,
-        val=classification_metrics(*predict(model, loaders.val), names=model.class_names),
-        test=classification_metrics(*predict(model, loaders.test), names=model.class_names)
-        if loaders.test is not None
-        else None,
-        alpha=alpha,
-        curve=curve,
+    seconds = time.perf_counter() - start
+    return finish_phase(
+        model, plan, ctx, **frozen_fields(model, seconds, 0.0, group_lrs=[]), alpha=alpha, curve=curve
     )
-    ctx.run.save_weights(plan.name, model)
-    ctx.run.save_phase(result)
-    report.phase_end(result)
-    return result
 
 
 def mix(

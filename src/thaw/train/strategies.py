@@ -1,4 +1,4 @@
-"""A strategy is a list of phase plans; the engine (``recipe.fit``) runs any list, in order.
+"""A strategy is a list of phase plans; the engine (``engine.run_plans``) runs any list, in order.
 
 A :class:`PhasePlan` is data (no torch): which layer groups train, the learning rate of the head and of
 every backbone group, the schedule, the epoch budget and early stopping, the batch-norm policy, and the
@@ -13,9 +13,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from thaw.config import BN_POLICIES, OPTIMIZERS, SCHEDULES, PhaseConfig, RunConfig, unfreeze_groups
+import yaml
+
+from thaw.config import (
+    BN_POLICIES,
+    LR,
+    LR_RATIO,
+    OPTIMIZERS,
+    SCHEDULES,
+    PhaseConfig,
+    RunConfig,
+    _yaml_where,
+    unfreeze_groups,
+)
 from thaw.errors import ThawError
 
 REGULARIZERS = ("none", "l2-sp")
@@ -48,8 +61,8 @@ class PhasePlan:
 
     name: str
     train: str = "head"
-    lr: float = 1e-3
-    lr_ratio: float = 10.0
+    lr: float = LR
+    lr_ratio: float = LR_RATIO
     layer_decay: float = 1.0
     group_lrs: tuple[float, ...] | None = None
     epochs: int = 10
@@ -94,7 +107,7 @@ class PhasePlan:
                     f"{n_groups} layer groups"
                 )
             return [float(lr) if g in trainable else 0.0 for g, lr in enumerate(self.group_lrs)]
-        top = self.lr / self.lr_ratio
+        top = self.backbone_lr()
         rank = {g: len(trainable) - 1 - i for i, g in enumerate(trainable)}  # 0 for the topmost group
         return [top * self.layer_decay ** rank[g] if g in rank else 0.0 for g in range(n_groups)]
 
@@ -116,71 +129,28 @@ class PhasePlan:
             f"backbone lr {spread}{extra}, new optimizer"
         )
 
+    @property
+    def kind(self) -> str:
+        """The step that runs this plan (``engine.STEPS``): ``interpolate`` (WiSE-FT), ``online`` (trained by
+        epochs on images), ``solve`` (the head solved on cached features of the frozen backbone) or
+        ``prefix`` (the layers after a frozen prefix trained by epochs on its cached activations)."""
+        if self.interpolate_from:
+            return "interpolate"
+        if self.features == "online":
+            return "online"
+        return "solve" if self.train == "head" else "prefix"
+
+    def backbone_lr(self) -> float:
+        """The LR of the topmost trainable backbone group: ``lr / lr_ratio`` (the one place it is derived)."""
+        return self.lr / self.lr_ratio
+
     def validate(self) -> PhasePlan:
+        """The plan itself, or a :class:`ThawError` that names the plan, the value and what is valid."""
         where = f"plan {self.name!r}"
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ThawError(f"{where}: a plan needs a name usable as a file name, e.g. phase1")
-        kind, _, arg = self.train.partition(":")
-        ok = (
-            kind in ("head", "all")
-            and not arg
-            or kind in ("last", "first")
-            and arg.isdigit()
-            and int(arg) >= 1
-            or kind == "groups"
-            and bool(arg)
-            and all(p.strip().isdigit() for p in arg.split(","))
-        )
-        if not ok:
-            raise ThawError(
-                f"{where}: train={self.train!r} must be head, all, last:N, first:N or groups:I,J,..."
-            )
-        if not 0 < self.lr <= 1:
-            raise ThawError(f"{where}: lr {self.lr} must be in (0, 1]")
-        if not self.lr_ratio >= 1:
-            raise ThawError(f"{where}: lr_ratio {self.lr_ratio} must be >= 1 (backbone LR = lr / lr_ratio)")
-        if not 0 < self.layer_decay <= 1:
-            raise ThawError(f"{where}: layer_decay {self.layer_decay} must be in (0, 1]; 1 = no decay")
-        if self.group_lrs is not None and not all(0 <= lr <= 1 for lr in self.group_lrs):
-            raise ThawError(f"{where}: every group_lrs value must be in [0, 1]")
-        PhaseConfig(
-            self.epochs, self.patience, self.warmup_epochs, self.weight_decay, self.schedule
-        ).validate(self.name)
-        if self.epochs < 1 and not self.interpolate_from:
-            raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")
-        if self.features not in FEATURES:
-            raise ThawError(f"{where}: features {self.features!r} is not one of {', '.join(FEATURES)}")
-        if self.features == "cached":
-            why = (
-                f"train={self.train} trains layer groups that are not the last N"
-                if kind not in ("head", "last")
-                else "bn_policy fastai trains batch norm in the frozen layers"
-                if self.bn_policy == "fastai"
-                else ""
-            )
-            if why:
-                raise ThawError(
-                    f"{where}: features are cached only for a frozen backbone (train=head) or a frozen "
-                    f"prefix (train=last:N, e.g. --unfreeze 2), and {why}; use online"
-                )
-        if not 1 <= self.views <= 100:
-            raise ThawError(f"{where}: views {self.views} must be 1 (no augmentation) to 100")
-        if self.interpolate_from and not (self.alphas and all(0 <= a <= 1 for a in self.alphas)):
-            raise ThawError(f"{where}: alphas must be values in [0, 1], e.g. 0, 0.5, 1")
-        if self.bn_policy not in BN_POLICIES:
-            raise ThawError(f"{where}: bn_policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
-        if self.schedule not in SCHEDULES:
-            raise ThawError(f"{where}: schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ThawError(f"{where}: label_smoothing {self.label_smoothing} must be in [0, 1)")
-        if self.optimizer not in OPTIMIZERS:
-            raise ThawError(f"{where}: optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.regularizer not in REGULARIZERS:
-            raise ThawError(
-                f"{where}: regularizer {self.regularizer!r} is not one of {', '.join(REGULARIZERS)}"
-            )
-        if not self.regularizer_strength >= 0:
-            raise ThawError(f"{where}: regularizer_strength {self.regularizer_strength} must be >= 0")
+        for check in (_check_train, _check_rates, _check_budget, _check_features, _check_choices):
+            check(self, where)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,13 +158,115 @@ class PhasePlan:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PhasePlan:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ThawError(f"phase plan: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+        if not isinstance(raw.get("name"), str):
+            raise ThawError(f"phase plan: each plan needs a name, e.g. name: phase1; got {raw.get('name')!r}")
+        for key, value in raw.items():
+            _check_type(raw["name"], key, value, known[key].default)
         group_lrs = raw.get("group_lrs")
         raw = {**raw, "group_lrs": tuple(group_lrs) if group_lrs is not None else None}
         return cls(**{**raw, "alphas": tuple(raw.get("alphas", cls.alphas))})
+
+
+def _check_type(name: str, key: str, value: Any, default: Any) -> None:
+    """A plan setting of the kind its default is: a number for a number, a list of numbers for a list."""
+    if key == "name" or value is None and key in ("group_lrs", "interpolate_from"):
+        return
+    number = (int, float)
+    expected = (
+        "a list of numbers"
+        if key in ("alphas", "group_lrs")
+        and not (isinstance(value, list | tuple) and all(_is(v, number) for v in value))
+        else "a whole number"
+        if isinstance(default, int) and not _is(value, int)
+        else "a number"
+        if isinstance(default, float) and not _is(value, number)
+        else "text"
+        if (isinstance(default, str) or key == "interpolate_from") and not isinstance(value, str)
+        else ""
+    )
+    if expected:
+        raise ThawError(f"plan {name!r}: {key} = {value!r} must be {expected}")
+
+
+def _is(value: Any, kinds) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+def _check_train(plan: PhasePlan, where: str) -> None:
+    kind, _, arg = plan.train.partition(":")
+    ok = (
+        kind in ("head", "all")
+        and not arg
+        or kind in ("last", "first")
+        and arg.isdigit()
+        and int(arg) >= 1
+        or kind == "groups"
+        and bool(arg)
+        and all(p.strip().isdigit() for p in arg.split(","))
+    )
+    if not ok:
+        raise ThawError(f"{where}: train={plan.train!r} must be head, all, last:N, first:N or groups:I,J,...")
+
+
+def _check_rates(plan: PhasePlan, where: str) -> None:
+    if not 0 < plan.lr <= 1:
+        raise ThawError(f"{where}: lr {plan.lr} must be in (0, 1]")
+    if not plan.lr_ratio >= 1:
+        raise ThawError(f"{where}: lr_ratio {plan.lr_ratio} must be >= 1 (backbone LR = lr / lr_ratio)")
+    if not 0 < plan.layer_decay <= 1:
+        raise ThawError(f"{where}: layer_decay {plan.layer_decay} must be in (0, 1]; 1 = no decay")
+    if plan.group_lrs is not None and not all(0 <= lr <= 1 for lr in plan.group_lrs):
+        raise ThawError(f"{where}: every group_lrs value must be in [0, 1]")
+    if not plan.regularizer_strength >= 0:
+        raise ThawError(f"{where}: regularizer_strength {plan.regularizer_strength} must be >= 0")
+    if not 0.0 <= plan.label_smoothing < 1.0:
+        raise ThawError(f"{where}: label_smoothing {plan.label_smoothing} must be in [0, 1)")
+
+
+def _check_budget(plan: PhasePlan, where: str) -> None:
+    PhaseConfig(plan.epochs, plan.patience, plan.warmup_epochs, plan.weight_decay, plan.schedule).validate(
+        plan.name
+    )
+    if plan.epochs < 1 and not plan.interpolate_from:
+        raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")
+    if plan.interpolate_from and not (plan.alphas and all(0 <= a <= 1 for a in plan.alphas)):
+        raise ThawError(f"{where}: alphas must be values in [0, 1], e.g. 0, 0.5, 1")
+
+
+def _check_features(plan: PhasePlan, where: str) -> None:
+    if plan.features not in FEATURES:
+        raise ThawError(f"{where}: features {plan.features!r} is not one of {', '.join(FEATURES)}")
+    if not 1 <= plan.views <= 100:
+        raise ThawError(f"{where}: views {plan.views} must be 1 (no augmentation) to 100")
+    if plan.features != "cached":
+        return
+    kind = plan.train.partition(":")[0]
+    why = (
+        f"train={plan.train} trains layer groups that are not the last N"
+        if kind not in ("head", "last")
+        else "bn_policy fastai trains batch norm in the frozen layers"
+        if plan.bn_policy == "fastai"
+        else ""
+    )
+    if why:
+        raise ThawError(
+            f"{where}: features are cached only for a frozen backbone (train=head) or a frozen "
+            f"prefix (train=last:N, e.g. --unfreeze 2), and {why}; use online"
+        )
+
+
+def _check_choices(plan: PhasePlan, where: str) -> None:
+    for name, valid in (
+        ("bn_policy", BN_POLICIES),
+        ("schedule", SCHEDULES),
+        ("optimizer", OPTIMIZERS),
+        ("regularizer", REGULARIZERS),
+    ):
+        if getattr(plan, name) not in valid:
+            raise ThawError(f"{where}: {name} {getattr(plan, name)!r} is not one of {', '.join(valid)}")
 
 
 def check_plans(plans: list[PhasePlan]) -> list[PhasePlan]:
@@ -222,28 +294,7 @@ def two_phase(c: RunConfig) -> list[PhasePlan]:
     Phase 2: from phase 1's best weights, all (or the last N) layer groups unfrozen, a new optimizer,
     the backbone at ``lr / lr_ratio`` (with ``--unfreeze N --phase2 cached``: on the cached activations of
     the frozen layers before them). A phase with 0 epochs is left out."""
-    unfreeze = unfreeze_groups(c.unfreeze)
-    common = _common(c)
-    plans = [
-        PhasePlan(
-            "phase1",
-            train="head",
-            features=c.phase1_features,
-            views=c.cache_views,
-            **common,
-            **_phase(c.phase1),
-        ),
-        PhasePlan(
-            "phase2",
-            train="all" if unfreeze is None else f"last:{unfreeze}",
-            lr_ratio=c.lr_ratio,
-            features=c.phase2_features,
-            views=c.prefix_views,
-            **common,
-            **_phase(c.phase2),
-        ),
-    ]
-    return [p for p in plans if p.epochs > 0]
+    return [p for p in (_probe(c), _tune(c)) if p.epochs > 0]
 
 
 def linear_probe(c: RunConfig) -> list[PhasePlan]:
@@ -258,7 +309,8 @@ def finetune_high_lr(c: RunConfig) -> list[PhasePlan]:
 
 def finetune_low_lr(c: RunConfig) -> list[PhasePlan]:
     """No phase 1: every layer group and the head train from the start at ``lr / lr_ratio``."""
-    return [dataclasses.replace(_finetune(c), name="finetune", lr=c.lr / c.lr_ratio, lr_ratio=1.0)]
+    tune = _finetune(c)
+    return [dataclasses.replace(tune, name="finetune", lr=tune.backbone_lr(), lr_ratio=1.0)]
 
 
 def discriminative(c: RunConfig) -> list[PhasePlan]:
@@ -288,8 +340,8 @@ def gradual(c: RunConfig) -> list[PhasePlan]:
 def lp_ft(c: RunConfig) -> list[PhasePlan]:
     """LP-FT (Kumar et al. 2022): the linear probe solved to convergence on cached features, then the
     whole network, head included, fine-tuned at one small LR, ``lr / lr_ratio``."""
-    tune = dataclasses.replace(_finetune(c), lr=c.lr / c.lr_ratio, lr_ratio=1.0)
-    return [*linear_probe(c), tune]
+    tune = _finetune(c)
+    return [*linear_probe(c), dataclasses.replace(tune, lr=tune.backbone_lr(), lr_ratio=1.0)]
 
 
 def l2_sp(c: RunConfig) -> list[PhasePlan]:
@@ -403,7 +455,60 @@ def check_named(config: RunConfig) -> None:
 
 
 def plans_for(config: RunConfig) -> list[PhasePlan]:
-    """The strategy named in ``config.strategy``, as a checked list of plans."""
+    """The config's plans (``plans:`` in its YAML, ``--plans FILE``) or else the strategy named in
+    ``config.strategy``, as a checked list of plans."""
+    if config.plans is not None:
+        return plans_from(config.plans, "plans")
     check_named(config)
     plans = STRATEGIES[config.strategy](config)
     return check_plans([p for p in plans if p.epochs > 0 or p.interpolate_from])
+
+
+def strategy_name(config: RunConfig) -> str:
+    """What ``summary.json`` calls the strategy: its name, or ``plans`` for a list of plans given as data."""
+    return "plans" if config.plans is not None else config.strategy
+
+
+def plans_from(raw: Any, where: str) -> list[PhasePlan]:
+    """Plans given as data (a list of mappings of :class:`PhasePlan` settings), checked; a mistake is one
+    :class:`ThawError` line that says where."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(r, dict) for r in raw):
+        raise ThawError(
+            f"{where}: must be a list of plans, each a mapping of plan settings, e.g. "
+            f"[{{name: phase1, train: head, features: cached}}, {{name: phase2, train: all, lr: 0.001}}]"
+        )
+    try:
+        return check_plans([PhasePlan.from_dict(r) for r in raw])
+    except ThawError as err:
+        raise ThawError(f"{where}: {err}") from None
+
+
+def read_plans(path: str) -> list[dict[str, Any]]:
+    """``--plans FILE``: a YAML list of plans, checked here (before any run folder); the list as given."""
+    file = Path(path)
+    if not file.is_file():
+        raise ThawError(f"--plans {path}: no such file; give a YAML list of plans (see thaw strategies)")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise ThawError(f"--plans {path} is not valid YAML{_yaml_where(err)}") from None
+    plans_from(raw, f"--plans {path}")
+    return raw
+
+
+def for_role(role: str, config: RunConfig, plans: list[PhasePlan]) -> tuple[int, PhasePlan] | None:
+    """The plan the strategy gives ``role`` and the index it runs at (its training batches' seed):
+    ``head``, the first plan that trains the head alone (where none does, phase 1 of the two-phase recipe);
+    ``backbone``, the first that trains backbone groups (None where none does); ``pseudo``, the round
+    after pseudo-labelling, after the last plan: phase 2's settings, online, at least one epoch."""
+    trained = [(i, p) for i, p in enumerate(plans) if not p.interpolate_from]
+    if role == "head":
+        return next(((i, p) for i, p in trained if p.train == "head"), (0, _probe(config)))
+    if role == "backbone":
+        return next(((i, p) for i, p in trained if p.train != "head"), None)
+    if role == "pseudo":
+        tune = _tune(config)
+        epochs = max(config.phase2.epochs, 1)
+        pseudo = dataclasses.replace(tune, name="pseudo", features="online", views=1, epochs=epochs)
+        return len(plans), pseudo.validate()
+    raise ValueError(f"no plan has the role {role!r}; roles: head, backbone, pseudo")

@@ -1,0 +1,146 @@
+"""The engine: run a strategy's phase plans in order, each from the best weights of the one before, and
+keep the weights of the phase with the best validation accuracy (``--monitor``). The default strategy is
+two plans (``strategies.two_phase``): a new head on the frozen backbone, then unfreeze and fine-tune with
+the backbone at ``lr / lr_ratio``. What runs after training (forgetting, the operating point, shift,
+figures, the report) is not called from here: ``thaw.run`` composes it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning as L
+
+from thaw import data as thaw_data
+from thaw.augmentation import parse as parse_augment
+from thaw.data.sources import label_gaps
+from thaw.errors import ThawError
+from thaw.models import Classifier, build_classifier
+from thaw.results import PhaseResult, choose_final
+from thaw.train import adapt, augment_check, distributed
+from thaw.train.forgetting import Probe
+from thaw.train.prefix import cached_prefix
+from thaw.train.recipe import Context, Loaders, quiet_lightning, run_phase
+from thaw.train.report import Reporter
+from thaw.train.run_folder import RunFolder
+from thaw.train.steps import cached_head, interpolate
+from thaw.train.strategies import PhasePlan, for_role
+
+Step = Callable[[Classifier, PhasePlan, int, Context, dict], PhaseResult]
+
+STEPS: dict[str, Step] = {
+    "solve": cached_head,  # a frozen backbone: features once, the head solved
+    "prefix": cached_prefix,  # a frozen prefix: its activations once, the suffix trained by epochs
+    "online": run_phase,  # trained by epochs on images
+    "interpolate": interpolate,  # WiSE-FT between two plans' weights
+}
+
+
+def step(kind: str) -> Step:
+    """The step that runs a plan of ``kind`` (``PhasePlan.kind``)."""
+    if kind not in STEPS:
+        raise ThawError(f"unknown step kind {kind!r}: a plan is run by one of {', '.join(STEPS)}")
+    return STEPS[kind]
+
+
+def run_plans(model: Classifier, plans: list[PhasePlan], ctx: Context) -> dict[str, PhaseResult]:
+    """Each plan in turn, by the step its kind names, from the best weights of the plan before; a plan a
+    resumed run finished before is read, not rerun. ``--augment auto`` is checked before the first plan
+    that fine-tunes the backbone."""
+    results: dict[str, PhaseResult] = {}
+    for index, plan in enumerate(plans):
+        if ctx.augment is None and augments(plan):
+            ctx.augment = choose_augmentation(model, ctx, trained_head=bool(results))
+        run = step(plan.kind)
+        results[plan.name] = ctx.run.finished_phase(plan.name) or run(model, plan, index, ctx, results)
+        distributed.barrier()  # rank 0 has saved the plan's weights: every rank goes on from them
+        model.load_state_dict(ctx.run.load_weights(plan.name))
+    return results
+
+
+@dataclass
+class Trained:
+    """What the engine hands over: the model on the kept plan's weights, the run's context, every plan's
+    result, and what the analyses after training start from (the pretrained probe)."""
+
+    model: Classifier
+    ctx: Context
+    sources: thaw_data.Sources
+    plans: list[PhasePlan]
+    results: dict[str, PhaseResult]
+    final: str
+    probe: Probe
+    adabn: dict | None
+    pseudo: dict | None
+
+
+def train(
+    run: RunFolder, config, plans: list[PhasePlan], sources: thaw_data.Sources, report: Reporter
+) -> Trained:
+    """Build the model and the loaders, measure the pretrained side, AdaBN if asked, run the plans, keep
+    the best, and one pseudo-label round if asked."""
+    quiet_lightning()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    classes = sources.class_names
+    model = build_classifier(config.model, len(classes), classes, config.data.image_size, sources.multilabel)
+    with distributed.rank_zero_first():  # rank 0 fills the decoded-image store, the others read it
+        loaders = Loaders(sources, model, config, report)
+    probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
+    ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
+    report.start(config, sources, model, loaders, plans)
+    gaps = label_gaps(sources)  # multi-label: labels without a positive in train or val
+    if gaps:
+        report.warn(gaps)
+    adabn = adapt.run_adabn(model, ctx) if config.adabn else None
+    results = run_plans(model, plans, ctx)
+    final = choose_final(results, config.monitor)
+    model.load_state_dict(run.load_weights(final))
+    pseudo = None
+    if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
+        role = for_role("pseudo", config.resolved(), plans)
+        result, pseudo = adapt.pseudo_round(model, role, ctx, results, final)
+        if result is not None:
+            results[result.name] = result
+            final = choose_final(results, config.monitor)
+        model.load_state_dict(run.load_weights(final))
+    return Trained(model, ctx, sources, plans, results, final, probe, adabn, pseudo)
+
+
+def augments(plan: PhasePlan) -> bool:
+    """Whether ``plan`` fine-tunes backbone layers on augmented images: where augmentation that hides the
+    label does its damage (a head trained online in phase 1 uses the policy as given, unchecked)."""
+    return not plan.interpolate_from and plan.train != "head"
+
+
+def choose_augmentation(model: Classifier, ctx: Context, trained_head: bool) -> dict:
+    """``--augment auto``: the check of ``thaw.train.augment_check`` on the head the plans before solved,
+    run once (rank 0; a resumed run reads ``augment.json``) and applied to every later plan; a given
+    policy is used as it is. Returns the record for ``summary.json``."""
+    config, loaders, run = ctx.config, ctx.loaders, ctx.run
+    policy = loaders.policy
+    saved = run / "augment.json"
+
+    def decide() -> dict:
+        if saved.is_file():
+            return json.loads(saved.read_text())
+        record = {"setting": config.data.augment, "chosen": policy.describe(), "chosen_spec": policy.spec()}
+        if config.data.augment == "auto" and not policy.ops:
+            record["skipped"] = "nothing to check"
+        elif config.data.augment == "auto" and not trained_head:
+            record["skipped"] = (
+                "no head was solved before the first trained plan, so nothing can score the augmented views; "
+                "the standard policy is used as it is"
+            )
+        elif config.data.augment == "auto":
+            _, record = augment_check.check(
+                model, policy, loaders.decoded["train"], config.seed, config.hardware.channels_last
+            )
+        run.write_json("augment.json", record)
+        return record
+
+    record = distributed.on_zero(decide)
+    loaders.use(parse_augment(record["chosen_spec"]))  # an explicit list (or none): no preset to shape
+    if record.get("setting") == "auto":
+        ctx.report.augment(record, augment_check.line(record))
+    return record
