@@ -6,7 +6,6 @@ MedMNIST+ benchmark recommends before costly end-to-end training)."""
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,10 +161,6 @@ class ProbeResult:
     knn_f1: list[float]
     seconds: float
     feature_seconds: float
-
-    @staticmethod
-    def summary(values: list[float]) -> tuple[float, float]:
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def parse_models(text: str, model: ModelConfig) -> list[ModelConfig]:

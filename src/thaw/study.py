@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ import torch
 from thaw import run as recipe
 from thaw.config import RunConfig, override
 from thaw.errors import ThawError
+from thaw.metrics.stats import Interval, interval  # noqa: F401 (study.interval: the studies' name)
 from thaw.results import RunSummary
 from thaw.train.run_folder import START_FILES, final_path, staging_path
 
@@ -292,32 +292,6 @@ def _reachable(address: str, timeout: float = 3.0) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the tables
-
-
-class Interval(NamedTuple):
-    """Mean, sd and how many values were finite, and the 95% confidence interval of the mean (Student's
-    t, n - 1 degrees of freedom); NaN without a finite value."""
-
-    mean: float
-    sd: float
-    n: int
-    low: float
-    high: float
-
-
-def interval(values) -> Interval:
-    """The one mean +- sd of thaw's studies: None and NaN left out (a NaN AUC or CKA), sd 0 for one."""
-    v = [float(x) for x in values if x is not None and math.isfinite(x)]
-    if not v:
-        return Interval(math.nan, math.nan, 0, math.nan, math.nan)
-    mean = statistics.fmean(v)
-    sd = statistics.stdev(v) if len(v) > 1 else 0.0
-    half = 0.0
-    if len(v) > 1:
-        from scipy.stats import t  # scipy only where an interval is asked for
-
-        half = float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
-    return Interval(mean, sd, len(v), mean - half, mean + half)
 
 
 class Metric(NamedTuple):

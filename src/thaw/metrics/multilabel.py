@@ -19,6 +19,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_calibration_error,
+    multilabel_exact_match,
+    multilabel_f1_score,
+)
 
 from thaw.metrics.clinical import choose_threshold
 from thaw.results import Metrics
@@ -32,43 +38,16 @@ def metrics(
 ) -> Metrics:
     """The metrics of :class:`thaw.results.Metrics` for a multi-label split: label ``k`` is predicted
     where its probability reaches ``thresholds[k]`` (default 0.5)."""
-    from torchmetrics.functional.classification import (
-        binary_auroc,
-        binary_calibration_error,
-        multilabel_exact_match,
-        multilabel_f1_score,
-    )
-
     probs, y = probs.float(), targets.long()
     n, k = y.shape
     names = list(names) if names is not None else [str(i) for i in range(k)]
     cut = torch.tensor([0.5] * k if thresholds is None else list(thresholds), dtype=torch.float32)
     preds = (probs >= cut).long()
-    per_label, aucs, sens, specs, balanced = {}, [], [], [], []
-    for j in range(k):
-        p, t = preds[:, j], y[:, j]
-        tp, fp = int(((p == 1) & (t == 1)).sum()), int(((p == 1) & (t == 0)).sum())
-        fn, tn = int(((p == 0) & (t == 1)).sum()), int(((p == 0) & (t == 0)).sum())
-        both = 0 < int(t.sum()) < n
-        auc = float(binary_auroc(probs[:, j], t)) if both else math.nan
-        sensitivity = tp / (tp + fn) if tp + fn else math.nan
-        specificity = tn / (tn + fp) if tn + fp else math.nan
-        per_label[names[j]] = {
-            "auc": auc,
-            "threshold": float(cut[j]),
-            "sensitivity": sensitivity,
-            "specificity": specificity,
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-            "positives": tp + fn,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
-        }
-        aucs.append(auc)
-        sens.append(sensitivity)
-        specs.append(specificity)
-        balanced.append(nanmean([sensitivity, specificity]))
+    per_label = {names[j]: _label(probs[:, j], preds[:, j], y[:, j], float(cut[j])) for j in range(k)}
+    aucs = [row["auc"] for row in per_label.values()]
+    sens = [row["sensitivity"] for row in per_label.values()]
+    specs = [row["specificity"] for row in per_label.values()]
+    balanced = [nanmean([a, b]) for a, b in zip(sens, specs, strict=True)]
     loss_value = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), y.float())
     return Metrics(
         n=n,
@@ -86,6 +65,26 @@ def metrics(
         per_label=per_label,
     )
 
+
+
+def _label(probs: torch.Tensor, p: torch.Tensor, t: torch.Tensor, cut: float) -> dict:
+    """One label's row of the per-label table: AUC (NaN without both classes), the threshold, sensitivity,
+    specificity, F1, the positives and the confusion counts."""
+    tp, fp = int(((p == 1) & (t == 1)).sum()), int(((p == 1) & (t == 0)).sum())
+    fn, tn = int(((p == 0) & (t == 1)).sum()), int(((p == 0) & (t == 0)).sum())
+    both = 0 < int(t.sum()) < len(t)
+    return {
+        "auc": float(binary_auroc(probs, t)) if both else math.nan,
+        "threshold": cut,
+        "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+        "specificity": tn / (tn + fp) if tn + fp else math.nan,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "positives": tp + fn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
 
 def nanmean(values: Sequence[float]) -> float:
     """The mean of the values that are not NaN; NaN when none is."""

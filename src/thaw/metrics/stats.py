@@ -21,7 +21,9 @@ Pure numpy and scipy: no torch, no plotting, nothing from thaw.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 from scipy import optimize, stats
@@ -179,3 +181,27 @@ def with_holm(comparisons: list[Paired]) -> list[Paired]:
     """The comparisons with ``p_holm`` set, corrected over all of them as one family."""
     adjusted = holm([c.p for c in comparisons])
     return [replace(c, p_holm=q) for c, q in zip(comparisons, adjusted, strict=True)]
+
+
+class Interval(NamedTuple):
+    """Mean, sd and how many values were finite, and the 95% confidence interval of the mean (Student's
+    t, n - 1 degrees of freedom); NaN without a finite value."""
+
+    mean: float
+    sd: float
+    n: int
+    low: float
+    high: float
+
+
+def interval(values) -> Interval:
+    """The one mean +- sd of thaw's studies: None and NaN left out (a NaN AUC or CKA), sd 0 for one."""
+    v = [float(x) for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return Interval(math.nan, math.nan, 0, math.nan, math.nan)
+    mean = statistics.fmean(v)
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    half = 0.0
+    if len(v) > 1:
+        half = float(stats.t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
+    return Interval(mean, sd, len(v), mean - half, mean + half)

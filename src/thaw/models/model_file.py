@@ -112,9 +112,6 @@ def check_metadata(spec: dict, class_names, pre: dict, state: dict, where: str) 
 
 def load_model(path: str | Path) -> Classifier:
     """Load a model saved by :func:`save_model`, with no original config and no download."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -122,6 +119,29 @@ def load_model(path: str | Path) -> Classifier:
         raise ThawError(
             f"no model file at {path}; give a run folder made by `thaw fit` or its model.safetensors"
         )
+    meta, spec, class_names, pre, state = _read_checked(path)
+    config = ModelConfig(
+        name=spec.name,
+        weights="none",
+        dropout=spec.dropout,
+        in_channels="sum" if spec.in_channels == 1 else "replicate",
+    )
+    model = build_classifier(config, spec.num_classes, class_names, spec.image_size, spec.multilabel)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ThawError(f"{path}: its tensors do not fit {spec.name} ({str(err).splitlines()[0]})") from err
+    model.spec = spec
+    model.preprocessing = Preprocessing(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+    return model.eval()
+
+
+def _read_checked(path: Path):
+    """A model file's metadata, spec, class names, preprocessing and tensors, each check passed: readable,
+    thaw's, undamaged metadata, finite weights, the tensors it was saved with, a task its spec agrees with."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("thaw")
@@ -158,17 +178,4 @@ def load_model(path: str | Path) -> Classifier:
             f"{path}: its task {task!r} contradicts its spec (multilabel {spec.multilabel}); "
             f"restore the file written by `thaw fit`, or train again"
         )
-    config = ModelConfig(
-        name=spec.name,
-        weights="none",
-        dropout=spec.dropout,
-        in_channels="sum" if spec.in_channels == 1 else "replicate",
-    )
-    model = build_classifier(config, spec.num_classes, class_names, spec.image_size, spec.multilabel)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ThawError(f"{path}: its tensors do not fit {spec.name} ({str(err).splitlines()[0]})") from err
-    model.spec = spec
-    model.preprocessing = Preprocessing(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
-    return model.eval()
+    return meta, spec, class_names, pre, state

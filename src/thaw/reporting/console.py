@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from thaw.metrics.stats import interval
 from thaw.results import Metrics, RunSummary
 from thaw.train.report import per_label_lines
 
@@ -25,10 +26,9 @@ def show(table: Table) -> None:
 
 
 def mean_sd(values: Sequence[float]) -> str:
-    """``mean +- sd`` in percent of fractions (sd over the values, 0 for one value)."""
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return f"{100 * mean:.1f} +- {100 * sd:.1f}"
+    """``mean +- sd`` of fractions, in percent (:func:`thaw.metrics.stats.interval`)."""
+    i = interval(values)
+    return f"{100 * i.mean:.1f} +- {100 * i.sd:.1f}"
 
 
 def probe_table(results: list, data: str) -> Table:

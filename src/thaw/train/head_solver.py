@@ -132,3 +132,21 @@ def _lbfgs(
 
     optimizer.step(closure)
     return int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
+
+
+def solve_into(model, train, val, class_weight=None) -> HeadSolution:
+    """The head solved on cached features ``train`` and ``val`` (:class:`thaw.data.features.Features`),
+    ``class_weight`` per class (``--balance loss``), and copied into ``model``'s linear head."""
+    solution = solve_head(
+        train.tensor(),
+        torch.from_numpy(train.labels),
+        val.tensor(),
+        torch.from_numpy(val.labels),
+        len(model.class_names),
+        class_weight=class_weight,
+        multilabel=model.multilabel,
+    )
+    with torch.no_grad():
+        model.head[-1].weight.copy_(solution.weight)
+        model.head[-1].bias.copy_(solution.bias)
+    return solution

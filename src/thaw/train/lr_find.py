@@ -44,7 +44,7 @@ from thaw.files import write_atomic
 from thaw.models import Classifier, build_classifier
 from thaw.optim import param_groups
 from thaw.results import dumps
-from thaw.train.head_solver import solve_head
+from thaw.train.head_solver import solve_into
 from thaw.train.losses import loss_for
 from thaw.train.module import PhaseModule
 from thaw.train.recipe import Loaders
@@ -503,19 +503,7 @@ def _solve_head(model: Classifier, loaders, config: RunConfig, warn, class_weigh
         )
         for s in ("train", "val")
     }
-    train, val = feats["train"], feats["val"]
-    solution = solve_head(
-        train.tensor(),
-        torch.from_numpy(train.labels),
-        val.tensor(),
-        torch.from_numpy(val.labels),
-        len(model.class_names),
-        class_weight=class_weight,
-        multilabel=model.multilabel,
-    )
-    with torch.no_grad():
-        model.head[-1].weight.copy_(solution.weight)
-        model.head[-1].bias.copy_(solution.bias)
+    solve_into(model, feats["train"], feats["val"], class_weight)
 
 
 def _check_curve(result: Sweep, steps: int, start_lr: float, swept: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,17 +30,13 @@ from thaw.data.images import EpochSampler, ShardSampler, sample_weights
 from thaw.models import Classifier
 from thaw.models.split import CannotSplit, Split, split_backbone
 from thaw.results import PhaseResult
+from thaw.train.recipe import Context, Feed, run_phase
 from thaw.train.strategies import PhasePlan
-
-if TYPE_CHECKING:
-    from thaw.train.recipe import Context
 
 
 def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:
     """Train ``plan`` (``last:N``) on cached activations at the frozen prefix's boundary, or online with
     the reason when the backbone cannot be cut there."""
-    from thaw.train.recipe import Feed, run_phase  # the recipe imports this module
-
     config, loaders = ctx.config, ctx.loaders
     try:
         split = prefix_split(model, plan)

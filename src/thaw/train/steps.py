@@ -7,14 +7,14 @@ import time
 
 import torch
 
-from thaw import data as thaw_data
 from thaw.data import features as feature_cache
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.results import PhaseResult
 from thaw.train import distributed
-from thaw.train.head_solver import HeadSolution, solve_head
+from thaw.train.head_solver import HeadSolution, solve_into
 from thaw.train.inference import predict
+from thaw.train.prefix import plan_features
 from thaw.train.recipe import Context, finish_phase
 from thaw.train.strategies import PhasePlan
 
@@ -55,20 +55,13 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
         "train_images_per_s": round(train.x.shape[0] / feature_seconds, 1) if feature_seconds else 0.0,
     }
     ctx.report.epoch(row)
-
-    def metrics(f: Features):
-        logits = torch.nn.functional.linear(f.tensor(), solution.weight, solution.bias)
-        return classification_metrics(
-            model.probabilities(logits), torch.from_numpy(f.labels), names=model.class_names
-        )
-
     record = solver_record(model, solution, train.views, feature_seconds, not computed, solve_seconds)
     return finish_phase(
         model,
         plan,
         ctx,
-        val=metrics(splits["val"]),
-        test=metrics(splits["test"]) if "test" in splits else None,
+        val=solved_metrics(model, solution, splits["val"]),
+        test=solved_metrics(model, solution, splits["test"]) if "test" in splits else None,
         **frozen_fields(
             model,
             seconds,
@@ -86,56 +79,25 @@ def cached_head(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
 def cached_features(model: Classifier, plan: PhasePlan, ctx: Context) -> tuple[Features, dict[str, Features]]:
     """The backbone's features of every split, from the cache or computed once (by rank 0; the other ranks
     read the cache): ``plan.views`` augmented views of each training image, or its eval transform."""
-    config, loaders = ctx.config, ctx.loaders
-    pre, policy = model.preprocessing, loaders.policy
-    augmented = plan.views > 1 and bool(policy.ops)
-    evaluation = thaw_data.eval_transform(pre)
-
-    def features(split: str, transform, transform_id: dict, views: int) -> Features:
-        return feature_cache.features(
-            model.backbone,
-            loaders.sources.split(split),
-            transform,
-            transform_id,
-            pre,
-            model.spec.in_channels,
-            views=views,
-            seed=config.seed,
-            decoded=loaders.decoded[split],
-            batch_size=max(config.data.batch_size, 64),
-            warn=ctx.report.warn,
-            channels_last=config.hardware.channels_last,
-        )
-
     with distributed.rank_zero_first():
-        if augmented:
-            augment_id = {"kind": "train", "augment": policy.spec()}
-            train = features("train", loaders.train_transform, augment_id, plan.views)
-        else:
-            train = features("train", evaluation, {"kind": "eval"}, 1)
-        splits = {
-            s: features(s, evaluation, {"kind": "eval"}, 1) for s in ("val", "test") if s in loaders.decoded
-        }
-    return train, splits
+        splits = tuple(s for s in ("val", "test") if s in ctx.loaders.decoded)
+        found = plan_features(model.backbone, model, plan, ctx, splits)
+    return found.pop("train"), found
+
+
+@torch.no_grad()
+def solved_metrics(model: Classifier, solution: HeadSolution, f: Features):
+    """The metrics of the solved head on cached features: exactly what the model then predicts."""
+    logits = torch.nn.functional.linear(f.tensor(), solution.weight, solution.bias)
+    return classification_metrics(
+        model.probabilities(logits), torch.from_numpy(f.labels), names=model.class_names
+    )
 
 
 def solved_head(model: Classifier, train: Features, val: Features, ctx: Context) -> HeadSolution:
     """The head solved on the features (class-weighted under ``--balance loss``), copied into the model."""
-    loaders = ctx.loaders
-    solution = solve_head(
-        train.tensor(),
-        torch.from_numpy(train.labels),
-        val.tensor(),
-        torch.from_numpy(val.labels),
-        len(model.class_names),
-        class_weight=loaders.class_weights if ctx.config.balance == "loss" else None,
-        multilabel=model.multilabel,
-    )
-    linear = model.head[-1]
-    with torch.no_grad():
-        linear.weight.copy_(solution.weight)
-        linear.bias.copy_(solution.bias)
-    return solution
+    class_weight = ctx.loaders.class_weights if ctx.config.balance == "loss" else None
+    return solve_into(model, train, val, class_weight)
 
 
 def solver_record(
