@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from thaw.models import Classifier
 
 
+@torch.no_grad()
 def predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities [N, C] and labels [N] over a loader, in eval mode (multi-label: per-label
     probabilities and 0/1 labels, both [N, K])."""
