@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from thaw.cli import main, parse_count
+from thaw.cli import main
 from thaw.errors import ThawError
 from thaw.models import zoo
+from thaw.models.zoo import parse_count
 
 
 @pytest.fixture(scope="module")
