@@ -23,7 +23,6 @@ from rich.table import Table
 from tqdm import tqdm
 
 from thaw.results import PhaseResult, RunSummary
-from thaw.train import distributed
 
 
 def _pct(x: float | None) -> str:
@@ -118,6 +117,8 @@ class Reporter:
         )
         hw = getattr(config, "hardware", None)
         if hw is not None:
+            from thaw.train import distributed  # torch: thaw predict model.onnx prints with no torch
+
             extras = [
                 name for name, on in (("compile", hw.compile), ("channels-last", hw.channels_last)) if on
             ]
