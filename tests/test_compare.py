@@ -191,3 +191,7 @@ def test_compare_rejects_bad_input(tmp_path, capsys):
     (other / "x.txt").write_text("mine")
     assert main(["compare", str(data), "--out", str(other), *tiny_flags()]) == 2
     assert "not a comparison folder" in capsys.readouterr().err
+    planned = tmp_path / "plans.yaml"  # a config with plans: would run the same plans for every strategy
+    planned.write_text("plans:\n  - name: probe\n    kind: solve\n    train: head\n")
+    assert main(["compare", str(data), "--config", str(planned), "--out", str(tmp_path / "p")]) == 2
+    assert "drop plans:" in capsys.readouterr().err and not (tmp_path / "p").exists()

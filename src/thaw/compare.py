@@ -65,7 +65,6 @@ class Plan:
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
-
     names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names:
@@ -78,6 +77,11 @@ def parse_strategies(text: str) -> tuple[str, ...]:
 
 def prepare(plan: Plan, root: Path) -> RunConfig:
     """Create (or reopen) the comparison folder; returns the base config with the shared split file."""
+    if plan.config.plans:
+        raise ThawError(
+            "thaw compare runs the named strategies of --strategies, but the config lists plans: (which "
+            "would replace every strategy's); drop plans: from the --config file"
+        )
 
     spec = plan.spec()
     marker = root / "compare.json"
