@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from thaw.results import without_clock
+
 THAW = [str(Path(sys.executable).with_name("thaw"))]
 DIGITS = [
     "builtin:digits",
@@ -50,15 +52,6 @@ RUNS = {
         "online",
     ],
 }
-CLOCK = {"seconds", "train_images_per_s", "version", "features_from_cache"}  # and every *_seconds
-
-
-def strip(value):
-    if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in CLOCK and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [strip(v) for v in value]
-    return value
 
 
 def record() -> dict:
@@ -68,7 +61,7 @@ def record() -> dict:
             out = Path(tmp) / name
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
             subprocess.run([*THAW, *argv, "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
-            found[name] = strip(json.loads((out / "summary.json").read_text()))
+            found[name] = without_clock(json.loads((out / "summary.json").read_text()))
     return found
 
 

@@ -21,15 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CLOCK = {"seconds", "train_images_per_s", "version", "features_from_cache"}
-
-
-def strip(value):
-    if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in CLOCK and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [strip(v) for v in value]
-    return value
+from thaw.results import without_clock
 
 
 def study(argv: list[str], out: Path, home: Path, extra: list[str]) -> tuple[float, dict]:
@@ -42,7 +34,7 @@ def study(argv: list[str], out: Path, home: Path, extra: list[str]) -> tuple[flo
     if code:
         sys.exit(f"thaw compare exited with {code}")
     runs = json.loads((out / "results.json").read_text())["runs"]
-    return seconds, {(r["strategy"], r["seed"]): strip(r["summary"]) for r in runs}
+    return seconds, {(r["strategy"], r["seed"]): without_clock(r["summary"]) for r in runs}
 
 
 def main() -> None:

@@ -48,8 +48,8 @@ def extract(model, sources, decoded, split="train", **kw):
 
 def test_phase2_starts_from_exactly_the_solved_head(class_folder, tmp_path, home):
     """The model after cached phase 1 predicts what the solved head predicts on the cached features."""
-    from thaw.evaluate import predict
     from thaw.metrics.classification import classification_metrics
+    from thaw.train.inference import predict
     from thaw.train.recipe import Loaders
     from thaw.train.report import Reporter
 

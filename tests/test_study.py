@@ -13,12 +13,13 @@ import pytest
 from conftest import make_class_folder, tiny_flags
 
 from thaw.cli import main
-from thaw.study import Executor, interval
+from thaw.metrics.stats import interval
+from thaw.results import without_clock
+from thaw.study import Executor
 
 ray = pytest.importorskip("ray", reason="the Ray tests need thaw-transfer[ray] (in the test extra)")
 
 KILLED = "two-phase-seed1"  # the cell whose first worker dies
-WALL = {"seconds", "train_images_per_s", "version", "features_from_cache"}  # not results
 
 
 def _fault() -> None:
@@ -46,17 +47,9 @@ def _fault() -> None:
     run_folder.RunFolder.reopen = classmethod(logged)
 
 
-def _strip(value):
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in WALL and not k.endswith("_seconds")}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
-
-
 def _cells(out: Path) -> dict:
     runs = json.loads((out / "results.json").read_text())["runs"]
-    return {(r["strategy"], r["seed"]): _strip(r["summary"]) for r in runs}
+    return {(r["strategy"], r["seed"]): without_clock(r["summary"]) for r in runs}
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ from thaw.data import discover
 from thaw.data.budget import apply_budget
 from thaw.errors import ThawError
 from thaw.files import atomic_path, write_atomic
+from thaw.metrics.stats import interval
 from thaw.results import RunSummary, dumps
-from thaw.study import Cell, Executor, interval, run_cells
+from thaw.study import Cell, Executor, run_cells
 from thaw.train.run_folder import final_path
 from thaw.train.strategies import check_named
 

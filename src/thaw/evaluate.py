@@ -19,7 +19,6 @@ from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
 from thaw.predict import Predictor
 from thaw.results import Metrics, dumps
-from thaw.train.inference import predict  # noqa: F401  (evaluate.predict: the engine's inference)
 
 if TYPE_CHECKING:
     pass

@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from thaw import study
 from thaw.config import RunConfig, override
 from thaw.data import discover
 from thaw.data.sources import Sources
 from thaw.errors import ThawError
 from thaw.files import write_atomic
+from thaw.metrics import stats
 from thaw.multilabel import refuse
 from thaw.results import GAIN_METRICS, dumps
 from thaw.study import Cell, Executor, run_cells, summaries
@@ -94,7 +94,7 @@ def _metrics(m) -> dict:
 
 def interval(values: list[float]) -> dict:
     """Mean, sd and the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom)."""
-    i = study.interval(values)
+    i = stats.interval(values)
     if not i.n:
         return {"mean": None, "sd": None, "ci95": None}
     return {"mean": i.mean, "sd": i.sd, "ci95": [i.low, i.high]}

@@ -282,6 +282,24 @@ def gains(results: dict[str, PhaseResult]) -> dict[str, dict[str, dict[str, floa
     return out
 
 
+WALL_CLOCK = {"seconds", "train_images_per_s", "version", "features_from_cache"}  # and every *_seconds
+"""A summary's fields that depend on the machine, its load or an earlier run's cache, not on the result."""
+
+
+def without_clock(value: Any) -> Any:
+    """A summary (as JSON data) less its :data:`WALL_CLOCK` fields and every ``*_seconds``: what two runs
+    with the same seeds must agree on bit for bit, wherever and whenever they ran."""
+    if isinstance(value, dict):
+        return {
+            k: without_clock(v)
+            for k, v in value.items()
+            if k not in WALL_CLOCK and not k.endswith("_seconds")
+        }
+    if isinstance(value, list):
+        return [without_clock(v) for v in value]
+    return value
+
+
 def dumps(data: Any) -> str:
     """JSON with non-finite floats as null: ``json.dumps`` would write bare NaN, which is not JSON."""
     return json.dumps(_finite_json(data), indent=2, allow_nan=False) + "\n"

@@ -26,10 +26,10 @@ from thaw import data as thaw_data
 from thaw.config import RunConfig
 from thaw.data.sources import evaluation_items
 from thaw.errors import ThawError
-from thaw.evaluate import predict
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.results import Shift
+from thaw.train.inference import predict
 
 SEVERITIES = (1, 3, 5)
 LEVELS = {

@@ -16,8 +16,8 @@ A cell with ``--devices N > 1`` (or ``--num-nodes``) runs as its own ``python -m
 which Lightning's launcher starts the other ranks as it does under ``thaw fit`` (a Ray task's own process
 is not a script Lightning can start again); the Ray task holds the resources of every rank.
 
-:func:`interval` is the one mean +- sd (and 95% CI) of a study's tables; :data:`METRICS` the one registry
-of the metric columns a run contributes to them.
+:func:`thaw.metrics.stats.interval` is the one mean +- sd (and 95% CI) of a study's tables; :data:`METRICS`
+the one registry of the metric columns a run contributes to them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import torch
 from thaw import run as recipe
 from thaw.config import RunConfig, override
 from thaw.errors import ThawError
-from thaw.metrics.stats import Interval, interval  # noqa: F401 (study.interval: the studies' name)
 from thaw.results import RunSummary
 from thaw.train.run_folder import START_FILES, final_path, staging_path
 
