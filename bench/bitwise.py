@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thaw.results import without_clock
+from thaw.core.results import without_clock
 
 THAW = [str(Path(sys.executable).with_name("thaw"))]
 DIGITS = [

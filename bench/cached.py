@@ -33,7 +33,7 @@ BASE = {"model.name": "mobilenet_v2", "model.weights": "IMAGENET1K_V1", "data.im
 
 def config(dataset: str, out: Path, **changes):
     import thaw
-    from thaw.config import override
+    from thaw.core.config import override
 
     return override(thaw.RunConfig(), {**BASE, **DATASETS[dataset], "out": str(out), **changes})
 
@@ -84,7 +84,7 @@ def sklearn_probe(dataset: str) -> dict:
     from sklearn.metrics import f1_score, roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
-    from thaw.probe import embed
+    from thaw.studies.probe import embed
 
     cfg = config(dataset, Path("unused"))
     start = time.perf_counter()

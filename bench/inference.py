@@ -39,9 +39,9 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from thaw.config import ModelConfig
-    from thaw.export import ServingModel, export_run
+    from thaw.core.config import ModelConfig
     from thaw.models import build_classifier, save_model
+    from thaw.use.export import ServingModel, export_run
 
     model = build_classifier(
         ModelConfig(name=args.model, weights="none"),

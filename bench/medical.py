@@ -79,11 +79,11 @@ def scores(run_dir: Path) -> dict:
 def _scores(run_dir: Path) -> dict:
     import torch
 
-    from thaw.clinical import predict_views
-    from thaw.config import RunConfig, override
+    from thaw.core.config import RunConfig, override
     from thaw.data import decode_sources, discover
     from thaw.metrics.classification import classification_metrics
-    from thaw.predict import Predictor
+    from thaw.use.operating_point import predict_views
+    from thaw.use.predict import Predictor
 
     summary = json.loads((run_dir / "summary.json").read_text())
     config = RunConfig.from_yaml(run_dir / "config.yaml")

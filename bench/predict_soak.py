@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from thaw.config import ModelConfig
+from thaw.core.config import ModelConfig
 from thaw.models import build_classifier, save_model
-from thaw.predict import Predictor
+from thaw.use.predict import Predictor
 
 
 def rss_mib() -> float:

@@ -48,11 +48,11 @@ def step_ratio(unfreeze: int, batch: int = 32, repeats: int = 6) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from thaw.config import ModelConfig
-    from thaw.freeze import batchnorm_eval, set_trainable
+    from thaw.core.config import ModelConfig
+    from thaw.core.strategies import PhasePlan
     from thaw.models import build_classifier
+    from thaw.train.freeze import batchnorm_eval, set_trainable
     from thaw.train.prefix import prefix_split
-    from thaw.train.strategies import PhasePlan
 
     model = build_classifier(ModelConfig(name="mobilenet_v2", weights="IMAGENET1K_V1"), 6, image_size=128)
     plan = PhasePlan("phase2", train=f"last:{unfreeze}", features="cached")

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from thaw.results import without_clock
+from thaw.core.results import without_clock
 
 
 def study(argv: list[str], out: Path, home: Path, extra: list[str]) -> tuple[float, dict]:

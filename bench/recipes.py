@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import thaw
-from thaw.config import override
+from thaw.core.config import override
 from thaw.models.paths import installed_file
 from thaw.weights.imports import import_weights
 from thaw.weights.install import install

@@ -46,8 +46,8 @@ def child(mode: str, data: str, args: argparse.Namespace) -> None:
     import torch
 
     from thaw import data as thaw_data
-    from thaw.config import DataConfig
-    from thaw.preprocessing import Preprocessing
+    from thaw.core.config import DataConfig
+    from thaw.core.preprocessing import Preprocessing
 
     torch.set_num_threads(1)
     config = DataConfig(path=data, batch_size=32, val_fraction=0.2, test_fraction=0.0)
@@ -109,7 +109,7 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], args)
         return
-    from thaw.config import DataConfig
+    from thaw.core.config import DataConfig
     from thaw.data import shards
 
     with tempfile.TemporaryDirectory(prefix="thaw-shards-") as tmp:

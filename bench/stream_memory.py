@@ -55,8 +55,8 @@ def child(mode: str, data: str, workers: int) -> None:
     import torch
 
     from thaw import data as thaw_data
-    from thaw.config import DataConfig
-    from thaw.preprocessing import Preprocessing
+    from thaw.core.config import DataConfig
+    from thaw.core.preprocessing import Preprocessing
 
     if os.environ.get("OMP_NUM_THREADS") == "1":
         torch.set_num_threads(1)

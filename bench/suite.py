@@ -110,7 +110,7 @@ def make_data(datasets: list[str]) -> None:
 
 def config(dataset: str, candidate: str, seed: int, out: Path):
     import thaw
-    from thaw.config import override
+    from thaw.core.config import override
 
     changes = {**BASE, **DATASETS[dataset], **CANDIDATES[candidate], "seed": seed, "out": str(out)}
     return override(thaw.RunConfig(), changes)
@@ -121,7 +121,7 @@ class SameAsStandard(Exception):
 
 
 def standard_policy(dataset: str):
-    from thaw.augmentation import parse
+    from thaw.core.augment_policy import parse
 
     return parse("standard", 0.5, DATASETS[dataset].get("data.hflip", True))
 
@@ -162,7 +162,7 @@ def run_one(dataset: str, candidate: str, seed: int) -> dict:
 
 def _run_one(dataset: str, candidate: str, seed: int, out: Path, start: float) -> dict:
     import thaw
-    from thaw.results import RunSummary
+    from thaw.core.results import RunSummary
 
     if (out / "summary.json").is_file():
         summary = RunSummary.read(out)
@@ -210,7 +210,7 @@ def same_as_default(dataset: str, candidate: str, seed: int) -> bool:
     summary = OUT / dataset / f"default-seed{seed}" / "summary.json"
     if not summary.is_file():
         return False
-    from thaw.augmentation import parse
+    from thaw.core.augment_policy import parse
 
     chosen = json.loads(summary.read_text()).get("augment", {}).get("chosen_spec")
     hflip = DATASETS[dataset].get("data.hflip", True)
@@ -236,7 +236,7 @@ def cmd_run(args) -> None:
 
 
 def rows() -> list[dict]:
-    from thaw.results import RunSummary
+    from thaw.core.results import RunSummary
 
     found = []
     for folder in sorted(OUT.glob("*/*-seed*")):
@@ -307,8 +307,8 @@ def cmd_table(args) -> None:
 def cmd_costs(args) -> None:
     """The augmentation check's cost of every op, alone, on each dataset (phase 1 solved first)."""
     import thaw
-    from thaw.augmentation import Policy
-    from thaw.config import override
+    from thaw.core.augment_policy import Policy
+    from thaw.core.config import override
     from thaw.train import augment_check
     from thaw.train.recipe import quiet_lightning
     from thaw.weights.install import install

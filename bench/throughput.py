@@ -17,14 +17,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from thaw.config import DataConfig, ModelConfig
+from thaw.core.config import DataConfig, ModelConfig
+from thaw.core.strategies import PhasePlan
 from thaw.data import Decoded, loader, train_transform
-from thaw.freeze import set_trainable
 from thaw.models import build_classifier
-from thaw.optim import param_groups
+from thaw.train.freeze import set_trainable
 from thaw.train.module import PhaseModule
+from thaw.train.optim import param_groups
 from thaw.train.recipe import quiet_lightning
-from thaw.train.strategies import PhasePlan
 
 
 def make_loader(model, size: int, batch: int, n: int):

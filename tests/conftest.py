@@ -82,7 +82,7 @@ def tiny_flags(size: int = 32, batch: int = 8) -> list[str]:
 def tiny_config(data, out, **changes):
     """The same tiny run as a config: 2 online-budget epochs of phase 1 (cached by default), 1 of phase 2."""
     import thaw
-    from thaw.config import override
+    from thaw.core.config import override
 
     return override(
         thaw.RunConfig(),

@@ -14,11 +14,11 @@ from PIL import Image, ImageDraw
 
 import thaw
 from thaw import data as thaw_data
-from thaw.augmentation import Policy, parse
 from thaw.cli import main
-from thaw.config import RunConfig, override
-from thaw.errors import ThawError
-from thaw.preprocessing import Preprocessing
+from thaw.core.augment_policy import Policy, parse
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.train import augment_check
 from thaw.weights.install import install
 
@@ -228,7 +228,7 @@ def test_the_incoming_guard_stops_a_phase_that_fell_and_stopped_climbing_back():
 
 def test_the_check_scores_every_op_on_greyscale_images():
     """One-channel images (``--in-channels sum``): every op runs on them and is scored."""
-    from thaw.config import ModelConfig
+    from thaw.core.config import ModelConfig
     from thaw.data.images import Decoded
     from thaw.models import build_classifier
 

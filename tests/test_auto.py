@@ -15,10 +15,10 @@ import pytest
 from conftest import make_class_folder, tiny_config, tiny_flags
 
 import thaw
-from thaw import auto
-from thaw.auto import challenger_wins, ladder
 from thaw.cli import main
-from thaw.config import override
+from thaw.core.config import override
+from thaw.studies import auto
+from thaw.studies.auto import challenger_wins, ladder
 
 # a short list keeps the tests fast: the incumbent and two challengers, one without phase 2
 FEW = (
@@ -155,7 +155,7 @@ def test_a_tight_budget_keeps_the_default_says_why_and_thaw_resume_finishes(
 
 KILLED = """
 import os, signal, sys
-from thaw import auto
+from thaw.studies import auto
 from thaw.train import module
 auto.CANDIDATES = tuple(c for c in auto.CANDIDATES if c["name"] in ("two-phase", "lp-ft", "linear-probe"))
 
@@ -182,7 +182,7 @@ def test_killed_mid_screening_then_the_same_command_resumes_and_finishes(data, t
     assert (staged / "auto" / "rung0" / "lp-ft.incomplete").is_dir()  # interrupted, not finished
     incumbent = (staged / "auto" / "incumbent" / "model.safetensors").stat().st_mtime_ns
 
-    from thaw import run as recipe
+    from thaw.use import run as recipe
 
     resumed = []
     real = recipe.resume

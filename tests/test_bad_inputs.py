@@ -19,7 +19,7 @@ from conftest import make_class_folder, make_image, tiny_config, tiny_flags
 from PIL import Image
 
 from thaw.cli import main
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 FAST = tiny_flags()
 TINY = [*FAST, "--phase1-epochs", "1", "--phase2-epochs", "0", "--quiet"]
@@ -456,7 +456,7 @@ def test_default_run_folder_never_lands_inside_data(tmp_path, capsys, monkeypatc
 
 
 def test_discovery_accepts_what_it_should(tmp_path):
-    from thaw.config import DataConfig
+    from thaw.core.config import DataConfig
     from thaw.data.sources import discover
 
     bom = csv_data(tmp_path, good_rows(), bom=True)
@@ -616,7 +616,7 @@ def test_run_files_follow_the_umask_and_summary_holds_the_sha256(trained):
 
 
 def test_unexpected_error_is_one_line_with_a_debug_hint(trained, monkeypatch, capsys):
-    from thaw import predict
+    from thaw.use import predict
 
     data, run = trained
 
@@ -746,7 +746,7 @@ def test_model_file_records_its_tensors_sha256_and_task(trained, tmp_path):
 
 
 def test_predict_exit_codes_say_whether_all_some_or_no_images_were_read(trained, tmp_path, capsys):
-    from thaw.errors import NONE_READ, SOME_FAILED
+    from thaw.core.errors import NONE_READ, SOME_FAILED
 
     data, run = trained
     good = data / "red" / "red_0.png"
@@ -824,7 +824,7 @@ def big_png(path: Path, size: int = 7000) -> None:
 
 
 def test_huge_images_decode_reduced_without_pillow_warnings(tmp_path, recwarn):
-    from thaw.decoding import KEEP, LARGE_PIXELS, read_image
+    from thaw.core.decoding import KEEP, LARGE_PIXELS, read_image
 
     big_png(tmp_path / "big.png")
     image, _ = read_image(str(tmp_path / "big.png"), 3, target=64)
@@ -844,7 +844,7 @@ def test_huge_images_decode_reduced_without_pillow_warnings(tmp_path, recwarn):
 def test_normal_size_images_decode_exactly_as_before(tmp_path):
     from PIL import ImageOps
 
-    from thaw.decoding import read_image
+    from thaw.core.decoding import read_image
 
     make_image(tmp_path / "a.png", (200, 30, 30), 3, size=300)
     exif_rotated(tmp_path / "b.jpg")
@@ -891,9 +891,9 @@ def test_errors_found_before_training_leave_no_run_folder(tmp_path, capsys, case
 
 
 def test_batch_norm_on_batches_of_one_is_fine_when_frozen(tmp_path):
-    from thaw.config import override
+    from thaw.core.config import override
+    from thaw.core.strategies import plans_for
     from thaw.train.preflight import check_run
-    from thaw.train.strategies import plans_for
 
     config = override(
         tiny_config(tmp_path / "d", tmp_path / "out"),
@@ -906,7 +906,7 @@ def test_batch_norm_on_batches_of_one_is_fine_when_frozen(tmp_path):
 
 
 def test_an_out_that_appears_while_training_is_named_and_not_resumed(tmp_path, capsys, monkeypatch):
-    from thaw import run as recipe
+    from thaw.use import run as recipe
 
     data = make_class_folder(tmp_path / "d", per_class=6)
     out = tmp_path / "fc"
@@ -954,8 +954,8 @@ def scored(values: list[float], labels: list[int]):
 
 @pytest.mark.parametrize("per_class, chosen", [(2, False), (4, False), (5, True)])
 def test_threshold_needs_enough_validation_images_of_each_class(per_class, chosen):
-    from thaw.clinical import MIN_PER_CLASS, operating_point
-    from thaw.preprocessing import Preprocessing
+    from thaw.core.preprocessing import Preprocessing
+    from thaw.use.operating_point import MIN_PER_CLASS, operating_point
 
     assert MIN_PER_CLASS == 5
     pre = Preprocessing(8, 8, (0.0,) * 3, (1.0 / 255,) * 3)  # the crop's values stay the pixel values
@@ -994,7 +994,7 @@ def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
 
 
 def test_a_split_file_with_relative_keys_fits_the_same_data_by_absolute_path(tmp_path, monkeypatch):
-    from thaw.config import DataConfig
+    from thaw.core.config import DataConfig
     from thaw.data.sources import discover, write_split
 
     monkeypatch.chdir(tmp_path)

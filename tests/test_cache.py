@@ -1,7 +1,7 @@
 """Shared caches under concurrency: two real processes computing the same entry take turns under its file
 lock (one computes, the other waits and reads the same entry), and a staging folder is removed only by a
 process that can take its lock, never one another process is still writing. The entry itself
-(``thaw.cache.Entry``): a writer killed between its staged write and the rename leaves nothing that reads
+(``thaw.core.cache.Entry``): a writer killed between its staged write and the rename leaves nothing that reads
 as complete, and an entry with a corrupt or foreign ``meta.json`` is refused in one line and computed
 again."""
 
@@ -32,7 +32,7 @@ WORKER = textwrap.dedent(
     from thaw.data import features, store
     from thaw.data.images import eval_transform
     from thaw.data.sources import Item
-    from thaw.preprocessing import Preprocessing
+    from thaw.core.preprocessing import Preprocessing
 
     kind, root, go, out, *paths = sys.argv[1:]
     pre = Preprocessing(16, 16, (0.5,) * 3, (0.25,) * 3)
@@ -66,7 +66,7 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.parametrize("kind", ["features", "store"])
 def test_two_processes_computing_one_entry_take_turns(tmp_path, kind):
-    from thaw import cache
+    from thaw.core import cache
 
     data = make_class_folder(tmp_path / "d", per_class=3)
     paths = sorted(str(p) for p in data.rglob("*.png"))
@@ -100,7 +100,7 @@ HOLDER = textwrap.dedent(
     import sys, time
     from filelock import FileLock
 
-    from thaw.cache import lock_path
+    from thaw.core.cache import lock_path
 
     lock = FileLock(str(lock_path(__import__("pathlib").Path(sys.argv[1]))))
     lock.acquire()
@@ -111,7 +111,7 @@ HOLDER = textwrap.dedent(
 
 
 def test_a_staging_folder_is_removed_only_when_its_writer_is_gone(tmp_path):
-    from thaw import cache
+    from thaw.core import cache
 
     root = tmp_path / "cache"
     partial = cache.partial_path(root / "abc")
@@ -133,7 +133,7 @@ def test_a_staging_folder_is_removed_only_when_its_writer_is_gone(tmp_path):
 
 
 def test_a_killed_writer_leaves_no_entry_and_the_next_one_completes_it(tmp_path):
-    from thaw import cache
+    from thaw.core import cache
 
     folder = tmp_path / "cache" / "abc"
     with pytest.raises(RuntimeError):
@@ -150,7 +150,7 @@ def test_a_killed_writer_leaves_no_entry_and_the_next_one_completes_it(tmp_path)
 
 
 def test_atomic_writes_flush_the_file_and_its_folder(tmp_path, monkeypatch):
-    from thaw import files
+    from thaw.core import files
 
     synced = []
     real = os.fsync
@@ -173,7 +173,7 @@ ENTRY = textwrap.dedent(
     import json, os, signal, sys, time
     from pathlib import Path
 
-    from thaw import cache
+    from thaw.core import cache
 
     root, mode, log, go = sys.argv[1:]
 
@@ -197,7 +197,7 @@ ENTRY = textwrap.dedent(
 
 
 def _entry(root: Path):
-    from thaw import cache
+    from thaw.core import cache
 
     return cache.Entry(root, {"what": "the answer"}, lambda f, m: (f / "value.txt").read_text(), "a cache")
 
@@ -238,7 +238,7 @@ def test_two_processes_filling_one_entry_compute_it_once(tmp_path):
 
 
 def test_a_crash_between_the_staged_write_and_the_rename_leaves_no_complete_entry(tmp_path):
-    from thaw import cache
+    from thaw.core import cache
 
     (proc,) = _processes(tmp_path, ["crash"])
     assert proc.returncode == -9  # SIGKILL, in publish
@@ -277,8 +277,8 @@ def test_a_corrupt_or_foreign_entry_is_refused_in_one_line_and_computed_again(tm
 
 
 def test_an_entry_that_cannot_be_read_back_is_one_clear_error(tmp_path):
-    from thaw import cache
-    from thaw.errors import ThawError
+    from thaw.core import cache
+    from thaw.core.errors import ThawError
 
     def refuse(folder, meta):
         raise ValueError("3 rows, 2 labels")
@@ -289,7 +289,7 @@ def test_an_entry_that_cannot_be_read_back_is_one_clear_error(tmp_path):
 
 
 def test_the_key_is_the_identity_content_addressed():
-    from thaw import cache
+    from thaw.core import cache
 
     assert cache.key({"a": 1, "b": [1, 2]}) == cache.key({"b": [1, 2], "a": 1})  # order does not matter
     assert cache.key({"a": 1}) != cache.key({"a": 2}) and len(cache.key({"a": 1})) == 32

@@ -11,8 +11,8 @@ import pytest
 from conftest import make_class_folder, tiny_flags
 
 from thaw.cli import main
-from thaw.compare import pairwise_csv, pairwise_rows, verdict
 from thaw.metrics.stats import holm
+from thaw.studies.compare import pairwise_csv, pairwise_rows, verdict
 
 
 def test_verdict_respects_noise():

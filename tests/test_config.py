@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from thaw.config import RunConfig, override, unfreeze_groups
-from thaw.errors import ThawError
+from thaw.core.config import RunConfig, override, unfreeze_groups
+from thaw.core.errors import ThawError
 
 
 def test_yaml_round_trip(tmp_path):

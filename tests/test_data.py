@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_class_folder
 
-from thaw.config import DataConfig
+from thaw.core.config import DataConfig
+from thaw.core.errors import ThawError
 from thaw.data import decode_sources, discover, eval_transform, train_transform
 from thaw.data.sources import stratified_split
-from thaw.errors import ThawError
 from thaw.models.contract import Preprocessing
 
 PRE = Preprocessing(size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import make_class_folder, tiny_config
 
-from thaw.config import HardwareConfig, RunConfig, override
+from thaw.core.config import HardwareConfig, RunConfig, override
+from thaw.core.errors import ThawError
 from thaw.data.images import EpochSampler, ShardSampler
-from thaw.errors import ThawError
 from thaw.train import distributed
 from thaw.weights.install import install
 

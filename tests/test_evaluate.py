@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from thaw.core.results import dumps
 from thaw.metrics.classification import classification_metrics
-from thaw.results import dumps
 
 
 def test_binary_auc_is_of_class_one():

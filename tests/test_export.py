@@ -87,8 +87,8 @@ def model_inputs(out: Path, files: list[Path]) -> np.ndarray:
 
 
 def parity_reference(out: Path, inputs: np.ndarray) -> torch.Tensor:
-    from thaw.export import ServingModel
     from thaw.models import load_model
+    from thaw.use.export import ServingModel
 
     with torch.no_grad():
         return ServingModel(load_model(out))(torch.from_numpy(inputs))
@@ -96,7 +96,7 @@ def parity_reference(out: Path, inputs: np.ndarray) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
 def test_export_matches_pytorch_on_real_images(run, onnx_file, tmp_path, fmt):
-    from thaw.export import Exported, export_run, parity
+    from thaw.use.export import Exported, export_run, parity
 
     data, out = run
     if fmt == "onnx":
@@ -167,7 +167,7 @@ def test_the_torch_free_resize_matches_torchvision_within_one_grey_level(run, on
 
     from thaw.data.images import resized
     from thaw.models import load_model
-    from thaw.onnx_predict import OnnxPredictor
+    from thaw.use.onnx_predict import OnnxPredictor
 
     data, out = run
     pre, onnx_predictor = load_model(out).preprocessing, OnnxPredictor(onnx_file)
@@ -214,7 +214,7 @@ def test_predict_tta_top_k_and_the_error_column(run, tmp_path, capsys):
 
 
 def test_tta_views():
-    from thaw.predictions import views
+    from thaw.core.predictions import views
 
     assert views(60, 80, 48, 55, tta=False) == [(6, 16, False)]
     boxes = views(55, 73, 48, 55, tta=True)
@@ -223,15 +223,19 @@ def test_tta_views():
 
 
 def test_image_extensions_agree():
+    from thaw.core.predictions import IMAGE_EXTENSIONS as TORCH_FREE
     from thaw.data.sources import IMAGE_EXTENSIONS
-    from thaw.predictions import IMAGE_EXTENSIONS as TORCH_FREE
 
     assert TORCH_FREE == IMAGE_EXTENSIONS
 
 
 def test_onnx_predictor_module_imports_no_torch():
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, thaw.onnx_predict, thaw.cli; assert 'torch' not in sys.modules"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, thaw.use.onnx_predict, thaw.cli; assert 'torch' not in sys.modules",
+        ],
         capture_output=True,
         text=True,
     )

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 
 import thaw
-from thaw.config import ModelConfig
+from thaw.core.config import ModelConfig
 from thaw.data import decode_sources, discover, eval_transform
 from thaw.data import features as cache
 from thaw.models import build_classifier
@@ -48,10 +48,10 @@ def extract(model, sources, decoded, split="train", **kw):
 
 def test_phase2_starts_from_exactly_the_solved_head(class_folder, tmp_path, home):
     """The model after cached phase 1 predicts what the solved head predicts on the cached features."""
+    from thaw.core.run_log import Reporter
     from thaw.metrics.classification import classification_metrics
     from thaw.train.inference import predict
     from thaw.train.recipe import Loaders
-    from thaw.train.report import Reporter
 
     config = tiny(class_folder, tmp_path / "run", **{"phase2.epochs": 0})
     result = thaw.fit(config, quiet=True)

@@ -7,10 +7,10 @@ import torch
 from conftest import make_class_folder, tiny_config
 
 import thaw
+from thaw.core.results import RunSummary
 from thaw.data import Decoded
-from thaw.results import RunSummary
-from thaw.shift import LEVELS, SEVERITIES, corrupt, corrupted
 from thaw.train.forgetting import linear_cka, probe_indices, weight_drift
+from thaw.use.shift import LEVELS, SEVERITIES, corrupt, corrupted
 
 
 def test_linear_cka_is_one_for_a_rotation_and_scale_and_low_for_unrelated_features():

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from thaw.config import ModelConfig
+from thaw.core.config import ModelConfig
+from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
 from thaw.train.module import PhaseModule
-from thaw.train.strategies import PhasePlan
 
 
 def tiny_loader():

@@ -16,9 +16,9 @@ from conftest import make_class_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thaw.config import DataConfig, RunConfig
+from thaw.core.config import DataConfig, RunConfig
+from thaw.core.errors import ThawError
 from thaw.data.sources import discover
-from thaw.errors import ThawError
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -215,7 +215,7 @@ def test_dicom_reader(tmp_path_factory, rows, cols, bits, photometric, samples, 
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from thaw.decoding import DECODE_ERRORS, read_image
+    from thaw.core.decoding import DECODE_ERRORS, read_image
 
     path = tmp_path_factory.mktemp("dcm") / "x.dcm"
     meta = FileMetaDataset()
@@ -295,7 +295,7 @@ def test_flag_parsing(flag, value):
     try:
         config = config_from_args(args, RunConfig())
         if config.data.dicom_window:
-            from thaw.config import dicom_window
+            from thaw.core.config import dicom_window
 
             dicom_window(config.data.dicom_window)
     except ThawError as err:

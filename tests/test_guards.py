@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from thaw.cli import main
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 from thaw.train import module
 
 TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8"]
@@ -38,7 +38,7 @@ def test_nan_loss_stops_the_phase_and_keeps_good_weights(class_folder, tmp_path,
 
 
 def test_load_refuses_non_finite_weights(class_folder, tmp_path, capsys):
-    from thaw.config import ModelConfig
+    from thaw.core.config import ModelConfig
     from thaw.models import build_classifier, save_model
 
     model = build_classifier(ModelConfig(name="mobilenet_v3_small", weights="none"), 2, ["a", "b"], 32)

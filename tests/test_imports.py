@@ -16,19 +16,14 @@ ADAPTERS = SRC / "models" / "adapters"
 SOURCES = {"torchvision", "timm"}
 
 
-LAYERS = [  # bottom to top; a module belongs to the layer of the longest prefix that names it
-    ("leaves", ("thaw.config", "thaw.errors", "thaw.preprocessing", "thaw.results", "thaw.files",
-                "thaw.predictions", "thaw.augmentation", "thaw.decoding", "thaw.cache", "thaw.version")),
+LAYERS = [  # bottom to top: each folder of src/thaw is one layer (the facade and version.py are the top)
+    ("core: torch-free settings, records, plans, run folder, cache", ("thaw.core", "thaw.version")),
     ("data and models", ("thaw.data", "thaw.models")),
     ("weights", ("thaw.weights",)),
-    ("tuning", ("thaw.freeze", "thaw.optim", "thaw.multilabel")),
     ("metrics: pure numbers, no plotting", ("thaw.metrics",)),
-    ("train: the engine", ("thaw.train",)),
-    ("use: what runs after training", ("thaw.run", "thaw.analyses", "thaw.evaluate", "thaw.predict",
-                                        "thaw.onnx_predict", "thaw.export", "thaw.shift", "thaw.clinical",
-                                        "thaw.reporting")),
-    ("studies", ("thaw.study", "thaw.compare", "thaw.curve", "thaw.folds", "thaw.probe", "thaw.auto",
-                 "thaw.demo")),
+    ("train: the engine, freezing, optimizers, losses", ("thaw.train",)),
+    ("use: what runs after training", ("thaw.use",)),
+    ("studies: many runs", ("thaw.studies",)),
     ("the command line and the facade", ("thaw.cli", "thaw")),
 ]
 
@@ -147,7 +142,7 @@ def test_a_thaw_import_inside_a_function_says_why():
 def test_models_import_no_layer_above_them_and_no_cycle_even_inside_functions():
     graph = import_graph(top_level_only=False)
     models = {m: deps for m, deps in graph.items() if m.startswith("thaw.models")}
-    above = ("thaw.data", "thaw.train", "thaw.cli", "thaw.weights", "thaw.evaluate", "thaw.predict")
+    above = ("thaw.data", "thaw.train", "thaw.cli", "thaw.weights", "thaw.use.evaluate", "thaw.use.predict")
     assert {m: sorted(d for d in deps if d.startswith(above)) for m, deps in models.items()} == {
         m: [] for m in models
     }
@@ -175,8 +170,26 @@ def test_only_adapters_compare_a_model_source():
 
 def test_data_and_config_import_neither_models_nor_timm():
     code = (
-        "import sys, thaw.data, thaw.config, thaw.preprocessing; "
+        "import sys, thaw.data, thaw.core.config, thaw.core.preprocessing; "
         "print(sorted(m for m in sys.modules if m == 'timm' or m.startswith(('timm.', 'thaw.models'))))"
     )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_each_folder_is_one_layer_and_the_root_stays_small():
+    """The layer map is the folder list: every package under src/thaw is named in exactly one layer, and the
+    package root holds at most 6 modules (the facade, ``version``, ``__main__``)."""
+    folders = sorted(f"thaw.{p.name}" for p in SRC.iterdir() if (p / "__init__.py").exists())
+    named = sorted(prefix for _, prefixes in LAYERS for prefix in prefixes if prefix.count(".") == 1)
+    assert folders == sorted(set(named) - {"thaw.version"})
+    assert len(list(SRC.glob("*.py"))) <= 6
+
+
+def test_core_imports_no_torch():
+    """``thaw.core`` is torch-free: the command line's torch-free paths (``thaw predict model.onnx``,
+    ``thaw --help``) and the facade's records build on it."""
+    core = sorted(m for m in MODULES if m.startswith("thaw.core"))
+    code = f"import sys; import {', '.join(core)}; print(sorted(m for m in sys.modules if m == 'torch'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

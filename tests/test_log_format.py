@@ -15,7 +15,7 @@ import pytest
 from conftest import make_class_folder, tiny_flags
 
 from thaw import cli
-from thaw.train import report
+from thaw.core import run_log as report
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -27,7 +27,7 @@ def test_tensorboard_logger_writes_every_phase_offline(tmp_path):
 def test_unknown_or_missing_logger_is_refused_before_training(tmp_path, capsys, monkeypatch):
     import importlib.util
 
-    from thaw.errors import ThawError
+    from thaw.core.errors import ThawError
     from thaw.train.loggers import check_logger
 
     with pytest.raises(SystemExit):

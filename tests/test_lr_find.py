@@ -15,8 +15,9 @@ from conftest import tiny_config, tiny_flags
 
 import thaw
 from thaw.cli import main
-from thaw.config import ModelConfig, RunConfig
-from thaw.errors import ThawError
+from thaw.core.config import ModelConfig, RunConfig
+from thaw.core.errors import ThawError
+from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
 from thaw.train.lr_find import (
     Sweep,
@@ -28,7 +29,6 @@ from thaw.train.lr_find import (
     sweep_steps,
     valley,
 )
-from thaw.train.strategies import PhasePlan
 
 TINY = ModelConfig(name="mobilenet_v3_small", weights="none")
 
@@ -262,8 +262,8 @@ def test_fit_lr_auto_records_the_value(tmp_path, class_folder):
 
 def test_head_sweep_without_a_phase_1(tmp_path, class_folder):
     """Fine-tuning from the start (--phase1-epochs 0) still has a head LR to find: a fresh head."""
-    from thaw.reporting.figures import lr_find_plot
     from thaw.train.lr_find import lr_find
+    from thaw.use.reporting.figures import lr_find_plot
 
     config = tiny_config(class_folder, tmp_path / "unused", **{"phase1.epochs": 0, "data.batch_size": 4})
     found = lr_find(config, 1, tmp_path / "f", steps=20, say=lambda _: None, draw=lr_find_plot)

@@ -12,7 +12,10 @@ from conftest import make_class_folder, tiny_config, tiny_flags
 from PIL import Image
 
 from thaw.cli import main
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
+from thaw.core.results import Metrics, RunSummary, choose_final
 from thaw.data.images import (
     Decoded,
     EpochSampler,
@@ -23,12 +26,9 @@ from thaw.data.images import (
     sample_weights,
 )
 from thaw.data.sources import Item, discover
-from thaw.errors import ThawError
 from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
 from thaw.metrics.clinical import choose_threshold
-from thaw.preprocessing import Preprocessing
-from thaw.results import Metrics, RunSummary, choose_final
 
 PRE = Preprocessing(32, 32, (0.5,) * 3, (0.25,) * 3)
 
@@ -186,7 +186,7 @@ def test_choose_final_follows_the_monitored_metric():
     def metrics(acc, auc):
         return Metrics(10, acc, acc, acc, auc, 0.5, [[1]])
 
-    from thaw.results import PhaseResult
+    from thaw.core.results import PhaseResult
 
     def phase(name, acc, auc):
         return PhaseResult(name, 1, 1, False, 0.0, 0.0, 0.0, 0.0, [], "0/1", 0, metrics(acc, auc))
@@ -231,12 +231,12 @@ def test_a_run_with_the_medical_options(tmp_path, capsys):
     assert (out / "reliability.png").is_file()
     rows = (out / "metrics.csv").read_text().splitlines()
     assert "val_auc" in rows[0]
-    from thaw.predict import Predictor
+    from thaw.use.predict import Predictor
 
     predictor = Predictor.load(out)  # the model file keeps the training set's statistics and the threshold
     assert predictor.preprocessing.mean != (0.485, 0.456, 0.406)
     assert predictor.threshold == pytest.approx(op.threshold)
-    from thaw.export import export_run
+    from thaw.use.export import export_run
 
     assert export_run(out).metadata["threshold"] == pytest.approx(op.threshold)  # and thaw predict model.onnx
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from thaw.config import ModelConfig
-from thaw.errors import ThawError
-from thaw.freeze import last_groups, set_trainable
+from thaw.core.config import ModelConfig
+from thaw.core.errors import ThawError
 from thaw.models import build_classifier, load_model, save_model
+from thaw.train.freeze import last_groups, set_trainable
 
 FAMILIES = [
     ("resnet18", 64),

@@ -15,10 +15,10 @@ from conftest import tiny_config, tiny_flags
 from PIL import Image
 
 from thaw.cli import main
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
 from thaw.data.budget import apply_budget
 from thaw.data.sources import discover, strata
-from thaw.errors import ThawError
 
 NAMES = ("effusion", "nodule", "mass")
 BLOB_COLOURS = ((230, 40, 40), (40, 220, 60), (50, 70, 235))
@@ -192,8 +192,8 @@ def test_metrics_per_label_auc_thresholds_and_bootstrap():
 
 
 def test_the_solved_head_is_k_independent_logistic_regressions():
-    from thaw.multilabel import pos_weight
     from thaw.train.head_solver import solve_head
+    from thaw.train.multilabel import pos_weight
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 8, generator=g)
@@ -298,7 +298,7 @@ def test_predict_gives_independent_label_probabilities_and_the_label_set(npz_run
 
 
 def test_evaluate_and_cli_predict_on_a_multi_label_run(npz_run, tmp_path, capsys):
-    from thaw.evaluate import evaluate_run
+    from thaw.use.evaluate import evaluate_run
 
     _, result = npz_run
     e = evaluate_run(result.path)
@@ -317,7 +317,7 @@ def test_evaluate_and_cli_predict_on_a_multi_label_run(npz_run, tmp_path, capsys
 
 
 def test_export_keeps_the_sigmoids_and_the_thresholds(npz_run, tmp_path):
-    from thaw.export import export_run
+    from thaw.use.export import export_run
 
     _, result = npz_run
     exported = export_run(result.path, "torchscript", tmp_path / "model.pt")
@@ -341,8 +341,8 @@ def test_onnx_predict_gives_the_label_set(npz_run, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     import thaw
-    from thaw.export import export_run
-    from thaw.onnx_predict import OnnxPredictor
+    from thaw.use.export import export_run
+    from thaw.use.onnx_predict import OnnxPredictor
 
     _, result = npz_run
     exported = export_run(result.path, "onnx", tmp_path / "model.onnx")

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from thaw.config import ModelConfig
-from thaw.errors import ThawError
-from thaw.freeze import set_trainable
+from thaw.core.config import ModelConfig
+from thaw.core.errors import ThawError
+from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
-from thaw.optim import param_groups, warmup_cosine
-from thaw.train.strategies import PhasePlan
+from thaw.train.freeze import set_trainable
+from thaw.train.optim import param_groups, warmup_cosine
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens_and_nothing_frozen():
@@ -59,7 +59,7 @@ def test_layer_wise_lr_decay_and_explicit_group_lrs():
     ],
 )
 def test_bad_plans_name_the_setting(plan, message):
-    from thaw.errors import ThawError
+    from thaw.core.errors import ThawError
 
     with pytest.raises(ThawError, match=message):
         plan.validate()
@@ -89,9 +89,9 @@ def test_the_optimizer_setting_reaches_every_trained_plan():
     """``--optimizer sgd``: Nesterov SGD with momentum 0.9 over the plan's groups; AdamW by default."""
     from types import SimpleNamespace
 
-    from thaw.config import RunConfig, override
+    from thaw.core.config import RunConfig, override
+    from thaw.core.strategies import plans_for
     from thaw.train.module import PhaseModule
-    from thaw.train.strategies import plans_for
 
     config = override(RunConfig(), {"optimizer": "sgd", "strategy": "gradual"})
     assert {p.optimizer for p in plans_for(config)} == {"sgd"}

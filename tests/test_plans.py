@@ -11,10 +11,10 @@ import yaml
 from conftest import tiny_flags
 
 from thaw.cli import main
-from thaw.config import RunConfig
-from thaw.errors import ThawError
+from thaw.core.config import RunConfig
+from thaw.core.errors import ThawError
+from thaw.core.strategies import PhasePlan, for_role, plans_for, read_plans
 from thaw.train import engine
-from thaw.train.strategies import PhasePlan, for_role, plans_for, read_plans
 
 PLANS = [
     {"name": "head", "train": "head", "features": "online", "epochs": 1, "lr": 0.003},

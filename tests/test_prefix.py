@@ -14,12 +14,12 @@ from torch import nn
 
 import thaw
 from thaw.cli import main
-from thaw.config import ModelConfig, override
-from thaw.errors import ThawError
+from thaw.core.config import ModelConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.strategies import PhasePlan, plans_for
 from thaw.models import Classifier, ModelSpec, Preprocessing, build_classifier
 from thaw.models.split import CannotSplit, split_backbone
 from thaw.train.prefix import prefix_split
-from thaw.train.strategies import PhasePlan, plans_for
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 from conftest import shared_or_skip
 
 import thaw
-from thaw.config import override
+from thaw.core.config import override
 from thaw.weights.install import install
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 import thaw
-from thaw.config import ModelConfig
+from thaw.core.config import ModelConfig
+from thaw.core.results import Metrics, PhaseResult, RunSummary, choose_final, gains
+from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
-from thaw.results import Metrics, PhaseResult, RunSummary, choose_final, gains
-from thaw.train.strategies import PhasePlan
 
 tiny = tiny_config
 

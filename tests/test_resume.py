@@ -13,7 +13,7 @@ from conftest import tiny_flags
 from safetensors.torch import load_file
 
 from thaw.cli import main
-from thaw.config import ModelConfig
+from thaw.core.config import ModelConfig
 from thaw.models import build_classifier
 
 ARGS = [
@@ -36,7 +36,8 @@ ARGS = [
 # Runs `thaw fit` in a subprocess that kills itself (SIGKILL: no cleanup, no atexit) at one point.
 KILLER = """
 import os, signal, sys
-from thaw.train import module, run_folder
+from thaw.train import module
+from thaw.core import run_folder
 where, phase, epoch, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
 def die(*args, **kwargs):

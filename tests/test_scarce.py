@@ -11,11 +11,11 @@ from conftest import make_class_folder, tiny_config, tiny_flags
 
 import thaw
 from thaw.cli import main
-from thaw.config import DataConfig, RunConfig, override
+from thaw.core.config import DataConfig, RunConfig, override
+from thaw.core.errors import ThawError
 from thaw.data import discover
 from thaw.data.budget import UNLABELLED, apply_budget
 from thaw.data.sources import apply_split_file, write_split
-from thaw.errors import ThawError
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_bad_budgets_are_one_clear_error(shapes, budget, message):
 
 
 def test_adabn_changes_only_batch_norm_buffers():
-    from thaw.config import ModelConfig
+    from thaw.core.config import ModelConfig
     from thaw.data import eval_transform
     from thaw.models import build_classifier
     from thaw.train.adapt import adabn, batch_norms
@@ -170,7 +170,7 @@ def test_unlabelled_inputs_that_cannot_work_are_one_line(shapes, tmp_path, capsy
 
 @pytest.mark.slow  # about 25 s: four tiny runs
 def test_curve_runs_every_budget_and_seed_then_skips_finished_runs(shapes, tmp_path, capsys):
-    from thaw.curve import parse_budgets
+    from thaw.studies.curve import parse_budgets
 
     assert [b.label for b in parse_budgets("50%, 100%,5")] == ["50%", "100%", "5/class"]
     with pytest.raises(ThawError, match="not a budget"):
@@ -209,7 +209,7 @@ def test_curve_runs_every_budget_and_seed_then_skips_finished_runs(shapes, tmp_p
 
 
 def test_folds_cross_validate_with_a_confidence_interval(shapes, tmp_path, capsys):
-    from thaw.folds import fold_sources, interval
+    from thaw.studies.folds import fold_sources, interval
 
     sources = discover(DataConfig(path=str(shapes)))
     parts = fold_sources(sources, 3, seed=0)

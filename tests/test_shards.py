@@ -218,7 +218,7 @@ def test_shards_never_overwrite_and_size_in_megabytes(folder_and_shards, tmp_pat
 def test_litdata_round_trip_keeps_the_split_and_the_features(folder_and_shards, tmp_path, monkeypatch):
     """LitData's optimized format, written by ``thaw shards --shard-format litdata``: the folder's split,
     and its embedding bitwise (each sample holds the file's own bytes)."""
-    from thaw.config import DataConfig
+    from thaw.core.config import DataConfig
     from thaw.data.sources import discover
 
     data, _ = folder_and_shards
@@ -242,7 +242,7 @@ def test_litdata_round_trip_keeps_the_split_and_the_features(folder_and_shards, 
 def test_shards_from_another_writer_are_read_once_without_a_manifest(folder_and_shards, tmp_path):
     """Plain WebDataset shards (an image and a ``.cls`` per sample, ``classes.json``): one pass lists
     them; each image decodes to the same pixels as its file."""
-    from thaw.config import DataConfig
+    from thaw.core.config import DataConfig
     from thaw.data.images import open_image
     from thaw.data.sources import Item, discover
 

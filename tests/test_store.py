@@ -11,9 +11,9 @@ import torch
 from conftest import make_class_folder, tiny_config
 
 from thaw import data as thaw_data
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.data import store
-from thaw.errors import ThawError
-from thaw.preprocessing import Preprocessing
 
 PRE = Preprocessing(size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 

@@ -9,10 +9,10 @@ from conftest import tiny_config
 
 import thaw
 from thaw.cli import main
-from thaw.config import override
-from thaw.errors import ThawError
-from thaw.results import RunSummary
-from thaw.train.strategies import STRATEGIES, plans_for
+from thaw.core.config import override
+from thaw.core.errors import ThawError
+from thaw.core.results import RunSummary
+from thaw.core.strategies import STRATEGIES, plans_for
 
 EXPECTED = {
     "linear-probe": ["phase1"],

@@ -13,9 +13,9 @@ import pytest
 from conftest import make_class_folder, tiny_flags
 
 from thaw.cli import main
+from thaw.core.results import without_clock
 from thaw.metrics.stats import interval
-from thaw.results import without_clock
-from thaw.study import Executor
+from thaw.studies.runner import Executor
 
 ray = pytest.importorskip("ray", reason="the Ray tests need thaw-transfer[ray] (in the test extra)")
 
@@ -26,7 +26,8 @@ def _fault() -> None:
     """Ray's worker setup hook (this module, imported in every worker): the first worker that reaches the
     second epoch of phase 2 of the KILLED cell records what its run folder holds, then dies (SIGKILL)."""
     marker = Path(os.environ["THAW_TEST_FAULT"])
-    from thaw.train import module, run_folder
+    from thaw.core import run_folder
+    from thaw.train import module
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         active = run_folder.active

@@ -9,8 +9,8 @@ import torchvision
 from safetensors.torch import load_file
 
 from thaw.cli import main
-from thaw.config import ModelConfig
-from thaw.errors import ThawError
+from thaw.core.config import ModelConfig
+from thaw.core.errors import ThawError
 from thaw.models import build_classifier
 from thaw.models.paths import installed_file, installed_path
 from thaw.models.state_dict import save_state

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from thaw.cli import main
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 from thaw.models import zoo
 from thaw.models.zoo import parse_count
 

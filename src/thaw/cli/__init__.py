@@ -12,11 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
-from thaw.config import AUTO, DATA_FORMATS, RunConfig, float_or_auto, override
-from thaw.errors import NONE_READ, SOME_FAILED, ThawError
-from thaw.train import run_folder
-from thaw.train.run_folder import final_path, resumable, study_folder
-from thaw.train.strategies import read_plans
+from thaw.core import run_folder
+from thaw.core.config import AUTO, DATA_FORMATS, RunConfig, float_or_auto, override
+from thaw.core.errors import NONE_READ, SOME_FAILED, ThawError
+from thaw.core.run_folder import final_path, resumable, study_folder
+from thaw.core.strategies import read_plans
 from thaw.version import __version__
 
 DISTRIBUTION = "thaw-transfer"  # the name on the package index; `thaw` there is another project
@@ -122,7 +122,7 @@ def _print(lines: list[str]) -> None:
 
 
 def executor_flags(p: argparse.ArgumentParser) -> None:
-    """Where a study's cells run (thaw.study.Executor)."""
+    """Where a study's cells run (thaw.studies.runner.Executor)."""
     g = p.add_argument_group("where the study's runs go (each run one cell)")
     g.add_argument(
         "--executor", choices=("local", "ray"), default="local", help="here one by one, or Ray tasks"
@@ -137,7 +137,7 @@ def executor_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _executor(args: argparse.Namespace):
-    from thaw.study import Executor  # torch-free cli
+    from thaw.studies.runner import Executor  # torch-free cli
 
     return Executor(args.executor, args.address, args.cell_cpus, args.cell_gpus)
 
@@ -175,7 +175,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.executor != "local" and config.strategy != "auto":
         raise ThawError("--executor ray runs a study's runs: give it with --folds K or --strategy auto")
     if config.strategy == "auto":
-        from thaw.auto import fit_auto  # torch-free cli
+        from thaw.studies.auto import fit_auto  # torch-free cli
 
         fit_auto(config, quiet=args.quiet, executor=_executor(args))
         return
@@ -183,7 +183,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from thaw.compare import Plan, compare, parse_strategies  # torch-free cli
+    from thaw.studies.compare import Plan, compare, parse_strategies  # torch-free cli
 
     if args.seeds < 1:
         raise ThawError(f"--seeds {args.seeds} must be at least 1 (3 or more for a verdict on noise)")
@@ -201,15 +201,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
-    from thaw.reporting.console import name_lines  # torch-free cli
-    from thaw.train.strategies import describe_strategies  # torch-free cli
+    from thaw.core.strategies import describe_strategies  # torch-free cli
+    from thaw.use.reporting.console import name_lines  # torch-free cli
 
     _print(name_lines(describe_strategies()))
 
 
 def cmd_folds(config: RunConfig, args: argparse.Namespace) -> None:
-    from thaw.folds import cross_validate  # torch-free cli
-    from thaw.reporting.console import folds_lines  # torch-free cli
+    from thaw.studies.folds import cross_validate  # torch-free cli
+    from thaw.use.reporting.console import folds_lines  # torch-free cli
 
     out = study_folder(config, "cv")
     print(f"{args.folds}-fold cross-validation in {out} (rerun with --out {out} to finish it if interrupted)")
@@ -219,7 +219,7 @@ def cmd_folds(config: RunConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
-    from thaw.curve import parse_budgets, run_curve  # torch-free cli
+    from thaw.studies.curve import parse_budgets, run_curve  # torch-free cli
 
     budgets = parse_budgets(args.budgets)
     config = config_from_args(args, RunConfig())
@@ -231,8 +231,8 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from thaw.reporting.figures import lr_find_plot  # torch-free cli
     from thaw.train.lr_find import lr_find  # torch-free cli
+    from thaw.use.reporting.figures import lr_find_plot  # torch-free cli
 
     config = config_from_args(args, RunConfig())
     found = lr_find(
@@ -256,8 +256,8 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from thaw import demo  # torch-free cli
-    from thaw.reporting.console import phase_lines  # torch-free cli
+    from thaw.studies import demo  # torch-free cli
+    from thaw.use.reporting.console import phase_lines  # torch-free cli
 
     if args.log_format == "json":  # stdout is the run's events: the rest goes to stderr
         demo.run(args.out, args.seed, args.quiet, say=lambda text: print(text, file=sys.stderr))
@@ -269,8 +269,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Exit 0, or :data:`SOME_FAILED` when some images could not be read (the metrics leave them out)."""
-    from thaw.evaluate import evaluate_run  # torch-free cli
-    from thaw.reporting.console import evaluation_lines  # torch-free cli
+    from thaw.use.evaluate import evaluate_run  # torch-free cli
+    from thaw.use.reporting.console import evaluation_lines  # torch-free cli
 
     e = evaluate_run(args.run, args.data, args.format, tta=args.tta)
     if e.skipped:
@@ -296,7 +296,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from thaw.probe import check_out, embed, write_embedding  # torch-free cli
+    from thaw.studies.probe import check_out, embed, write_embedding  # torch-free cli
 
     config = config_from_args(args, RunConfig())
     out = check_out(Path(args.out_file))  # before any work
@@ -310,10 +310,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from thaw.files import write_atomic  # torch-free cli
-    from thaw.probe import parse_models, probe  # torch-free cli
-    from thaw.reporting.console import probe_table, show  # torch-free cli
-    from thaw.results import dumps  # torch-free cli
+    from thaw.core.files import write_atomic  # torch-free cli
+    from thaw.core.results import dumps  # torch-free cli
+    from thaw.studies.probe import parse_models, probe  # torch-free cli
+    from thaw.use.reporting.console import probe_table, show  # torch-free cli
 
     config = config_from_args(args, RunConfig())
     models = parse_models(config.model.name, config.model)
@@ -327,14 +327,14 @@ def cmd_probe(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every image was predicted, :data:`SOME_FAILED` when some could not be read (each has an
     error row), :data:`NONE_READ` when none could."""
-    from thaw.reporting import console  # torch-free cli
+    from thaw.use.reporting import console  # torch-free cli
 
     if args.run.lower().endswith(".onnx"):  # onnxruntime only: torch is never imported
-        from thaw.onnx_predict import OnnxPredictor  # torch-free cli
+        from thaw.use.onnx_predict import OnnxPredictor  # torch-free cli
 
         predictor = OnnxPredictor(args.run)
     else:
-        from thaw.predict import Predictor  # torch-free cli
+        from thaw.use.predict import Predictor  # torch-free cli
 
         predictor = Predictor.load(args.run)
     preds = predictor.predict_paths(args.images, tta=args.tta)
@@ -354,7 +354,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from thaw.export import check_on_run, export_run  # torch-free cli
+    from thaw.use.export import check_on_run, export_run  # torch-free cli
 
     exported = export_run(args.run, args.format, args.out, args.force)
     print(f"written: {exported.path} and {exported.metadata_path.name} (class names, preprocessing)")
@@ -363,7 +363,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from thaw.reporting.html import write_report  # torch-free cli
+    from thaw.use.reporting.html import write_report  # torch-free cli
 
     print(f"written: {write_report(Path(args.run))}")
 
@@ -382,8 +382,8 @@ def completion_script(shell: str) -> str:
         import shtab
     except ImportError:  # a dependency; missing only from a broken install
         raise ThawError("thaw completion needs shtab: pip install shtab") from None
+    from thaw.core.strategies import STRATEGIES  # torch-free cli
     from thaw.models.adapters import ADAPTERS  # torch-free cli
-    from thaw.train.strategies import STRATEGIES  # torch-free cli
 
     models = [adapter.model_name(arch) for adapter in ADAPTERS.values() for arch in adapter.catalogue()]
     values = {"--strategy": [*STRATEGIES, AUTO], "--strategies": list(STRATEGIES), "--model": models}
@@ -425,7 +425,7 @@ def cmd_weights(args: argparse.Namespace) -> None:
 
 def cmd_models(args: argparse.Namespace) -> None:
     from thaw.models.zoo import catalogue, parse_count  # torch-free cli
-    from thaw.reporting.console import models_table, show  # torch-free cli
+    from thaw.use.reporting.console import models_table, show  # torch-free cli
 
     max_params = parse_count(args.max_params) if args.max_params else None
     rows = catalogue(args.family, args.offline, max_params, args.sort)
@@ -440,7 +440,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------- the parser
 # One function per command; the settings of fit-like commands are generated from config.py (config_flags).
 
-LOG_FORMATS = ("text", "json")  # thaw.train.report.LOG_FORMATS (a test keeps them equal)
+LOG_FORMATS = ("text", "json")  # thaw.core.run_log.LOG_FORMATS (a test keeps them equal)
 
 
 def log_format_flag(p: argparse.ArgumentParser) -> None:
@@ -763,7 +763,7 @@ def reporting(name: str):
     """The log format runs started by the command report in (``--log-format``)."""
     if name == "text":
         return contextlib.nullcontext()
-    from thaw.train.report import log_format  # torch-free cli
+    from thaw.core.run_log import log_format  # torch-free cli
 
     return log_format(name)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 PRESETS = ("auto", "none", "light", "standard", "strong")
 OPS = ("crop", "hflip", "vflip", "rot90", "affine", "color", "trivial")

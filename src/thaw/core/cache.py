@@ -30,8 +30,8 @@ from typing import Generic, TypeVar
 
 from filelock import FileLock, Timeout
 
-from thaw.errors import ThawError
-from thaw.files import fsync_dir, fsync_tree
+from thaw.core.errors import ThawError
+from thaw.core.files import fsync_dir, fsync_tree
 
 PARTIAL = ".partial"
 META = "meta.json"

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from thaw.augmentation import parse as parse_augment
-from thaw.errors import ThawError
+from thaw.core.augment_policy import parse as parse_augment
+from thaw.core.errors import ThawError
 
 
 def setting(
@@ -281,7 +281,7 @@ class RunConfig:
     strategy: str = setting(
         "two-phase",
         "the list of phase plans to run (`thaw strategies` lists them); auto: a search over candidate "
-        "recipes within --time-budget (thaw.auto)",
+        "recipes within --time-budget (thaw.studies.auto)",
     )
     plans: list | None = setting(
         None,

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 MAX_ASPECT = 4
 LARGE_PIXELS = 40_000_000

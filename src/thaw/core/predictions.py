@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 # the same as thaw.data.sources.IMAGE_EXTENSIONS (a test keeps them equal); that package imports torch
 IMAGE_EXTENSIONS = (

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 SUMMARY_VERSION = 2
 GAIN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
@@ -25,8 +25,9 @@ class Metrics:
     """Classification metrics on one split. ``auc``: binary, of class 1; multiclass, macro one-vs-rest;
     NaN when the split holds a single class.
 
-    Multi-label (``thaw.multilabel``): ``auc`` is the mean of the per-label AUCs, ``accuracy`` label-wise
-    (Hamming) and ``subset_accuracy`` exact-match, both at the per-label thresholds; ``balanced_accuracy``,
+    Multi-label (``thaw.train.multilabel``): ``auc`` is the mean of the per-label AUCs, ``accuracy``
+    label-wise (Hamming) and ``subset_accuracy`` exact-match, both at the per-label thresholds;
+    ``balanced_accuracy``,
     ``macro_f1``, ``sensitivity`` and ``specificity`` are means over the labels; ``confusion`` is empty
     and ``per_label`` holds each label's AUC, threshold, sensitivity, specificity, F1 and counts."""
 

@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_atomic
-from thaw.results import PhaseResult, dumps
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_atomic
+from thaw.core.results import PhaseResult, dumps
 
 STAGING = ".incomplete"
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from thaw.results import PhaseResult, RunSummary
+from thaw.core.results import PhaseResult, RunSummary
 
 
 def _pct(x: float | None) -> str:
@@ -97,7 +97,8 @@ class Reporter:
         else:
             self.say(line)
 
-    def start(self, config, sources, model, loaders, plans) -> None:
+    def start(self, config, sources, model, loaders, plans, hardware: tuple[str, int] | None = None) -> None:
+        """``hardware``: the accelerator ``auto`` stands for and the process count (the engine asks torch)."""
         if self.json:
             if not self.silent:
                 self.emit("run_start", **self._start_fields(config, sources, model, loaders, plans))
@@ -116,15 +117,14 @@ class Reporter:
             f"strategy: {config.strategy} ({', '.join(p.name for p in plans)}); run folder: {config.out}"
         )
         hw = getattr(config, "hardware", None)
-        if hw is not None:
-            from thaw.train import distributed  # torch: thaw predict model.onnx prints with no torch
-
+        if hw is not None and hardware is not None:
+            accelerator, processes = hardware
             extras = [
                 name for name, on in (("compile", hw.compile), ("channels-last", hw.channels_last)) if on
             ]
             self.say(
-                f"hardware: {distributed.accelerator(hw)} x {hw.devices} device(s) x {hw.num_nodes} node(s) "
-                f"({distributed.size()} process(es), {hw.dist_strategy}); precision {hw.precision}"
+                f"hardware: {accelerator} x {hw.devices} device(s) x {hw.num_nodes} node(s) "
+                f"({processes} process(es), {hw.dist_strategy}); precision {hw.precision}"
                 + "".join(f"; {e}" for e in extras)
                 + f"; {config.data.num_workers} workers; images in {getattr(loaders, 'store', 'memory')}"
             )

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from thaw.config import (
+from thaw.core.config import (
     BN_POLICIES,
     LR,
     LR_RATIO,
@@ -29,7 +29,7 @@ from thaw.config import (
     _yaml_where,
     unfreeze_groups,
 )
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 REGULARIZERS = ("none", "l2-sp")
 FEATURES = ("online", "cached")
@@ -441,9 +441,9 @@ def describe_strategies() -> list[tuple[str, str]]:
 
 
 def check_named(config: RunConfig) -> None:
-    """``config.strategy`` names one strategy; ``auto`` (a search over them, ``thaw.auto``) is refused here,
-    before a study (``--folds``, ``curve``) creates its folder."""
-    if config.strategy == "auto":  # thaw.fit hands it to thaw.auto before any plan is built
+    """``config.strategy`` names one strategy; ``auto`` (a search over them, ``thaw.studies.auto``) is refused
+    here, before a study (``--folds``, ``curve``) creates its folder."""
+    if config.strategy == "auto":  # thaw.fit hands it to thaw.studies.auto before any plan is built
         raise ThawError(
             "--strategy auto is a search over strategies, run by thaw fit alone (not with --folds, nor by "
             f"compare, curve or lr-find); here give one strategy: {', '.join(STRATEGIES)}"

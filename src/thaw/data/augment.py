@@ -1,12 +1,12 @@
-"""The torchvision v2 training transform of an augmentation :class:`~thaw.augmentation.Policy`."""
+"""The torchvision v2 training transform of an augmentation :class:`~thaw.core.augment_policy.Policy`."""
 
 from __future__ import annotations
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from thaw.augmentation import Policy
-from thaw.preprocessing import Preprocessing
+from thaw.core.augment_policy import Policy
+from thaw.core.preprocessing import Preprocessing
 
 
 def transform(policy: Policy, pre: Preprocessing, channels: int = 3) -> v2.Transform:

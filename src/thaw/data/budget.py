@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from thaw.config import DataConfig
+from thaw.core.config import DataConfig
+from thaw.core.errors import ThawError
 from thaw.data.sources import IMAGE_EXTENSIONS, Item, Sources
-from thaw.errors import ThawError
 
 UNLABELLED = "unlabelled"
 

@@ -9,7 +9,7 @@ near white). Per-image min-max rather than the full 0-65535 range: a 12-bit scan
 would use only 1/16 of the range and come out nearly black. DICOM files go through their rescale
 slope/intercept and an optional window (``--dicom-window``) first. Images over Pillow's
 decompression-bomb limit (about 179 megapixels) are skipped by name; huge ones under it are decoded
-reduced towards the model's input size (``thaw.decoding``, the reader shared with ``predict``).
+reduced towards the model's input size (``thaw.core.decoding``, the reader shared with ``predict``).
 An image more than ``MAX_ASPECT`` times longer than wide (or the reverse) is center-cropped to that ratio
 before it is resized, so no strip of pixels becomes a tensor of gigabytes.
 """
@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from thaw.core.decoding import DECODE_ERRORS, bounded, read_image, scale_to_8bit
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.data.sources import Item
-from thaw.decoding import DECODE_ERRORS, bounded, read_image, scale_to_8bit
-from thaw.errors import ThawError
-from thaw.preprocessing import Preprocessing
 
 
 @dataclass

@@ -12,7 +12,7 @@ half-written cache (a killed run) and is rebuilt. The key hashes everything the 
 the backbone's weights (their bytes), its input preprocessing and channels, the transform and views and
 seed, the images (path, size and modification time of each file; the pixels of in-memory images) and
 their labels (kept beside the features: a relabelled CSV must not read the old labels back).
-Processes sharing the cache take turns per entry under a file lock (a :class:`thaw.cache.Entry`): one
+Processes sharing the cache take turns per entry under a file lock (a :class:`thaw.core.cache.Entry`): one
 computes, the others wait and read it; a corrupt entry is reported in one line and computed again. A stale
 cache is never used: any change gives another key.
 ``rm -r ~/.cache/thaw/cache/features`` clears it.
@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from thaw import cache
+from thaw.core import cache
+from thaw.core.decoding import DECODE_ERRORS
+from thaw.core.errors import NothingRead
+from thaw.core.preprocessing import Preprocessing
 from thaw.data.decoded import Decoded, images_fingerprint, open_image, resized
 from thaw.data.sources import Item
-from thaw.decoding import DECODE_ERRORS
-from thaw.errors import NothingRead
-from thaw.preprocessing import Preprocessing
 
 FORMAT = 1
 

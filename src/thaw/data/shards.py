@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from thaw.config import DataConfig
+from thaw.core.config import DataConfig
+from thaw.core.errors import ThawError
 from thaw.data import sources as found
 from thaw.data.sources import SPLIT_ALIASES, SPLITS, Item, Sources
-from thaw.errors import ThawError
 
 MANIFEST, CLASSES = "manifest.json", "classes.json"
 IMAGE_MEMBERS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif", "npy")

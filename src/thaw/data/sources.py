@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from thaw.config import DataConfig
-from thaw.errors import ThawError
-from thaw.files import write_atomic
+from thaw.core.config import DataConfig
+from thaw.core.errors import ThawError
+from thaw.core.files import write_atomic
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".dcm", ".dicom"
@@ -49,7 +49,7 @@ class Item:
 class Sources:
     """Everything discovered: class names and items, each with its split (after :func:`assign_splits`).
     ``multilabel``: several labels per image (``class_names`` are the label names, each item's label a
-    0/1 tuple); see ``thaw.multilabel``."""
+    0/1 tuple); see ``thaw.train.multilabel``."""
 
     name: str
     class_names: list[str]

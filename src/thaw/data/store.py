@@ -6,9 +6,9 @@ are (a memory map would count every page it touched as the process's own). The s
 feature cache, in ``$THAW_HOME/cache/images/<key>/`` (``~/.cache/thaw``): ``images.u8`` (the pixels,
 image after image), ``index.npz`` (byte offset and [C, H, W] shape per image, labels) and ``meta.json``
 (keys and the files that failed), written last. Processes sharing it take turns per entry under a file
-lock (``thaw.cache``): one writes, the others wait and read. The key hashes the images (path, size,
+lock (``thaw.core.cache``): one writes, the others wait and read. The key hashes the images (path, size,
 modification time), the preprocessing and the channels, so a later run on the same data, or another
-rank under DDP, reads the same store (a :class:`thaw.cache.Entry`).
+rank under DDP, reads the same store (a :class:`thaw.core.cache.Entry`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thaw import cache
+from thaw.core import cache
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.data.decoded import Decoded, decoded_items, images_fingerprint
 from thaw.data.sources import Item
-from thaw.errors import ThawError
-from thaw.preprocessing import Preprocessing
 
 FORMAT = 1
 

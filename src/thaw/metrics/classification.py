@@ -15,8 +15,8 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
+from thaw.core.results import Metrics
 from thaw.metrics import multilabel
-from thaw.results import Metrics
 
 
 def classification_metrics(

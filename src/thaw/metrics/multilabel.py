@@ -26,8 +26,8 @@ from torchmetrics.functional.classification import (
     multilabel_f1_score,
 )
 
+from thaw.core.results import Metrics
 from thaw.metrics.clinical import choose_threshold
-from thaw.results import Metrics
 
 
 def metrics(
@@ -36,7 +36,7 @@ def metrics(
     thresholds: Sequence[float] | None = None,
     names: Sequence[str] | None = None,
 ) -> Metrics:
-    """The metrics of :class:`thaw.results.Metrics` for a multi-label split: label ``k`` is predicted
+    """The metrics of :class:`thaw.core.results.Metrics` for a multi-label split: label ``k`` is predicted
     where its probability reaches ``thresholds[k]`` (default 0.5)."""
     probs, y = probs.float(), targets.long()
     n, k = y.shape

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from thaw.config import ModelConfig
-from thaw.errors import ThawError
+from thaw.core.config import ModelConfig
+from thaw.core.errors import ThawError
 from thaw.models.adapters import ADAPTERS, adapter_for, strip_prefix
 from thaw.models.contract import Classifier, ModelSpec
 from thaw.models.state_dict import is_weights_path

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from thaw.preprocessing import Preprocessing
+from thaw.core.preprocessing import Preprocessing
 
 __all__ = ["Classifier", "ModelSpec", "Preprocessing", "group_by_patterns", "new_head", "norm_kind"]
 
@@ -33,7 +33,7 @@ class ModelSpec:
     dropout: float = 0.0
     in_channels: int = 3
     image_size: int | None = None
-    multilabel: bool = False  # one sigmoid per label (``thaw.multilabel``), not a softmax over classes
+    multilabel: bool = False  # one sigmoid per label (``thaw.train.multilabel``), not a softmax over classes
 
 
 class Classifier(nn.Module):

@@ -13,11 +13,11 @@ import json
 import math
 from pathlib import Path
 
-from thaw.config import ModelConfig
-from thaw.errors import ThawError
+from thaw.core.config import ModelConfig
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.models.build import build_classifier
 from thaw.models.contract import Classifier, ModelSpec
-from thaw.preprocessing import Preprocessing
 
 
 def save_model(model: Classifier, path: Path) -> None:

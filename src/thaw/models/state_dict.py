@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 STRIP_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")

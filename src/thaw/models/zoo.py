@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 from thaw.models.adapters import ADAPTERS, ZooEntry, adapter_for
 from thaw.models.paths import thaw_home
 

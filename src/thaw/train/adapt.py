@@ -26,15 +26,15 @@ import torch
 from torch import nn
 
 from thaw import data as thaw_data
-from thaw.config import dicom_window
+from thaw.core.config import dicom_window
+from thaw.core.errors import ThawError
+from thaw.core.results import PhaseResult
+from thaw.core.strategies import PhasePlan
 from thaw.data.budget import UNLABELLED, folder_items
 from thaw.data.images import Decoded, decode
-from thaw.errors import ThawError
 from thaw.models import Classifier
-from thaw.results import PhaseResult
 from thaw.train.inference import predict
 from thaw.train.recipe import Context, Feed, run_phase
-from thaw.train.strategies import PhasePlan
 
 
 def check_unlabelled(config, sources: thaw_data.Sources) -> None:

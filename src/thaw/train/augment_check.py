@@ -31,7 +31,7 @@ from torchvision import transforms as v1
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from thaw.augmentation import Policy
+from thaw.core.augment_policy import Policy
 from thaw.data.augment import op_steps
 from thaw.data.images import Decoded, eval_transform
 from thaw.models import Classifier

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
-from thaw.config import HardwareConfig
-from thaw.errors import ThawError
+from thaw.core.config import HardwareConfig
+from thaw.core.errors import ThawError
 
 
 def machine() -> str:

@@ -2,7 +2,7 @@
 keep the weights of the phase with the best validation accuracy (``--monitor``). The default strategy is
 two plans (``strategies.two_phase``): a new head on the frozen backbone, then unfreeze and fine-tune with
 the backbone at ``lr / lr_ratio``. What runs after training (forgetting, the operating point, shift,
-figures, the report) is not called from here: ``thaw.run`` composes it."""
+figures, the report) is not called from here: ``thaw.use.run`` composes it."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ from dataclasses import dataclass
 import lightning as L
 
 from thaw import data as thaw_data
-from thaw.augmentation import parse as parse_augment
+from thaw.core.augment_policy import parse as parse_augment
+from thaw.core.errors import ThawError
+from thaw.core.results import PhaseResult, choose_final
+from thaw.core.run_folder import RunFolder
+from thaw.core.run_log import Reporter
+from thaw.core.strategies import PhasePlan, for_role
 from thaw.data.sources import label_gaps
-from thaw.errors import ThawError
 from thaw.models import Classifier, build_classifier
-from thaw.results import PhaseResult, choose_final
 from thaw.train import adapt, augment_check, distributed
 from thaw.train.forgetting import Probe
 from thaw.train.prefix import cached_prefix
 from thaw.train.recipe import Context, Loaders, quiet_lightning, run_phase
-from thaw.train.report import Reporter
-from thaw.train.run_folder import RunFolder
 from thaw.train.steps import cached_head, interpolate
-from thaw.train.strategies import PhasePlan, for_role
 
 Step = Callable[[Classifier, PhasePlan, int, Context, dict], PhaseResult]
 
@@ -88,7 +88,9 @@ def train(
         loaders = Loaders(sources, model, config, report)
     probe = Probe.measure(model, loaders.decoded["val"])  # the pretrained side of the diagnostics
     ctx = Context(config, loaders, run, report, probe.start)  # the start is also l2-sp's anchor
-    report.start(config, sources, model, loaders, plans)
+    hardware = getattr(config, "hardware", None)
+    hardware = (distributed.accelerator(hardware), distributed.size()) if hardware is not None else None
+    report.start(config, sources, model, loaders, plans, hardware)
     gaps = label_gaps(sources)  # multi-label: labels without a positive in train or val
     if gaps:
         report.warn(gaps)

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from thaw import data as thaw_data
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
+from thaw.core.results import Forgetting
 from thaw.models import Classifier
 from thaw.models.adapters import adapter_for
 from thaw.models.build import parse_model_name
-from thaw.results import Forgetting
 
 PROBE_IMAGES = 256
 PROBE_SEED = 0  # the same images for every seed and strategy, so runs compare

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 

@@ -1,5 +1,5 @@
 """The training loss of a model, chosen in one place: cross-entropy over the classes, or for a
-multi-label model binary cross-entropy per label (``thaw.multilabel.loss``)."""
+multi-label model binary cross-entropy per label (``thaw.train.multilabel.loss``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from thaw import multilabel
+from thaw.train import multilabel
 
 
 class Loss(Protocol):

@@ -37,20 +37,20 @@ import numpy as np
 import torch
 
 from thaw import data as thaw_data
-from thaw.config import AUTO, RunConfig, override
+from thaw.core.config import AUTO, RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import write_atomic
+from thaw.core.results import dumps
+from thaw.core.run_folder import default_out
+from thaw.core.run_log import Reporter
+from thaw.core.strategies import PhasePlan, for_role, plans_for
 from thaw.data import features as feature_cache
-from thaw.errors import ThawError
-from thaw.files import write_atomic
 from thaw.models import Classifier, build_classifier
-from thaw.optim import param_groups
-from thaw.results import dumps
 from thaw.train.head_solver import solve_into
 from thaw.train.losses import loss_for
 from thaw.train.module import PhaseModule
+from thaw.train.optim import param_groups
 from thaw.train.recipe import Loaders
-from thaw.train.report import Reporter
-from thaw.train.run_folder import default_out
-from thaw.train.strategies import PhasePlan, for_role, plans_for
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100  # fastai: 1e-7 .. 10 over 100 steps; thaw's LRs are <= 1
 BETA = 0.98  # the loss is smoothed as fastai and Lightning do: a debiased exponential moving average

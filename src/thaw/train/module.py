@@ -10,12 +10,12 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from thaw.freeze import batchnorm_eval, set_trainable
+from thaw.core.strategies import PhasePlan
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.optim import param_groups, warmup_cosine
+from thaw.train.freeze import batchnorm_eval, set_trainable
 from thaw.train.losses import loss_for
-from thaw.train.strategies import PhasePlan
+from thaw.train.optim import param_groups, warmup_cosine
 
 
 def epoch_seed(seed: int, phase: int, epoch: int) -> int:

@@ -3,8 +3,8 @@ column per label). The model has one output per label, each an independent sigmo
 cross-entropy; the probabilities of an image need not sum to 1.
 
 Targets are 0/1 integer tensors ``[N, K]``; probabilities ``[N, K]``. Each label is a binary task of its
-own: its AUC, and a decision threshold chosen on validation as ``thaw.clinical`` chooses a binary one
-(Youden's J, or ``--target-sensitivity``). The headline figures are means over the labels: mean (macro)
+own: its AUC, and a decision threshold chosen on validation as ``thaw.use.operating_point`` chooses a binary
+one (Youden's J, or ``--target-sensitivity``). The headline figures are means over the labels: mean (macro)
 AUC, label-wise (Hamming) accuracy, macro F1, mean sensitivity and specificity; and the exact-match
 (subset) accuracy, the share of images with every label right.
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 
 TASK = "multilabel"
 SINGLE = "single-label"

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from thaw import cache
 from thaw import data as thaw_data
+from thaw.core import cache
+from thaw.core.results import PhaseResult
+from thaw.core.strategies import PhasePlan
 from thaw.data import features as feature_cache
 from thaw.data.images import EpochSampler, ShardSampler, sample_weights
 from thaw.models import Classifier
 from thaw.models.split import CannotSplit, Split, split_backbone
-from thaw.results import PhaseResult
 from thaw.train.recipe import Context, Feed, run_phase
-from thaw.train.strategies import PhasePlan
 
 
 def cached_prefix(model: Classifier, plan: PhasePlan, index: int, ctx: Context, before: dict) -> PhaseResult:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from thaw.config import RunConfig
-from thaw.errors import ThawError
+from thaw.core.config import RunConfig
+from thaw.core.errors import ThawError
+from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
-from thaw.train.strategies import PhasePlan
 
 
 def check_run(config: RunConfig, plans: list[PhasePlan], class_names: list[str], multilabel: bool) -> None:

@@ -17,22 +17,21 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
-from thaw import multilabel
-from thaw.augmentation import Policy
-from thaw.config import RunConfig, dicom_window
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_rows_csv
+from thaw.core.augment_policy import Policy
+from thaw.core.config import RunConfig, dicom_window
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_rows_csv
+from thaw.core.results import MONITORED, PhaseResult
+from thaw.core.run_folder import RunFolder
+from thaw.core.run_log import Reporter
+from thaw.core.strategies import PhasePlan
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.results import MONITORED, PhaseResult
-from thaw.train import distributed
+from thaw.train import distributed, multilabel
 from thaw.train.guards import IncomingGuard, NonFiniteGuard
 from thaw.train.inference import predict
 from thaw.train.loggers import lightning_logger, logger_callbacks
 from thaw.train.module import EpochRecorder, PhaseModule
-from thaw.train.report import Reporter
-from thaw.train.run_folder import RunFolder
-from thaw.train.strategies import PhasePlan
 
 
 @dataclass

@@ -7,16 +7,16 @@ import time
 
 import torch
 
+from thaw.core.results import PhaseResult
+from thaw.core.strategies import PhasePlan
 from thaw.data import features as feature_cache
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.results import PhaseResult
 from thaw.train import distributed
 from thaw.train.head_solver import HeadSolution, solve_into
 from thaw.train.inference import predict
 from thaw.train.prefix import plan_features
 from thaw.train.recipe import Context, finish_phase
-from thaw.train.strategies import PhasePlan
 
 Features = feature_cache.Features
 

@@ -1,6 +1,6 @@
 """What runs after training, as a list: each analysis reads the trained run (``engine.Trained``) and fills
 one field of :class:`RunSummary`, with the figure it draws into the run folder (rank 0 draws it).
-``thaw.run`` composes them after the engine; a study or a notebook can run its own list."""
+``thaw.use.run`` composes them after the engine; a study or a notebook can run its own list."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thaw.clinical import operating_point
-from thaw.reporting.plots import plot_drift, plot_reliability
-from thaw.shift import evaluate_shift
 from thaw.train.engine import Trained
+from thaw.use.operating_point import operating_point
+from thaw.use.reporting.plots import plot_drift, plot_reliability
+from thaw.use.shift import evaluate_shift
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import NothingRead, ThawError
+from thaw.core.files import write_atomic
+from thaw.core.results import Metrics, dumps
 from thaw.data.images import DECODE_ERRORS, open_image
 from thaw.data.sources import discover, evaluation_items
-from thaw.errors import NothingRead, ThawError
-from thaw.files import write_atomic
 from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
-from thaw.predict import Predictor
-from thaw.results import Metrics, dumps
+from thaw.use.predict import Predictor
 
 if TYPE_CHECKING:
     pass

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from thaw.config import RunConfig
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_atomic
+from thaw.core.config import RunConfig
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_atomic
+from thaw.core.results import RunSummary
 from thaw.models import Classifier, load_model
-from thaw.predict import run_threshold, run_thresholds
-from thaw.reporting.html import Predictions
-from thaw.results import RunSummary
+from thaw.use.predict import run_threshold, run_thresholds
+from thaw.use.reporting.html import Predictions
 from thaw.version import __version__
 
 FORMATS = ("onnx", "torchscript", "safetensors")

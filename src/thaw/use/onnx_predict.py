@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from thaw.decoding import DECODE_ERRORS, read_image
-from thaw.errors import ThawError
-from thaw.predictions import Prediction, expand_paths, failure, result, views
+from thaw.core.decoding import DECODE_ERRORS, read_image
+from thaw.core.errors import ThawError
+from thaw.core.predictions import Prediction, expand_paths, failure, result, views
 
 RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -25,7 +25,7 @@ RESAMPLE = {
 
 
 class OnnxPredictor:
-    """``OnnxPredictor(path).predict_paths([...])``: the results of :class:`thaw.predict.Predictor`."""
+    """``OnnxPredictor(path).predict_paths([...])``: the results of :class:`thaw.use.predict.Predictor`."""
 
     def __init__(self, path: str | Path) -> None:
         try:

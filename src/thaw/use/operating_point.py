@@ -6,8 +6,9 @@ sensitivity is its recall, specificity the recall of class 0. The threshold is c
 split only (Youden's J = sensitivity + specificity - 1, or the highest threshold whose validation
 sensitivity reaches ``--target-sensitivity``) and then applied unchanged to the test split.
 
-Multi-label tasks (``thaw.multilabel``) get the same, one label at a time: a threshold per label chosen on
-validation, each label's sensitivity and specificity at it, and intervals on the means over the labels.
+Multi-label tasks (``thaw.train.multilabel``) get the same, one label at a time: a threshold per label
+chosen on validation, each label's sensitivity and specificity at it, and intervals on the means over the
+labels.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from thaw.core.predictions import views
+from thaw.core.preprocessing import Preprocessing
+from thaw.core.results import Metrics, Operating
 from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
 from thaw.metrics.clinical import choose_threshold
 from thaw.metrics.multilabel import choose_thresholds
-from thaw.predictions import views
-from thaw.preprocessing import Preprocessing
-from thaw.results import Metrics, Operating
 
 MIN_PER_CLASS = 5
 """A binary threshold is chosen on validation only with at least this many images of each class; with

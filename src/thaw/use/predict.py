@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from thaw.config import dicom_window
+from thaw.core.config import dicom_window
+from thaw.core.errors import ThawError
+from thaw.core.predictions import Prediction, expand_paths, failure, result, views
 from thaw.data import shards
 from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
 from thaw.data.sources import Item
-from thaw.errors import ThawError
 from thaw.models import Classifier, load_model
 from thaw.models.state_dict import sha256
-from thaw.predictions import Prediction, expand_paths, failure, result, views
 
 __all__ = ["Prediction", "Predictor", "expand_paths"]
 

@@ -1,5 +1,5 @@
 """A run, composed: check the config and name the run folder, find ``--lr auto``, run the plans
-(``thaw.train.engine``), run the analyses after training (``thaw.analyses``), and write the folder:
+(``thaw.train.engine``), run the analyses after training (``thaw.use.analyses``), and write the folder:
 ``summary.json``, ``metrics.csv``, the figures, the model and ``report.html``. ``thaw.fit`` and
 ``thaw.resume`` are these :func:`fit` and :func:`resume`."""
 
@@ -14,25 +14,24 @@ from pathlib import Path
 import yaml
 
 from thaw import data as thaw_data
-from thaw import multilabel
-from thaw.analyses import ANALYSES, Analysis, Finding, final_split
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import atomic_path, write_atomic, write_rows_csv
+from thaw.core.results import RunSummary, gains
+from thaw.core.run_folder import FollowerRun, RunFolder, check_outside_data, default_out, final_path
+from thaw.core.run_log import Reporter
+from thaw.core.strategies import PhasePlan, check_plans, plans_for, strategy_name
 from thaw.data.budget import apply_budget, budget_record
-from thaw.errors import ThawError
-from thaw.files import atomic_path, write_atomic, write_rows_csv
 from thaw.models import Classifier, save_model
 from thaw.models.state_dict import sha256
-from thaw.reporting.figures import lr_find_plot
-from thaw.reporting.html import write_report
-from thaw.reporting.plots import plot_confusion, plot_curves
-from thaw.results import RunSummary, gains
-from thaw.train import adapt, distributed, lr_find, preflight
+from thaw.train import adapt, distributed, lr_find, multilabel, preflight
 from thaw.train.engine import Trained, train
 from thaw.train.loggers import check_logger
 from thaw.train.recipe import hardware_summary, quiet_lightning
-from thaw.train.report import Reporter
-from thaw.train.run_folder import FollowerRun, RunFolder, check_outside_data, default_out, final_path
-from thaw.train.strategies import PhasePlan, check_plans, plans_for, strategy_name
+from thaw.use.analyses import ANALYSES, Analysis, Finding, final_split
+from thaw.use.reporting.figures import lr_find_plot
+from thaw.use.reporting.html import write_report
+from thaw.use.reporting.plots import plot_confusion, plot_curves
 
 
 @dataclass

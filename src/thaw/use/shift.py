@@ -23,12 +23,12 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from thaw import data as thaw_data
-from thaw.config import RunConfig
+from thaw.core.config import RunConfig
+from thaw.core.errors import ThawError
+from thaw.core.results import Shift
 from thaw.data.sources import evaluation_items
-from thaw.errors import ThawError
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.results import Shift
 from thaw.train.inference import predict
 
 SEVERITIES = (1, 3, 5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 from thaw.models.adapters import adapter_for
 from thaw.models.build import parse_model_name
 from thaw.models.paths import installed_path

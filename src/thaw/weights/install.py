@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 from thaw.models.adapters import adapter_for, strip_prefix
 from thaw.models.state_dict import file_metadata, save_state, sha256
 from thaw.models.wheels import WHEELS, WheelWeights

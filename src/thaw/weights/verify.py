@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from thaw.config import ModelConfig
+from thaw.core.config import ModelConfig
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.data.images import eval_transform, resized
-from thaw.errors import ThawError
 from thaw.models.adapters import ImageNetModel, adapter_for
 from thaw.models.build import build_classifier, parse_model_name
-from thaw.preprocessing import Preprocessing
 
 CATS = frozenset(range(281, 286))  # ImageNet-1k: tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = frozenset({967})

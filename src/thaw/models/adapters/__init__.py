@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
 from thaw.models.adapters.base import Adapter, Backbone, ImageNetModel, ZooEntry
 from thaw.models.adapters.timm import TimmAdapter
 from thaw.models.adapters.torchvision import TorchvisionAdapter

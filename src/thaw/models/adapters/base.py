@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from thaw.errors import ThawError
-from thaw.preprocessing import Preprocessing
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 
 
 @dataclass

@@ -11,12 +11,12 @@ import timm.data
 from timm.models import group_parameters
 from torch import nn
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.models.adapters.base import Backbone, Counts, ImageNetModel, ZooEntry, existing_file
 from thaw.models.paths import installed_file, timm_cached
 from thaw.models.state_dict import is_weights_path, load_into, read_state_dict
 from thaw.models.wheels import WHEELS
-from thaw.preprocessing import Preprocessing
 
 SOURCE = "timm"
 

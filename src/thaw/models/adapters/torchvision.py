@@ -12,13 +12,13 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from thaw.errors import ThawError
+from thaw.core.errors import ThawError
+from thaw.core.preprocessing import Preprocessing
 from thaw.models.adapters.base import Backbone, Counts, ImageNetModel, ZooEntry, existing_file
 from thaw.models.contract import group_by_patterns
 from thaw.models.paths import hub_checkpoint, torchvision_cached
 from thaw.models.state_dict import is_weights_path, load_into, read_state_dict
 from thaw.models.wheels import WHEELS
-from thaw.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from thaw.core.results import Metrics, RunSummary
+from thaw.core.run_log import per_label_lines
 from thaw.metrics.stats import interval
-from thaw.results import Metrics, RunSummary
-from thaw.train.report import per_label_lines
 
 
 def show(table: Table) -> None:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from thaw.results import PhaseResult
+from thaw.core.results import PhaseResult
 
 
 def pyplot():

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from thaw.config import RunConfig, override
+from thaw.core.config import RunConfig, override
+from thaw.core.errors import ThawError
+from thaw.core.files import write_atomic
+from thaw.core.results import GAIN_METRICS, SUMMARY_VERSION, RunSummary
 from thaw.data import discover
 from thaw.data.images import DECODE_ERRORS, open_image, resized
-from thaw.errors import ThawError
-from thaw.files import write_atomic
-from thaw.predict import Predictor
-from thaw.reporting import figures
-from thaw.results import GAIN_METRICS, SUMMARY_VERSION, RunSummary
+from thaw.use.predict import Predictor
+from thaw.use.reporting import figures
 from thaw.version import __version__
 
 REPORT = "report.html"
@@ -161,7 +161,7 @@ def _decision(page: Page, summary: RunSummary) -> None:
 
 
 def _auto(page: Page, auto: dict) -> None:
-    """``--strategy auto``: the screening table, and why the winner won (``thaw.auto``)."""
+    """``--strategy auto``: the screening table, and why the winner won (``thaw.studies.auto``)."""
     page.section("auto", "Strategy search (--strategy auto)")
     page.text(
         f"<p class=headline>{_e(auto['reason'].removeprefix('auto: '))}</p>"
@@ -541,7 +541,7 @@ class Predictions:
     def cams(self, indices: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
         """Grad-CAM overlays of the predicted class for ``indices``, or None and the reason why not."""
         try:
-            from thaw.reporting.cam import find_target, grad_cam, overlay  # pytorch-grad-cam is optional
+            from thaw.use.reporting.cam import find_target, grad_cam, overlay  # pytorch-grad-cam is optional
         except ImportError as err:
             return None, (
                 f"No class-activation maps: {err.name} is not installed "

@@ -1,5 +1,5 @@
 """The figure files a run folder holds (curves.png, confusion_*.png, reliability.png): matplotlib, Agg,
-each written atomically. The report's own figures are in :mod:`thaw.reporting.figures`."""
+each written atomically. The report's own figures are in :mod:`thaw.use.reporting.figures`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from thaw.files import atomic_path, write_atomic
-from thaw.reporting.figures import confusion as confusion_png
-from thaw.reporting.figures import pyplot
-from thaw.results import Forgetting
+from thaw.core.files import atomic_path, write_atomic
+from thaw.core.results import Forgetting
+from thaw.use.reporting.figures import confusion as confusion_png
+from thaw.use.reporting.figures import pyplot
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:

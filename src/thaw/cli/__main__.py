@@ -1,0 +1,5 @@
+"""`python -m thaw.cli ...` is `thaw ...`."""
+
+from thaw.cli import main
+
+raise SystemExit(main())
