@@ -52,7 +52,8 @@ def test_unfreeze_groups():
 
 
 def test_every_setting_has_a_flag_with_its_default_in_the_help():
-    from thaw.cli import _settings, parser
+    from thaw.cli import parser
+    from thaw.cli.flags import settings as _settings
 
     fit = parser()._subparsers._group_actions[0].choices["fit"]
     by_dest = {}

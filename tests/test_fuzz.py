@@ -279,7 +279,8 @@ def test_dicom_reader(tmp_path_factory, rows, cols, bits, photometric, samples, 
     ),
 )
 def test_flag_parsing(flag, value):
-    from thaw.cli import config_from_args, parser
+    from thaw.cli import parser
+    from thaw.cli.flags import config_from_args
 
     if value.startswith("-"):
         argv = ["fit", "data", f"{flag}={value}"]

@@ -1,0 +1,138 @@
+"""What several commands share: the config flags generated from ``core/config.py`` (each command picks the
+settings it consumes), ``--log-format``, and two printing helpers. Torch-free: ``thaw --help`` imports it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import sys
+
+from thaw.core.config import RunConfig, float_or_auto, override
+from thaw.core.run_log import LOG_FORMATS
+
+NONE = object()  # an optional setting (``int | None``) given as ``none`` on the command line
+
+
+def settings(config: RunConfig):
+    """(section, dotted key, field, default) for every scalar setting, sections in declaration order."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                yield f.name, f"{f.name}.{sub.name}", sub, getattr(value, sub.name)
+        else:
+            yield "training", f.name, f, value
+
+
+def keys(*patterns: str, drop: tuple[str, ...] = ()) -> frozenset[str]:
+    """The dotted keys of the settings that match any of ``patterns`` (``data.*``, ``seed``; ``training.*``:
+    the top-level ones), less those matching ``drop``: what a command consumes, so the flags it shows."""
+
+    def match(section: str, key: str, among: tuple[str, ...]) -> bool:
+        names = (key, f"training.{key}") if section == "training" else (key,)
+        return any(fnmatch.fnmatchcase(n, p) for n in names for p in among)
+
+    every = [(section, key) for section, key, _, _ in settings(RunConfig())]
+    return frozenset(k for s, k in every if match(s, k, patterns) and not match(s, k, drop))
+
+
+ALL = keys("*")
+
+
+def config_flags(p: argparse.ArgumentParser, consumed: frozenset[str] = ALL) -> None:
+    """One flag per config field in ``consumed``, generated from the dataclasses: name, help, choices and
+    the default shown come from ``config.py``, so no setting is reachable only from YAML. ``--phase1-*``
+    and ``--phase2-*`` set each phase; ``--patience`` sets both."""
+    defaults = RunConfig()
+    for section, key, f, default in settings(defaults):
+        # recorded: written by thaw, not a flag; plans: thaw fit's --plans FILE
+        skip = key in ("data.path", "plans") or f.metadata.get("recorded")
+        if skip or key not in consumed:
+            continue
+        group = _group(p, section, defaults)
+        flags = f.metadata.get("flags") or (_flag(section, f.name),)
+        help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
+        kind = str(f.type).removesuffix("| None").strip()
+        if kind == "bool":
+            group.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        parse = {"int": int, "float": float, "float | str": float_or_auto}.get(kind, str)
+        group.add_argument(
+            *flags,
+            dest=key,
+            type=_optional(parse) if str(f.type).endswith("| None") else parse,
+            choices=f.metadata.get("choices") or None,
+            metavar=None
+            if f.metadata.get("choices")
+            else {"str": "TEXT", "float | str": "FLOAT|auto"}.get(kind, kind.upper()),
+            help=help_text,
+        )
+    if "data.augment" in consumed:
+        _group(p, "data", defaults).add_argument(
+            "--no-augment", dest="data.augment", action="store_const", const="none", help="--augment none"
+        )
+    if {"phase1.patience", "phase2.patience"} <= consumed:
+        _group(p, "training", defaults).add_argument(
+            "--patience", type=int, metavar="INT", help="early-stopping patience of both phases (sets both)"
+        )
+
+
+def _group(p: argparse.ArgumentParser, title: str, defaults: RunConfig):
+    groups = {g.title: g for g in p._action_groups}
+    if title in groups:
+        return groups[title]
+    section = next((f for f in dataclasses.fields(defaults) if f.name == title), None)
+    return p.add_argument_group(title, section.metadata.get("help") if section else None)
+
+
+def _flag(section: str, name: str) -> str:
+    dashed = name.replace("_", "-")
+    return f"--{section}-{dashed}" if section.startswith("phase") else f"--{dashed}"
+
+
+def _show(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def _optional(parse):
+    def convert(text: str):
+        return NONE if text.lower() == "none" else parse(text)
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """``base`` (defaults or a --config file) with every flag the user gave applied."""
+    base = RunConfig() if base is None else base
+    changes = {}
+    for _, key, _, _ in settings(base):
+        value = getattr(args, key, None)
+        if value is not None:
+            changes[key] = None if value is NONE else value
+    if getattr(args, "patience", None) is not None:
+        changes.setdefault("phase1.patience", args.patience)
+        changes.setdefault("phase2.patience", args.patience)
+    if getattr(args, "data", None):
+        changes["data.path"] = args.data
+    return override(base, changes, keep_none=True).validate()
+
+
+def log_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: lines for people (default); json: one JSON object per event on stdout, for scripts "
+        "(each with an event field and a UTC time; nothing else on stdout, no progress bar)",
+    )
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
