@@ -121,10 +121,15 @@ def test_export_matches_pytorch_on_real_images(run, onnx_file, tmp_path, fmt):
 def test_export_refuses_an_existing_file_unless_forced(run, tmp_path, capsys):
     _, out = run
     target = tmp_path / "m.safetensors"
-    assert main(["export", str(out), "--format", "safetensors", "--out", str(target)]) == 0
-    assert main(["export", str(out), "--format", "safetensors", "--out", str(target)]) == 2
+    assert main(["export", str(out), "--to", "safetensors", "--out", str(target)]) == 0
+    assert main(["export", str(out), "--to", "safetensors", "--out", str(target)]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(out), "--to", "safetensors", "--out", str(target), "--force"]) == 0
+    capsys.readouterr()
+    # the old spelling still works for one release, with one line saying so
     assert main(["export", str(out), "--format", "safetensors", "--out", str(target), "--force"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: thaw export --format is deprecated, use --to safetensors"]
 
 
 def thaw_cli(*args: str) -> subprocess.CompletedProcess:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thaw.cli.flags import config_flags, config_from_args, keys, warn
+from thaw.cli.flags import FEATURES, config_flags, config_from_args, warn
 from thaw.core.errors import SOME_FAILED
 from thaw.studies.probe import check_out, embed, write_embedding
 
-CONSUMED = keys("data.*", "model.*")
+CONSUMED = FEATURES
 
 
 def add_arguments(em: argparse.ArgumentParser) -> None:

@@ -38,6 +38,12 @@ def keys(*patterns: str, drop: tuple[str, ...] = ()) -> frozenset[str]:
 
 
 ALL = keys("*")
+SPLIT = keys("data.format", "data.val_fraction", "data.test_fraction", "data.split_file", "data.split_seed")
+"""Finding the images and the split thaw makes of them (``thaw_data.discover``)."""
+FEATURES = SPLIT | keys(
+    "data.batch_size", "data.image_size", "data.num_workers", "model.*", drop=("model.dropout",)
+)
+"""The frozen backbone's features of those images (no augmentation, no head, no training)."""
 
 
 def config_flags(p: argparse.ArgumentParser, consumed: frozenset[str] = ALL) -> None:

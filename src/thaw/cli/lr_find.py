@@ -9,7 +9,30 @@ from thaw.cli.flags import config_flags, config_from_args, keys, warn
 from thaw.train.lr_find import lr_find
 from thaw.use.reporting.figures import lr_find_plot
 
-CONSUMED = keys("data.*", "model.*", "training.*")
+CONSUMED = keys(
+    "data.*",
+    "model.*",
+    "strategy",  # the plan swept is the strategy's, with its settings
+    "layer_decay",
+    "gradual_*",
+    "l2_sp",
+    "lr",
+    "lr_ratio",
+    "unfreeze",
+    "optimizer",
+    "phase1_features",
+    "cache_views",
+    "phase2_features",
+    "prefix_views",
+    "bn_policy",
+    "label_smoothing",
+    "balance",
+    "seed",
+    "out",
+    drop=("data.labels_per_class", "data.label_fraction", "data.label_seed", "data.unlabeled"),
+)
+"""The data, the model and the settings of the plan swept; not the label budget, pseudo-labels, AdaBN,
+shift, monitor or logger, which belong to a run."""
 
 
 def add_arguments(lf: argparse.ArgumentParser) -> None:

@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from thaw.cli.flags import config_flags, config_from_args, keys, warn
+from thaw.cli.flags import FEATURES, config_flags, config_from_args, keys, warn
 from thaw.core.files import write_atomic
 from thaw.core.results import dumps
 from thaw.studies.probe import parse_models, probe
 from thaw.use.reporting.console import probe_table, show
 
-CONSUMED = keys("data.*", "model.*", "seed")
+CONSUMED = FEATURES | keys("seed")  # --seed: the folds and the probes' own draws
 
 
 def add_arguments(pr: argparse.ArgumentParser) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thaw.cli.flags import config_flags, config_from_args, keys
+from thaw.cli.flags import SPLIT, config_flags, config_from_args
 from thaw.data.shards import write
 
-CONSUMED = keys("data.*")
+CONSUMED = SPLIT  # the files are copied as they are: no decoding, resizing or augmentation
 
 
 def add_arguments(sh: argparse.ArgumentParser) -> None:

@@ -354,7 +354,8 @@ class RunConfig:
     )
     monitor: str = setting(
         "val_loss",
-        "validation metric for early stopping, the best epoch and the phase kept",
+        "validation metric for early stopping and each phase's best epoch; the phase kept has the best "
+        "validation accuracy (val_loss) or this metric (the others)",
         choices=MONITORS,
     )
     target_sensitivity: float | None = setting(
@@ -363,7 +364,7 @@ class RunConfig:
     tta: bool = setting(False, "final val/test metrics (and the threshold) averaged over flips and crops")
     hardware: HardwareConfig = field(
         default_factory=HardwareConfig,
-        metadata={"help": "devices, precision and distributed training (see README: several GPUs)"},
+        metadata={"help": "devices, precision and distributed training (docs/how-to/multi-gpu.md)"},
     )
     logger: str = setting(
         "none",

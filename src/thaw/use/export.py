@@ -1,4 +1,4 @@
-"""``thaw export RUN --format onnx|torchscript|safetensors``: the run's model for serving, with its
+"""``thaw export RUN --to onnx|torchscript|safetensors``: the run's model for serving, with its
 preprocessing and class names alongside it (``<file>.json``; inside the ONNX file as metadata too).
 
 ONNX and TorchScript files take what a service has after decoding an image: ``image``, float32

@@ -1,4 +1,4 @@
-"""Predicting with a file from ``thaw export --format onnx``: onnxruntime, numpy and Pillow, no torch.
+"""Predicting with a file from ``thaw export --to onnx``: onnxruntime, numpy and Pillow, no torch.
 
 The preprocessing comes from the file's own metadata (written by ``thaw export``): resize the shorter
 side with Pillow (antialiased, as torchvision's resize of the training images), center-crop, scale to
@@ -45,7 +45,7 @@ class OnnxPredictor:
         if raw is None:
             raise ThawError(
                 f"{path} has no thaw metadata (class names, preprocessing); export the run with "
-                f"`thaw export RUN --format onnx`, or predict with the run folder itself"
+                f"`thaw export RUN --to onnx`, or predict with the run folder itself"
             )
         self.metadata = json.loads(raw)
         self.class_names: list[str] = self.metadata["class_names"]
