@@ -113,7 +113,18 @@ def config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
 
 
 def _warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
+    print(f"warning: {readable(text)}", file=sys.stderr)
+
+
+MAX_LINE = 600  # characters of one error or warning line: a value a file gave (10^6 class names) is cut
+
+
+def readable(text: str) -> str:
+    """``text`` on one line and at most ``MAX_LINE`` characters, saying how much was cut."""
+    text = " ".join(str(text).split())
+    if len(text) <= MAX_LINE:
+        return text
+    return f"{text[: MAX_LINE - 40]} ... ({len(text) - MAX_LINE + 40} more characters)"
 
 
 def _print(lines: list[str]) -> None:
@@ -771,6 +782,7 @@ def reporting(name: str):
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
     """One line on stderr; when a run was being written, where it is, and how to continue it when
     ``thaw resume`` can (its start files are written and its final name is free)."""
+    message = readable(message)  # the one place an error line is printed: cut here, where to continue kept
     if resumable(run):
         message += f"; the run so far is in {run}: continue it with `thaw resume {run}`"
     elif run is not None and run.is_dir() and not final_path(run).exists():
