@@ -283,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from thaw.use.evaluate import evaluate_run  # torch-free cli
     from thaw.use.reporting.console import evaluation_lines  # torch-free cli
 
-    e = evaluate_run(args.run, args.data, args.format, tta=args.tta)
+    e = evaluate_run(args.run, args.data, args.format, tta=args.tta, warn=_warn)
     if e.skipped:
         _warn(f"skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}")
     _print(evaluation_lines(e))
@@ -347,7 +347,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from thaw.use.predict import Predictor  # torch-free cli
 
-        predictor = Predictor.load(args.run)
+        predictor = Predictor.load(args.run, _warn)
     preds = predictor.predict_paths(args.images, tta=args.tta)
     decision = predictor.decision()  # a binary threshold decides against the argmax: say which and why
     if not decision.startswith("argmax") and (args.csv or args.jsonl):

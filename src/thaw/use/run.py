@@ -144,7 +144,7 @@ def finish(run: RunFolder, t: Trained, analyses: dict[str, Analysis] = ANALYSES)
         return RunResult(run.final, summary, t.model)
     write_figures(run, t, summary, findings)
     with atomic_path(run / "model.safetensors") as tmp:
-        save_model(t.model.eval(), tmp)
+        save_model(t.model.eval(), tmp, summary.operating.to_dict() if summary.operating else None)
     summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
     run.write_json("summary.json", summary.to_dict())
     write_report(run.path, warn=t.ctx.report.warn)  # report.html; a failure is a warning, not a lost run
