@@ -656,14 +656,19 @@ def test_subprocess_shows_no_traceback(trained, tmp_path, evil_pickle, argv):
 # ----------------------------------------------------------------------------- model files check themselves
 
 
-def rewrite_metadata(path: Path, change) -> None:
-    """Rewrite the thaw metadata of a model file with ``change(meta)`` applied; the tensors stay."""
+def rewrite_metadata(path: Path, change, resign: bool = True) -> None:
+    """Rewrite the thaw metadata of a model file with ``change(meta)`` applied; the tensors stay. With
+    ``resign`` the file's digest is recomputed, as a forger would: the checks behind the digest still hold."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
+
+    from thaw.models.model_file import content_sha256
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["thaw"])
     change(meta)
+    if resign:
+        meta["sha256"] = content_sha256(meta)
     save_file(load_file(str(path)), str(path), metadata={"thaw": json.dumps(meta)})
 
 

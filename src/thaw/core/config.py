@@ -104,6 +104,11 @@ class DataConfig:
     )
     crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
     strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
+    trust_pickle: bool = setting(
+        False,
+        "read a LitData dataset whose fields LitData unpickles (this runs code stored in the dataset: only "
+        "for a dataset you made yourself)",
+    )
     labels_per_class: int | None = setting(
         None, "label budget: train on K labelled images per class (the rest of train: unlabelled)"
     )
