@@ -668,7 +668,8 @@ def lit_formats(folder: str) -> dict[str, str]:
         config = json.loads(Path(folder, "index.json").read_bytes())["config"]
         formats = [str(f) for f in config["data_format"]]
         spec = json.loads(config["data_spec"]) if config.get("data_spec") else None
-        names = json.loads(spec["context"]) if spec and spec.get("context") else None
+        spec = spec[-1] if isinstance(spec, list) and spec else spec  # [protocol, treespec]
+        names = json.loads(spec["context"]) if isinstance(spec, dict) and spec.get("context") else None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ThawError(
             f"{folder}: not a readable LitData dataset ({err!r}); write it with thaw shards"
