@@ -294,6 +294,9 @@ def read_manifest(base: str) -> dict:
                 f"{where}: shard {str(file)[:80]!r} is not a file inside {base} (a relative name such as "
                 f"train-000000.tar); a manifest names only its own shards"
             )
+        if e.get("split") not in (None, "", *SPLITS):
+            split = str(e.get("split"))[:40]
+            raise ThawError(f"{where}: shard {file}: split {split!r} is not one of {', '.join(SPLITS)}")
         samples = e.get("samples")
         litdata = manifest.get("format") == "thaw-litdata" and isinstance(samples, int)
         if not litdata and not (
@@ -323,6 +326,8 @@ def _within(url: str, samples: list, size: int | None) -> list:
     """The manifest's samples of shard ``url``, each a member of that shard: a plain ``<key>.<ext>`` name
     and a byte range (whole numbers) inside the shard's ``size`` bytes; else one line naming the sample."""
     for key, name, offset, length, _ in samples:
+        if not isinstance(key, str) or not key:
+            raise ThawError(f"shard {url}: sample key {str(key)[:80]!r} is not text; write the shards again")
         whole = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, length))
         if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name) or ".." in name:
             raise ThawError(f"shard {url}, sample {str(key)[:80]}: member {str(name)[:80]!r} is not a name")
