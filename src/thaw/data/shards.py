@@ -353,8 +353,9 @@ def scan(url: str) -> list[list]:
                 # before tarfile skips to the next header: a header claiming 1 TiB would be read to its end
                 if total is not None and info.offset_data + info.size > total:
                     raise ThawError(
-                        f"shard {url}: member {info.name[:80]} claims {info.size} bytes from byte "
-                        f"{info.offset_data}, past the end of the file ({total} bytes); write it again"
+                        f"shard {url} is not a readable tar file: member {info.name[:80]} claims {info.size} "
+                        f"bytes from byte {info.offset_data}, past the end of the file ({total} bytes; "
+                        f"truncated or damaged); write it again"
                     )
                 match = re.match(r"^((?:.*/)?[^./]+)\.([^/]+)$", info.name)
                 if not info.isfile() or not match:
