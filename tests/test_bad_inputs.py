@@ -1216,18 +1216,21 @@ def test_ten_thousand_plans_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
-)
+# nine levels of nine aliases each: 9^9 values once expanded, as the repr of an error message would
+LAUGHS = "[&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
+) + "]"
+BOMBS = {"--config": f"data:\n  path: {LAUGHS}\n", "--plans": f"- name: {LAUGHS}\n  train: head\n"}
 
 
-@pytest.mark.parametrize("flag", ["--config", "--plans"])
+@pytest.mark.parametrize("flag", list(BOMBS))
 def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path, capsys, flag):
     import time
 
     data = make_class_folder(tmp_path / "d", per_class=6)
+    bomb = yaml_file(tmp_path, BOMBS[flag])
     start = time.perf_counter()
-    assert main(["fit", str(data), flag, str(yaml_file(tmp_path, BOMB)), "--out", str(tmp_path / "r")]) == 2
+    assert main(["fit", str(data), flag, str(bomb), "--out", str(tmp_path / "r")]) == 2
     assert time.perf_counter() - start < 5
     line = one_line(capsys.readouterr().err)
     assert "aliases" in line, line
