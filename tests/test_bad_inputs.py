@@ -1095,7 +1095,8 @@ def test_a_litdata_pickle_runs_nothing_and_is_refused_naming_the_field(tmp_path,
     marker = tmp_path / "ran"
     lit = litdata_with_a_pickle(tmp_path / "lit", marker)
     assert json.loads((lit / "train" / "index.json").read_text())["config"]["data_format"][2] == "pickle"
-    assert main(["embed", str(lit), "--out", str(tmp_path / "e.npz"), "--image-size", "32"]) == 2
+    flags = ["--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "32"]
+    assert main(["embed", str(lit), "--out", str(tmp_path / "e.npz"), *flags]) == 2
     line = one_line(capsys.readouterr().err)
     assert "'meta'" in line and "pickle" in line and "--trust-pickle" in line, line
     assert not marker.exists()  # nothing was unpickled
