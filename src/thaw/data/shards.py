@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import urllib.error
 import urllib.request
@@ -384,7 +385,9 @@ def scan(url: str) -> list[list]:
 def _open_size(fh) -> int | None:
     """The byte size of an open shard: a local file's, an HTTP response's ``Content-Length``, fsspec's."""
     try:
-        return os.fstat(fh.fileno()).st_size
+        status = os.fstat(fh.fileno())
+        if stat.S_ISREG(status.st_mode):  # not an HTTP response's socket (whose st_size is 0)
+            return status.st_size
     except (AttributeError, OSError, io.UnsupportedOperation):
         pass
     length = getattr(fh, "headers", {}).get("Content-Length") if hasattr(fh, "headers") else None
