@@ -978,13 +978,22 @@ def test_threshold_needs_enough_validation_images_of_each_class(per_class, chose
 
 
 def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
+    """The threshold is the model file's own (under its digest, written from the run's operating point):
+    an edit of summary.json's threshold changes nothing; the file alone keeps its threshold."""
+    from thaw.models.state_dict import sha256
+
     data, run = trained
     copy = copy_run(run, tmp_path)
-    summary = json.loads((copy / "summary.json").read_text())
-    summary["operating"] = {**(summary.get("operating") or {}), "threshold": 0.997}
-    summary["operating"]["rule"] = "Youden's J on validation"
-    (copy / "summary.json").write_text(json.dumps(summary))
     image = str(data / "red" / "red_0.png")
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["operating"] = {**(summary.get("operating") or {}), "threshold": 0.5, "rule": "edited"}
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert main(["predict", str(copy), image, "--csv"]) == 0
+    assert "edited" not in capsys.readouterr().err  # the file's own operating point decides
+    operating = {"threshold": 0.997, "thresholds": None, "rule": "Youden's J on validation"}
+    rewrite_metadata(copy / "model.safetensors", lambda m: m.update(operating=operating))  # as fit writes it
+    summary["model_sha256"] = sha256(copy / "model.safetensors")
+    (copy / "summary.json").write_text(json.dumps(summary))
     assert main(["predict", str(copy), image, "--csv"]) == 0
     out, err = capsys.readouterr()
     assert err.strip() == (
@@ -993,8 +1002,10 @@ def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
     )
     assert main(["predict", str(copy), image]) == 0
     assert "decision: red where p_red >= 0.997" in " ".join(capsys.readouterr().out.split())
-    (copy / "summary.json").unlink()  # a model file alone: the argmax, nothing to say
-    assert main(["predict", str(copy), image, "--csv"]) == 0 and not capsys.readouterr().err
+    (copy / "summary.json").unlink()  # a model file alone: its own threshold, and a word on the check
+    assert main(["predict", str(copy), image, "--csv"]) == 0
+    err = capsys.readouterr().err
+    assert "p_red >= 0.997" in err and "no summary.json beside" in err, err
 
 
 # ----------------------------------------------------------------------------- smaller edges

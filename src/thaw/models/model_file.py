@@ -185,7 +185,7 @@ def check_operating(operating, class_names: list[str], where: str) -> None:
     given = operating if isinstance(operating, dict) else {}
     threshold, thresholds = given.get("threshold"), given.get("thresholds")
     values = thresholds.values() if isinstance(thresholds, dict) else [-1]
-    per_label = thresholds is None or all(map(probability, values))
+    per_label = thresholds is None or set(thresholds) == set(class_names) and all(map(probability, values))
     ok = (
         isinstance(operating, dict)
         and (threshold is None or probability(threshold))
@@ -239,8 +239,8 @@ def _read_checked(path: Path):
             f"{path}: its metadata (class names, preprocessing, task or threshold) is not what it was saved "
             f"with (its sha256 differs from the one in the file): it was edited; restore it or train again"
         )
-    check_operating(meta.get("operating"), class_names, str(path))
     check_metadata(meta["spec"], class_names, pre, state, str(path))
+    check_operating(meta.get("operating"), class_names, str(path))
     task = meta.get("task")
     if task is not None and task != ("multilabel" if spec.multilabel else "single-label"):
         raise ThawError(
