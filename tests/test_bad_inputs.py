@@ -4,8 +4,10 @@ warning naming the skipped file), never a traceback, and never a folder that loo
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -656,14 +658,19 @@ def test_subprocess_shows_no_traceback(trained, tmp_path, evil_pickle, argv):
 # ----------------------------------------------------------------------------- model files check themselves
 
 
-def rewrite_metadata(path: Path, change) -> None:
-    """Rewrite the thaw metadata of a model file with ``change(meta)`` applied; the tensors stay."""
+def rewrite_metadata(path: Path, change, resign: bool = True) -> None:
+    """Rewrite the thaw metadata of a model file with ``change(meta)`` applied; the tensors stay. With
+    ``resign`` the file's digest is recomputed, as a forger would: the checks behind the digest still hold."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["thaw"])
     change(meta)
+    if resign and "sha256" in meta:  # the digest the file carries, recomputed
+        from thaw.models.model_file import content_sha256
+
+        meta["sha256"] = content_sha256(meta)
     save_file(load_file(str(path)), str(path), metadata={"thaw": json.dumps(meta)})
 
 
@@ -971,13 +978,22 @@ def test_threshold_needs_enough_validation_images_of_each_class(per_class, chose
 
 
 def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
+    """The threshold is the model file's own (under its digest, written from the run's operating point):
+    an edit of summary.json's threshold changes nothing; the file alone keeps its threshold."""
+    from thaw.models.state_dict import sha256
+
     data, run = trained
     copy = copy_run(run, tmp_path)
-    summary = json.loads((copy / "summary.json").read_text())
-    summary["operating"] = {**(summary.get("operating") or {}), "threshold": 0.997}
-    summary["operating"]["rule"] = "Youden's J on validation"
-    (copy / "summary.json").write_text(json.dumps(summary))
     image = str(data / "red" / "red_0.png")
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["operating"] = {**(summary.get("operating") or {}), "threshold": 0.5, "rule": "edited"}
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert main(["predict", str(copy), image, "--csv"]) == 0
+    assert "edited" not in capsys.readouterr().err  # the file's own operating point decides
+    operating = {"threshold": 0.997, "thresholds": None, "rule": "Youden's J on validation"}
+    rewrite_metadata(copy / "model.safetensors", lambda m: m.update(operating=operating))  # as fit writes it
+    summary["model_sha256"] = sha256(copy / "model.safetensors")
+    (copy / "summary.json").write_text(json.dumps(summary))
     assert main(["predict", str(copy), image, "--csv"]) == 0
     out, err = capsys.readouterr()
     assert err.strip() == (
@@ -986,8 +1002,10 @@ def test_predict_shows_the_threshold_and_the_rule(trained, tmp_path, capsys):
     )
     assert main(["predict", str(copy), image]) == 0
     assert "decision: red where p_red >= 0.997" in " ".join(capsys.readouterr().out.split())
-    (copy / "summary.json").unlink()  # a model file alone: the argmax, nothing to say
-    assert main(["predict", str(copy), image, "--csv"]) == 0 and not capsys.readouterr().err
+    (copy / "summary.json").unlink()  # a model file alone: its own threshold, and a word on the check
+    assert main(["predict", str(copy), image, "--csv"]) == 0
+    err = capsys.readouterr().err
+    assert "p_red >= 0.997" in err and "no summary.json beside" in err, err
 
 
 # ----------------------------------------------------------------------------- smaller edges
@@ -1053,3 +1071,232 @@ def test_an_undecodable_training_image_is_recorded_in_the_summary(tmp_path):
     summary = thaw.fit(tiny_config(data, tmp_path / "run"), quiet=True).summary
     assert [Path(k).name for k in summary.skipped_images] == ["zz-broken.png"]
     assert "zz-broken.png" in (tmp_path / "run" / "split.csv").read_text()
+
+
+# ----------------------------------------------------------------------- trust at the new edges (issue 29)
+
+
+class _Marker:
+    """A pickled field whose unpickling creates the file ``path`` (``open(path, "w")``): code ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def litdata_with_a_pickle(root: Path, marker: Path) -> Path:
+    """A LitData dataset (train/ and classes.json) whose ``meta`` field LitData stores with pickle."""
+    from litdata.streaming.writer import BinaryWriter
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(png, format="png")
+    for split in ("train", "val", "test"):
+        writer = BinaryWriter(str(root / split), chunk_size=4)
+        for i in range(4):
+            writer.add_item(i, {"image": png.getvalue(), "label": i % 2, "meta": _Marker(str(marker))})
+        writer.done()
+        writer.merge()
+    (root / "classes.json").write_text(json.dumps(["red", "blue"]))
+    return root
+
+
+def test_a_litdata_pickle_runs_nothing_and_is_refused_naming_the_field(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    lit = litdata_with_a_pickle(tmp_path / "lit", marker)
+    assert json.loads((lit / "train" / "index.json").read_text())["config"]["data_format"][2] == "pickle"
+    flags = ["--model", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "32"]
+    assert main(["embed", str(lit), "--out", str(tmp_path / "e.npz"), *flags]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "'meta'" in line and "pickle" in line and "--trust-pickle" in line, line
+    assert not marker.exists()  # nothing was unpickled
+    from thaw.data.shards import find_litdata
+
+    assert len(find_litdata(str(lit), trust_pickle=True).items) == 12  # trusted: read, and the payload ran
+    assert marker.exists()
+
+
+def shards_of(tmp: Path, per_class: int = 6) -> tuple[Path, Path]:
+    data = make_class_folder(tmp / "shapes", per_class=per_class)
+    out = tmp / "shards"
+    assert main(["shards", str(data), "--out", str(out), "--shard-size", "100"]) == 0
+    return data, out
+
+
+def edit_manifest(out: Path, change) -> None:
+    manifest = json.loads((out / "manifest.json").read_text())
+    change(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def refused(spec: Path) -> str:
+    from thaw.data.shards import find
+
+    with pytest.raises(ThawError) as err:
+        find(str(spec))
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_manifest_names_only_files_inside_its_folder(tmp_path):
+    _, out = shards_of(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(out / "train-000000.tar", elsewhere / "train-000000.tar")
+    edit_manifest(out, lambda m: m["shards"][0].update(file="../elsewhere/train-000000.tar"))
+    line = refused(out)
+    assert "../elsewhere/train-000000.tar" in line and "not a file inside" in line, line
+
+
+def test_manifest_offsets_past_the_shard_end_are_refused_before_reading(tmp_path):
+    _, out = shards_of(tmp_path)
+    size = (out / "train-000000.tar").stat().st_size
+    edit_manifest(out, lambda m: m["shards"][0]["samples"][0].__setitem__(2, size + 4096))
+    line = refused(out)
+    assert "outside the shard" in line and f"({size} bytes)" in line, line
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | int]]) -> Path:
+    """A tar of ``(name, bytes)``; ``(name, N)`` writes a header claiming N bytes and no data."""
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = data if isinstance(data, int) else len(data)
+            tar.addfile(info, None if isinstance(data, int) else io.BytesIO(data))
+    return path
+
+
+def test_a_sample_key_twice_in_one_tar_names_both_members(tmp_path):
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="png")
+    shard = _tar(
+        tmp_path / "train-000000.tar",
+        [("a.png", png.getvalue()), ("a.cls", b"0"), ("b.png", png.getvalue()), ("b.cls", b"1"),
+         ("a.jpg", png.getvalue())],
+    )
+    line = refused(shard)
+    assert "a.png" in line and "a.jpg" in line and "two images" in line, line
+
+
+def test_a_member_larger_than_its_file_is_refused_at_once(tmp_path):
+    import time
+
+    shard = _tar(tmp_path / "train-000000.tar", [("a.cls", b"0"), ("a.png", 1 << 40)])
+    start = time.perf_counter()
+    line = refused(shard)
+    assert time.perf_counter() - start < 5, "read toward the claimed end instead of refusing the header"
+    assert "a.png" in line and str(1 << 40) in line and "past the end" in line, line
+
+
+def test_classes_json_with_a_repeated_name_is_refused_before_any_run_folder(tmp_path, capsys):
+    _, out = shards_of(tmp_path)
+    (out / "classes.json").write_text(json.dumps(["red", "red"]))
+    run = tmp_path / "runs" / "r"
+    assert main(["fit", str(out), *TINY, "--out", str(run)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "classes.json" in line and "'red'" in line and "twice" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_thaw_shards_refuses_an_out_inside_its_data(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "shapes", per_class=6)
+    assert main(["shards", str(data), "--out", str(data / "shards")]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "inside the data" in line and str(data) in line, line
+    assert not (data / "shards").exists() and not list(data.glob(".shards*"))
+
+
+def test_plans_numbers_follow_config_yaml_rules(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "d", per_class=2)
+    plans, config = tmp_path / "plans.yaml", tmp_path / "config.yaml"
+    plans.write_text("- {name: p1, train: head, features: cached}\n- {name: p2, train: all, lr: 1e-3}\n")
+    config.write_text("lr: 1e-3\nphase2:\n  weight_decay: 1e-2\n")
+    assert main(["fit", str(data), "--plans", str(plans), "--config", str(config), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.001" in printed and "lr: 0.001" in printed.split("plans:")[1], printed
+
+
+def test_ten_thousand_plans_are_refused_in_one_line(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    plans = yaml_file(tmp_path, "".join(f"- {{name: p{i}, train: head}}\n" for i in range(10_000)))
+    assert main(["fit", str(data), "--plans", str(plans), "--out", str(tmp_path / "run")]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "10000 plans" in line and "cap of 50" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+# nine levels of nine aliases each: 9^9 values once expanded, as the repr of an error message would
+LAUGHS = "[&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
+) + "]"
+BOMBS = {"--config": f"data:\n  path: {LAUGHS}\n", "--plans": f"- name: {LAUGHS}\n  train: head\n"}
+
+
+@pytest.mark.parametrize("flag", list(BOMBS))
+def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path, capsys, flag):
+    import time
+
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    bomb = yaml_file(tmp_path, BOMBS[flag])
+    start = time.perf_counter()
+    assert main(["fit", str(data), flag, str(bomb), "--out", str(tmp_path / "r")]) == 2
+    assert time.perf_counter() - start < 5
+    line = one_line(capsys.readouterr().err)
+    assert "aliases" in line, line
+
+
+TAMPERED = {  # id -> (change to the metadata, re-signed like a forger, fragments of the one line)
+    "class names reordered": (lambda m: m["class_names"].reverse(), False, ["metadata", "sha256", "edited"]),
+    "threshold edited": (lambda m: m.update(operating={"threshold": 0.01}), False, ["metadata", "edited"]),
+    "mean as strings": (
+        lambda m: m["preprocessing"].update(mean=["0.5", "0.5", "0.5"]),
+        True,
+        ["preprocessing", "as numbers"],
+    ),
+    "a 60000 px resize": (lambda m: m["preprocessing"].update(resize_size=60000), True, ["resize_size <="]),
+    "a million class names": (
+        lambda m: m.update(class_names=[f"class-{i}" for i in range(10**6)] + [7]),
+        True,
+        ["class names are not a list", "more characters"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_metadata_is_one_readable_line_even_without_summary_json(trained, tmp_path, capsys, case):
+    data, run = trained
+    change, resign, fragments = TAMPERED[case]
+    copy = copy_run(run, tmp_path)
+    (copy / "summary.json").write_text("{not json")  # the run's check on the whole file cannot help
+    rewrite_metadata(copy / "model.safetensors", change, resign=resign)
+    assert main(["predict", str(copy), str(data / "red" / "red_0.png"), "--csv"]) == 2
+    out, err = capsys.readouterr()
+    assert not out
+    line = one_line(err)
+    assert all(f in line for f in fragments) and len(line) < 700, line[:2000]
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_unreadable_summary_is_said_in_one_line(trained, tmp_path, capsys, command):
+    data, run = trained
+    copy = copy_run(run, tmp_path)
+    (copy / "summary.json").write_text("{not json")
+    args = [str(data / "red" / "red_0.png"), "--csv"] if command == "predict" else [str(data)]
+    assert main([command, str(copy), *args]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "summary.json is not readable JSON" in warned[0], err
+    assert "own digest, which covers its tensors and metadata" in warned[0]
+
+
+def test_a_model_file_from_before_the_metadata_digest_still_loads_and_says_so(trained, tmp_path, capsys):
+    data, run = trained
+    lone = tmp_path / "model.safetensors"
+    shutil.copyfile(run / "model.safetensors", lone)
+    rewrite_metadata(lone, lambda m: [m.pop("sha256"), m.pop("operating")], resign=False)
+    assert main(["predict", str(lone), str(data / "red" / "red_0.png"), "--csv"]) == 0
+    err = capsys.readouterr().err
+    assert "no summary.json beside" in err and "its tensors only" in err, err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -303,3 +304,196 @@ def test_flag_parsing(flag, value):
         refused_in_one_line(err)
         return
     assert isinstance(args, argparse.Namespace) and config.data.path == "data"
+
+
+# ----------------------------------------------------------------------------- YAML: aliases, plans, numbers
+
+yaml_tokens = st.sampled_from(
+    ["a", "b", "lr", "name", ":", " ", "\n", "- ", "&x ", "*x", "&y ", "*y", "<<: ", "[", "]", "{", "}", ",",
+     "1e-3", "1E5", "-2e-2", "0.5", "3", "true", "null", "'", '"', "#", "!!python/object:os.system ", "  "]
+)
+
+
+@FUZZ
+@given(tokens=st.lists(yaml_tokens, max_size=40), copies=st.integers(1, 12))
+def test_yaml_reader_bounds_aliases_and_reads_numbers_one_way(tokens, copies):
+    """Any text: data, or one line (never a Python object from a tag, never an alias blown up)."""
+    from thaw.core import yaml_file
+
+    text = "".join(tokens) * copies
+    try:
+        value = yaml_file.load(text, "fuzz.yaml")
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    kinds = (dict, list, str, int, float, bool, type(None))
+    stack = [value]
+    while stack:  # plain data only, and small: every alias is counted
+        item = stack.pop()
+        assert isinstance(item, kinds), type(item)
+        if isinstance(item, str):  # 1e-3 is a number, in config.yaml and --plans alike
+            assert not re.fullmatch(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+", item)
+        if isinstance(item, dict):
+            stack += [*item.values(), *item]
+        elif isinstance(item, list):
+            stack += item
+
+
+plan_values = st.one_of(
+    st.sampled_from(["head", "all", "last:2", "groups:0,1", "cached", "online", "1e-3", "2", "-1", "cosine"]),
+    st.integers(-2, 100),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+)
+
+
+@FUZZ
+@given(
+    plans=st.lists(
+        st.dictionaries(
+            st.sampled_from(["name", "train", "lr", "lr_ratio", "epochs", "features", "views", "x"]),
+            plan_values,
+            max_size=5,
+        ),
+        max_size=60,
+    ),
+    alias=st.booleans(),
+)
+def test_plans_reader(tmp_path_factory, plans, alias):
+    import yaml
+
+    from thaw.core.strategies import read_plans
+
+    path = tmp_path_factory.mktemp("plans") / "plans.yaml"
+    text = yaml.safe_dump(plans)
+    if alias and plans:
+        text = "- &p " + text[2:] + "- *p\n" * 10 if text.startswith("- ") else text
+    path.write_text(text)
+    try:
+        raw = read_plans(str(path))
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    assert isinstance(raw, list) and 0 < len(raw) <= 50
+
+
+# ----------------------------------------------------------------------------- shards: tars and manifests
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 30, 30)).save(buf, format="png")
+    return buf.getvalue()
+
+
+member = st.tuples(
+    st.sampled_from(["a", "b", "c", "d/e", "../x", "f.g", ""]),
+    st.sampled_from(["png", "jpg", "cls", "json", "txt", "npy"]),
+    st.one_of(st.just(b"png"), st.sampled_from([b"0", b"1", b"7", b"x", b'{"label": 1}', b'{"label": "a"}'])),
+    st.one_of(st.none(), st.integers(0, 1 << 41)),  # a header that lies about its size
+)
+
+
+@FUZZ
+@given(
+    members=st.lists(member, max_size=10),
+    cut=st.one_of(st.none(), st.integers(0, 4096)),
+    flips=st.lists(st.tuples(st.integers(0, 8191), st.integers(0, 255)), max_size=4),
+    classes=st.one_of(st.none(), st.lists(st.sampled_from(["red", "blue", "", "red "]), max_size=4)),
+)
+def test_shard_reader(tmp_path_factory, members, cut, flips, classes):
+    """A tar of any members (repeated, lying sizes, cut short, bytes flipped) and any classes.json: samples
+    whose byte ranges lie inside the shard, or one line; never a hang (a lying header is refused)."""
+    import json
+    import tarfile
+    import time
+
+    from thaw.data.shards import find
+
+    folder = tmp_path_factory.mktemp("tar")
+    shard = folder / "train-000000.tar"
+    png = _png()
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for stem, ext, data, claimed in members:
+            data = png if data == b"png" else data
+            info = tarfile.TarInfo(f"{stem}.{ext}" if stem else ext)
+            info.size = len(data) if claimed is None else claimed
+            tar.addfile(info, io.BytesIO(data) if claimed is None else None)
+    raw = bytearray(shard.read_bytes())
+    for at, value in flips:
+        if at < len(raw):
+            raw[at] = value
+    shard.write_bytes(bytes(raw[:cut] if cut is not None else raw))
+    if classes is not None:
+        (folder / "classes.json").write_text(json.dumps(classes))
+    start = time.perf_counter()
+    try:
+        sources = find(str(shard))
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    finally:
+        assert time.perf_counter() - start < 10
+    size = shard.stat().st_size
+    for it in sources.items:
+        assert 0 <= it.source.offset and it.source.offset + it.source.size <= size
+    assert len({it.key for it in sources.items}) == len(sources.items)
+
+
+@pytest.fixture(scope="module")
+def written_shards(tmp_path_factory, images) -> Path:
+    from thaw.cli import main
+
+    out = tmp_path_factory.mktemp("written") / "shards"
+    assert main(["shards", str(images), "--out", str(out), "--shard-size", "100"]) == 0
+    return out
+
+
+manifest_value = st.one_of(
+    st.integers(-5, 1 << 40),
+    st.sampled_from(["../x.tar", "/etc/passwd", "train-000000.tar", "http://h/x.tar", "a.png", "", "0"]),
+    st.none(),
+    st.lists(st.integers(0, 10), max_size=3),
+)
+
+
+@FUZZ
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(["file", "split", "samples", "row", "key", "member", "offset", "size"]),
+                  manifest_value),
+        max_size=4,
+    )
+)
+def test_manifest_reader(written_shards, tmp_path_factory, edits):
+    """Any edit to a manifest thaw wrote: samples inside their own shards, or one line."""
+    import json
+    import shutil
+
+    from thaw.data.shards import find
+
+    copy = Path(shutil.copytree(written_shards, tmp_path_factory.mktemp("m") / "shards"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["shards"][0]
+    for field, value in edits:
+        row = entry["samples"][0] if isinstance(entry.get("samples"), list) and entry["samples"] else None
+        index = {"key": 0, "member": 1, "offset": 2, "size": 3}.get(field)
+        if index is not None and isinstance(row, list) and len(row) == 5:
+            row[index] = value
+        elif field == "row" and isinstance(entry.get("samples"), list):
+            entry["samples"].append(value)
+        elif field in ("file", "split", "samples"):
+            entry[field] = value
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        sources = find(str(copy))
+    except ThawError as err:
+        refused_in_one_line(err)
+        return
+    for it in sources.items:
+        shard = Path(it.source.url)
+        assert shard.resolve().parent == copy.resolve()
+        assert 0 <= it.source.offset and it.source.offset + it.source.size <= shard.stat().st_size

@@ -17,6 +17,7 @@ from types import ModuleType
 from thaw.core import run_folder
 from thaw.core.errors import ThawError
 from thaw.core.run_folder import final_path, resumable
+from thaw.cli.flags import readable
 from thaw.core.run_log import log_format
 from thaw.version import __version__
 
@@ -146,6 +147,7 @@ def reporting(name: str):
 def _error(message: str, run, prefix: str = "thaw: error: ") -> None:
     """One line on stderr; when a run was being written, where it is, and how to continue it when
     ``thaw resume`` can (its start files are written and its final name is free)."""
+    message = readable(message)  # the one place an error line is printed: cut here, where to continue kept
     if resumable(run):
         message += f"; the run so far is in {run}: continue it with `thaw resume {run}`"
     elif run is not None and run.is_dir() and not final_path(run).exists():

@@ -27,7 +27,7 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0, or :data:`SOME_FAILED` when some images could not be read (the metrics leave them out)."""
-    e = evaluate_run(args.run, args.data, args.format, tta=args.tta)
+    e = evaluate_run(args.run, args.data, args.format, tta=args.tta, warn=warn)
     if e.skipped:
         warn(f"skipped {len(e.skipped)} undecodable image(s): {', '.join(e.skipped[:5])}")
     print_lines(evaluation_lines(e))

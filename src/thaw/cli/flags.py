@@ -136,7 +136,18 @@ def log_format_flag(p: argparse.ArgumentParser) -> None:
 
 
 def warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
+    print(f"warning: {readable(text)}", file=sys.stderr)
+
+
+MAX_LINE = 600  # characters of one error or warning line: a value a file gave (10^6 class names) is cut
+
+
+def readable(text: str) -> str:
+    """``text`` on one line and at most ``MAX_LINE`` characters, saying how much was cut."""
+    text = " ".join(str(text).split())
+    if len(text) <= MAX_LINE:
+        return text
+    return f"{text[: MAX_LINE - 40]} ... ({len(text) - MAX_LINE + 40} more characters)"
 
 
 def print_lines(lines: list[str]) -> None:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from thaw.use.predict import Predictor  # torch: only for a run folder (an .onnx file needs none)
 
-        predictor = Predictor.load(args.run)
+        predictor = Predictor.load(args.run, warn)
     preds = predictor.predict_paths(args.images, tta=args.tta)
     decision = predictor.decision()  # a binary threshold decides against the argmax: say which and why
     if not decision.startswith("argmax") and (args.csv or args.jsonl):

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from thaw.core import yaml_file
 from thaw.core.augment_policy import parse as parse_augment
 from thaw.core.errors import ThawError
 
@@ -103,6 +104,11 @@ class DataConfig:
     )
     crop_scale_min: float = setting(0.5, "smallest area share of a random resized crop")
     strict_images: bool = setting(False, "stop on an undecodable image instead of skipping it")
+    trust_pickle: bool = setting(
+        False,
+        "read a LitData dataset whose fields LitData unpickles (this runs code stored in the dataset: only "
+        "for a dataset you made yourself)",
+    )
     labels_per_class: int | None = setting(
         None, "label budget: train on K labelled images per class (the rest of train: unlabelled)"
     )
@@ -474,42 +480,10 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise ThawError(f"config file {path} does not exist")
-        try:
-            raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
-        except yaml.YAMLError as err:
-            raise ThawError(f"config file {path} is not valid YAML{_yaml_where(err)}") from err
+        raw = yaml_file.load_file(path, f"config file {path}") or {}
         if not isinstance(raw, dict):
             raise ThawError(f"config file {path} must hold a mapping (data:, model:, phase1:, ...)")
         return cls.from_dict(raw, source=str(path))
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load``, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool | None):
-                continue  # left to the mapping's own checks
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} appears twice (lines {seen[key]} and "
-                    f"{key_node.start_mark.line + 1}); keep one",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def _yaml_where(err: yaml.YAMLError) -> str:
-    """`` at line L, column C: problem`` of a YAML error, on one line."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{where}: {' '.join(str(problem).split())}"
 
 
 def _numbers(config: Any, prefix: str = ""):

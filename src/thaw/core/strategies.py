@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from thaw.core import yaml_file
 from thaw.core.config import (
     BN_POLICIES,
     LR,
@@ -26,12 +25,12 @@ from thaw.core.config import (
     SCHEDULES,
     PhaseConfig,
     RunConfig,
-    _yaml_where,
     unfreeze_groups,
 )
 from thaw.core.errors import ThawError
 
 REGULARIZERS = ("none", "l2-sp")
+MAX_PLANS = 50  # a list of plans is a recipe, a handful long; thousands are a mistake or an attack
 FEATURES = ("online", "cached")
 
 
@@ -477,6 +476,11 @@ def plans_from(raw: Any, where: str) -> list[PhasePlan]:
             f"{where}: must be a list of plans, each a mapping of plan settings, e.g. "
             f"[{{name: phase1, train: head, features: cached}}, {{name: phase2, train: all, lr: 0.001}}]"
         )
+    if len(raw) > MAX_PLANS:
+        raise ThawError(
+            f"{where}: {len(raw)} plans, over thaw's cap of {MAX_PLANS} (a recipe is a handful of plans); "
+            f"split the study into several runs"
+        )
     try:
         return check_plans([PhasePlan.from_dict(r) for r in raw])
     except ThawError as err:
@@ -488,10 +492,7 @@ def read_plans(path: str) -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
         raise ThawError(f"--plans {path}: no such file; give a YAML list of plans (see thaw strategies)")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise ThawError(f"--plans {path} is not valid YAML{_yaml_where(err)}") from None
+    raw = yaml_file.load_file(file, f"--plans {path}")
     plans_from(raw, f"--plans {path}")
     return raw
 

@@ -171,7 +171,7 @@ def compute(
 
 def _shrink(path: Path, rows: int) -> None:
     """Keep the first ``rows`` rows of the ``.npy`` array in ``path``, copied in chunks: memory stays flat."""
-    full = np.load(path, mmap_mode="r")
+    full = np.load(path, mmap_mode="r", allow_pickle=False)
     tmp = path.with_name(path.stem + ".tmp.npy")
     trimmed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, full.shape[1]))
     for start in range(0, rows, 4096):
@@ -253,8 +253,8 @@ def feature_identity(
 
 def _read(folder: Path, meta: dict) -> Features:
     """The complete entry in ``folder``; raises ValueError when its rows, labels and keys disagree."""
-    x = np.load(folder / "x.npy", mmap_mode="r")
-    labels = np.load(folder / "labels.npy")
+    x = np.load(folder / "x.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(folder / "labels.npy", allow_pickle=False)
     keys = json.loads((folder / "keys.json").read_text())
     if x.shape[0] != len(labels) or len(labels) != len(keys) * meta["views"]:
         raise ValueError(f"{x.shape[0]} rows, {len(labels)} labels, {len(keys)} keys")

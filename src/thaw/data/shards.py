@@ -27,11 +27,12 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -43,6 +44,7 @@ from thaw.data.sources import SPLIT_ALIASES, SPLITS, Item, Sources
 MANIFEST, CLASSES = "manifest.json", "classes.json"
 IMAGE_MEMBERS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif", "npy")
 TIMEOUT = 60  # seconds for one HTTP request
+MEMBER_NAME = re.compile(r"(?:[^/]+/)*[^./]+\.[A-Za-z0-9]+")  # <key>.<ext>, as scan finds them
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,7 @@ def locate(spec: str) -> tuple[list[tuple[str, str | None, list]], dict]:
     """Every shard of ``spec`` with its split and samples (key, member, offset, size, label), and the
     manifest (empty where there is none): a folder's shards are the manifest's when it has one."""
     base = _base(spec)
-    raw = read_small(f"{base}/{MANIFEST}")
-    manifest = json.loads(raw) if raw else {}
+    manifest = read_manifest(base)
     listed = {f"{base}/{e['file']}": e for e in manifest.get("shards", [])}
     folder = spec.endswith("/") or not is_remote(spec) and Path(spec).is_dir()
     if folder and not listed:
@@ -265,22 +266,78 @@ def locate(spec: str) -> tuple[list[tuple[str, str | None, list]], dict]:
     for url in urls:
         entry = listed.get(url)
         if entry is not None:
-            _check_exists(url)
-            shards.append((url, entry.get("split") or shard_split(url), entry["samples"]))
+            samples = _within(url, entry["samples"], byte_size(url))
+            shards.append((url, entry.get("split") or shard_split(url), samples))
         else:
             shards.append((url, shard_split(url), scan(url)))
     return shards, manifest
 
 
-def _check_exists(url: str) -> None:
+def read_manifest(base: str) -> dict:
+    """``manifest.json`` of the shards in ``base`` ({} where there is none), its shape checked: every entry
+    names a shard inside ``base`` (a relative path, no ``..``), with samples of five fields."""
+    raw = read_small(f"{base}/{MANIFEST}")
+    if not raw:
+        return {}
+    where = f"{base}/{MANIFEST}"
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ThawError(f"{where} is not JSON ({err}); write the shards again (thaw shards)") from None
+    entries = manifest.get("shards", []) if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ThawError(f"{where}: expected a mapping with a list of shards; write the shards again")
+    for e in entries:
+        file = e.get("file")
+        parts = PurePosixPath(file).parts if isinstance(file, str) else ()
+        if not parts or PurePosixPath(file).is_absolute() or ".." in parts or "\\" in file or ":" in file:
+            raise ThawError(
+                f"{where}: shard {str(file)[:80]!r} is not a file inside {base} (a relative name such as "
+                f"train-000000.tar); a manifest names only its own shards"
+            )
+        if e.get("split") not in (None, "", *SPLITS):
+            split = str(e.get("split"))[:40]
+            raise ThawError(f"{where}: shard {file}: split {split!r} is not one of {', '.join(SPLITS)}")
+        samples = e.get("samples")
+        litdata = manifest.get("format") == "thaw-litdata" and isinstance(samples, int)
+        if not litdata and not (
+            isinstance(samples, list) and all(isinstance(x, list) and len(x) == 5 for x in samples)
+        ):
+            raise ThawError(f"{where}: shard {file}: samples are not [key, member, offset, size, label] rows")
+    return manifest
+
+
+def byte_size(url: str) -> int | None:
+    """The byte size of a shard (None where the server does not say); a missing shard is refused."""
     if not is_remote(url):
         if not Path(url).is_file():
             raise ThawError(f"shard {url} does not exist; the manifest lists it (copy it back, or rewrite)")
-        return
+        return Path(url).stat().st_size
     if url.startswith(("http://", "https://")):
-        _http(url, {"Range": "bytes=0-0"}).close()
-    elif not _fsspec(url).exists(url):
+        with _http(url, {"Range": "bytes=0-0"}) as response:
+            total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+            return int(total) if total.isdigit() else None
+    fs = _fsspec(url)
+    if not fs.exists(url):
         raise ThawError(f"shard {url} does not exist")
+    return fs.size(url)
+
+
+def _within(url: str, samples: list, size: int | None) -> list:
+    """The manifest's samples of shard ``url``, each a member of that shard: a plain ``<key>.<ext>`` name
+    and a byte range (whole numbers) inside the shard's ``size`` bytes; else one line naming the sample."""
+    for key, name, offset, length, _ in samples:
+        if not isinstance(key, str) or not key:
+            raise ThawError(f"shard {url}: sample key {str(key)[:80]!r} is not text; write the shards again")
+        whole = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, length))
+        if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name) or ".." in name:
+            raise ThawError(f"shard {url}, sample {str(key)[:80]}: member {str(name)[:80]!r} is not a name")
+        if not whole or size is not None and offset + length > size:
+            raise ThawError(
+                f"shard {url}, sample {str(key)[:80]}: bytes {offset}+{length} lie outside the shard "
+                f"({size} bytes); the manifest does not describe this shard: write the shards again"
+            )
+    return samples
 
 
 # ---- reading a shard once, from start to end
@@ -292,20 +349,52 @@ def scan(url: str) -> list[list]:
     groups: dict[str, dict] = {}
     try:
         with open_whole(url) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+            total = _open_size(fh)
             for info in tar:
+                # before tarfile skips to the next header: a header claiming 1 TiB would be read to its end
+                if total is not None and info.offset_data + info.size > total:
+                    raise ThawError(
+                        f"shard {url} is not a readable tar file: member {info.name[:80]} claims {info.size} "
+                        f"bytes from byte {info.offset_data}, past the end of the file ({total} bytes; "
+                        f"truncated or damaged); write it again"
+                    )
                 match = re.match(r"^((?:.*/)?[^./]+)\.([^/]+)$", info.name)
                 if not info.isfile() or not match:
                     continue
                 group, ext = groups.setdefault(match.group(1), {}), match.group(2).lower()
-                if ext in IMAGE_MEMBERS:
+                slot = "member" if ext in IMAGE_MEMBERS else ext if ext in ("cls", "json") else None
+                if slot in group:
+                    first = group["names"][slot]
+                    raise ThawError(
+                        f"shard {url}: members {first[:80]} and {info.name[:80]} give sample "
+                        f"{match.group(1)[:80]} two {'images' if slot == 'member' else '.' + slot}; keep one"
+                    )
+                if slot is not None:
+                    group.setdefault("names", {})[slot] = info.name
+                if slot == "member":
                     group["member"] = (info.name, info.offset_data, info.size)
-                elif ext in ("cls", "json"):
+                elif slot is not None:
                     group[ext] = tar.extractfile(info).read()
     except (tarfile.TarError, EOFError) as err:
         raise ThawError(f"shard {url} is not a readable tar file ({err}); write it again") from None
     except OSError as err:
         raise ThawError(f"cannot read shard {url} ({err}); check the path or the network") from None
     return [_sample(url, key, group) for key, group in groups.items()]
+
+
+def _open_size(fh) -> int | None:
+    """The byte size of an open shard: a local file's, an HTTP response's ``Content-Length``, fsspec's."""
+    try:
+        status = os.fstat(fh.fileno())
+        if stat.S_ISREG(status.st_mode):  # not an HTTP response's socket (whose st_size is 0)
+            return status.st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    length = getattr(fh, "headers", {}).get("Content-Length") if hasattr(fh, "headers") else None
+    if length is not None:
+        return int(length) if str(length).isdigit() else None
+    size = getattr(fh, "size", None)
+    return size if isinstance(size, int) else None
 
 
 def _sample(url: str, key: str, group: dict) -> list:
@@ -340,11 +429,7 @@ def find(path: str | Path) -> Sources:
             items.append(Item(key, label, split, source=Member(url, int(offset), int(size), name)))
     if not items:
         raise ThawError(f"{spec}: the shards hold no samples")
-    keys = {it.key for it in items}
-    if len(keys) < len(items):
-        raise ThawError(
-            f"{spec}: {len(items) - len(keys)} sample key(s) appear twice; give each image one key"
-        )
+    _check_unique(items)
     unsplit = [url for url, split, _ in shards if split is None]
     name = manifest.get("name") or Path(_base(spec).rstrip("/")).name or "shards"
     sources = Sources(name, class_names, items, split_origin="shards", multilabel=multilabel)
@@ -358,7 +443,39 @@ def find(path: str | Path) -> Sources:
     return sources
 
 
+def _check_unique(items: list[Item]) -> None:
+    """Each sample key once in the whole dataset; a repeat names both members that carry it."""
+    seen: dict[str, Item] = {}
+    for it in items:
+        first = seen.setdefault(it.key, it)
+        if first is not it:
+            raise ThawError(
+                f"sample key {it.key[:80]} appears twice: {_where(first)} and {_where(it)}; give each image "
+                f"one key (write the shards again)"
+            )
+
+
+def _where(it: Item) -> str:
+    source = it.source
+    if isinstance(source, Member):
+        return f"{source.url}#{source.name}"
+    return f"{source.folder}#{source.index}" if isinstance(source, LitSample) else it.key
+
+
 def _class_names(spec: str, manifest: dict, shards: list) -> list[str]:
+    names = _listed_names(spec, manifest, shards)
+    where = f"{_base(spec)}/{CLASSES}"
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ThawError(f"{where}: class name {str(name)[:80]!r} is empty or not text; name every class")
+        if name in seen:
+            raise ThawError(f"{where}: class {name[:80]!r} is listed twice; each class once, in label order")
+        seen.add(name)
+    return names
+
+
+def _listed_names(spec: str, manifest: dict, shards: list) -> list[str]:
     raw = read_small(f"{_base(spec)}/{CLASSES}")
     if raw is not None:
         try:
@@ -421,6 +538,13 @@ def write(config: DataConfig, out: Path, shard_size: str = "1000", kind: str = "
     count, size = parse_shard_size(shard_size)
     out = Path(out)
     check_out(out)
+    data = Path(config.path)
+    if config.path and not is_remote(config.path) and data.is_dir():
+        if out.resolve().is_relative_to(data.resolve()):
+            raise ThawError(
+                f"--out {out} is inside the data it reads ({data}): the next thaw fit {data} would read "
+                f"the shards as images; give --out outside {data}"
+            )
     sources = found.discover(config)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -534,6 +658,84 @@ def _encoded(it: Item, n: int, split: str) -> dict:
 # ---- LitData's optimized format
 
 
+SAFE_SERIALIZERS = frozenset(
+    {"bytes", "str", "text", "int", "float", "bool", "file", "json", "pil", "jpeg", "image", "numpy"}
+    | {"no_header_numpy", "tensor", "no_header_tensor"}
+)
+"""LitData's serializers that decode plain bytes, numbers, text, JSON, arrays and images, none of which
+unpickles. ``pickle`` (and ``graph``, which falls back to it) runs code from the dataset while reading it;
+the rest (video, audio, nifti, mesh, pdf, tifffile) hand the bytes to third-party decoders thaw does not
+need. A dataset whose fields use any other is refused unless the user trusts it (``--trust-pickle``)."""
+
+
+def lit_formats(folder: str) -> dict[str, str]:
+    """The serializer of every field of the LitData dataset in ``folder``, by field name, read from its
+    ``index.json`` (as LitData resolves ``a:b``: ``b`` where it names a serializer, else ``a``)."""
+    from litdata.streaming.serializers import _SERIALIZERS  # the names LitData resolves against
+
+    try:
+        config = json.loads(Path(folder, "index.json").read_bytes())["config"]
+        formats = [str(f) for f in config["data_format"]]
+        spec = json.loads(config["data_spec"]) if config.get("data_spec") else None
+        spec = spec[-1] if isinstance(spec, list) and spec else spec  # [protocol, treespec]
+        names = json.loads(spec["context"]) if isinstance(spec, dict) and spec.get("context") else None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ThawError(
+            f"{folder}: not a readable LitData dataset ({err!r}); write it with thaw shards"
+        ) from None
+    if not isinstance(names, list) or len(names) != len(formats):
+        names = [f"field {i}" for i in range(len(formats))]
+
+    def key(fmt: str) -> str:
+        head, _, sub = fmt.partition(":")
+        return sub if sub in _SERIALIZERS else head
+
+    return {str(name): key(fmt) for name, fmt in zip(names, formats)}
+
+
+def check_serializers(folder: str, trust_pickle: bool) -> None:
+    """Refuse, before any chunk is read, a LitData dataset with a field LitData would unpickle (or hand to
+    a decoder outside :data:`SAFE_SERIALIZERS`), unless ``trust_pickle``."""
+    if trust_pickle:
+        return
+    for field, serializer in lit_formats(folder).items():
+        if serializer not in SAFE_SERIALIZERS:
+            why = "unpickles: reading it would run code from the dataset"
+            why = why if serializer in ("pickle", "graph") else "thaw does not read"
+            raise ThawError(
+                f"{folder}: field {field[:80]!r} is stored with LitData's {serializer[:40]!r} serializer, "
+                f"which {why}; "
+                f"rewrite it with bytes, numbers and JSON (thaw shards --shard-format litdata), or pass "
+                f"--trust-pickle if you made this dataset yourself"
+            )
+
+
+class _Refused:
+    """Stands in for every LitData serializer outside :data:`SAFE_SERIALIZERS` while a dataset is read
+    untrusted: a chunk field of that kind raises instead of being decoded (a second line of defence,
+    behind :func:`check_serializers`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def setup(self, data_format: str) -> None:
+        pass
+
+    def deserialize(self, data: bytes):
+        raise ThawError(
+            f"a LitData field uses the {self.name!r} serializer; thaw reads it only with --trust-pickle"
+        )
+
+    def can_serialize(self, item) -> bool:
+        return False
+
+
+def _refusing() -> dict:
+    from litdata.streaming.serializers import _SERIALIZERS
+
+    return {name: _Refused(name) for name in _SERIALIZERS if name not in SAFE_SERIALIZERS}
+
+
 @dataclass(frozen=True)
 class LitSample:
     """Sample ``index`` of the LitData dataset in ``folder`` (its ``index.json`` and chunks): ``image``
@@ -542,9 +744,10 @@ class LitSample:
     folder: str
     index: int
     name: str = ""
+    trust_pickle: bool = False
 
     def open(self) -> np.ndarray | Blob:
-        image = _lit_dataset(self.folder)[self.index]["image"]
+        image = _lit_dataset(self.folder, self.trust_pickle)[self.index]["image"]
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             if self.name.endswith(".npy"):
@@ -561,15 +764,17 @@ class LitSample:
         return f"{self.folder}:{self.index}{stamp}"
 
 
-_LIT: dict[tuple[str, int], object] = {}  # (folder, pid) -> the open StreamingDataset
+_LIT: dict[tuple[str, int, bool], object] = {}  # (folder, pid, trusted) -> the open StreamingDataset
 
 
-def _lit_dataset(folder: str):
-    key = (folder, os.getpid())
+def _lit_dataset(folder: str, trust_pickle: bool = False):
+    key = (folder, os.getpid(), trust_pickle)
     if key not in _LIT:
         litdata = _extra("litdata")
+        check_serializers(folder, trust_pickle)
         try:
-            _LIT[key] = litdata.StreamingDataset(folder)
+            serializers = None if trust_pickle else _refusing()
+            _LIT[key] = litdata.StreamingDataset(folder, serializers=serializers)
         except (AssertionError, FileNotFoundError, ValueError, OSError) as err:
             raise ThawError(
                 f"{folder}: not a readable LitData dataset ({err}); write it with thaw shards"
@@ -585,24 +790,26 @@ def claims_litdata(path: str) -> bool:
     )
 
 
-def find_litdata(path: str | Path) -> Sources:
+def find_litdata(path: str | Path, trust_pickle: bool = False) -> Sources:
     """The items of a LitData dataset: split folders (``train/``, ``val/``, ``test/``, each with its
     ``index.json``) or one folder (then a ``--split-file`` splits it); ``classes.json`` beside them. Each
-    sample is read once here for its label and key (a ``meta`` JSON string: ``key``, ``label``, ``name``)."""
+    sample is read once here for its label and key (a ``meta`` JSON string: ``key``, ``label``, ``name``).
+    A field LitData would unpickle is refused before any chunk is read, unless ``trust_pickle``."""
     root = str(path).rstrip("/")
     parts = [(str(d), found.split_name(d.name, root)) for d in _split_dirs(Path(root))]
     parts = [(d, s) for d, s in parts if (Path(d) / "index.json").is_file()] or [(root, None)]
     manifest = json.loads(read_small(f"{root}/{MANIFEST}") or b"{}")
     items = []
     for folder, split in parts:
-        dataset = _lit_dataset(folder)
+        dataset = _lit_dataset(folder, trust_pickle)
         for i in range(len(dataset)):
             sample = dataset[i]
             meta = json.loads(sample["meta"]) if isinstance(sample.get("meta"), str) else {}
             label = meta.get("label", sample.get("label"))
             label = label.item() if hasattr(label, "item") else label
             key = meta.get("key") or f"{folder}#{i}"
-            items.append(Item(key, label, split, source=LitSample(folder, i, meta.get("name", ""))))
+            source = LitSample(folder, i, meta.get("name", ""), trust_pickle)
+            items.append(Item(key, label, split, source=source))
     samples = [[it.key, "", 0, 0, it.label] for it in items]
     class_names = _class_names(root + "/", manifest, [(root, None, samples)])
     multilabel = bool(manifest.get("multilabel"))
@@ -637,3 +844,4 @@ def _write_litdata(
 
 found.FINDERS.update(shards=find, litdata=find_litdata)
 found.CLAIMS.update(shards=claims, litdata=claims_litdata)
+found.TRUSTING.add("litdata")

@@ -65,7 +65,7 @@ class Sources:
 def discover(config: DataConfig) -> Sources:
     """Find the images and labels at ``config.path`` and give every item a split: the split file's, the
     data's own, or a stratified one seeded by ``config.split_seed``."""
-    sources = find(config.path, config.format)
+    sources = find(config.path, config.format, config.trust_pickle)
     if config.split_file:
         apply_split_file(sources, Path(config.split_file))
     elif sources.needs_split:
@@ -76,13 +76,14 @@ def discover(config: DataConfig) -> Sources:
     return sources
 
 
-def find(path: str, fmt: str = "auto") -> Sources:
-    """The labelled items at ``path``, in the layout ``fmt`` (``auto``: detected), splits as given."""
+def find(path: str, fmt: str = "auto", trust_pickle: bool = False) -> Sources:
+    """The labelled items at ``path``, in the layout ``fmt`` (``auto``: detected), splits as given.
+    ``trust_pickle``: read a dataset whose format would unpickle (LitData's pickle serializer)."""
     if path.startswith("builtin:"):
         return builtin(path.removeprefix("builtin:"))
     for name, claims in CLAIMS.items():  # data that is not a local path (URLs, patterns) first
         if fmt == name or fmt == "auto" and claims(path):
-            return FINDERS[name](path)
+            return FINDERS[name](path, trust_pickle) if name in TRUSTING else FINDERS[name](path)
     if not path or not Path(path).exists():
         raise ThawError(
             f"data path {path!r} does not exist; give a folder of class subfolders, a folder with train/ "
@@ -365,6 +366,7 @@ def _check_npz_arrays(path: Path, split: str, images: np.ndarray, labels: np.nda
 
 FINDERS = {"split-folders": _split_folders, "folder": _class_folder, "csv": _csv, "npz": _npz}
 CLAIMS: dict = {}  # format -> whether a path is data of that format (thaw.data.shards adds its own)
+TRUSTING: set = set()  # formats whose finder takes trust_pickle (a format that can hold pickles)
 
 
 def evaluation_items(path: str, fmt: str = "auto") -> tuple[list[Item], str, list[str]]:

@@ -141,7 +141,7 @@ def _write(partial: Path, items, pre, channels, strict, workers, window) -> dict
 def _read(folder: Path, meta: dict) -> tuple[Decoded, list[str], list[str]]:
     """The complete entry in ``folder``: the decoded split, the files that failed, the keys of deeper
     images. Raises ValueError when its index and pixel file disagree (a truncated store)."""
-    index = np.load(folder / "index.npz")
+    index = np.load(folder / "index.npz", allow_pickle=False)  # never unpickle, as every reader
     offsets, shapes, labels = index["offsets"], index["shapes"], index["labels"]
     keys = list(meta["keys"])
     if not len(offsets) == len(shapes) == len(labels) == len(keys):

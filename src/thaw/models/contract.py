@@ -57,6 +57,9 @@ class Classifier(nn.Module):
         self.spec = spec
         self.preprocessing = preprocessing
         self.class_names = list(class_names or [str(i) for i in range(spec.num_classes)])
+        # a loaded model file's decision threshold(s) and whether its own digest covers its metadata
+        self.operating: dict | None = None
+        self.metadata_checked = True
         self.norm_kind = norm_kind(backbone)
         # backbone parameter names (as in ``backbone.named_parameters()``) that get no weight decay besides
         # the 1-d ones: position embeddings and tokens, as the backbone's own source declares them

@@ -1,8 +1,14 @@
 """A trained classifier as one ``.safetensors`` file that rebuilds itself, with no config and no download.
 
-The file checks itself: its metadata holds the sha256 of its tensors (names, types, shapes and values), and
-every load compares it, and checks the class names, the task and the preprocessing against the tensors,
-whether the file sits in its run folder or was copied on its own.
+The file checks itself: its metadata holds ``sha256``, the digest of its tensors (names, types, shapes and
+values) AND of every metadata value that changes a prediction (the spec, the class names in order, the
+preprocessing, the task, the decision threshold(s) the run chose); every load compares it, so class names
+reordered or a threshold edited in the file is refused, whether the file sits in its run folder or was
+copied on its own. Each value is then checked against the tensors and for its type and range.
+
+A file written before the digest covered the metadata (it has ``tensors_sha256`` alone) still loads: its
+tensors are checked, and :func:`covers_metadata` says its metadata is not, so ``thaw predict`` warns when
+no ``summary.json`` (whose ``model_sha256`` is of the whole file) vouches for it.
 """
 
 from __future__ import annotations
@@ -10,18 +16,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 
 from thaw.core.config import ModelConfig
 from thaw.core.errors import ThawError
-from thaw.core.preprocessing import Preprocessing
+from thaw.core.preprocessing import Preprocessing, max_side, number, valid
 from thaw.models.build import build_classifier
 from thaw.models.contract import Classifier, ModelSpec
 
 
-def save_model(model: Classifier, path: Path) -> None:
-    """A safetensors file that rebuilds itself: spec, class names and preprocessing in the metadata."""
+def save_model(model: Classifier, path: Path, operating: dict | None = None) -> None:
+    """A safetensors file that rebuilds itself: spec, class names, preprocessing and the run's decision
+    threshold(s) (``operating``: ``threshold``, ``thresholds``, ``rule``) in the metadata, all under
+    its ``sha256``."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -30,8 +37,10 @@ def save_model(model: Classifier, path: Path) -> None:
         "preprocessing": dataclasses.asdict(model.preprocessing),
         "class_names": model.class_names,
         "task": "multilabel" if model.spec.multilabel else "single-label",
+        "operating": _operating(operating),
         "tensors_sha256": tensors_sha256(state),
     }
+    meta["sha256"] = content_sha256(meta)
     check_metadata(meta["spec"], meta["class_names"], meta["preprocessing"], state, "the model")
     bad = non_finite(state)
     if bad:
@@ -62,6 +71,40 @@ def tensors_sha256(state: dict) -> str:
     return digest.hexdigest()
 
 
+COVERED = ("spec", "class_names", "preprocessing", "task", "operating", "tensors_sha256")
+
+
+def content_sha256(meta: dict) -> str:
+    """The model's digest: of its tensors (their own sha256) and of the metadata that changes a
+    prediction, as canonical JSON (sorted keys), so that any edit of either changes it."""
+    covered = {key: meta.get(key) for key in COVERED}
+    return hashlib.sha256(json.dumps(covered, sort_keys=True).encode()).hexdigest()
+
+
+def covers_metadata(meta: dict) -> bool:
+    """Whether the file's own digest covers its metadata (files written before it did hold only
+    ``tensors_sha256``)."""
+    return "sha256" in meta
+
+
+def _operating(operating: dict | None) -> dict | None:
+    """What of a run's operating point a prediction uses: the threshold(s) and how they were chosen."""
+    if not operating:
+        return None
+    return {key: operating.get(key) for key in ("threshold", "thresholds", "rule")}
+
+
+def _short(value, limit: int = 200) -> str:
+    """``repr(value)`` cut for a message: a file's metadata can be megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _names(names: list, shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{', '.join(str(n) for n in names[:shown])}{more}"
+
+
 HEAD_WEIGHT = "head.1.weight"  # the linear head of every Classifier: [outputs, features]
 
 
@@ -76,37 +119,31 @@ def check_metadata(spec: dict, class_names, pre: dict, state: dict, where: str) 
     if outputs is not None and outputs != num_classes:
         raise ThawError(f"{where}: its head has {outputs} outputs but its metadata says {num_classes}; {fix}")
     if not isinstance(class_names, list) or not all(isinstance(c, str) and c for c in class_names):
-        raise ThawError(f"{where}: its class names are not a list of names ({class_names!r}); {fix}")
+        raise ThawError(f"{where}: its class names are not a list of names ({_short(class_names)}); {fix}")
     if len(class_names) != num_classes:
         raise ThawError(
-            f"{where}: {len(class_names)} class name(s) ({', '.join(class_names[:5])}) for a head of "
+            f"{where}: {len(class_names)} class name(s) ({_names(class_names)}) for a head of "
             f"{num_classes} outputs; {fix}"
         )
     if len(set(class_names)) != len(class_names):
-        raise ThawError(f"{where}: its class names repeat ({', '.join(class_names)}); {fix}")
+        twice = sorted({c for c in class_names if class_names.count(c) > 1}) if num_classes < 1000 else []
+        raise ThawError(f"{where}: its class names repeat ({_names(twice or class_names)}); {fix}")
     if not isinstance(spec.get("multilabel", False), bool):
-        raise ThawError(f"{where}: its task (multilabel {spec.get('multilabel')!r}) is not a yes/no; {fix}")
+        task = _short(spec.get("multilabel"))
+        raise ThawError(f"{where}: its task (multilabel {task}) is not a yes/no; {fix}")
     if num_classes < 2 and not spec.get("multilabel"):
         raise ThawError(f"{where}: a single-label model needs 2 or more classes, it has 1; {fix}")
     channels = spec.get("in_channels", 3)
-    try:
-        mean, std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
-        size, resize = pre["size"], pre["resize_size"]
-        ok = (
-            len(mean) == len(std) == channels
-            and all(math.isfinite(v) for v in mean + std)
-            and all(v > 0 for v in std)
-            and isinstance(size, int)
-            and isinstance(resize, int)
-            and 0 < size <= resize
-            and pre.get("interpolation", "bilinear") in ("bilinear", "bicubic", "nearest")
-        )
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
+    image_size = spec.get("image_size")
+    if image_size is not None and not (
+        isinstance(image_size, int) and not isinstance(image_size, bool) and 0 < image_size <= max_side(3)
+    ):
+        raise ThawError(f"{where}: its image size {_short(image_size)} is not a size in pixels; {fix}")
+    if not valid(pre, channels):
         raise ThawError(
-            f"{where}: its preprocessing ({pre!r}) does not fit a {channels}-channel input "
-            f"(a mean and a positive std per channel, 0 < size <= resize_size); {fix}"
+            f"{where}: its preprocessing ({_short(pre)}) does not fit a {channels}-channel input (a mean "
+            f"and a positive std per channel, as numbers; 0 < size <= resize_size <= {max_side(channels)}); "
+            f"{fix}"
         )
 
 
@@ -133,7 +170,33 @@ def load_model(path: str | Path) -> Classifier:
         raise ThawError(f"{path}: its tensors do not fit {spec.name} ({str(err).splitlines()[0]})") from err
     model.spec = spec
     model.preprocessing = Preprocessing(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
+    model.operating, model.metadata_checked = meta.get("operating"), covers_metadata(meta)
     return model.eval()
+
+
+def check_operating(operating, class_names: list[str], where: str) -> None:
+    """The decision threshold(s) a model file carries: a probability, one per label name, or none."""
+    if operating is None:
+        return
+
+    def probability(v) -> bool:
+        return number(v) and 0 <= v <= 1
+
+    given = operating if isinstance(operating, dict) else {}
+    threshold, thresholds = given.get("threshold"), given.get("thresholds")
+    values = thresholds.values() if isinstance(thresholds, dict) else [-1]
+    per_label = thresholds is None or set(thresholds) == set(class_names) and all(map(probability, values))
+    ok = (
+        isinstance(operating, dict)
+        and (threshold is None or probability(threshold))
+        and per_label
+        and isinstance(given.get("rule") or "", str)
+    )
+    if not ok:
+        raise ThawError(
+            f"{where}: its decision threshold ({_short(operating)}) is not a probability (0 to 1) per "
+            f"label; restore the file written by `thaw fit`, or train again"
+        )
 
 
 def _read_checked(path: Path):
@@ -171,7 +234,13 @@ def _read_checked(path: Path):
             f"{path}: its tensors are not the ones it was saved with (their sha256 differs from the one "
             f"in its own metadata): the file was changed or damaged; restore it or train again"
         )
+    if covers_metadata(meta) and meta["sha256"] != content_sha256(meta):
+        raise ThawError(
+            f"{path}: its metadata (class names, preprocessing, task or threshold) is not what it was saved "
+            f"with (its sha256 differs from the one in the file): it was edited; restore it or train again"
+        )
     check_metadata(meta["spec"], class_names, pre, state, str(path))
+    check_operating(meta.get("operating"), class_names, str(path))
     task = meta.get("task")
     if task is not None and task != ("multilabel" if spec.multilabel else "single-label"):
         raise ThawError(

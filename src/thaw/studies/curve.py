@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from thaw.core import yaml_file
 from thaw.core.config import RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
@@ -162,7 +163,7 @@ def _check_same_settings(config: RunConfig, path: Path) -> None:
     if not path.is_file():
         write_atomic(path, yaml.safe_dump(mine, sort_keys=False))
         return
-    theirs = yaml.safe_load(path.read_text()) or {}
+    theirs = yaml_file.load_file(path) or {}
     changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if changed:
         k = changed[0]

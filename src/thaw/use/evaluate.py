@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,12 @@ class Evaluation:
 
 
 def evaluate_run(
-    run: str | Path, data: str | None = None, fmt: str = "auto", write: bool = True, tta: bool = False
+    run: str | Path,
+    data: str | None = None,
+    fmt: str = "auto",
+    write: bool = True,
+    tta: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Score a run on ``data`` (default: the data it was trained on) and write ``evaluations/*.json``.
 
@@ -56,7 +62,7 @@ def evaluate_run(
     test split (else val); on other data, the test split if the data has one, else val, else every image,
     leaving out any image the run trained on."""
 
-    predictor = Predictor.load(run)
+    predictor = Predictor.load(run, warn)  # warn: no summary.json vouches for the model file
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     config = RunConfig.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     split_file = run_dir / "split.csv"

@@ -27,7 +27,7 @@ from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import RunSummary
 from thaw.models import Classifier, load_model
-from thaw.use.predict import run_threshold, run_thresholds
+from thaw.use.predict import Predictor
 from thaw.use.reporting.html import Predictions
 from thaw.version import __version__
 
@@ -104,14 +104,13 @@ def export_run(
     for existing in (path, sidecar):
         if existing.exists() and not force:
             raise ThawError(f"{existing} already exists; choose another --out or pass --force to replace it")
-    model = load_model(source)
+    predictor = Predictor.load(source)  # the file checked, its threshold(s): the file's, else the run's
+    model = predictor.model
     meta = metadata(model, fmt)
-
-    threshold = run_threshold(source) if len(model.class_names) == 2 and not model.multilabel else None
-    if threshold is not None:  # binary: class 1 where its probability reaches it (chosen on validation)
-        meta["threshold"] = threshold
+    if predictor.threshold is not None:  # binary: class 1 where its probability reaches it (chosen on val)
+        meta["threshold"] = predictor.threshold
     if model.multilabel:  # every label whose probability reaches its own (chosen on validation; else 0.5)
-        meta["thresholds"] = run_thresholds(source, model.class_names) or [0.5] * len(model.class_names)
+        meta["thresholds"] = predictor.thresholds
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if fmt == "onnx":

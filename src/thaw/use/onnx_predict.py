@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from thaw.core import preprocessing
 from thaw.core.decoding import DECODE_ERRORS, read_image
 from thaw.core.errors import ThawError
 from thaw.core.predictions import Prediction, expand_paths, failure, result, views
@@ -47,7 +48,7 @@ class OnnxPredictor:
                 f"{path} has no thaw metadata (class names, preprocessing); export the run with "
                 f"`thaw export RUN --to onnx`, or predict with the run folder itself"
             )
-        self.metadata = json.loads(raw)
+        self.metadata = _checked(raw, path)
         self.class_names: list[str] = self.metadata["class_names"]
         self.preprocessing: dict = self.metadata["preprocessing"]
         self.channels = self.metadata["input"]["shape"][1]
@@ -105,3 +106,27 @@ class OnnxPredictor:
                 )
             )
         return out
+
+
+def _checked(raw: str, path: Path) -> dict:
+    """The export's metadata, each value checked for type and range before it is used (the ONNX file
+    carries no digest of it: an edited class list or preprocessing is caught here, or not at all)."""
+    fix = "export the run again (thaw export RUN --format onnx)"
+    try:
+        meta = json.loads(raw)
+        names, pre, channels = meta["class_names"], meta["preprocessing"], meta["input"]["shape"][1]
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise ThawError(f"{path}: its thaw metadata is damaged ({type(err).__name__}); {fix}") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ThawError(f"{path}: its class names are not a list of names; {fix}")
+    if len(set(names)) != len(names):
+        raise ThawError(f"{path}: its class names repeat; {fix}")
+    if not isinstance(channels, int) or channels not in (1, 3) or not preprocessing.valid(pre, channels):
+        raise ThawError(
+            f"{path}: its preprocessing does not fit a {channels!r}-channel input (a mean and a positive std "
+            f"per channel, as numbers; 0 < size <= resize_size <= {preprocessing.max_side(3)}); {fix}"
+        )
+    threshold = meta.get("threshold")
+    if threshold is not None and not (preprocessing.number(threshold) and 0 <= threshold <= 1):
+        raise ThawError(f"{path}: its threshold {str(threshold)[:40]!r} is not a probability; {fix}")
+    return meta

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -47,11 +48,24 @@ class Predictor:
         self._transform = eval_transform(model.preprocessing)
 
     @classmethod
-    def load(cls, path: str | Path) -> Predictor:
-        verify_model_file(path)
+    def load(cls, path: str | Path, warn: Callable[[str], None] | None = None) -> Predictor:
+        """The model of a run folder or a model file, checked (see :func:`verify_model_file`); ``warn``
+        (default ``warnings.warn``) hears one line when no readable ``summary.json`` vouches for it."""
+        note = verify_model_file(path)
         model = load_model(path)
-        threshold, rule = run_threshold(path), run_rule(path)
-        return cls(model, threshold, run_window(path), run_thresholds(path, model.class_names), rule)
+        if note:
+            older = "its tensors only (a file written before it covered the metadata)"
+            covered = "its tensors and metadata" if model.metadata_checked else older
+            (warn or _warn)(f"{note}; relying on the model file's own digest, which covers {covered}")
+        operating = model.operating  # under the file's digest; older files: the run's summary.json
+        if operating is not None:
+            threshold, rule = operating.get("threshold"), operating.get("rule") or ""
+            thresholds = operating.get("thresholds") or {}
+            per_label = [float(thresholds[n]) for n in model.class_names] if thresholds else None
+        else:
+            threshold, rule = run_threshold(path), run_rule(path)
+            per_label = run_thresholds(path, model.class_names)
+        return cls(model, threshold, run_window(path), per_label, rule)
 
     def decision(self) -> str:
         """How a label is chosen, in words: the binary threshold and the rule that chose it, else the
@@ -137,6 +151,10 @@ class Predictor:
         return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]
 
 
+def _warn(text: str) -> None:
+    warnings.warn(text, stacklevel=3)
+
+
 def images_of(paths: list[str | Path]) -> list[Item]:
     """The images to classify: files (folders searched recursively), or every sample of shards (one
     path that names shards: a folder of them, a pattern or a URL; see ``thaw.data.shards``)."""
@@ -199,22 +217,28 @@ def run_window(path: str | Path) -> tuple[float, float] | None:
     return dicom_window(value) if value else None
 
 
-def verify_model_file(path: str | Path) -> None:
-    """A run's ``model.safetensors`` must be the file the run wrote: its sha256 is in ``summary.json``."""
+def verify_model_file(path: str | Path) -> str | None:
+    """A run's ``model.safetensors`` must be the file the run wrote: its sha256 is in ``summary.json``.
+    Returns why that check could not be made (no ``summary.json``, or one that is not readable JSON with
+    the sha256), else None; the model file's own digest is then all there is (``load_model`` checks it)."""
     import json
-
 
     path = Path(path)
     model = path / "model.safetensors" if path.is_dir() else path
     summary = model.parent / "summary.json"
-    if not model.is_file() or not summary.is_file():
-        return
+    if not model.is_file():
+        return None  # load_model says so
+    if not summary.is_file():
+        return f"no summary.json beside {model}"
     try:
         expected = json.loads(summary.read_text()).get("model_sha256")
     except (OSError, ValueError, AttributeError):
-        return  # an unreadable summary says nothing about the model; load_model checks the file itself
-    if expected and sha256(model) != expected:
+        return f"{summary} is not readable JSON"
+    if not isinstance(expected, str):
+        return f"{summary} holds no model_sha256"
+    if sha256(model) != expected:
         raise ThawError(
             f"{model} has changed since the run wrote it (its sha256 is not the one in {summary}); "
             f"restore the original file or train again"
         )
+    return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from thaw import data as thaw_data
+from thaw.core import yaml_file
 from thaw.core.config import RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic, write_rows_csv
@@ -127,7 +128,7 @@ def resume(path: str | Path, quiet: bool = False, analyses: dict[str, Analysis] 
     run = distributed.on_zero(lambda: RunFolder.reopen(Path(path)))
     run = run if distributed.is_zero() else FollowerRun(run.final)
     config = RunConfig.from_yaml(run / "config.yaml").validate().resolved()
-    plans = check_plans([PhasePlan.from_dict(p) for p in yaml.safe_load((run / "plans.yaml").read_text())])
+    plans = check_plans([PhasePlan.from_dict(p) for p in yaml_file.load_file(run / "plans.yaml")])
     sources = thaw_data.discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
     report = Reporter(quiet or not distributed.is_zero())
     report.say(f"resuming {run.path}")
@@ -143,7 +144,7 @@ def finish(run: RunFolder, t: Trained, analyses: dict[str, Analysis] = ANALYSES)
         return RunResult(run.final, summary, t.model)
     write_figures(run, t, summary, findings)
     with atomic_path(run / "model.safetensors") as tmp:
-        save_model(t.model.eval(), tmp)
+        save_model(t.model.eval(), tmp, summary.operating.to_dict() if summary.operating else None)
     summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
     run.write_json("summary.json", summary.to_dict())
     write_report(run.path, warn=t.ctx.report.warn)  # report.html; a failure is a warning, not a lost run

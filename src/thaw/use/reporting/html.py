@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from thaw.core import yaml_file
 from thaw.core.config import RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.files import write_atomic
@@ -86,7 +86,7 @@ def build_report(run: Path) -> str:
     summary = RunSummary.from_dict(raw)
     config = RunConfig.from_yaml(run / "config.yaml")
     rows = _metrics_rows(run / "metrics.csv")
-    plans = yaml.safe_load((run / "plans.yaml").read_text()) if (run / "plans.yaml").is_file() else []
+    plans = yaml_file.load_file(run / "plans.yaml") if (run / "plans.yaml").is_file() else []
     split_rows = _split_rows(run / "split.csv")
     predictions = Predictions.of(run, config, summary)
 
