@@ -14,10 +14,10 @@ import signal
 import sys
 from types import ModuleType
 
+from thaw.cli.flags import readable
 from thaw.core import run_folder
 from thaw.core.errors import ThawError
 from thaw.core.run_folder import final_path, resumable
-from thaw.cli.flags import readable
 from thaw.core.run_log import log_format
 from thaw.version import __version__
 
