@@ -1,16 +1,17 @@
 """thaw: transfer learning for image classifiers with the two-phase recipe, measured.
 
 import thaw
-result = thaw.fit(thaw.RunConfig(data=thaw.DataConfig(path="hymenoptera")))
-print(result.summary.gain)          # what each phase added over the one before
-model = thaw.load(result.path)
+result = thaw.fit("hymenoptera/", phase2_epochs=3)   # the settings are thaw fit's flags
+print(result.summary.gain)                          # what each phase added over the one before
+table = thaw.load(result.path).predict(["bee.jpg"])  # a pandas DataFrame
 """
 
-from thaw.core.config import DataConfig, ModelConfig, PhaseConfig, RunConfig
+from pathlib import Path
+
+from thaw.core.config import DataConfig, ModelConfig, PhaseConfig, RunConfig, from_keywords
 from thaw.core.errors import ThawError
 from thaw.core.results import Metrics, PhaseResult, RunSummary
-
-__version__ = "0.1.0"
+from thaw.version import __version__
 __all__ = [
     "DataConfig",
     "Metrics",
@@ -21,6 +22,7 @@ __all__ = [
     "RunConfig",
     "RunSummary",
     "ThawError",
+    "configure",
     "evaluate_run",
     "fit",
     "load",
@@ -29,9 +31,31 @@ __all__ = [
 ]
 
 
-def fit(config, sources=None, quiet=False, plans=None):
-    """Run the config's strategy (or ``plans``); see :func:`thaw.use.run.fit`. ``strategy="auto"``:
-    a search over candidate recipes within ``time_budget``; see :func:`thaw.studies.auto.fit_auto`."""
+def configure(data=None, base=None, **settings) -> RunConfig:
+    """The resolved config of ``thaw.fit(data, **settings)``, without running it: the defaults (or
+    ``base``), the images in ``data``, each keyword a setting named as ``thaw fit``'s flag
+    (``phase2_epochs=3`` is ``--phase2-epochs 3``), validated as the flags are."""
+    return from_keywords(base if base is not None else RunConfig(), data, **settings)
+
+
+def fit(config=None, sources=None, quiet=False, plans=None, **settings):
+    """Fine-tune on a folder of images with the two-phase recipe and write a run folder::
+
+        thaw.fit("folder/", model="mobilenet_v2", phase2_epochs=3, strategy="lp-ft")
+
+    ``config``: the images (a folder, a .csv, an .npz, ``builtin:digits``) or a :class:`RunConfig`;
+    each keyword in ``settings`` is a setting named as ``thaw fit``'s flag without the dashes
+    (:func:`thaw.configure` resolves them, as the command line does). ``plans``: :class:`PhasePlan` s to run
+    instead of the strategy's. See :func:`thaw.use.run.fit`; ``strategy="auto"``: a search over candidate
+    recipes within ``time_budget`` (:func:`thaw.studies.auto.fit_auto`)."""
+    if isinstance(config, str | Path) or config is None:
+        config = configure(config, **settings)
+    elif settings:
+        config = from_keywords(config, **settings)
+    if not isinstance(config, RunConfig):
+        raise ThawError(
+            f"thaw.fit takes the images (a folder, .csv, .npz) or a RunConfig, not {type(config).__name__}"
+        )
     if config.strategy == "auto":
         from thaw.studies.auto import (
             fit_auto,  # torch and Lightning load on first use: `import thaw` stays light

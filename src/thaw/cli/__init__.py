@@ -13,7 +13,16 @@ import sys
 from pathlib import Path
 
 from thaw.core import run_folder
-from thaw.core.config import AUTO, DATA_FORMATS, RunConfig, float_or_auto, override
+from thaw.core.config import (
+    AUTO,
+    DATA_FORMATS,
+    RunConfig,
+    apply_settings,
+    flag_names,
+    float_or_auto,
+    override,
+)
+from thaw.core.config import settings as _settings
 from thaw.core.errors import NONE_READ, SOME_FAILED, ThawError
 from thaw.core.run_folder import final_path, resumable, study_folder
 from thaw.core.strategies import read_plans
@@ -29,12 +38,11 @@ def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = 
     ``--phase2-*`` set each phase; ``--patience`` sets both."""
     defaults = RunConfig()
     for section, key, f, default in _settings(defaults):
-        # recorded: written by thaw, not a flag; plans: thaw fit's --plans FILE
-        skip = key in ("data.path", "plans") or f.metadata.get("recorded")
-        if skip or sections is not None and section not in sections:
+        # the names are core.config's, which thaw.fit's keywords share (flag_names, keywords)
+        flags = flag_names(section, f)  # none: the data path, --plans FILE, what thaw records
+        if not flags or sections is not None and section not in sections:
             continue
         group = _group(p, section, defaults)
-        flags = f.metadata.get("flags") or (_flag(section, f.name),)
         help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
         kind = str(f.type).removesuffix("| None").strip()
         if kind == "bool":
@@ -61,28 +69,12 @@ def config_flags(p: argparse.ArgumentParser, sections: tuple[str, ...] | None = 
         )
 
 
-def _settings(config: RunConfig):
-    """(section, dotted key, field, default) for every scalar setting, sections in declaration order."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            for sub in dataclasses.fields(value):
-                yield f.name, f"{f.name}.{sub.name}", sub, getattr(value, sub.name)
-        else:
-            yield "training", f.name, f, value
-
-
 def _group(p: argparse.ArgumentParser, title: str, defaults: RunConfig):
     groups = {g.title: g for g in p._action_groups}
     if title in groups:
         return groups[title]
     section = next((f for f in dataclasses.fields(defaults) if f.name == title), None)
     return p.add_argument_group(title, section.metadata.get("help") if section else None)
-
-
-def _flag(section: str, name: str) -> str:
-    dashed = name.replace("_", "-")
-    return f"--{section}-{dashed}" if section.startswith("phase") else f"--{dashed}"
 
 
 def _show(value) -> str:
@@ -105,11 +97,10 @@ def config_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
         if value is not None:
             changes[key] = None if value is NONE else value
     if getattr(args, "patience", None) is not None:
-        changes.setdefault("phase1.patience", args.patience)
-        changes.setdefault("phase2.patience", args.patience)
+        changes["patience"] = args.patience  # both phases (core.config.apply_settings)
     if getattr(args, "data", None):
         changes["data.path"] = args.data
-    return override(base, changes, keep_none=True).validate()
+    return apply_settings(base, changes)
 
 
 def _warn(text: str) -> None:
