@@ -12,6 +12,7 @@ from thaw.core.config import DataConfig, ModelConfig, PhaseConfig, RunConfig, fr
 from thaw.core.errors import ThawError
 from thaw.core.results import Metrics, PhaseResult, RunSummary
 from thaw.version import __version__
+
 __all__ = [
     "DataConfig",
     "Metrics",

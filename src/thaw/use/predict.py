@@ -16,6 +16,7 @@ from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
 from thaw.data.sources import Item
 from thaw.models import Classifier, load_model
 from thaw.models.state_dict import sha256
+from thaw.use.model_card import check_card
 
 __all__ = ["Prediction", "Predictor", "expand_paths"]
 
@@ -50,6 +51,8 @@ class Predictor:
     def load(cls, path: str | Path) -> Predictor:
         verify_model_file(path)
         model = load_model(path)
+        file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+        check_card(file, model.class_names)  # MODEL_CARD.md beside it must describe this very file
         threshold, rule = run_threshold(path), run_rule(path)
         return cls(model, threshold, run_window(path), run_thresholds(path, model.class_names), rule)
 
