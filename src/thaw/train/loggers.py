@@ -22,6 +22,11 @@ from thaw.core.errors import ThawError
 from thaw.train import distributed
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+INSTALL = {  # the extra that brings each logger's package
+    "tensorboard": "pip install 'thaw-transfer[tensorboard]'",
+    "mlflow": "pip install 'thaw-transfer[mlflow]'",
+    "wandb": "pip install 'thaw-transfer[wandb]'",
+}
 TRACKERS = ("mlflow", "wandb")  # one tracking run per thaw fit, shared through a server or a folder
 ARTIFACTS = ("report.html", "MODEL_CARD.md", "model.safetensors", "summary.json", "config.yaml")
 _WANDB_RUNS: dict[str, object] = {}  # this process's open W&B runs by id: every plan logs to the same one
@@ -31,7 +36,7 @@ def check_logger(name: str) -> None:
     """Fail before training, not after the first phase, when the logger's package is missing."""
     package = PACKAGES.get(name)
     if package and importlib.util.find_spec(package) is None and not _tensorboardx(name):
-        raise ThawError(f"--logger {name} needs the {package} package: pip install 'thaw-transfer[{name}]'")
+        raise ThawError(f"--logger {name} needs the {package} package: {INSTALL[name]}")
 
 
 def _tensorboardx(name: str) -> bool:
