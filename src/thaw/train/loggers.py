@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 from pathlib import Path
 
 from thaw.core.errors import ThawError
@@ -119,7 +120,7 @@ def _wandb_run(run_dir: Path):
     run_id = _ids(run_dir).get("wandb")
     if run_id in _WANDB_RUNS:
         return _WANDB_RUNS[run_id]
-    run_id = run_id or wandb.util.generate_id()
+    run_id = run_id or secrets.token_hex(6)  # W&B ids: lower-case letters and digits
     _keep_id(run_dir, "wandb", run_id)
     save = Path(os.environ.get("WANDB_DIR") or run_dir / "logs")
     save.mkdir(parents=True, exist_ok=True)

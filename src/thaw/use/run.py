@@ -158,20 +158,21 @@ def finish(run: RunFolder, t: Trained, analyses: dict[str, Analysis] = ANALYSES)
 
 
 def final_metrics(summary: RunSummary) -> dict[str, float]:
-    """The run's figures for a tracker, flat: each plan's val/test scores (``phase2-test_accuracy``), the
-    kept plan's (``final-...``), each plan's gain over the one before (``gain-phase2-test_accuracy``) and
-    the saved model at its operating point (``operating-test_sensitivity``); finite numbers only."""
+    """The run's figures for a tracker, flat, under ``result/`` (the epochs' series are ``phase1-val_loss``,
+    ...): each plan's val/test scores (``result/phase2/test_accuracy``), the saved plan's
+    (``result/saved/...``), each plan's gain over the one before (``result/gain/phase2/test_accuracy``)
+    and the saved model at its operating point (``result/operating/test_sensitivity``); finite only."""
     keys = ("accuracy", "auc", "loss", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "ece")
-    scored = dict(summary.phases) | {"final": summary.final}
+    scored = dict(summary.phases) | {"saved": summary.final}
     if summary.operating is not None:
         scored["operating"] = summary.operating
     out = {}
     for name, r in scored.items():
         for split in ("val", "test"):
             m = getattr(r, split, None)
-            out |= {f"{name}-{split}_{k}": getattr(m, k) for k in keys if m is not None}
+            out |= {f"result/{name}/{split}_{k}": getattr(m, k) for k in keys if m is not None}
     for name, by_split in summary.gain.items():
-        out |= {f"gain-{name}-{s}_{k}": v for s, values in by_split.items() for k, v in values.items()}
+        out |= {f"result/gain/{name}/{s}_{k}": v for s, values in by_split.items() for k, v in values.items()}
     finite = {k: v for k, v in out.items() if isinstance(v, int | float) and math.isfinite(v)}
     return {k: float(v) for k, v in finite.items()}
 
