@@ -387,8 +387,9 @@ class RunConfig:
     )
     logger: str = setting(
         "none",
-        "also log each phase to a Lightning logger, under RUN/logs/ (the run folder's own files stay the "
-        "source of truth)",
+        "also log the run to a Lightning logger: csv, tensorboard under RUN/logs/; mlflow, wandb as one "
+        "tracking run where MLFLOW_TRACKING_URI or WANDB_PROJECT/WANDB_MODE say, with the config, the final "
+        "metrics, the report and the model (the run folder's own files stay the source of truth)",
         choices=LOGGERS,
     )
 
