@@ -7,17 +7,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test test-fast lint docs lowest weights bench clean chromium
 
-$(STAMP): pyproject.toml
+# The demo needs thaw and its dependencies only; the tests and the docs add their extras on top.
+$(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,docs]' 2>&1 \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . 2>&1 \
 		| { grep -v "is ignored" || true; }
 	$(BIN)/python -c "import thaw, torch, torchvision, lightning, timm"
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,docs]' 2>&1 \
+		| { grep -v "is ignored" || true; }
 	touch $(STAMP)
 
-weights: $(STAMP)
+weights: $(DEMO_STAMP)
 	$(BIN)/thaw weights install mobilenet_v2
 
 demo: weights

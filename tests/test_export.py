@@ -51,6 +51,9 @@ def run(tmp_path_factory):
     summary = json.loads((out / "summary.json").read_text())  # the model changed on purpose: record it
     summary["model_sha256"] = sha256(out / "model.safetensors")
     (out / "summary.json").write_text(json.dumps(summary))
+    from thaw.use.model_card import write_model_card
+
+    write_model_card(out, out.name)  # and in the card, which the predictors check
     return data, out
 
 

@@ -166,6 +166,44 @@ def test_sdist_and_wheel_build_pass_twine_and_the_wheel_runs(tmp_path):
         f"thaw {version} (distribution thaw-transfer)"
     )
     assert "usage: thaw demo" in _run([str(venv / "bin" / "thaw"), "demo", "--help"], env)
+    as_module = _run([str(python), "-m", "thaw", "--version"], env)  # python -m thaw is thaw
+    assert as_module == _run([str(venv / "bin" / "thaw"), "--version"], env)
+    _check_licence_and_types(files[0], files[1], Path(site))
+
+
+def _check_licence_and_types(sdist: Path, wheel: Path, site: Path) -> None:
+    """The Apache-2.0 text ships in the sdist and the wheel (its metadata names it), and the wheel
+    installs ``py.typed`` (PEP 561)."""
+    import tarfile
+    import zipfile
+
+    licence = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    assert "END OF TERMS AND CONDITIONS" in licence  # the full text, not a notice
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+        assert any(n.endswith("/LICENSE") and n.count("/") == 1 for n in names), names
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        shipped = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert shipped and whl.read(shipped[0]).decode() == licence
+        metadata = whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    assert (site / "thaw" / "py.typed").is_file()
+
+
+def test_one_version_source_and_an_all_extra():
+    """The version is written once (thaw/version.py; pyproject reads it, ``thaw.__version__`` imports it),
+    and ``thaw-transfer[all]`` names every optional feature (the extras less test and docs)."""
+    import thaw
+    from thaw.version import __version__
+
+    written = [p for p in SRC.rglob("*.py") if re.search(r"^__version__\s*=", p.read_text(), re.M)]
+    assert written == [SRC / "version.py"] and thaw.__version__ == __version__
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (everything,) = extras["all"]
+    named = set(re.fullmatch(r"thaw-transfer\[(.*)\]", everything).group(1).split(","))
+    assert named == set(extras) - {"all", "test", "docs"}
 
 
 def _run(command: list[str], env: dict) -> str:

@@ -71,3 +71,32 @@ def test_the_python_quickstart_runs_as_written(tmp_path):
     assert -1 < gain < 1
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("digits-mobilenet_v2-") and (run / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_own_images_quickstart_runs_as_written(tmp_path):
+    """photos/ in the class-folder layout, from hymenoptera's train and val images (thaw makes the split)."""
+    from conftest import shared_or_skip
+
+    source = shared_or_skip("data/hymenoptera")
+    for image in sorted(source.glob("*/*/*")):
+        link = tmp_path / "photos" / image.parent.name / f"{image.parent.parent.name}-{image.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(image)
+    for line in snippet("quickstart-own").splitlines():
+        command = line.split("#")[0].split(">")[0]
+        words = shlex.split(command)
+        done = subprocess.run(
+            [sys.executable, "-m", "thaw", *words[1:]], capture_output=True, text=True, cwd=tmp_path,
+            env=_env(tmp_path),
+        )
+        assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        if ">" in line:
+            (tmp_path / line.split(">")[1].split()[0]).write_text(done.stdout)
+    run = tmp_path / "runs" / "photos"
+    assert (run / "report.html").is_file() and (run / "MODEL_CARD.md").is_file()
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,prediction,confidence,p_ants,p_bees") and len(rows) > 100
+    assert {f.name for f in (run / "export").iterdir()} == {"model.onnx", "model.onnx.json", "MODEL_CARD.md"}
+    for heading in ("Decision", "Results per phase and gains", "The saved model", "Top losses"):
+        assert f"<h2>{heading}" in (run / "report.html").read_text()  # what the README points to

@@ -1,16 +1,18 @@
 """thaw: transfer learning for image classifiers with the two-phase recipe, measured.
 
 import thaw
-result = thaw.fit(thaw.RunConfig(data=thaw.DataConfig(path="hymenoptera")))
-print(result.summary.gain)          # what each phase added over the one before
-model = thaw.load(result.path)
+result = thaw.fit("hymenoptera/", phase2_epochs=3)   # the settings are thaw fit's flags
+print(result.summary.gain)                          # what each phase added over the one before
+table = thaw.load(result.path).predict(["bee.jpg"])  # a pandas DataFrame
 """
 
-from thaw.core.config import DataConfig, ModelConfig, PhaseConfig, RunConfig
+from pathlib import Path
+
+from thaw.core.config import DataConfig, ModelConfig, PhaseConfig, RunConfig, from_keywords
 from thaw.core.errors import ThawError
 from thaw.core.results import Metrics, PhaseResult, RunSummary
+from thaw.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "DataConfig",
     "Metrics",
@@ -21,6 +23,7 @@ __all__ = [
     "RunConfig",
     "RunSummary",
     "ThawError",
+    "configure",
     "evaluate_run",
     "fit",
     "load",
@@ -29,9 +32,31 @@ __all__ = [
 ]
 
 
-def fit(config, sources=None, quiet=False, plans=None):
-    """Run the config's strategy (or ``plans``); see :func:`thaw.use.run.fit`. ``strategy="auto"``:
-    a search over candidate recipes within ``time_budget``; see :func:`thaw.studies.auto.fit_auto`."""
+def configure(data=None, base=None, **settings) -> RunConfig:
+    """The resolved config of ``thaw.fit(data, **settings)``, without running it: the defaults (or
+    ``base``), the images in ``data``, each keyword a setting named as ``thaw fit``'s flag
+    (``phase2_epochs=3`` is ``--phase2-epochs 3``), validated as the flags are."""
+    return from_keywords(base if base is not None else RunConfig(), data, **settings)
+
+
+def fit(config=None, sources=None, quiet=False, plans=None, **settings):
+    """Fine-tune on a folder of images with the two-phase recipe and write a run folder::
+
+        thaw.fit("folder/", model="mobilenet_v2", phase2_epochs=3, strategy="lp-ft")
+
+    ``config``: the images (a folder, a .csv, an .npz, ``builtin:digits``) or a :class:`RunConfig`;
+    each keyword in ``settings`` is a setting named as ``thaw fit``'s flag without the dashes
+    (:func:`thaw.configure` resolves them, as the command line does). ``plans``: :class:`PhasePlan` s to run
+    instead of the strategy's. See :func:`thaw.use.run.fit`; ``strategy="auto"``: a search over candidate
+    recipes within ``time_budget`` (:func:`thaw.studies.auto.fit_auto`)."""
+    if isinstance(config, str | Path) or config is None:
+        config = configure(config, **settings)
+    elif settings:
+        config = from_keywords(config, **settings)
+    if not isinstance(config, RunConfig):
+        raise ThawError(
+            f"thaw.fit takes the images (a folder, .csv, .npz) or a RunConfig, not {type(config).__name__}"
+        )
     if config.strategy == "auto":
         from thaw.studies.auto import (
             fit_auto,  # torch and Lightning load on first use: `import thaw` stays light
@@ -63,7 +88,9 @@ def evaluate_run(run, data=None, fmt="auto"):
 
 
 def load(path):
-    """A :class:`thaw.use.predict.Predictor` for a run folder or its ``model.safetensors``."""
+    """A :class:`thaw.use.predict.Predictor` for a run folder or its ``model.safetensors``:
+    ``thaw.load(run).predict(["a.jpg", "folder/"])`` is a pandas DataFrame (path, prediction, confidence,
+    p_<class>..., error). It refuses a model whose ``MODEL_CARD.md`` describes another file."""
     from thaw.use.predict import Predictor  # torch loads on first use
 
     return Predictor.load(path)

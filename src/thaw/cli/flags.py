@@ -8,21 +8,10 @@ import dataclasses
 import fnmatch
 import sys
 
-from thaw.core.config import RunConfig, float_or_auto, override
+from thaw.core.config import RunConfig, apply_settings, flag_names, float_or_auto, settings
 from thaw.core.run_log import LOG_FORMATS
 
 NONE = object()  # an optional setting (``int | None``) given as ``none`` on the command line
-
-
-def settings(config: RunConfig):
-    """(section, dotted key, field, default) for every scalar setting, sections in declaration order."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            for sub in dataclasses.fields(value):
-                yield f.name, f"{f.name}.{sub.name}", sub, getattr(value, sub.name)
-        else:
-            yield "training", f.name, f, value
 
 
 def keys(*patterns: str, drop: tuple[str, ...] = ()) -> frozenset[str]:
@@ -52,12 +41,11 @@ def config_flags(p: argparse.ArgumentParser, consumed: frozenset[str] = ALL) -> 
     and ``--phase2-*`` set each phase; ``--patience`` sets both."""
     defaults = RunConfig()
     for section, key, f, default in settings(defaults):
-        # recorded: written by thaw, not a flag; plans: thaw fit's --plans FILE
-        skip = key in ("data.path", "plans") or f.metadata.get("recorded")
-        if skip or key not in consumed:
+        # the names are core.config's, which thaw.fit's keywords share (flag_names, keywords)
+        flags = flag_names(section, f)  # none: the data path, --plans FILE, what thaw records
+        if not flags or key not in consumed:
             continue
         group = _group(p, section, defaults)
-        flags = f.metadata.get("flags") or (_flag(section, f.name),)
         help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
         kind = str(f.type).removesuffix("| None").strip()
         if kind == "bool":
@@ -92,11 +80,6 @@ def _group(p: argparse.ArgumentParser, title: str, defaults: RunConfig):
     return p.add_argument_group(title, section.metadata.get("help") if section else None)
 
 
-def _flag(section: str, name: str) -> str:
-    dashed = name.replace("_", "-")
-    return f"--{section}-{dashed}" if section.startswith("phase") else f"--{dashed}"
-
-
 def _show(value) -> str:
     return "none" if value is None else str(value)
 
@@ -118,11 +101,10 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
         if value is not None:
             changes[key] = None if value is NONE else value
     if getattr(args, "patience", None) is not None:
-        changes.setdefault("phase1.patience", args.patience)
-        changes.setdefault("phase2.patience", args.patience)
+        changes["patience"] = args.patience  # both phases (core.config.apply_settings)
     if getattr(args, "data", None):
         changes["data.path"] = args.data
-    return override(base, changes, keep_none=True).validate()
+    return apply_settings(base, changes)
 
 
 def log_format_flag(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ the run folder (``config.yaml``) and into the model file, and rerunnable with ``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -248,15 +249,22 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    """One phase of training. ``epochs`` is a maximum: early stopping on validation loss ends it sooner."""
+    """One phase of training. ``epochs`` is a maximum: early stopping on validation loss ends it sooner.
 
-    epochs: int = setting(10, "at most this many epochs; 0 skips the phase")
-    patience: int = setting(3, "early stopping: epochs without a lower validation loss")
-    warmup_epochs: float = setting(0.0, "linear LR warmup, in epochs")
-    weight_decay: float = setting(0.01, "AdamW weight decay (none on biases, norms, tokens)")
-    schedule: str = setting("cosine", "LR schedule after warmup", choices=SCHEDULES)
+    A setting left out (None) is the phase's own default (:data:`PHASE_DEFAULTS`), filled in by
+    :class:`RunConfig`: ``RunConfig(phase2=PhaseConfig(epochs=2))`` keeps phase 2's warmup of 1 epoch and
+    its cosine schedule, as ``thaw fit --phase2-epochs 2`` and a ``phase2: {epochs: 2}`` YAML block do."""
+
+    epochs: int = setting(None, "at most this many epochs; 0 skips the phase")
+    patience: int = setting(None, "early stopping: epochs without a lower validation loss")
+    warmup_epochs: float = setting(None, "linear LR warmup, in epochs")
+    weight_decay: float = setting(None, "AdamW weight decay (none on biases, norms, tokens)")
+    schedule: str = setting(None, "LR schedule after warmup", choices=SCHEDULES)
 
     def validate(self, phase: str) -> None:
+        missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
+        if missing:
+            raise ThawError(f"{phase}: {', '.join(missing)} not set; a RunConfig fills in a phase's defaults")
         if self.epochs < 0:
             raise ThawError(f"--{phase}-epochs {self.epochs} must be 0 (skip the phase) or more")
         if self.patience < 1:
@@ -268,6 +276,18 @@ class PhaseConfig:
         if not self.weight_decay >= 0:
             raise ThawError(f"--{phase}-weight-decay {self.weight_decay} must be 0 or more, e.g. 0.01")
 
+    def filled(self, defaults: dict[str, Any]) -> PhaseConfig:
+        """This phase with every setting left out (None) taken from ``defaults``."""
+        missing = {f.name: defaults[f.name] for f in fields(self) if getattr(self, f.name) is None}
+        return dataclasses.replace(self, **missing) if missing else self
+
+
+PHASE_DEFAULTS = {
+    "phase1": dict(epochs=15, patience=3, warmup_epochs=0.0, weight_decay=0.01, schedule="constant"),
+    "phase2": dict(epochs=10, patience=3, warmup_epochs=1.0, weight_decay=0.01, schedule="cosine"),
+}
+"""Each phase's defaults: what a :class:`PhaseConfig` setting left out (None) becomes in a RunConfig."""
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -277,11 +297,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     phase1: PhaseConfig = field(
-        default_factory=lambda: PhaseConfig(epochs=15, patience=3, schedule="constant"),
+        default_factory=PhaseConfig,
         metadata={"help": "phase 1, feature extraction: the backbone frozen, a new head"},
     )
     phase2: PhaseConfig = field(
-        default_factory=lambda: PhaseConfig(epochs=10, patience=3, warmup_epochs=1),
+        default_factory=PhaseConfig,
         metadata={"help": "phase 2, fine-tuning: unfrozen layer groups, the backbone at lr / lr_ratio"},
     )
     strategy: str = setting(
@@ -374,10 +394,17 @@ class RunConfig:
     )
     logger: str = setting(
         "none",
-        "also log each phase to a Lightning logger, under RUN/logs/ (the run folder's own files stay the "
-        "source of truth)",
+        "also log the run to a Lightning logger: csv, tensorboard under RUN/logs/; mlflow, wandb as one "
+        "tracking run where MLFLOW_TRACKING_URI or WANDB_PROJECT/WANDB_MODE say, with the config, the final "
+        "metrics, the report and the model (the run folder's own files stay the source of truth)",
         choices=LOGGERS,
     )
+
+    def __post_init__(self) -> None:
+        # a phase's settings left out are that phase's defaults (frozen: set once, here, never after)
+        for phase, defaults in PHASE_DEFAULTS.items():
+            if isinstance(getattr(self, phase), PhaseConfig):
+                object.__setattr__(self, phase, getattr(self, phase).filled(defaults))
 
     def validate(self) -> RunConfig:
         for key, value in _numbers(self):
@@ -575,3 +602,83 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
     if isinstance(value, bool) and base != "bool" or not isinstance(value, expected):
         raise ThawError(f"{where} = {value!r} must be of type {type_name}")
     return float(value) if base == "float" else str(value) if base == "str" else value
+
+
+# ------------------------------------------------------------------------------ settings by flag name
+# One mapping from names to settings, for both doors: ``thaw fit``'s flags (``cli.config_flags``) and
+# ``thaw.fit``'s keywords (``phase2_epochs=3`` is ``--phase2-epochs 3``). Neither can name a setting the
+# other cannot, and both resolve through :func:`apply_settings`.
+
+
+def settings(config: RunConfig | None = None):
+    """(section, dotted key, field, value) for every scalar setting of ``config`` (default: the defaults),
+    sections in declaration order; the top-level settings are in section ``training``."""
+    config = RunConfig() if config is None else config
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in fields(value):
+                yield f.name, f"{f.name}.{sub.name}", sub, getattr(value, sub.name)
+        else:
+            yield "training", f.name, f, value
+
+
+def flag_names(section: str, f: dataclasses.Field) -> tuple[str, ...]:
+    """A setting's flags: its own (``flags=``), else ``--phase2-epochs`` in a phase, ``--batch-size``
+    elsewhere. None for a setting that is not a flag (the data path, plans, what thaw records)."""
+    if f.metadata.get("recorded") or f.name in ("plans",) or section == "data" and f.name == "path":
+        return ()
+    dashed = f.name.replace("_", "-")
+    own = f"--{section}-{dashed}" if section.startswith("phase") else f"--{dashed}"
+    return f.metadata.get("flags") or (own,)
+
+
+BOTH_PHASES = "patience"  # --patience / patience=: the early-stopping patience of both phases
+
+
+def keywords() -> dict[str, str]:
+    """keyword -> dotted key: each flag without its dashes (``phase2_epochs`` -> ``phase2.epochs``,
+    ``model`` -> ``model.name``, aliases included), and ``patience`` (both phases)."""
+    found = {BOTH_PHASES: BOTH_PHASES}
+    for section, key, f, _ in settings():
+        for flag in flag_names(section, f):
+            found[flag.removeprefix("--").replace("-", "_")] = key
+    return found
+
+
+def apply_settings(base: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """``base`` with ``changes`` (dotted keys; None sets an optional setting to none; ``patience`` sets
+    both phases' unless one is given), validated: what ``thaw fit``'s flags and ``thaw.fit``'s keywords
+    both resolve through, so the same settings give the same config."""
+    changes = dict(changes)
+    both = changes.pop(BOTH_PHASES, None)
+    if both is not None:
+        changes.setdefault("phase1.patience", both)
+        changes.setdefault("phase2.patience", both)
+    return override(base, changes, keep_none=True).validate()
+
+
+def from_keywords(base: RunConfig, data: str | Path | None = None, **given: Any) -> RunConfig:
+    """``base`` with keyword settings named as ``thaw fit``'s flags (``phase2_epochs=3``,
+    ``strategy="lp-ft"``), checked like the flags: an unknown name or a value outside a setting's choices
+    is one :class:`ThawError` naming it and the fix."""
+    names, changes = keywords(), {}
+    by_key = {key: (section, f) for section, key, f, _ in settings()}
+    for name, value in given.items():
+        key = names.get(name)
+        if key is None:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ThawError(
+                f"unknown setting {name}={value!r}: {hint}the settings are thaw fit's flags without dashes "
+                f"(--phase2-epochs is phase2_epochs; thaw fit --help lists them)"
+            )
+        choices = by_key[key][1].metadata.get("choices") if key in by_key else None
+        if choices and value not in choices:
+            raise ThawError(f"{name}={value!r} is not one of {', '.join(choices)}")
+        if key in changes:
+            raise ThawError(f"{name} and another name for the same setting ({key}) are both given; keep one")
+        changes[key] = str(value) if isinstance(value, Path) else value
+    if data is not None:
+        changes["data.path"] = str(data)
+    return apply_settings(base, changes)

@@ -56,6 +56,15 @@ def _finite(value):
     return value
 
 
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (a notebook, JupyterLab, VS Code's notebooks, Colab): its stdout is
+    no terminal, yet it shows a live progress bar (tqdm.auto draws a widget where ipywidgets is
+    installed, else its text bar redraws in place)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython else None
+    return type(shell).__name__ in ("ZMQInteractiveShell", "Shell")  # Jupyter's kernel; Colab's
+
+
 def config_digest(config) -> str:
     """sha256 of the config as canonical JSON: two runs with the same digest had the same settings."""
     text = json.dumps(_finite(config.to_dict()), sort_keys=True, separators=(",", ":"))
@@ -71,6 +80,12 @@ class Reporter:
         self.silent = quiet  # what the caller asked for
         self.quiet = quiet or self.json  # no human output on stdout
         self.console = Console(highlight=False)
+
+    @property
+    def progress(self) -> bool:
+        """A live progress bar during training: in a terminal or a notebook. A pipe or a log file gets
+        the one line per epoch alone (the bar's fragments would clutter it); json mode: never."""
+        return not self.quiet and (sys.stdout.isatty() or in_notebook())
 
     def emit(self, event: str, **fields) -> None:
         """One JSON line on stdout (json mode): the event, its UTC time, its fields."""

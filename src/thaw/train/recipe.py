@@ -6,7 +6,6 @@ strategy's plans in order is ``thaw.train.engine``."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,8 +216,7 @@ def phase_trainer(plan: PhasePlan, ctx: Context, watch: Watch) -> L.Trainer:
         logger=lightning_logger(config.logger, run.path, plan.name),
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        # a pipe or a log file gets the one line per epoch, not the progress bar's fragments
-        enable_progress_bar=not report.quiet and sys.stdout.isatty(),
+        enable_progress_bar=report.progress,  # a terminal or a notebook; not a pipe (core.run_log)
         default_root_dir=run.path,
         log_every_n_steps=1,
         **distributed.trainer_args(config.hardware),

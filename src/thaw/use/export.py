@@ -27,6 +27,7 @@ from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import RunSummary
 from thaw.models import Classifier, load_model
+from thaw.use.model_card import write_model_card
 from thaw.use.predict import Predictor
 from thaw.use.reporting.html import Predictions
 from thaw.version import __version__
@@ -120,6 +121,8 @@ def export_run(
         else:
             shutil.copyfile(source if source.is_file() else source / "model.safetensors", tmp)
     write_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
+    if (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file():
+        write_model_card(run_dir, run_dir.name, [path])  # MODEL_CARD.md beside the export
     return Exported(path, sidecar, meta)
 
 

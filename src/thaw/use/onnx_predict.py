@@ -17,6 +17,7 @@ from thaw.core import preprocessing
 from thaw.core.decoding import DECODE_ERRORS, read_image
 from thaw.core.errors import ThawError
 from thaw.core.predictions import Prediction, expand_paths, failure, result, views
+from thaw.use.model_card import check_card
 
 RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -52,6 +53,7 @@ class OnnxPredictor:
         self.class_names: list[str] = self.metadata["class_names"]
         self.preprocessing: dict = self.metadata["preprocessing"]
         self.channels = self.metadata["input"]["shape"][1]
+        check_card(path, self.class_names)  # MODEL_CARD.md beside it must describe this very file
 
     def decision(self) -> str:
         """How a label is chosen, in words (the binary threshold from the export's metadata)."""

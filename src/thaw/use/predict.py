@@ -1,4 +1,4 @@
-"""Using a trained model: ``thaw.load(run_folder).predict_files([...])``."""
+"""Using a trained model: ``thaw.load(run_folder).predict(["a.jpg", "folder/"])``, a pandas DataFrame."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
 from thaw.data.sources import Item
 from thaw.models import Classifier, load_model
 from thaw.models.state_dict import sha256
+from thaw.use.model_card import check_card
 
 __all__ = ["Prediction", "Predictor", "expand_paths"]
 
@@ -53,6 +54,8 @@ class Predictor:
         (default ``warnings.warn``) hears one line when no readable ``summary.json`` vouches for it."""
         note = verify_model_file(path)
         model = load_model(path)
+        file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+        check_card(file, model.class_names)  # MODEL_CARD.md beside it must describe this very file
         if note:
             older = "its tensors only (a file written before it covered the metadata)"
             covered = "its tensors and metadata" if model.metadata_checked else older
@@ -145,10 +148,38 @@ class Predictor:
                 )
             yield from out
 
-    def predict_files(self, paths: list[str | Path]) -> tuple[list[Prediction], list[str]]:
+    def predict_files(
+        self, paths: list[str | Path], tta: bool = False
+    ) -> tuple[list[Prediction], list[str]]:
         """Predictions for the image files (folders are searched recursively), and the files that failed."""
-        done = self.predict_paths(paths)
+        done = self.predict_paths(paths, tta)
         return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]
+
+    def predict(self, images, tta: bool = False, batch_size: int = 64):
+        """A pandas DataFrame, one row per image: ``path``, ``prediction``, ``confidence``, ``p_<class>``
+        for every class and ``error`` (the columns of ``thaw predict --csv``). ``images``: files and
+        folders (searched recursively), or PIL images (their ``path`` is None), or one of either. A file
+        that cannot be read gets a row with ``error`` set. ``tta`` as in every other method."""
+        import pandas as pd  # a dependency; loaded when a table is asked for
+
+        items = images if isinstance(images, list | tuple) else [images]
+        if items and all(isinstance(im, Image.Image) for im in items):
+            probs = self.predict_proba(list(items), batch_size, tta)
+            preds = [
+                result(None, self.class_names, p.tolist(), self.threshold, self.thresholds) for p in probs
+            ]
+        elif any(isinstance(im, Image.Image) for im in items):
+            raise ThawError("predict takes image files and folders, or PIL images: not both in one call")
+        else:
+            preds = list(self.iter_paths(list(items), tta, batch_size))
+        columns = ["path", "prediction", "confidence", *(f"p_{c}" for c in self.class_names), "error"]
+        rows = [
+            [p.path, p.label, None if p.error else p.confidence]
+            + [p.probabilities.get(c) for c in self.class_names]
+            + [p.error]
+            for p in preds
+        ]
+        return pd.DataFrame(rows, columns=columns)
 
 
 def _warn(text: str) -> None:

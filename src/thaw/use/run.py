@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from thaw import data as thaw_data
 from thaw.core import yaml_file
-from thaw.core.config import RunConfig, override
+from thaw.core.config import RunConfig, override, settings
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic, write_rows_csv
 from thaw.core.results import RunSummary, gains
@@ -27,9 +28,10 @@ from thaw.models import Classifier, save_model
 from thaw.models.state_dict import sha256
 from thaw.train import adapt, distributed, lr_find, multilabel, preflight
 from thaw.train.engine import Trained, train
-from thaw.train.loggers import check_logger
+from thaw.train.loggers import check_logger, track_result
 from thaw.train.recipe import hardware_summary, quiet_lightning
 from thaw.use.analyses import ANALYSES, Analysis, Finding, final_split
+from thaw.use.model_card import write_model_card
 from thaw.use.reporting.figures import lr_find_plot
 from thaw.use.reporting.html import write_report
 from thaw.use.reporting.plots import plot_confusion, plot_curves
@@ -148,9 +150,32 @@ def finish(run: RunFolder, t: Trained, analyses: dict[str, Analysis] = ANALYSES)
     summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
     run.write_json("summary.json", summary.to_dict())
     write_report(run.path, warn=t.ctx.report.warn)  # report.html; a failure is a warning, not a lost run
+    write_model_card(run.path, run.final.name)  # MODEL_CARD.md: what to hand over with the model
+    config = t.ctx.config
+    track_result(config.logger, run.path, {k: v for _, k, _, v in settings(config)}, final_metrics(summary))
     path = run.commit()
     t.ctx.report.finish(summary, path)
     return RunResult(path, summary, t.model)
+
+
+def final_metrics(summary: RunSummary) -> dict[str, float]:
+    """The run's figures for a tracker, flat, under ``result/`` (the epochs' series are ``phase1-val_loss``,
+    ...): each plan's val/test scores (``result/phase2/test_accuracy``), the saved plan's
+    (``result/saved/...``), each plan's gain over the one before (``result/gain/phase2/test_accuracy``)
+    and the saved model at its operating point (``result/operating/test_sensitivity``); finite only."""
+    keys = ("accuracy", "auc", "loss", "balanced_accuracy", "macro_f1", "sensitivity", "specificity", "ece")
+    scored = dict(summary.phases) | {"saved": summary.final}
+    if summary.operating is not None:
+        scored["operating"] = summary.operating
+    out = {}
+    for name, r in scored.items():
+        for split in ("val", "test"):
+            m = getattr(r, split, None)
+            out |= {f"result/{name}/{split}_{k}": getattr(m, k) for k in keys if m is not None}
+    for name, by_split in summary.gain.items():
+        out |= {f"result/gain/{name}/{s}_{k}": v for s, values in by_split.items() for k, v in values.items()}
+    finite = {k: v for k, v in out.items() if isinstance(v, int | float) and math.isfinite(v)}
+    return {k: float(v) for k, v in finite.items()}
 
 
 def summarize(t: Trained, found: dict) -> RunSummary:
