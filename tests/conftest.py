@@ -186,17 +186,18 @@ GROUPS = {
     "ddp": re.compile(r"test_distributed\.py::test_two_process"),
     "cache-race": re.compile(r"test_cache\.py::test_(two_processes|a_killed_writer|a_staging)"),
 }
-# Seconds per test, stricter than pyproject's default, where a hang is likeliest: subprocesses, Ray, DDP.
+# Seconds per test, stricter than pyproject's default (1200), where a hang is likeliest: subprocesses, Ray,
+# DDP. Generous: a loaded 2-core machine runs a Ray study test in several minutes.
 STRICT = {
-    "test_study.py": 300,
-    "test_distributed.py": 300,
-    "test_cache.py": 120,
-    "test_faults.py": 300,
-    "test_resume.py": 300,
-    "test_prefix.py": 300,
-    "test_readme.py": 300,
-    "test_package.py": 300,
-    "test_completion.py": 60,
+    "test_study.py": 600,
+    "test_distributed.py": 600,
+    "test_cache.py": 300,
+    "test_faults.py": 600,
+    "test_resume.py": 600,
+    "test_prefix.py": 600,
+    "test_readme.py": 600,
+    "test_package.py": 600,
+    "test_completion.py": 120,
 }
 
 
