@@ -124,26 +124,9 @@ def tiny_config(data, out, **changes):
 
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory) -> Path:
-    """One read-only red/blue class folder (10 per class) for the whole session; a test that changes its
-    data uses ``shapes_copy`` instead."""
+    """One read-only red/blue class folder (10 per class) for the whole session (per xdist worker); a test
+    that changes its data makes its own."""
     return make_class_folder(tmp_path_factory.mktemp("session") / "shapes", per_class=10)
-
-
-@pytest.fixture
-def shapes_copy(shapes: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(shapes, tmp_path / "shapes"))
-
-
-@pytest.fixture(scope="session")
-def tiny_run(shapes: Path, tmp_path_factory) -> Path:
-    """One finished tiny run (``tiny_config`` on ``shapes``) for the session: read it, never write it."""
-    import thaw
-
-    out = tmp_path_factory.mktemp("session") / "tiny-run"
-    thaw.fit(tiny_config(shapes, out), quiet=True)
-    return out
 
 
 @pytest.fixture(scope="session")
