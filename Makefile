@@ -45,9 +45,13 @@ chromium:
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+# Two workers (the CI machine's 2 cores, one torch thread each: tests/conftest.py); Ray, DDP, cache-race and
+# module-fixture tests stay together on one worker (--dist loadgroup). Each test has a time limit
+# (pytest-timeout: pyproject.toml, stricter ones in tests/conftest.py).
+PYTEST_WORKERS ?= 2
 test: weights chromium docs
 	$(BIN)/ruff check src tests bench docs
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The lowest versions pyproject.toml allows (torch and torchvision excepted: see .ci/lowest-versions),
 # in build/lowest-venv, then the fast tests that exercise them.
@@ -55,7 +59,7 @@ lowest: $(STAMP)
 	VENV=$(VENV) .ci/lowest-versions
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench docs

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,21 @@ def test_auto_within_its_budget_leaves_a_complete_run_folder(data, tmp_path, cap
     assert "Strategy search (--strategy auto)" in page and "linear-probe" in page
     assert "rank 1 of" in printed and record["reason"] in printed
     assert thaw.load(out).predict_paths([next(data.rglob("*.png"))])[0].label in ("red", "blue")
+
+
+def test_the_default_budget_prunes_and_holds_on_the_wall_clock(data, tmp_path):
+    """No --time-budget: twice the default's own run, which cannot fit both challengers' rung 0 after the
+    default; the search prunes, and the wall clock (not the search's own), finishing included, keeps to it."""
+    out = tmp_path / "auto"
+    start = time.monotonic()
+    auto.fit_auto(tiny_config(data, out, strategy="auto"), listed=FEW)
+    wall = time.monotonic() - start
+    record = json.loads((out / "summary.json").read_text())["auto"]
+    assert record["budget_rule"].startswith("2x the default recipe's run")
+    assert [r["candidate"] for r in record["table"] if r["status"] == "not run"]  # pruned for time
+    # the budget bounds the search; the run folder is made after it (links, the report): a few seconds
+    assert wall <= record["budget_s"] * 1.1 + 5, (wall, record["budget_s"])
+    assert record["time_used_s"] <= wall
 
 
 def test_a_tight_budget_keeps_the_default_says_why_and_thaw_resume_finishes(

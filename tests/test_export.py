@@ -97,6 +97,24 @@ def parity_reference(out: Path, inputs: np.ndarray) -> torch.Tensor:
         return ServingModel(load_model(out))(torch.from_numpy(inputs))
 
 
+def plain_inputs(files: list[Path], size: int) -> np.ndarray:
+    """[N, 3, size, size] in [0, 1], by Pillow alone (not thaw's preprocessing)."""
+    from PIL import Image
+
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files]
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2), dtype=np.float32) / 255
+
+
+def softmax_reference(weights: Path, x: np.ndarray) -> np.ndarray:
+    from thaw.models import load_model
+
+    model = load_model(weights).eval()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet's, as torchvision's MobileNetV3
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return torch.softmax(model((torch.from_numpy(x) - mean) / std), dim=1).numpy()
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
 def test_export_matches_pytorch_on_real_images(run, onnx_file, tmp_path, fmt):
     from thaw.use.export import Exported, export_run, parity
@@ -114,6 +132,22 @@ def test_export_matches_pytorch_on_real_images(run, onnx_file, tmp_path, fmt):
     for batch in (inputs[:1], inputs):  # the batch size is dynamic
         check = parity(exported, out, batch)
         assert check.max_abs_diff < 1e-4 and check.top1_agreement == 1.0, check
+    # the oracle, outside thaw's parity(): images resized here with Pillow alone, the exported file run by
+    # its own runtime, the reference written out as softmax(model((x - mean) / std)) with ImageNet's numbers
+    x = plain_inputs(images_of(data), 48)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            got = torch.jit.load(str(exported.path))(torch.from_numpy(x)).numpy()
+    else:
+        got = softmax_reference(exported.path, x)
+    want = softmax_reference(out / "model.safetensors", x)
+    assert np.abs(got - want).max() < 1e-4 and (got.argmax(1) == want.argmax(1)).all()
+    assert len(set(want.argmax(1))) > 1
     if fmt == "onnx":
         import onnx
 

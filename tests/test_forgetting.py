@@ -86,4 +86,4 @@ def test_imagenet_agreement_with_real_weights(tmp_path):
     summary = RunSummary.read(thaw.fit(config, quiet=True).path)
     head, tuned = summary.forgetting["phase1"], summary.forgetting["phase2"]
     assert head.imagenet_agreement == 1.0 and head.cka == pytest.approx(1.0)
-    assert tuned.imagenet_agreement is not None and tuned.cka < 1.0
+    assert 0.0 <= tuned.imagenet_agreement < 1.0 and tuned.cka < 1.0  # some ImageNet answers changed

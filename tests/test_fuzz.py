@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import re
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import make_class_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -210,9 +212,12 @@ def test_yaml_config_reader(tmp_path_factory, structure, text):
     slope=st.one_of(st.floats(-10, 10), st.none()),
     pixels=st.one_of(st.none(), st.binary(max_size=200)),
     truncate=st.one_of(st.none(), st.integers(0, 400)),
+    exact=st.booleans(),
 )
-def test_dicom_reader(tmp_path_factory, rows, cols, bits, photometric, samples, slope, pixels, truncate):
-    pydicom = pytest.importorskip("pydicom")
+def test_dicom_reader(
+    tmp_path_factory, rows, cols, bits, photometric, samples, slope, pixels, truncate, exact
+):
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -230,23 +235,42 @@ def test_dicom_reader(tmp_path_factory, rows, cols, bits, photometric, samples, 
         ds.PlanarConfiguration = 0
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    size = rows * cols * samples * bits // 8
+    if exact:  # as many pixel bytes as the header says
+        pixels = ((pixels or b"\x07") * size)[:size]
     if pixels is not None:
         ds.PixelData = pixels
     ds.save_as(str(path), enforce_file_format=True)
     if truncate is not None:
         path.write_bytes(path.read_bytes()[:truncate])
+    # a well-formed file (all its pixel bytes, an interpretation that matches its samples) must decode
+    well_formed = (
+        truncate is None
+        and pixels is not None
+        and len(pixels) == size
+        and (photometric == "RGB") == (samples == 3)
+        and photometric != "PALETTE COLOR"  # needs a palette this file does not carry
+    )
     try:
         image, _ = read_image(str(path), 3)
-    except DECODE_ERRORS as err:  # an error row in predict, a skipped file in training
-        assert "\n" not in str(err).strip() or isinstance(err, pydicom.errors.InvalidDicomError) is False
+    except DECODE_ERRORS as err:  # an error row in predict, a skipped file in training: it names the file's
+        assert not well_formed, f"a well-formed DICOM was refused: {err!r}"  # problem in its first line
         return
     except ThawError as err:
+        assert not well_formed, f"a well-formed DICOM was refused: {err}"
         refused_in_one_line(err)
         return
-    assert image.mode == "RGB" and image.size[0] >= 1
+    assert image.mode == "RGB" and min(image.size) >= 1
 
 
 # ----------------------------------------------------------------------------- flags
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    from thaw.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["fit"]
 
 
 @FUZZ
@@ -281,7 +305,8 @@ def test_dicom_reader(tmp_path_factory, rows, cols, bits, photometric, samples, 
 )
 def test_flag_parsing(flag, value):
     from thaw.cli import parser
-    from thaw.cli.flags import config_from_args
+    from thaw.cli.flags import NONE, config_from_args
+    from thaw.cli.flags import settings as _settings
 
     if value.startswith("-"):
         argv = ["fit", "data", f"{flag}={value}"]
@@ -303,7 +328,13 @@ def test_flag_parsing(flag, value):
     except ThawError as err:
         refused_in_one_line(err)
         return
-    assert isinstance(args, argparse.Namespace) and config.data.path == "data"
+    # accepted: the value the parser read is the one the config holds, and the config survives its YAML
+    dest = next(a.dest for a in _fit_parser()._actions if flag in a.option_strings)
+    if dest in {key for _, key, _, _ in _settings(RunConfig())}:
+        given = getattr(args, dest)
+        held = functools.reduce(getattr, dest.split("."), config)
+        assert held == (None if given is NONE else given), (flag, value, given, held)
+    assert config.data.path == "data" and RunConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
 
 
 # ----------------------------------------------------------------------------- YAML: aliases, plans, numbers

@@ -103,3 +103,34 @@ def test_the_optimizer_setting_reaches_every_trained_plan():
         assert type(optimizer) is kind
         if name == "sgd":
             assert all(g["momentum"] == 0.9 and g["nesterov"] for g in optimizer.param_groups)
+
+
+def test_a_default_run_trains_the_backbone_at_a_tenth_of_the_head_lr(shapes, tmp_path, monkeypatch):
+    """Read from the optimizer a real default run builds (not from the plan's fields): in phase 2 every
+    backbone group that trains starts at the head's LR / 10 (the documented default ratio), the head at
+    the default LR, and no parameter is in two groups."""
+    from conftest import tiny_config
+
+    import thaw
+
+    built = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    thaw.fit(tiny_config(shapes, tmp_path / "run"), quiet=True)
+    assert built, "no AdamW was built"
+    phase2 = built[-1]
+    start = {g["name"]: g["initial_lr"] for g in phase2.param_groups}  # before the warmup/cosine factor
+    head = start["head"]
+    assert head == thaw.RunConfig().lr and start["head_no_decay"] == head
+    backbone = {name: lr for name, lr in start.items() if name.startswith("group")}
+    assert backbone and all(lr == pytest.approx(head / 10, rel=1e-12) for lr in backbone.values()), start
+    # the LR the optimizer used on its last step keeps that ratio (the schedule scales every group alike)
+    now = {g["name"]: g["lr"] for g in phase2.param_groups}
+    assert all(now[name] == pytest.approx(now["head"] / 10, rel=1e-9) for name in backbone)
+    held = [id(p) for g in phase2.param_groups for p in g["params"]]
+    assert len(held) == len(set(held))  # no parameter in two groups (it would train at two LRs)

@@ -165,6 +165,14 @@ def test_resume_keeps_frozen_groups_frozen(uninterrupted):
     assert frozen and all(torch.equal(final[k], state[k]) for k in frozen)
     trainable = {f"backbone.{n}" for n in initial.layer_groups[-1]}
     assert any(not torch.equal(final[k], state[k]) for k in trainable)
+    # batch norm under the default policy (frozen: every BN layer in eval mode in every phase): each buffer
+    # (running mean, variance, batches tracked) of each BN layer is saved, and is the initial one
+    bn = [name for name, m in initial.backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    buffers = {f"backbone.{m}.{b}" for m in bn for b in stats}
+    assert bn and buffers <= final.keys()  # so same_model, which every resume test uses, compares them too
+    changed = sorted(k for k in buffers if not torch.equal(final[k], state[k]))
+    assert changed == [], changed
 
 
 def test_resume_refuses_a_finished_or_missing_run(uninterrupted, tmp_path, capsys):

@@ -11,7 +11,7 @@ from conftest import make_class_folder, tiny_config, tiny_flags
 
 import thaw
 from thaw.cli import main
-from thaw.core.config import DataConfig, RunConfig, override
+from thaw.core.config import DataConfig, RunConfig
 from thaw.core.errors import ThawError
 from thaw.data import discover
 from thaw.data.budget import UNLABELLED, apply_budget
@@ -245,5 +245,16 @@ def test_folds_cross_validate_with_a_confidence_interval(shapes, tmp_path, capsy
     cv = json.loads((out / "cv.json").read_text())
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2 and set(cv["summary"]) == {"val", "test"}
     assert "95% CI" in capsys.readouterr().out
+    # each fold an ordinary run folder: its own config (the user's settings, its own out), and a split.csv
+    # whose val part is its fold: the two folds validate disjoint halves of train+val, test the same images
     config = RunConfig.from_yaml(out / "fold1" / "config.yaml")
-    assert config == override(config, {})  # an ordinary run folder
+    assert config.out == str(out / "fold1") and config.data.path == str(shapes) and config.phase2.epochs == 1
+    splits = [
+        {row["key"]: row["split"] for row in csv.DictReader((out / f"fold{i}" / "split.csv").open())}
+        for i in range(2)
+    ]
+    folds = [{k for k, split in s.items() if split == "val"} for s in splits]
+    assert folds[0] and folds[1] and not folds[0] & folds[1]
+    assert folds[0] | folds[1] == {k for k, split in splits[0].items() if split in ("train", "val")}
+    tests = [{k for k, split in s.items() if split == "test"} for s in splits]
+    assert tests[0] == tests[1]

@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_class_folder, tiny_flags
+from safetensors.torch import load_file
 
 from thaw.cli import main
 from thaw.core.results import without_clock
 from thaw.metrics.stats import interval
 from thaw.studies.runner import Executor
-
-ray = pytest.importorskip("ray", reason="the Ray tests need thaw-transfer[ray] (in the test extra)")
 
 KILLED = "two-phase-seed1"  # the cell whose first worker dies
 
@@ -55,7 +55,8 @@ def _cells(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """A Ray of 2 CPUs whose workers import this module's fault hook."""
+    """A Ray of 2 CPUs whose workers import this module's fault hook (tests without Ray run without it)."""
+    ray = pytest.importorskip("ray", reason="the Ray tests need thaw-transfer[ray] (in the test extra)")
     tmp = tmp_path_factory.mktemp("ray")
     tests, src = Path(__file__).parent, Path(__file__).parents[1] / "src"
     env = {
@@ -103,6 +104,17 @@ def test_compare_on_ray_equals_the_serial_one_and_a_killed_cell_resumes(local_ra
     resumed = local_ray.with_suffix(".resumed").read_text().split()
     assert [Path(p).name for p in resumed] == [f"{KILLED}.incomplete"]
     assert (run / "phases" / "phase1.json").stat().st_mtime_ns == record["phase1_mtime"]  # not retrained
+
+    # an oracle outside the study runner: the killed-and-resumed Ray cell is the plain `thaw fit` of its
+    # seed, tensor for tensor, and its summary's test metrics are that run's
+    alone = tmp_path / "alone"
+    flags = [*tiny_flags(), "--phase2-epochs", "2", "--seed", "1", "--quiet"]
+    assert main(["fit", str(data), *flags, "--out", str(alone)]) == 0
+    cell, direct = load_file(str(run / "model.safetensors")), load_file(str(alone / "model.safetensors"))
+    assert cell.keys() == direct.keys() and all(torch.equal(cell[k], direct[k]) for k in cell)
+    summary = lambda path: json.loads((path / "summary.json").read_text())["phases"]  # noqa: E731
+    for phase in ("phase1", "phase2"):
+        assert summary(run)[phase]["test"] == summary(alone)[phase]["test"]
 
 
 def test_a_two_process_cell_holds_two_cpus_and_runs_under_lightnings_launcher(local_ray, tmp_path):

@@ -25,6 +25,45 @@ def by_name(rows):
     return {r.name: r for r in rows}
 
 
+def built_params(row) -> int:
+    """The oracle: the row's model built here, on the meta device, with its library's own constructor (not
+    thaw's adapters or count cache), and its parameters counted."""
+    from unittest import mock
+
+    import timm
+    import torch
+    import torchvision
+
+    def build():
+        if row.source == "torchvision":  # a ViT's position embeddings: at its weights' size (vit_h_14: 518)
+            size = {"image_size": row.input_size} if row.name.startswith("vit_") else {}
+            return torchvision.models.get_model(row.name, **size)
+        return timm.create_model(row.name.removeprefix("timm/"), pretrained=False)
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except NotImplementedError:  # RegNet computes its widths with tensors: each parameter moves to meta
+        register = torch.nn.Module.register_parameter
+
+        def on_meta(self, name, param):
+            meta = None if param is None else torch.nn.Parameter(param.to("meta"), param.requires_grad)
+            register(self, name, meta)
+
+        with mock.patch.object(torch.nn.Module, "register_parameter", on_meta):
+            model = build()
+    return sum(p.numel() for p in model.parameters())
+
+
+def published(row) -> tuple:
+    """torchvision's own metadata for the row's weights: parameters, top-1, top-5, file size."""
+    from torchvision.models import get_model_weights
+
+    meta = get_model_weights(row.name)[row.weights].meta
+    metrics = meta["_metrics"]["ImageNet-1K"]
+    return meta["num_params"], metrics["acc@1"], metrics["acc@5"], meta["_file_size"]
+
+
 def test_rows_carry_torchvision_metadata_and_timm_counts():
     rows = by_name(zoo.catalogue(family="resnet"))
     r18 = rows["resnet18"]
@@ -32,6 +71,10 @@ def test_rows_carry_torchvision_metadata_and_timm_counts():
     assert (r18.top1, r18.top5, r18.gflops, r18.file_mb) == (69.758, 89.078, 1.814, 44.661)
     timm18 = rows["timm/resnet18"]  # counted on the meta device; accuracy from timm's results table
     assert (timm18.source, timm18.params, timm18.gflops, timm18.top1) == ("timm", 11689512, 1.814, 73.158)
+    for row in rows.values():  # every resnet row against a model built here and torchvision's metadata
+        assert row.params == built_params(row), row.name
+        if row.source == "torchvision":
+            assert (row.params, row.top1, row.top5, row.file_mb) == published(row), row.name
     assert "resnext50_32x4d" not in rows and "wide_resnet50_2" not in rows  # families of their own
 
 
@@ -45,6 +88,8 @@ def test_every_family_is_listed_with_its_figures():
     ).split()
     assert set(expected) <= families
     assert all(r.params > 0 and r.gflops and r.gflops > 0 and r.input_size > 0 for r in everything)
+    assert [r.name for r in everything if r.params != built_params(r)] == []
+    assert [r.name for r in everything if r.source == "torchvision" and r.top1 != published(r)[1]] == []
     dino = by_name(everything)["timm/vit_small_patch14_dinov2"]
     assert dino.top1 is None and dino.input_size == 518 and dino.params == 22056192
 
