@@ -72,6 +72,7 @@ def test_decision_takes_a_clear_win_and_keeps_the_default_on_a_tie():
 def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tmp_path):
     assert ladder(10, 7) == [2, 3, 5, 10]
     assert ladder(10, 1) == [10] and ladder(1, 6) == [1, 1, 1, 1]
+    assert ladder(4, 15) == [2, 2, 2, 2, 4]  # never a one-epoch screen: that is the opening
     config = tiny_config(tmp_path / "d", tmp_path / "o", strategy="auto", lr_ratio=100.0)
     kept, left = auto.candidates(config)
     names = [c.name for c in kept]
