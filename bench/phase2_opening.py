@@ -55,6 +55,9 @@ VARIANTS = {
     "no-warmup": {"warmup": 0.0},
     "adam-eps": {"eps": 1e-4},
     "fix": {"augment": "none", "dropout": 0.0},
+    "r100-head-fixed": {"backbone_lr": 1e-5, "head_lr": 0.0},
+    "r100-head-low": {"backbone_lr": 1e-5, "head_lr": 1e-4},
+    "r30": {"backbone_lr": 3e-5},
 }
 DEFAULT = {
     "augment": "standard",

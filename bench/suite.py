@@ -25,7 +25,7 @@ the others with one small mark (spot, scratch, crack, chip, stain), as on issue 
 ``--column 128`` is the suite at the user's default command (``thaw fit DATA --image-size 128 --weights
 IMAGENET1K_V1``: 128 px, phase 2's default 10 epochs), in ``bench/out/suite-128``; the default column
 (64 px, 6 epochs) stays in ``bench/out/suite``. The ``before`` candidate is the default as it was before
-issue 25 (head dropout 0.2, one warmup epoch), paired with ``default`` by seed.
+issue 25 (``--lr-ratio 10``: the backbone at 1e-4), paired with ``default`` by seed.
 """
 
 from __future__ import annotations
@@ -73,13 +73,12 @@ CANDIDATES = {
     "dihedral": {"data.augment": "crop:0.5,hflip,vflip,rot90"},
     "lp-ft": {"strategy": "lp-ft"},
     "finetune-low-lr": {"strategy": "finetune-low-lr"},
-    "ratio100": {"lr_ratio": 100.0},
+    "ratio100": {"lr_ratio": 100.0},  # the default since issue 25
     "dropout0": {"model.dropout": 0.0},
     "no-warmup": {"phase2.warmup_epochs": 0.0},
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
-    "before": {},  # the default before issue 25: filled in below, beside the settings it changed
+    "before": {"lr_ratio": 10.0},  # the default before issue 25: the backbone at 1e-4
 }
-BEFORE_ISSUE_25: dict = {}
 
 
 def make_tiles(folder: Path, per_class: int = 300, seed: int = 0, edge: float | None = None) -> None:
@@ -132,8 +131,7 @@ def config(dataset: str, candidate: str, seed: int, out: Path):
     import thaw
     from thaw.core.config import override
 
-    extra = BEFORE_ISSUE_25 if candidate == "before" else CANDIDATES[candidate]
-    changes = {**BASE, **DATASETS[dataset], **extra, "seed": seed, "out": str(out)}
+    changes = {**BASE, **DATASETS[dataset], **CANDIDATES[candidate], "seed": seed, "out": str(out)}
     return override(thaw.RunConfig(), changes)
 
 

@@ -46,7 +46,7 @@ def test_fit_writes_a_complete_run_folder(run):
         for split in ("val", "test"):
             assert 0.0 <= phase[split]["accuracy"] <= 1.0
     phase2 = summary["phases"]["phase2"]
-    assert phase2["backbone_lr"] == pytest.approx(phase2["head_lr"] / 10)
+    assert phase2["backbone_lr"] == pytest.approx(phase2["head_lr"] / 100)  # the default --lr-ratio
     assert set(summary["gain"]["phase2"]["val"]) >= {"accuracy", "auc"}
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["phase"] for r in rows] == ["phase1", "phase2"]  # phase 1 solved on cached features: one row

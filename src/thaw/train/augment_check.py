@@ -188,7 +188,9 @@ class Scorer:
         return max(float(self.frozen_reference.mean()) - chance, 1e-6)
 
     def _pilot(self, train_feats: torch.Tensor, test_feats: torch.Tensor, repeat: int) -> np.ndarray:
-        """Each image's views scored by a head solved on the views of the other fold."""
+        """Each image's views scored by a head solved on the views of the other fold (its L2 strength
+        chosen on the scored fold, the same way for the eval view and every op, so the optimism of that
+        one choice cancels in the cost)."""
         y = torch.as_tensor(np.repeat(np.asarray(self.labels), repeat))
         fold = np.repeat(self.fold, repeat)
         out = np.zeros(len(y))
