@@ -27,8 +27,9 @@ measured and chosen is printed in one line and kept in ``summary.json`` (``augme
 
 The check costs one forward pass over ``CHECK_IMAGES * (1 + CHECK_VIEWS * (ops + 1))`` small images
 (about one and a half passes over a 1,300-image training set for the two ops of ``standard``) and a few
-L-BFGS solves on 256-512 feature rows (a second or two each). Multi-label data keeps the frozen head's
-cost (the pilot's solver is single-label here).
+L-BFGS solves on 256-512 feature rows (a second or two each). Multi-label data, and a training set of
+fewer than ``PILOT_MIN_IMAGES`` images, keep the frozen head's cost (the pilot's solver is single-label
+here, and on a few dozen images its heads are too noisy to judge by).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ label"): the standard crop costs 0.04-0.25 on the natural datasets and on small 
 seed noise; on marks near the edge it costs 0.39-0.41. 0.3 leaves the first group on the standard policy
 and acts on the second."""
 CROP_STEPS = (0.75, 0.9)
+PILOT_MIN_IMAGES = 128  # fewer checked images: the frozen head's cost decides (see ``Scorer``)
 
 
 def check(
@@ -162,8 +164,14 @@ class Scorer:
         n = len(labels)
         self.fold = np.random.default_rng(seed + 1).permutation(n) % 2  # two halves, by image
         y = np.asarray(labels)
-        # the pilot needs each half to hold every class it is scored on; else the frozen head decides
-        enough = not model.multilabel and all(len(set(y[self.fold == f].tolist())) > 1 for f in (0, 1))
+        # the pilot needs enough images in each half (a head solved on a few dozen is too noisy to judge
+        # by: on 56 checked images its standard error let a crop that cut the mark away pass) and more than
+        # one class in each; else the frozen head decides, as before issue 25
+        enough = (
+            not model.multilabel
+            and n >= PILOT_MIN_IMAGES
+            and all(len(set(y[self.fold == f].tolist())) > 1 for f in (0, 1))
+        )
         self.signal = "pilot" if enough else "frozen head"
         self.frozen_reference = np.zeros(0)
 
