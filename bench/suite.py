@@ -2,6 +2,7 @@
 marks on real steel tiles, each with several candidates and seeds, on one split per dataset (paired).
 
     python bench/suite.py run [--datasets neu hep2] [--candidates default standard] [--seeds 0 1 2]
+    python bench/suite.py run --column 128 [--datasets ...]  # the user's settings: 128 px, 10 epochs
     python bench/suite.py table [--markdown]
     python bench/suite.py costs [--datasets ...]     # what the augmentation check measures, op by op
 
@@ -18,6 +19,13 @@ standard policy) is the same computation with the same seeds; it is run anyway o
 its area at a random place, or none (label ``marked`` / ``clean``), so the label is a small mark that a
 random crop can cut out of the picture, as on the industrial defect sets thaw is tried on; ``edge-tiles``
 puts the spot in the outer 12% band of the tile, where half-area crops cut it away most often.
+``small-marks`` is ``bench/small_marks.py``'s synthetic set: 6 classes of glazed tiles, 70% defect-free,
+the others with one small mark (spot, scratch, crack, chip, stain), as on issue 25's defect tiles.
+
+``--column 128`` is the suite at the user's default command (``thaw fit DATA --image-size 128 --weights
+IMAGENET1K_V1``: 128 px, phase 2's default 10 epochs), in ``bench/out/suite-128``; the default column
+(64 px, 6 epochs) stays in ``bench/out/suite``. The ``before`` candidate is the default as it was before
+issue 25 (``--lr-ratio 10``: the backbone at 1e-4), paired with ``default`` by seed.
 """
 
 from __future__ import annotations
@@ -43,6 +51,11 @@ DATASETS = {
     "hep2": {"data.path": str(SHARED / "hep2-cells")},
     "tiles": {"data.path": str(ROOT / "bench" / "out" / "suite-data" / "tiles")},
     "edge-tiles": {"data.path": str(ROOT / "bench" / "out" / "suite-data" / "edge-tiles")},
+    "small-marks": {"data.path": str(ROOT / "bench" / "out" / "suite-data" / "small-marks")},
+}
+COLUMNS = {
+    "64": ({"data.image_size": 64, "phase2.epochs": 6}, "suite"),
+    "128": ({"data.image_size": 128, "phase2.epochs": 10}, "suite-128"),
 }
 BASE = {
     "model.name": "mobilenet_v2",
@@ -60,10 +73,11 @@ CANDIDATES = {
     "dihedral": {"data.augment": "crop:0.5,hflip,vflip,rot90"},
     "lp-ft": {"strategy": "lp-ft"},
     "finetune-low-lr": {"strategy": "finetune-low-lr"},
-    "ratio100": {"lr_ratio": 100.0},
+    "ratio100": {"lr_ratio": 100.0},  # the default since issue 25
     "dropout0": {"model.dropout": 0.0},
     "no-warmup": {"phase2.warmup_epochs": 0.0},
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
+    "before": {"lr_ratio": 10.0},  # the default before issue 25: the backbone at 1e-4
 }
 
 
@@ -102,6 +116,11 @@ def make_tiles(folder: Path, per_class: int = 300, seed: int = 0, edge: float | 
 
 
 def make_data(datasets: list[str]) -> None:
+    if "small-marks" in datasets:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from small_marks import make
+
+        make(Path(DATASETS["small-marks"]["data.path"]))
     if "tiles" in datasets:
         make_tiles(Path(DATASETS["tiles"]["data.path"]))
     if "edge-tiles" in datasets:
@@ -340,7 +359,11 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--no-alias", action="store_true", help="run a candidate even where it equals the default")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--column", choices=COLUMNS, default="64", help="64: 64 px, 6 epochs; 128: the user's")
     args = p.parse_args()
+    global OUT
+    BASE.update(COLUMNS[args.column][0])
+    OUT = ROOT / "bench" / "out" / COLUMNS[args.column][1]
     missing = [d for d in args.datasets if d != "digits" and not (SHARED.exists())]
     if missing:
         sys.exit(f"skipped: {', '.join(missing)}: {SHARED} is absent")

@@ -182,7 +182,7 @@ def test_a_phase_that_does_not_beat_its_incoming_score_stops_after_patience(tmp_
     assert summary.final_phase == "phase1"
 
 
-def test_the_incoming_guard_stops_a_phase_that_fell_and_stopped_climbing_back():
+def test_the_incoming_guard_judges_the_trend_after_the_opening():
     from types import SimpleNamespace
 
     from thaw.train.guards import IncomingGuard
@@ -202,8 +202,8 @@ def test_the_incoming_guard_stops_a_phase_that_fell_and_stopped_climbing_back():
         {"val_loss": 0.65, "val_acc": 0.7},
         {"val_loss": 0.7, "val_acc": 0.6},
     ]
-    assert epochs(IncomingGuard(incoming, 3), flat)  # below the incoming weights, no longer climbing: stop
-    assert not epochs(IncomingGuard(incoming, 4), flat)  # patience not yet spent
+    assert epochs(IncomingGuard(incoming, 3, 10), flat)  # below the incoming weights, not climbing: stop
+    assert not epochs(IncomingGuard(incoming, 4, 10), flat)  # patience not yet spent
     # HEp-2's shape: a deep dip, then every epoch closer; it goes on, and passes the incoming accuracy
     climbing = [
         {"val_loss": 0.75, "val_acc": 0.69},
@@ -211,13 +211,20 @@ def test_the_incoming_guard_stops_a_phase_that_fell_and_stopped_climbing_back():
         {"val_loss": 0.47, "val_acc": 0.79},
         {"val_loss": 0.45, "val_acc": 0.84},
     ]
-    guard = IncomingGuard(incoming, 3)
+    guard = IncomingGuard(incoming, 3, 10)
     assert not epochs(guard, climbing) and guard.beaten
-    restored = IncomingGuard(incoming, 3)
+    restored = IncomingGuard(incoming, 3, 10)
     restored.load_state_dict(guard.state_dict())
-    assert restored.beaten and restored.best == guard.best
-    stalls = [*climbing[:3], {"val_loss": 0.5, "val_acc": 0.78}]  # climbed, then stalled below: stop
-    assert epochs(IncomingGuard(incoming, 3), stalls)
+    assert restored.beaten and restored.best == guard.best and restored.history == guard.history
+    # issue 25's defect tiles: a slow climb with one flat epoch at epoch 5, on course to pass the incoming
+    # accuracy within the budget; the old rule (one epoch without a new best) cut it there
+    tiles = {"val_loss": 0.2, "val_acc": 0.946}
+    slow = [{"val_loss": 0.9 - 0.1 * i, "val_acc": a} for i, a in enumerate((0.733, 0.76, 0.79, 0.827, 0.82))]
+    assert not epochs(IncomingGuard(tiles, 3, 10), slow)
+    assert epochs(IncomingGuard(tiles, 3, 6), slow)  # the same climb with one epoch left cannot get there
+    stalls = [*climbing[:3], *[{"val_loss": 0.5, "val_acc": 0.78}] * 3]  # climbed, then stalled below: stop
+    guard = IncomingGuard(incoming, 3, 10)
+    assert epochs(guard, stalls) and guard.epochs == 5
 
 
 def test_the_check_scores_every_op_on_greyscale_images():

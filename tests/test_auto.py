@@ -73,11 +73,12 @@ def test_decision_takes_a_clear_win_and_keeps_the_default_on_a_tie():
 def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tmp_path):
     assert ladder(10, 7) == [2, 3, 5, 10]
     assert ladder(10, 1) == [10] and ladder(1, 6) == [1, 1, 1, 1]
-    config = tiny_config(tmp_path / "d", tmp_path / "o", strategy="auto", lr_ratio=100.0)
+    assert ladder(4, 15) == [2, 2, 2, 2, 4]  # never a one-epoch screen: that is the opening
+    config = tiny_config(tmp_path / "d", tmp_path / "o", strategy="auto", lr_ratio=10.0)
     kept, left = auto.candidates(config)
     names = [c.name for c in kept]
-    assert names[0] == "two-phase" and "lr-ratio-100" not in names
-    assert next(x["why"] for x in left if x["candidate"] == "lr-ratio-100") == "the same recipe as two-phase"
+    assert names[0] == "two-phase" and "lr-ratio-10" not in names
+    assert next(x["why"] for x in left if x["candidate"] == "lr-ratio-10") == "the same recipe as two-phase"
     by_name = {c.name: c for c in kept}
     assert by_name["linear-probe"].scaled == () and by_name["lp-ft"].scaled == ("phase2",)
     assert by_name["finetune-low-lr"].scaled == ("finetune",)
@@ -250,3 +251,14 @@ def test_a_different_command_into_the_same_search_is_refused(data, tmp_path, cap
     with pytest.raises(thaw.ThawError, match="different command"):
         auto.fit_auto(override(config, {"seed": 1}))
     assert auto.is_auto(out) and auto.is_auto(staged) and not auto.is_auto(tmp_path)
+
+
+def test_auto_knows_when_the_check_changed_the_policy():
+    """Then auto screens ``augment-none`` first, whatever the budget (issue 25)."""
+    from types import SimpleNamespace
+
+    changed = {"setting": "auto", "started_from": "crop 0.5-1, hflip", "chosen": "crop 0.9-1, hflip"}
+    kept = {**changed, "chosen": "crop 0.5-1, hflip"}
+    assert auto.policy_changed(SimpleNamespace(augment=changed))
+    assert not auto.policy_changed(SimpleNamespace(augment=kept))
+    assert not auto.policy_changed(SimpleNamespace(augment={"setting": "none", "chosen": "none"}))

@@ -105,9 +105,12 @@ def test_the_optimizer_setting_reaches_every_trained_plan():
             assert all(g["momentum"] == 0.9 and g["nesterov"] for g in optimizer.param_groups)
 
 
-def test_a_default_run_trains_the_backbone_at_a_tenth_of_the_head_lr(shapes, tmp_path, monkeypatch):
+DEFAULT_RATIO = 100  # the documented default backbone LR ratio (docs/concepts/defaults.md, issue 25)
+
+
+def test_a_default_run_trains_the_backbone_at_the_documented_ratio_of_the_head_lr(shapes, tmp_path, monkeypatch):
     """Read from the optimizer a real default run builds (not from the plan's fields): in phase 2 every
-    backbone group that trains starts at the head's LR / 10 (the documented default ratio), the head at
+    backbone group that trains starts at the head's LR / DEFAULT_RATIO, the head at
     the default LR, and no parameter is in two groups."""
     from conftest import tiny_config
 
@@ -128,9 +131,9 @@ def test_a_default_run_trains_the_backbone_at_a_tenth_of_the_head_lr(shapes, tmp
     head = start["head"]
     assert head == thaw.RunConfig().lr and start["head_no_decay"] == head
     backbone = {name: lr for name, lr in start.items() if name.startswith("group")}
-    assert backbone and all(lr == pytest.approx(head / 10, rel=1e-12) for lr in backbone.values()), start
+    assert backbone and all(lr == pytest.approx(head / DEFAULT_RATIO, rel=1e-12) for lr in backbone.values()), start
     # the LR the optimizer used on its last step keeps that ratio (the schedule scales every group alike)
     now = {g["name"]: g["lr"] for g in phase2.param_groups}
-    assert all(now[name] == pytest.approx(now["head"] / 10, rel=1e-9) for name in backbone)
+    assert all(now[name] == pytest.approx(now["head"] / DEFAULT_RATIO, rel=1e-9) for name in backbone)
     held = [id(p) for g in phase2.param_groups for p in g["params"]]
     assert len(held) == len(set(held))  # no parameter in two groups (it would train at two LRs)

@@ -86,7 +86,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": "lp-ft", "overrides": {"strategy": "lp-ft"}},
     {"name": "finetune-low-lr", "overrides": {"strategy": "finetune-low-lr"}},
     {"name": "surgical-last", "overrides": {"strategy": "surgical-last"}},
-    {"name": "lr-ratio-100", "overrides": {"strategy": "two-phase", "lr_ratio": 100.0}},
+    {"name": "lr-ratio-10", "overrides": {"strategy": "two-phase", "lr_ratio": 10.0}},
     {"name": "augment-none", "overrides": {"strategy": "two-phase", "data.augment": "none"}},
     {"name": "augment-light", "overrides": {"strategy": "two-phase", "data.augment": "light"}},
     {"name": "linear-probe", "overrides": {"strategy": "linear-probe"}},
@@ -97,6 +97,7 @@ two-phase keeps it when phase 2 does not raise validation accuracy). ``data.augm
 ``--augment`` policies; the default, ``auto``, is the incumbent's. A candidate the user's settings rule
 out, or that they make the same as one before it, is left out with why (:func:`candidates`)."""
 
+OPENING = 2  # the fewest phase-2 epochs a screen runs: the first one is the opening, not the trend
 LEVEL = 0.10  # one-sided error of the whole search: split over the challengers screened
 RESAMPLES = 2000  # paired bootstrap resamples of the validation images
 BUDGET_FACTOR = 2.0  # no --time-budget: this many times the incumbent's own run
@@ -134,7 +135,7 @@ def candidates(
     config: RunConfig, listed: tuple[dict[str, Any], ...] | None = None
 ) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """The candidates this config can run, the incumbent first, and those left out with why (settings that
-    rule the recipe out, or make it the same as one before it: ``lr-ratio-100`` with ``--lr-ratio 100``)."""
+    rule the recipe out, or make it the same as one before it: ``lr-ratio-10`` with ``--lr-ratio 10``)."""
 
     listed = listed or CANDIDATES
     assert listed[0]["name"] == INCUMBENT, "the incumbent comes first"
@@ -165,9 +166,10 @@ def candidates(
 
 def ladder(full: int, challengers: int) -> list[int]:
     """Phase-2 epochs per rung: one rung per halving of ``challengers`` (7 -> 4 -> 2 -> 1: 4 rungs), the
-    epochs doubling up to ``full`` (10: 2, 3, 5, 10), so that every rung costs about the same."""
+    epochs doubling up to ``full`` (10: 2, 3, 5, 10), so that every rung costs about the same; never fewer
+    than ``OPENING`` (a first epoch alone shows a recipe's opening, not where it is going)."""
     rungs = 1 + math.ceil(math.log2(max(challengers, 1)))
-    return [max(1, math.ceil(full / 2 ** (rungs - 1 - r))) for r in range(rungs)]
+    return [max(min(OPENING, full), math.ceil(full / 2 ** (rungs - 1 - r))) for r in range(rungs)]
 
 
 # ------------------------------------------------------------------------------------------ the decision
@@ -441,6 +443,12 @@ def _search(
     summaries: dict[str, RunSummary] = _run_all(root, [("incumbent", make)], state, executor)
     budget = _budget(config, state)
     say(f"auto: budget {budget:.0f} s ({state.data['budget_rule']}); {state.spent():.0f} s used")
+    if policy_changed(summaries["incumbent"]) and "augment-none" in by_name:
+        # the check changed the policy: screen phase 2 without augmentation too, first and whatever the
+        # budget (issue 25: on a defect-tile set it was the recipe that won, and it was never screened)
+        cands = [cands[0], by_name["augment-none"], *[c for c in challengers if c.name != "augment-none"]]
+        challengers, by_name = cands[1:], {c.name: c for c in cands}
+        state.data["always"] = ["augment-none"]
     estimate = _estimator(by_name, summaries, state)
     steps = ladder(full, len(challengers))
     rungs: list[dict[str, Any]] = state.data["rungs"]
@@ -464,6 +472,12 @@ def _search(
             break  # one left, or every one left at the full budget
         r += 1
     return _decide(root, cands, left, rungs, ranked, summaries, state, config, metric)
+
+
+def policy_changed(summary: RunSummary) -> bool:
+    """Whether ``--augment auto``'s check changed the policy it started from (weakened or dropped an op)."""
+    record = summary.augment or {}
+    return record.get("setting") == "auto" and record.get("chosen", "") != record.get("started_from", "")
 
 
 def _budget(config: RunConfig, state: State) -> float:
@@ -520,7 +534,7 @@ def _rung_runs(root, r, rung, by_name, estimate, budget, state, say, executor) -
         started = (path / "summary.json").is_file() or staging_path(path).is_dir()
         need = 0.0 if started else estimate(name, rung["epochs"], rung["before"][name])
         left_s = budget - state.spent() - queued
-        if need and need > left_s:
+        if need and need > left_s and not (r == 0 and name in state.data.get("always", [])):
             why = f"about {need:.0f} s needed, {max(left_s, 0):.0f} s of the budget left"
             rung["skipped"][name] = {"why": why, "needed_s": round(need, 1)}
             state.save()
@@ -548,7 +562,8 @@ def _plan_rung(r, rungs, ranked, by_name, steps, full, budget, state, estimate) 
     left = budget - state.spent()
     if r == 0:
         members = list(by_name)[1:]
-        options = list(range(steps[0], 0, -1))
+        # never below OPENING phase-2 epochs: a recipe's first epoch is its opening, not its trend
+        options = list(range(steps[0], min(OPENING, full) - 1, -1))
         runs = {n: f"rung0/{n}" for n in members}
         before: dict[str, str | None] = {n: None for n in members}
         fresh = members
@@ -563,7 +578,7 @@ def _plan_rung(r, rungs, ranked, by_name, steps, full, budget, state, estimate) 
     need = 0.0
     for epochs in options:
         need = sum(estimate(n, epochs, before[n]) for n in fresh)
-        if need <= left or r == 0 and epochs == 1:
+        if need <= left or r == 0 and epochs == options[-1]:
             return {
                 "rung": r,
                 "epochs": epochs,

@@ -81,8 +81,9 @@ def run_phase(
     attempt was interrupted; end on its best epoch's weights, saved as ``checkpoints/<plan>.safetensors``.
 
     A plan that has not beaten the weights it starts from (``start``, default the plan before) on
-    validation loss or on the metric that picks the plan kept within ``patience`` epochs stops there
-    (``guards.IncomingGuard``), instead of spending its whole budget on weights the run will not keep."""
+    validation loss or on the metric that picks the plan kept, and whose trend over its last ``patience``
+    epochs would not beat them within its budget, stops there (``guards.IncomingGuard``), instead of
+    spending its whole budget on weights the run will not keep."""
     feed = feed or Feed(ctx.loaders.train(index), ctx.loaders.val_shard)  # under DDP: this rank's shard
     start = start or (list(before.values())[-1] if before else None)
     module = phase_module(model, plan, index, ctx, feed)
@@ -150,7 +151,7 @@ class Watch:
         checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
         guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good one
         incoming = incoming_scores(start, ctx.config.monitor)
-        gate = IncomingGuard(incoming, plan.patience) if incoming else None
+        gate = IncomingGuard(incoming, plan.patience, plan.epochs) if incoming else None
         return cls(recorder, guard, gate, checkpoint, incoming, start)
 
     def callbacks(self) -> list:
