@@ -108,7 +108,7 @@ def test_the_optimizer_setting_reaches_every_trained_plan():
 DEFAULT_RATIO = 100  # the documented default backbone LR ratio (docs/concepts/defaults.md, issue 25)
 
 
-def test_a_default_run_trains_the_backbone_at_the_documented_ratio_of_the_head_lr(shapes, tmp_path, monkeypatch):
+def test_a_default_run_trains_the_backbone_at_the_documented_ratio(shapes, tmp_path, monkeypatch):
     """Read from the optimizer a real default run builds (not from the plan's fields): in phase 2 every
     backbone group that trains starts at the head's LR / DEFAULT_RATIO, the head at
     the default LR, and no parameter is in two groups."""
@@ -131,7 +131,8 @@ def test_a_default_run_trains_the_backbone_at_the_documented_ratio_of_the_head_l
     head = start["head"]
     assert head == thaw.RunConfig().lr and start["head_no_decay"] == head
     backbone = {name: lr for name, lr in start.items() if name.startswith("group")}
-    assert backbone and all(lr == pytest.approx(head / DEFAULT_RATIO, rel=1e-12) for lr in backbone.values()), start
+    expected = pytest.approx(head / DEFAULT_RATIO, rel=1e-12)
+    assert backbone and all(lr == expected for lr in backbone.values()), start
     # the LR the optimizer used on its last step keeps that ratio (the schedule scales every group alike)
     now = {g["name"]: g["lr"] for g in phase2.param_groups}
     assert all(now[name] == pytest.approx(now["head"] / DEFAULT_RATIO, rel=1e-9) for name in backbone)
