@@ -83,7 +83,7 @@ def _scores(run_dir: Path) -> dict:
     from thaw.data import decode_sources, discover
     from thaw.metrics.classification import classification_metrics
     from thaw.use.operating_point import predict_views
-    from thaw.use.predict import Predictor
+    from thaw.use.predictor import Predictor
 
     summary = json.loads((run_dir / "summary.json").read_text())
     config = RunConfig.from_yaml(run_dir / "config.yaml")

@@ -113,7 +113,8 @@ def test_predict_on_awkward_image(trained, tmp_path, capsys, name):
 
 
 def test_sixteen_bit_keeps_its_range_and_strips_are_bounded(tmp_path):
-    from thaw.data.images import MAX_ASPECT, open_image
+    from thaw.core.decoding import MAX_ASPECT
+    from thaw.data.decoded import open_image
     from thaw.data.sources import Item
 
     ramp16().save(tmp_path / "ramp.png")
@@ -616,14 +617,14 @@ def test_run_files_follow_the_umask_and_summary_holds_the_sha256(trained):
 
 
 def test_unexpected_error_is_one_line_with_a_debug_hint(trained, monkeypatch, capsys):
-    from thaw.use import predict
+    from thaw.use import predictor
 
     data, run = trained
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody planned for\nsecond line")
 
-    monkeypatch.setattr(predict.Predictor, "predict_paths", broken)
+    monkeypatch.setattr(predictor.Predictor, "predict_paths", broken)
     assert main(["predict", str(run), str(data)]) == 1
     line = one_line(capsys.readouterr().err)
     assert "RuntimeError: something nobody planned for" in line and "--debug" in line
@@ -946,7 +947,7 @@ class Fixed(torch.nn.Module):
 
 
 def scored(values: list[float], labels: list[int]):
-    from thaw.data.images import Decoded
+    from thaw.data.decoded import Decoded
 
     images = [torch.full((3, 8, 8), int(v * 255), dtype=torch.uint8) for v in values]
     return Decoded([str(i) for i in range(len(values))], images, labels)

@@ -63,8 +63,8 @@ def evaluate_run(run, data=None, fmt="auto"):
 
 
 def load(path):
-    """A :class:`thaw.use.predict.Predictor` for a run folder or its ``model.safetensors``."""
-    from thaw.use.predict import Predictor  # torch loads on first use
+    """A :class:`thaw.use.predictor.Predictor` for a run folder or its ``model.safetensors``."""
+    from thaw.use.predictor import Predictor  # torch loads on first use
 
     return Predictor.load(path)
 

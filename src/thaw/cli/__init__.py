@@ -330,11 +330,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from thaw.use.reporting import console  # torch-free cli
 
     if args.run.lower().endswith(".onnx"):  # onnxruntime only: torch is never imported
-        from thaw.use.onnx_predict import OnnxPredictor  # torch-free cli
+        from thaw.use.onnx_predictor import OnnxPredictor  # torch-free cli
 
         predictor = OnnxPredictor(args.run)
     else:
-        from thaw.use.predict import Predictor  # torch-free cli
+        from thaw.use.predictor import Predictor  # torch-free cli
 
         predictor = Predictor.load(args.run)
     preds = predictor.predict_paths(args.images, tta=args.tta)

@@ -16,6 +16,7 @@ from pathlib import Path
 from thaw.core.config import ModelConfig
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing
+from thaw.core.results import MULTILABEL, SINGLE_LABEL
 from thaw.models.build import build_classifier
 from thaw.models.contract import Classifier, ModelSpec
 
@@ -29,7 +30,7 @@ def save_model(model: Classifier, path: Path) -> None:
         "spec": dataclasses.asdict(model.spec),
         "preprocessing": dataclasses.asdict(model.preprocessing),
         "class_names": model.class_names,
-        "task": "multilabel" if model.spec.multilabel else "single-label",
+        "task": MULTILABEL if model.spec.multilabel else SINGLE_LABEL,
         "tensors_sha256": tensors_sha256(state),
     }
     check_metadata(meta["spec"], meta["class_names"], meta["preprocessing"], state, "the model")
@@ -173,7 +174,7 @@ def _read_checked(path: Path):
         )
     check_metadata(meta["spec"], class_names, pre, state, str(path))
     task = meta.get("task")
-    if task is not None and task != ("multilabel" if spec.multilabel else "single-label"):
+    if task is not None and task != (MULTILABEL if spec.multilabel else SINGLE_LABEL):
         raise ThawError(
             f"{path}: its task {task!r} contradicts its spec (multilabel {spec.multilabel}); "
             f"restore the file written by `thaw fit`, or train again"

@@ -66,16 +66,17 @@ import numpy as np
 from thaw import data as thaw_data
 from thaw.core import run_folder
 from thaw.core.config import AUTO, RunConfig, override
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import MONITORED, RunSummary, dumps
 from thaw.core.run_folder import check_outside_data, final_path, staging_path
 from thaw.core.strategies import plans_for
 from thaw.data import discover
-from thaw.data.images import DECODE_ERRORS, open_image
+from thaw.data.decoded import open_image
 from thaw.models import load_model
 from thaw.studies.runner import Cell, Executor, run_cell, run_cells
-from thaw.use.predict import Predictor
+from thaw.use.predictor import Predictor
 from thaw.use.reporting.html import write_report
 from thaw.use.run import RunResult
 

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from thaw.core.config import RunConfig, override
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import NothingRead, ThawError
 from thaw.core.files import write_atomic
 from thaw.core.results import Metrics, dumps
-from thaw.data.images import DECODE_ERRORS, open_image
+from thaw.data.decoded import open_image
 from thaw.data.sources import discover, evaluation_items
 from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
-from thaw.use.predict import Predictor
+from thaw.use.predictor import Predictor
 
 if TYPE_CHECKING:
     pass

@@ -27,7 +27,7 @@ from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import RunSummary
 from thaw.models import Classifier, load_model
-from thaw.use.predict import run_threshold, run_thresholds
+from thaw.use.predictor import run_threshold, run_thresholds
 from thaw.use.reporting.html import Predictions
 from thaw.version import __version__
 

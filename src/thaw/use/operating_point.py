@@ -6,7 +6,7 @@ sensitivity is its recall, specificity the recall of class 0. The threshold is c
 split only (Youden's J = sensitivity + specificity - 1, or the highest threshold whose validation
 sensitivity reaches ``--target-sensitivity``) and then applied unchanged to the test split.
 
-Multi-label tasks (``thaw.train.multilabel``) get the same, one label at a time: a threshold per label
+Multi-label tasks (``thaw.metrics.multilabel``) get the same, one label at a time: a threshold per label
 chosen on validation, each label's sensitivity and specificity at it, and intervals on the means over the
 labels.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from thaw.core.predictions import views
+from thaw.core.file_prediction import views
 from thaw.core.preprocessing import Preprocessing
 from thaw.core.results import Metrics, Operating
 from thaw.metrics.bootstrap import bootstrap_ci

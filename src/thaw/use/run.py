@@ -17,14 +17,14 @@ from thaw import data as thaw_data
 from thaw.core.config import RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic, write_rows_csv
-from thaw.core.results import RunSummary, gains
+from thaw.core.results import MULTILABEL, SINGLE_LABEL, RunSummary, gains
 from thaw.core.run_folder import FollowerRun, RunFolder, check_outside_data, default_out, final_path
 from thaw.core.run_log import Reporter
 from thaw.core.strategies import PhasePlan, check_plans, plans_for, strategy_name
 from thaw.data.budget import apply_budget, budget_record
 from thaw.models import Classifier, save_model
 from thaw.models.state_dict import sha256
-from thaw.train import adapt, distributed, lr_find, multilabel, preflight
+from thaw.train import adapt, distributed, lr_find, preflight
 from thaw.train.engine import Trained, train
 from thaw.train.loggers import check_logger
 from thaw.train.recipe import hardware_summary, quiet_lightning
@@ -79,7 +79,7 @@ def start_sources(config: RunConfig, given, plans: list[PhasePlan]) -> thaw_data
     """The images of the run (the label budget applied), checked against the config and the plans
     before any folder exists."""
     sources = thaw_data.discover(config.data) if given is None else given
-    multilabel.check_run(config, sources)  # settings with no multi-label meaning, refused here
+    preflight.check_multilabel(config, sources)  # settings with no multi-label meaning, refused here
     sources = apply_budget(sources, config.data, config.seed)
     adapt.check_unlabelled(config, sources)
     preflight.check_run(config, plans, sources.class_names, sources.multilabel)  # before any folder
@@ -178,7 +178,7 @@ def summarize(t: Trained, found: dict) -> RunSummary:
             "chosen_spec": loaders.policy.spec(),
             "skipped": "no plan fine-tunes the backbone",
         },
-        task=multilabel.TASK if sources.multilabel else multilabel.SINGLE,
+        task=MULTILABEL if sources.multilabel else SINGLE_LABEL,
         skipped_images=loaders.skipped,
         **found,
     )

@@ -21,12 +21,13 @@ import numpy as np
 import yaml
 
 from thaw.core.config import RunConfig, override
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import write_atomic
 from thaw.core.results import GAIN_METRICS, SUMMARY_VERSION, RunSummary
 from thaw.data import discover
-from thaw.data.images import DECODE_ERRORS, open_image, resized
-from thaw.use.predict import Predictor
+from thaw.data.decoded import open_image, resized
+from thaw.use.predictor import Predictor
 from thaw.use.reporting import figures
 from thaw.version import __version__
 

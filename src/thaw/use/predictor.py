@@ -9,10 +9,12 @@ import torch
 from PIL import Image
 
 from thaw.core.config import dicom_window
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
-from thaw.core.predictions import Prediction, expand_paths, failure, result, views
+from thaw.core.file_prediction import Prediction, expand_paths, failure, result, views
 from thaw.data import shards
-from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
+from thaw.data.decoded import open_image, resized
+from thaw.data.images import eval_transform
 from thaw.data.sources import Item
 from thaw.models import Classifier, load_model
 from thaw.models.state_dict import sha256

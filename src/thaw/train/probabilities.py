@@ -1,4 +1,4 @@
-"""Inference over a loader: what the engine scores a phase with, and what evaluation reuses."""
+"""Probabilities over a loader, in eval mode: how the engine scores a phase, and what evaluation reuses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from thaw.models import Classifier
 
 
 @torch.no_grad()
-def predict(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+def probabilities(model: Classifier, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities [N, C] and labels [N] over a loader, in eval mode (multi-label: per-label
     probabilities and 0/1 labels, both [N, K])."""
     was_training = model.training
