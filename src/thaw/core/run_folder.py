@@ -12,8 +12,10 @@ import json
 import time
 from pathlib import Path
 
+from thaw.core.config import DataConfig, RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
+from thaw.core.resolved import Resolved
 from thaw.core.results import PhaseResult, dumps
 
 STAGING = ".incomplete"
@@ -54,8 +56,59 @@ def check_outside_data(out: Path, data_path: str) -> None:
         )
 
 
-START_FILES = ("config.yaml", "plans.yaml", "split.csv")
+CONFIG, PLANS, SPLIT, LR_FIND = "config.yaml", "plans.yaml", "split.csv", "lr_find.json"
+SUMMARY, MODEL, PREDICTIONS = "summary.json", "model.safetensors", "predictions.npz"
+START_FILES = (CONFIG, PLANS, SPLIT)
 """What a run writes before it trains: without them there is nothing to resume."""
+
+
+class RunFiles:
+    """Reading a run folder, finished or staged: the one place its file names are spelled. ``config``,
+    ``plans`` and ``lr_find`` are what the run was resolved to (:class:`Resolved`), ``split`` the images of
+    each split, ``summary`` its record, ``model`` the kept model's file, ``predictions`` the kept model's
+    validation and test probabilities (:mod:`thaw.core.stored_predictions`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def split(self) -> Path:
+        return self.path / SPLIT
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_yaml(self.path / CONFIG)
+
+    def resolved(self) -> Resolved:
+        """The run's settings as ``thaw fit`` resolved and recorded them: what its resume hands the engine."""
+        records = json.loads((self.path / LR_FIND).read_text()) if self.has(LR_FIND) else {}
+        plans = Resolved.plans_from_yaml((self.path / PLANS).read_text())
+        return Resolved(self.config().validate(), plans, records)
+
+    def split_data(self, config: RunConfig | None = None) -> DataConfig:
+        """``config``'s data settings (default the run's own) reading the run's split file: the same images
+        in every split as the run had."""
+        return override(config or self.config(), {"data.split_file": str(self.split)}).data
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text())
 
 
 def resumable(path: Path | None) -> bool:
@@ -78,8 +131,9 @@ def final_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(STAGING)) if path.name.endswith(STAGING) else path
 
 
-class RunFolder:
-    """``RunFolder.create(out)`` for a new run, ``RunFolder.reopen(path)`` to resume an interrupted one."""
+class RunFolder(RunFiles):
+    """The run folder a run writes: ``RunFolder.create(out)`` for a new run, ``RunFolder.reopen(path)`` to
+    resume an interrupted one; read as :class:`RunFiles`, under its staging name until :meth:`commit`."""
 
     def __init__(self, final: Path) -> None:
         self.final = Path(final)
@@ -110,7 +164,7 @@ class RunFolder:
     def reopen(cls, path: Path) -> RunFolder:
         run = cls(final_path(path))
         if not run.path.is_dir():
-            if (run.final / "summary.json").is_file():
+            if (run.final / SUMMARY).is_file():
                 raise ThawError(f"{run.final} is a finished run: there is nothing to resume")
             raise ThawError(f"no interrupted run at {run.path}; give the folder `thaw fit` was writing")
         missing = [n for n in START_FILES if not (run.path / n).is_file()]
@@ -133,8 +187,13 @@ class RunFolder:
         global active
         active = self.path
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
+    def write_resolved(self, resolved: Resolved) -> None:
+        """``config.yaml``, ``plans.yaml`` and (where an LR was found) ``lr_find.json``: what
+        :meth:`RunFiles.resolved` reads back."""
+        if resolved.lr_find:
+            self.write_json(LR_FIND, resolved.lr_find)
+        self.write_text(CONFIG, resolved.config.to_yaml())
+        self.write_text(PLANS, resolved.plans_yaml())
 
     def write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)

@@ -15,10 +15,11 @@ import lightning as L
 from thaw import data as thaw_data
 from thaw.core.augment_policy import parse as parse_augment
 from thaw.core.errors import ThawError
+from thaw.core.resolved import Resolved
 from thaw.core.results import PhaseResult, choose_final
 from thaw.core.run_folder import RunFolder
 from thaw.core.run_log import Reporter
-from thaw.core.strategies import PhasePlan, for_role
+from thaw.core.strategies import PhasePlan
 from thaw.data.sources import label_gaps
 from thaw.models import Classifier, build_classifier
 from thaw.train import adapt, augment_check, distributed
@@ -67,7 +68,7 @@ class Trained:
     model: Classifier
     ctx: Context
     sources: thaw_data.Sources
-    plans: list[PhasePlan]
+    resolved: Resolved
     results: dict[str, PhaseResult]
     final: str
     probe: Probe
@@ -75,11 +76,10 @@ class Trained:
     pseudo: dict | None
 
 
-def train(
-    run: RunFolder, config, plans: list[PhasePlan], sources: thaw_data.Sources, report: Reporter
-) -> Trained:
+def train(run: RunFolder, resolved: Resolved, sources: thaw_data.Sources, report: Reporter) -> Trained:
     """Build the model and the loaders, measure the pretrained side, AdaBN if asked, run the plans, keep
-    the best, and one pseudo-label round if asked."""
+    the best, and one pseudo-label round if asked (its plan from the plans, ``Resolved.pseudo``)."""
+    config, plans = resolved.config, resolved.plans
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     classes = sources.class_names
@@ -99,14 +99,13 @@ def train(
     final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
     pseudo = None
-    if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
-        role = for_role("pseudo", config.resolved(), plans)
-        result, pseudo = adapt.pseudo_round(model, role, ctx, results, final)
+    if resolved.pseudo is not None:  # one more round on labelled + confidently pseudo-labelled images
+        result, pseudo = adapt.pseudo_round(model, resolved.pseudo, ctx, results, final)
         if result is not None:
             results[result.name] = result
             final = choose_final(results, config.monitor)
         model.load_state_dict(run.load_weights(final))
-    return Trained(model, ctx, sources, plans, results, final, probe, adabn, pseudo)
+    return Trained(model, ctx, sources, resolved, results, final, probe, adabn, pseudo)
 
 
 def augments(plan: PhasePlan) -> bool:

@@ -31,7 +31,7 @@ def forgetting(t: Trained) -> Finding:
     per plan); the model is back on the kept plan's weights afterwards."""
     model, run = t.model, t.ctx.run
     found = {}
-    for plan in t.plans:
+    for plan in t.resolved.plans:
         model.load_state_dict(run.load_weights(plan.name))
         found[plan.name] = t.probe.diagnose(model)
     model.load_state_dict(run.load_weights(t.final))
