@@ -956,6 +956,7 @@ def scored(values: list[float], labels: list[int]):
 @pytest.mark.parametrize("per_class, chosen", [(2, False), (4, False), (5, True)])
 def test_threshold_needs_enough_validation_images_of_each_class(per_class, chosen):
     from thaw.core.preprocessing import Preprocessing
+    from thaw.train.probabilities import view_probabilities
     from thaw.use.operating_point import MIN_PER_CLASS, operating_point
 
     assert MIN_PER_CLASS == 5
@@ -963,7 +964,8 @@ def test_threshold_needs_enough_validation_images_of_each_class(per_class, chose
     rng = np.random.default_rng(per_class)
     cats, dogs = rng.uniform(0.0, 0.5, 20), rng.uniform(0.9, 1.0, per_class)
     val = scored([*cats, *dogs], [0] * 20 + [1] * per_class)
-    operating, _ = operating_point(Fixed(), {"val": val}, pre, False, None)
+    scores = {"val": (view_probabilities(Fixed(), val.images, pre, False), torch.tensor(val.labels))}
+    operating = operating_point(scores, Fixed.class_names, False, False, None)
     if chosen:
         assert operating.threshold is not None and operating.rule == "Youden's J on validation"
     else:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from thaw.core.config import DataConfig, RunConfig, override
 from thaw.core.errors import ThawError
@@ -66,7 +69,7 @@ class RunFiles:
     """Reading a run folder, finished or staged: the one place its file names are spelled. ``config``,
     ``plans`` and ``lr_find`` are what the run was resolved to (:class:`Resolved`), ``split`` the images of
     each split, ``summary`` its record, ``model`` the kept model's file, ``predictions`` the kept model's
-    validation and test probabilities (:mod:`thaw.core.stored_predictions`)."""
+    validation and test probabilities (:class:`Stored`), computed once at the end of the run."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -109,6 +112,35 @@ class RunFiles:
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text())
+
+    def read_predictions(self) -> dict[str, Stored]:
+        """The kept model's stored predictions by split (``val``, ``test``); empty for a run without them
+        (one from before they were stored, or one that did not finish)."""
+        if not self.predictions.is_file():
+            return {}
+        with np.load(self.predictions, allow_pickle=False) as npz:
+            tta, classes = bool(npz["tta"]), [str(c) for c in npz["classes"]]
+            splits = [str(s) for s in npz["splits"]]
+            return {
+                s: Stored(
+                    s, [str(k) for k in npz[f"{s}_keys"]], npz[f"{s}_probs"], npz[f"{s}_labels"], classes, tta
+                )
+                for s in splits
+            }
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The kept model's predictions on one split, as the run computed them once (``predictions.npz``):
+    each image's key, its probabilities ``[N, C]`` (multi-label: per label), its label (``[N]``, or 0/1
+    ``[N, K]``), the class names, and whether the probabilities are averaged over TTA views (``--tta``)."""
+
+    split: str
+    keys: list[str]
+    probs: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    tta: bool
 
 
 def resumable(path: Path | None) -> bool:
@@ -195,6 +227,16 @@ class RunFolder(RunFiles):
         self.write_text(CONFIG, resolved.config.to_yaml())
         self.write_text(PLANS, resolved.plans_yaml())
 
+    def write_predictions(self, stored: dict[str, Stored]) -> None:
+        """``predictions.npz``: :class:`Stored` by split, readable with numpy alone
+        (:meth:`RunFiles.read_predictions`)."""
+        first = next(iter(stored.values()))
+        arrays = {"splits": np.array(list(stored)), "classes": np.array(first.classes), "tta": first.tta}
+        for s, p in stored.items():
+            arrays |= {f"{s}_keys": np.array(p.keys), f"{s}_probs": p.probs, f"{s}_labels": p.labels}
+        with atomic_path(self.predictions) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **arrays)
+
     def write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)
 
@@ -255,6 +297,9 @@ class FollowerRun(RunFolder):
         pass
 
     def save_phase(self, result: PhaseResult) -> None:
+        pass
+
+    def write_predictions(self, stored: dict[str, Stored]) -> None:
         pass
 
     def save_weights(self, name: str, model) -> None:

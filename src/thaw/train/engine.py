@@ -6,18 +6,20 @@ figures, the report) is not called from here: ``thaw.use.run`` composes it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 
 from thaw import data as thaw_data
 from thaw.core.augment_policy import parse as parse_augment
 from thaw.core.errors import ThawError
 from thaw.core.resolved import Resolved
 from thaw.core.results import PhaseResult, choose_final
-from thaw.core.run_folder import RunFolder
+from thaw.core.run_folder import RunFolder, Stored
 from thaw.core.run_log import Reporter
 from thaw.core.strategies import PhasePlan
 from thaw.data.sources import label_gaps
@@ -25,6 +27,7 @@ from thaw.models import Classifier, build_classifier
 from thaw.train import adapt, augment_check, distributed
 from thaw.train.forgetting import Probe
 from thaw.train.prefix import cached_prefix
+from thaw.train.probabilities import view_probabilities
 from thaw.train.recipe import Context, Loaders, quiet_lightning, run_phase
 from thaw.train.steps import cached_head, interpolate
 
@@ -74,6 +77,25 @@ class Trained:
     probe: Probe
     adabn: dict | None
     pseudo: dict | None
+
+    @functools.cached_property
+    def predictions(self) -> dict[str, Stored]:
+        """The kept model's probabilities on val and test (``--tta``: averaged over the views), computed
+        once, on the kept weights: the operating point and its figures read them, and the run folder
+        stores them (``predictions.npz``) for evaluate, the report and the studies."""
+        config, pre, classes = self.ctx.config, self.model.preprocessing, self.model.class_names
+        return {
+            split: Stored(
+                split,
+                list(data.keys),
+                view_probabilities(self.model, data.images, pre, config.tta).numpy(),
+                np.asarray(data.labels),
+                classes,
+                config.tta,
+            )
+            for split, data in self.ctx.loaders.decoded.items()
+            if split in ("val", "test")
+        }
 
 
 def train(run: RunFolder, resolved: Resolved, sources: thaw_data.Sources, report: Reporter) -> Trained:

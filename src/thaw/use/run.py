@@ -1,6 +1,7 @@
-"""A run, composed: check the config and name the run folder, find ``--lr auto``, run the plans
-(``thaw.train.engine``), run the analyses after training (``thaw.use.analyses``), and write the folder:
-``summary.json``, ``metrics.csv``, the figures, the model and ``report.html``. ``thaw.fit`` and
+"""A run, composed: check the config and name the run folder, resolve it once (``thaw.train.resolve``:
+``--lr auto`` found), run the plans (``thaw.train.engine``), run the analyses after training
+(``thaw.use.analyses``), and write the folder: ``summary.json``, ``metrics.csv``, the figures, the model,
+its predictions and ``report.html``. ``thaw.fit`` and
 ``thaw.resume`` are these :func:`fit` and :func:`resume`."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from thaw.core.resolved import Resolved
 from thaw.core.results import MULTILABEL, SINGLE_LABEL, RunSummary, gains
 from thaw.core.run_folder import (
     CONFIG,
+    SUMMARY,
     FollowerRun,
     RunFiles,
     RunFolder,
@@ -136,10 +138,11 @@ def finish(run: RunFolder, t: Trained, analyses: dict[str, Analysis] = ANALYSES)
     if not distributed.is_zero():  # rank 0 writes the run folder
         return RunResult(run.final, summary, t.model)
     write_figures(run, t, summary, findings)
-    with atomic_path(run / "model.safetensors") as tmp:
+    with atomic_path(run.model) as tmp:
         save_model(t.model.eval(), tmp)
-    summary = dataclasses.replace(summary, model_sha256=sha256(run / "model.safetensors"))  # load checks it
-    run.write_json("summary.json", summary.to_dict())
+    summary = dataclasses.replace(summary, model_sha256=sha256(run.model))  # load checks it
+    run.write_predictions(t.predictions)  # computed once: evaluate, the report and compare read them
+    run.write_json(SUMMARY, summary.to_dict())
     write_report(run.path, warn=t.ctx.report.warn)  # report.html; a failure is a warning, not a lost run
     path = run.commit()
     t.ctx.report.finish(summary, path)
