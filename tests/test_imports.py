@@ -139,6 +139,13 @@ def test_a_thaw_import_inside_a_function_says_why():
     assert [f"{m}:{line}" for m, line, why in function_imports() if not why] == []
 
 
+def test_few_thaw_imports_inside_functions_outside_the_command_line():
+    """The layered folders let modules import at the top: a thaw import inside a function (outside the
+    command line's per-command loading) is the exception, at most 15 of them."""
+    inside = [f"{m}:{line}" for m, line, _ in function_imports() if not m.startswith("thaw.cli")]
+    assert len(inside) <= 15, inside
+
+
 def test_models_import_no_layer_above_them_and_no_cycle_even_inside_functions():
     graph = import_graph(top_level_only=False)
     models = {m: deps for m, deps in graph.items() if m.startswith("thaw.models")}

@@ -17,6 +17,7 @@ from thaw.core.config import ModelConfig
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing
 from thaw.core.results import MULTILABEL, SINGLE_LABEL
+from thaw.core.run_folder import MODEL
 from thaw.models.build import build_classifier
 from thaw.models.contract import Classifier, ModelSpec
 
@@ -115,7 +116,7 @@ def load_model(path: str | Path) -> Classifier:
     """Load a model saved by :func:`save_model`, with no original config and no download."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / MODEL
     if not path.is_file():
         raise ThawError(
             f"no model file at {path}; give a run folder made by `thaw fit` or its model.safetensors"
