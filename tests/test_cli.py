@@ -87,7 +87,7 @@ def test_evaluate_scores_the_runs_own_test_split_never_training_images(run, caps
 def test_the_run_stores_its_predictions_and_evaluate_reads_them(run):
     """``predictions.npz``: the kept model's val and test probabilities, computed once when a run ends,
     readable without torch; evaluate on the run's own test split reads them (the operating point's)."""
-    import thaw
+    from thaw.use.evaluate import evaluate_run
 
     data, out = run
     code = (
@@ -99,7 +99,7 @@ def test_the_run_stores_its_predictions_and_evaluate_reads_them(run):
     summary = json.loads((out / "summary.json").read_text())
     test = summary["operating"]["test"]
     assert done.stdout.split() == ["['test',", "'val']", f"({test['n']},", "2)", "False"]
-    evaluation = thaw.evaluate_run(out, write=False)
+    evaluation = evaluate_run(out, write=False)
     assert (evaluation.metrics.n, evaluation.metrics.accuracy) == (test["n"], test["accuracy"])
 
 
