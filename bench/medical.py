@@ -82,8 +82,8 @@ def _scores(run_dir: Path) -> dict:
     from thaw.core.config import RunConfig, override
     from thaw.data import decode_sources, discover
     from thaw.metrics.classification import classification_metrics
-    from thaw.use.operating_point import predict_views
-    from thaw.use.predict import Predictor
+    from thaw.train.probabilities import view_probabilities
+    from thaw.use.predictor import Predictor
 
     summary = json.loads((run_dir / "summary.json").read_text())
     config = RunConfig.from_yaml(run_dir / "config.yaml")
@@ -92,7 +92,8 @@ def _scores(run_dir: Path) -> dict:
     model = predictor.model
     decoded = decode_sources(sources, model.preprocessing, model.spec.in_channels)
     y = torch.tensor(decoded["test"].labels)
-    tta = classification_metrics(predict_views(model, decoded["test"].images, model.preprocessing, True), y)
+    probs = view_probabilities(model, decoded["test"].images, model.preprocessing, True)
+    tta = classification_metrics(probs, y)
     final = summary["phases"][summary["final_phase"]]["test"]
     probe = summary["phases"].get("phase1", {}).get("test") or {"auc": None, "accuracy": None}  # no phase 1
     op = summary["operating"]["test"]

@@ -20,7 +20,7 @@ from PIL import Image
 
 from thaw.core.config import ModelConfig
 from thaw.models import build_classifier, save_model
-from thaw.use.predict import Predictor
+from thaw.use.predictor import Predictor
 
 
 def rss_mib() -> float:

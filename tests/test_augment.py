@@ -230,7 +230,7 @@ def test_the_incoming_guard_judges_the_trend_after_the_opening():
 def test_the_check_scores_every_op_on_greyscale_images():
     """One-channel images (``--in-channels sum``): every op runs on them and is scored."""
     from thaw.core.config import ModelConfig
-    from thaw.data.images import Decoded
+    from thaw.data.decoded import Decoded
     from thaw.models import build_classifier
 
     grey = ModelConfig(name="mobilenet_v3_small", weights="none", in_channels="sum")

@@ -115,7 +115,8 @@ def test_predict_on_awkward_image(trained, tmp_path, capsys, name):
 
 
 def test_sixteen_bit_keeps_its_range_and_strips_are_bounded(tmp_path):
-    from thaw.data.images import MAX_ASPECT, open_image
+    from thaw.core.decoding import MAX_ASPECT
+    from thaw.data.decoded import open_image
     from thaw.data.sources import Item
 
     ramp16().save(tmp_path / "ramp.png")
@@ -618,14 +619,14 @@ def test_run_files_follow_the_umask_and_summary_holds_the_sha256(trained):
 
 
 def test_unexpected_error_is_one_line_with_a_debug_hint(trained, monkeypatch, capsys):
-    from thaw.use import predict
+    from thaw.use import predictor
 
     data, run = trained
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody planned for\nsecond line")
 
-    monkeypatch.setattr(predict.Predictor, "predict_paths", broken)
+    monkeypatch.setattr(predictor.Predictor, "predict_paths", broken)
     assert main(["predict", str(run), str(data)]) == 1
     line = one_line(capsys.readouterr().err)
     assert "RuntimeError: something nobody planned for" in line and "--debug" in line
@@ -953,7 +954,7 @@ class Fixed(torch.nn.Module):
 
 
 def scored(values: list[float], labels: list[int]):
-    from thaw.data.images import Decoded
+    from thaw.data.decoded import Decoded
 
     images = [torch.full((3, 8, 8), int(v * 255), dtype=torch.uint8) for v in values]
     return Decoded([str(i) for i in range(len(values))], images, labels)
@@ -962,6 +963,7 @@ def scored(values: list[float], labels: list[int]):
 @pytest.mark.parametrize("per_class, chosen", [(2, False), (4, False), (5, True)])
 def test_threshold_needs_enough_validation_images_of_each_class(per_class, chosen):
     from thaw.core.preprocessing import Preprocessing
+    from thaw.train.probabilities import view_probabilities
     from thaw.use.operating_point import MIN_PER_CLASS, operating_point
 
     assert MIN_PER_CLASS == 5
@@ -969,7 +971,8 @@ def test_threshold_needs_enough_validation_images_of_each_class(per_class, chose
     rng = np.random.default_rng(per_class)
     cats, dogs = rng.uniform(0.0, 0.5, 20), rng.uniform(0.9, 1.0, per_class)
     val = scored([*cats, *dogs], [0] * 20 + [1] * per_class)
-    operating, _ = operating_point(Fixed(), {"val": val}, pre, False, None)
+    scores = {"val": (view_probabilities(Fixed(), val.images, pre, False), torch.tensor(val.labels))}
+    operating = operating_point(scores, Fixed.class_names, False, False, None)
     if chosen:
         assert operating.threshold is not None and operating.rule == "Youden's J on validation"
     else:

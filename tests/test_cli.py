@@ -84,6 +84,25 @@ def test_evaluate_scores_the_runs_own_test_split_never_training_images(run, caps
         assert result["split"] == "test" and result["n"] == len(test_keys)
 
 
+def test_the_run_stores_its_predictions_and_evaluate_reads_them(run):
+    """``predictions.npz``: the kept model's val and test probabilities, computed once when a run ends,
+    readable without torch; evaluate on the run's own test split reads them (the operating point's)."""
+    from thaw.use.evaluate import evaluate_run
+
+    data, out = run
+    code = (
+        "import sys; from thaw.core.run_folder import RunFiles; "
+        f"p = RunFiles({str(out)!r}).read_predictions(); "
+        "print(sorted(p), p['test'].probs.shape, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    test = summary["operating"]["test"]
+    assert done.stdout.split() == ["['test',", "'val']", f"({test['n']},", "2)", "False"]
+    evaluation = evaluate_run(out, write=False)
+    assert (evaluation.metrics.n, evaluation.metrics.accuracy) == (test["n"], test["accuracy"])
+
+
 def test_evaluate_on_other_data_leaves_out_training_images(run, tmp_path):
     data, out = run
     import shutil

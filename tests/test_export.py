@@ -81,7 +81,7 @@ def model_inputs(out: Path, files: list[Path]) -> np.ndarray:
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    from thaw.data.images import resized
+    from thaw.data.decoded import resized
     from thaw.models import load_model
 
     pre = load_model(out).preprocessing
@@ -207,9 +207,9 @@ def test_predict_with_the_onnx_file_runs_without_torch_and_agrees(run, onnx_file
 def test_the_torch_free_resize_matches_torchvision_within_one_grey_level(run, onnx_file):
     from PIL import Image
 
-    from thaw.data.images import resized
+    from thaw.data.decoded import resized
     from thaw.models import load_model
-    from thaw.use.onnx_predict import OnnxPredictor
+    from thaw.use.onnx_predictor import OnnxPredictor
 
     data, out = run
     pre, onnx_predictor = load_model(out).preprocessing, OnnxPredictor(onnx_file)
@@ -256,7 +256,7 @@ def test_predict_tta_top_k_and_the_error_column(run, tmp_path, capsys):
 
 
 def test_tta_views():
-    from thaw.core.predictions import views
+    from thaw.core.file_prediction import views
 
     assert views(60, 80, 48, 55, tta=False) == [(6, 16, False)]
     boxes = views(55, 73, 48, 55, tta=True)
@@ -265,7 +265,7 @@ def test_tta_views():
 
 
 def test_image_extensions_agree():
-    from thaw.core.predictions import IMAGE_EXTENSIONS as TORCH_FREE
+    from thaw.core.file_prediction import IMAGE_EXTENSIONS as TORCH_FREE
     from thaw.data.sources import IMAGE_EXTENSIONS
 
     assert TORCH_FREE == IMAGE_EXTENSIONS
@@ -276,7 +276,7 @@ def test_onnx_predictor_module_imports_no_torch():
         [
             sys.executable,
             "-c",
-            "import sys, thaw.use.onnx_predict, thaw.cli; assert 'torch' not in sys.modules",
+            "import sys, thaw.use.onnx_predictor, thaw.cli; assert 'torch' not in sys.modules",
         ],
         capture_output=True,
         text=True,

@@ -50,7 +50,7 @@ def test_phase2_starts_from_exactly_the_solved_head(class_folder, tmp_path, home
     """The model after cached phase 1 predicts what the solved head predicts on the cached features."""
     from thaw.core.run_log import Reporter
     from thaw.metrics.classification import classification_metrics
-    from thaw.train.inference import predict
+    from thaw.train.probabilities import probabilities
     from thaw.train.recipe import Loaders
 
     config = tiny(class_folder, tmp_path / "run", **{"phase2.epochs": 0})
@@ -58,7 +58,7 @@ def test_phase2_starts_from_exactly_the_solved_head(class_folder, tmp_path, home
     p1 = result.summary.phases["phase1"]
     assert p1.solver["mode"] == "cached" and p1.solver["l2"] in [c["l2"] for c in p1.curve]
     loaders = Loaders(discover(config.data), result.model, config, Reporter(True))
-    probs, labels = predict(result.model, loaders.val)  # the full model: backbone forward, then the head
+    probs, labels = probabilities(result.model, loaders.val)  # the full model: backbone, then head
     assert classification_metrics(probs, labels) == p1.val  # the same metrics as on the cached features
     features = extract(result.model, loaders.sources, loaders.decoded, "val")
     head_probs = result.model.head.eval()(features.tensor()).softmax(1)

@@ -232,8 +232,10 @@ def test_config_lr_auto_or_number(tmp_path):
     path.write_text("lr: auto\nlr_ratio: 1e2\n")  # YAML reads 1e2 as a string
     config = RunConfig.from_yaml(path).validate()
     assert config.lr == "auto" and config.lr_ratio == 100.0 and config.auto == ("lr",)
-    with pytest.raises(ThawError, match="has not been found"):
-        config.resolved()
+    assert config.resolved().lr == 1e-3  # before the finder ran: the default stands in, to check the plans
+    assert config.resolved({"lr": 0.02}).lr == 0.02
+    with pytest.raises(ThawError, match="lr is auto and has not been found"):
+        config.resolved({"lr_ratio": 3.0})
     path.write_text("lr: fast\n")
     with pytest.raises(ThawError, match="lr = 'fast' must be a number or auto"):
         RunConfig.from_yaml(path)
@@ -249,15 +251,40 @@ def test_fit_lr_auto_records_the_value(tmp_path, class_folder):
     found = result.summary.lr_find["phase1"]
     assert found["rule"] == "valley" and found["start_lr"] <= found["suggestion"] <= found["end_lr"]
     recorded = yaml.safe_load((result.path / "config.yaml").read_text())
-    assert recorded["lr"] == "auto" and recorded["lr_found"] == found["suggestion"]
+    assert recorded["lr"] == found["suggestion"]  # the resolved config; lr_find.json says it was found
+    assert json.loads((result.path / "lr_find.json").read_text()) == result.summary.lr_find
     plans = yaml.safe_load((result.path / "plans.yaml").read_text())
     assert all(p["lr"] == found["suggestion"] for p in plans)
     assert result.summary.phases["phase2"].head_lr == found["suggestion"]
     assert (result.path / "lr_find_phase1.png").is_file()
     assert json.loads((result.path / "summary.json").read_text())["lr_find"]["phase1"]["rule"] == "valley"
-    # the recorded config reruns: auto again, found afresh
-    again = RunConfig.from_yaml(result.path / "config.yaml")
-    assert again.lr == "auto" and again.resolved().lr == found["suggestion"]
+    # the recorded config reruns the run as it was: the LR found, not found afresh
+    assert RunConfig.from_yaml(result.path / "config.yaml").validate().auto == ()
+
+
+def test_lr_auto_run_and_its_resume_hand_the_engine_the_same_settings(tmp_path, class_folder, monkeypatch):
+    """``thaw fit`` resolves ``--lr auto`` once and records it; ``thaw resume`` reads back the same
+    :class:`Resolved`: the same config digest, plans and finder records."""
+    from thaw.core.run_log import config_digest
+    from thaw.use import run as use_run
+
+    handed = []
+
+    def interrupted(run, resolved, sources, report):  # the engine, stopped before its first plan
+        handed.append(resolved)
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(use_run, "train", interrupted)
+    config = tiny_config(class_folder, tmp_path / "run", **{"lr": "auto", "data.batch_size": 4})
+    with pytest.raises(RuntimeError, match="interrupted"):
+        thaw.fit(config, quiet=True)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        thaw.resume(tmp_path / "run.incomplete", quiet=True)
+    fitted, resumed = handed
+    assert fitted.config.lr == fitted.lr_find["phase1"]["suggestion"] and fitted.config.auto == ()
+    assert config_digest(fitted.config) == config_digest(resumed.config)
+    assert fitted.plans == resumed.plans and fitted.lr_find == resumed.lr_find
+    assert all(p.lr == fitted.config.lr for p in resumed.plans)
 
 
 def test_head_sweep_without_a_phase_1(tmp_path, class_folder):

@@ -16,15 +16,8 @@ from thaw.core.config import RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing
 from thaw.core.results import Metrics, RunSummary, choose_final
-from thaw.data.images import (
-    Decoded,
-    EpochSampler,
-    class_weights,
-    dataset_statistics,
-    decode_sources,
-    load_image,
-    sample_weights,
-)
+from thaw.data.decoded import Decoded, load_image
+from thaw.data.images import EpochSampler, class_weights, dataset_statistics, decode_sources, sample_weights
 from thaw.data.sources import Item, discover
 from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
@@ -231,7 +224,7 @@ def test_a_run_with_the_medical_options(tmp_path, capsys):
     assert (out / "reliability.png").is_file()
     rows = (out / "metrics.csv").read_text().splitlines()
     assert "val_auc" in rows[0]
-    from thaw.use.predict import Predictor
+    from thaw.use.predictor import Predictor
 
     predictor = Predictor.load(out)  # the model file keeps the training set's statistics and the threshold
     assert predictor.preprocessing.mean != (0.485, 0.456, 0.406)

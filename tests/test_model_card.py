@@ -85,7 +85,7 @@ def test_the_predictor_refuses_a_model_its_card_does_not_describe(run, tmp_path)
 def test_every_export_has_a_card_beside_it(run, tmp_path):
     pytest.importorskip("onnxruntime", reason="the ONNX export needs the export extra")
     from thaw.use.export import export_run
-    from thaw.use.onnx_predict import OnnxPredictor
+    from thaw.use.onnx_predictor import OnnxPredictor
 
     out = tmp_path / "served"
     safetensors = export_run(run, "safetensors", out / "model.safetensors").path

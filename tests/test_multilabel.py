@@ -193,7 +193,7 @@ def test_metrics_per_label_auc_thresholds_and_bootstrap():
 
 def test_the_solved_head_is_k_independent_logistic_regressions():
     from thaw.train.head_solver import solve_head
-    from thaw.train.multilabel import pos_weight
+    from thaw.train.losses import pos_weight
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 8, generator=g)
@@ -342,7 +342,7 @@ def test_onnx_predict_gives_the_label_set(npz_run, tmp_path):
     pytest.importorskip("onnxscript")
     import thaw
     from thaw.use.export import export_run
-    from thaw.use.onnx_predict import OnnxPredictor
+    from thaw.use.onnx_predictor import OnnxPredictor
 
     _, result = npz_run
     exported = export_run(result.path, "onnx", tmp_path / "model.onnx")

@@ -4,6 +4,7 @@ kind it has no step for."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -101,6 +102,8 @@ def test_the_finder_and_pseudo_labels_take_plans_by_role():
     index, pseudo = for_role("pseudo", config, plans)
     assert index == len(plans) and pseudo.name == "pseudo" and pseudo.features == "online"
     assert (pseudo.lr, pseudo.backbone_lr(), pseudo.train) == (0.002, 0.002 / 5.0, plans[1].train)
+    given = [plans[0], dataclasses.replace(plans[1], lr=0.005, name="tune")]  # as data: the round follows
+    assert for_role("pseudo", config, given)[1].lr == 0.005
     probe_only = RunConfig(strategy="linear-probe")
     assert for_role("backbone", probe_only, plans_for(probe_only)) is None
     no_head = RunConfig(strategy="finetune-high-lr")  # no phase 1: a fresh head's plan all the same

@@ -243,7 +243,7 @@ def test_shards_from_another_writer_are_read_once_without_a_manifest(folder_and_
     """Plain WebDataset shards (an image and a ``.cls`` per sample, ``classes.json``): one pass lists
     them; each image decodes to the same pixels as its file."""
     from thaw.core.config import DataConfig
-    from thaw.data.images import open_image
+    from thaw.data.decoded import open_image
     from thaw.data.sources import Item, discover
 
     data, _ = folder_and_shards

@@ -11,9 +11,11 @@ import torch
 from conftest import make_class_folder, tiny_config
 
 from thaw import data as thaw_data
+from thaw.core.config import DataConfig
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing
 from thaw.data import store
+from thaw.data.decoded import decode
 
 PRE = Preprocessing(size=32, resize_size=36, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -26,7 +28,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def _sources(root: Path, per_class: int = 5):
     return thaw_data.discover(
-        thaw_data.images.DataConfig(path=str(make_class_folder(root, per_class=per_class)))
+        DataConfig(path=str(make_class_folder(root, per_class=per_class)))
     )
 
 
@@ -34,7 +36,7 @@ def test_disk_store_holds_the_pixels_decoding_into_memory_gives(tmp_path, home):
     sources = _sources(tmp_path / "d")
     (tmp_path / "d" / "red" / "broken.png").write_bytes(b"not a png")
     items = sorted(sources.split("train") + [thaw_data.Item(str(tmp_path / "d/red/broken.png"), 0)], key=str)
-    memory, failed = thaw_data.images.decode(items, PRE, 3, strict=False)
+    memory, failed = decode(items, PRE, 3, strict=False)
     disk, failed_disk = store.decode_to_disk(items, PRE, 3, strict=False)
     assert failed == failed_disk and len(failed) == 1  # the key, then why
     assert failed[0].startswith(f"{tmp_path / 'd/red/broken.png'} (cannot identify image")
@@ -52,8 +54,8 @@ def test_disk_store_holds_the_pixels_decoding_into_memory_gives(tmp_path, home):
 
 def test_workers_decode_the_same_images_in_the_same_order(tmp_path):
     items = _sources(tmp_path / "d").split("train")
-    one, _ = thaw_data.images.decode(items, PRE, 3, strict=False)
-    two, _ = thaw_data.images.decode(items, PRE, 3, strict=False, workers=2)
+    one, _ = decode(items, PRE, 3, strict=False)
+    two, _ = decode(items, PRE, 3, strict=False, workers=2)
     assert one.keys == two.keys and all(
         torch.equal(a, b) for a, b in zip(one.images, two.images, strict=True)
     )
@@ -69,7 +71,7 @@ def test_auto_keeps_images_on_disk_above_the_threshold():
 def test_loader_reads_disk_images_in_workers(tmp_path, home):
     items = _sources(tmp_path / "d").split("train")
     disk, _ = store.decode_to_disk(items, PRE, 3, strict=False)
-    config = thaw_data.images.DataConfig(batch_size=4, num_workers=2)
+    config = DataConfig(batch_size=4, num_workers=2)
     batches = list(thaw_data.loader(disk, thaw_data.eval_transform(PRE), config, shuffle=True, seed=1))
     assert sum(len(y) for _, y in batches) == len(items) and batches[0][0].shape[1:] == (3, 32, 32)
 

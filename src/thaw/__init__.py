@@ -88,10 +88,10 @@ def evaluate_run(run, data=None, fmt="auto"):
 
 
 def load(path):
-    """A :class:`thaw.use.predict.Predictor` for a run folder or its ``model.safetensors``:
+    """A :class:`thaw.use.predictor.Predictor` for a run folder or its ``model.safetensors``:
     ``thaw.load(run).predict(["a.jpg", "folder/"])`` is a pandas DataFrame (path, prediction, confidence,
     p_<class>..., error). It refuses a model whose ``MODEL_CARD.md`` describes another file."""
-    from thaw.use.predict import Predictor  # torch loads on first use
+    from thaw.use.predictor import Predictor  # torch loads on first use
 
     return Predictor.load(path)
 

@@ -7,7 +7,7 @@ import sys
 
 from thaw.cli.flags import warn
 from thaw.core.errors import NONE_READ, SOME_FAILED
-from thaw.use.onnx_predict import OnnxPredictor
+from thaw.use.onnx_predictor import OnnxPredictor
 from thaw.use.reporting import console
 
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run.lower().endswith(".onnx"):  # onnxruntime only: torch is never imported
         predictor = OnnxPredictor(args.run)
     else:
-        from thaw.use.predict import Predictor  # torch: only for a run folder (an .onnx file needs none)
+        from thaw.use.predictor import Predictor  # torch: only for a run folder (an .onnx file needs none)
 
         predictor = Predictor.load(args.run, warn)
     preds = predictor.predict_paths(args.images, tta=args.tta)

@@ -25,14 +25,10 @@ def setting(
     help: str,
     flags: tuple[str, ...] = (),
     choices: tuple[str, ...] = (),
-    recorded: bool = False,
 ) -> Any:
     """A config field with what the command line needs: its help, its flag names, its choices. The
-    command line is generated from these fields (``cli.config_flags``): one source for both.
-    ``recorded``: written by thaw into the run's config.yaml (what ``auto`` resolved to), never a flag."""
-    return field(
-        default=default, metadata={"help": help, "flags": flags, "choices": choices, "recorded": recorded}
-    )
+    command line is generated from these fields (``cli.config_flags``): one source for both."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
 
 
 AUTO = "auto"
@@ -345,8 +341,6 @@ class RunConfig:
     lr_ratio: float | str = setting(
         LR_RATIO, "phase 2: backbone LR = lr / lr_ratio; auto: from thaw lr-find --phase 2, found first"
     )
-    lr_found: float | None = setting(None, "what lr auto resolved to in this run", recorded=True)
-    lr_ratio_found: float | None = setting(None, "what lr_ratio auto resolved to in this run", recorded=True)
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
     optimizer: str = setting(
         "adamw",
@@ -423,12 +417,12 @@ class RunConfig:
         self.phase2.validate("phase2")
         if self.phase1.epochs == 0 and self.phase2.epochs == 0:
             raise ThawError("--phase1-epochs and --phase2-epochs are both 0: nothing to train")
-        for lr in (self.lr, self.lr_found):
-            if lr not in (AUTO, None) and not 0 < lr <= 1:
-                raise ThawError(f"--lr {lr} must be in (0, 1] or auto; 1e-3 is a good start for AdamW")
-        for ratio in (self.lr_ratio, self.lr_ratio_found):
-            if ratio not in (AUTO, None) and not ratio >= 1:
-                raise ThawError(f"--lr-ratio {ratio} must be >= 1 or auto (backbone LR = head LR / ratio)")
+        if self.lr != AUTO and not 0 < self.lr <= 1:
+            raise ThawError(f"--lr {self.lr} must be in (0, 1] or auto; 1e-3 is a good start for AdamW")
+        if self.lr_ratio != AUTO and not self.lr_ratio >= 1:
+            raise ThawError(
+                f"--lr-ratio {self.lr_ratio} must be >= 1 or auto (backbone LR = head LR / ratio)"
+            )
         unfreeze_groups(self.unfreeze)
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
@@ -485,15 +479,17 @@ class RunConfig:
         """The settings given as ``auto``: ``lr``, ``lr_ratio``."""
         return tuple(key for key in ("lr", "lr_ratio") if getattr(self, key) == AUTO)
 
-    def resolved(self) -> RunConfig:
-        """``lr`` and ``lr_ratio`` as numbers: ``auto`` becomes what thaw lr-find found for this run."""
-        changes = {}
-        for key in self.auto:
-            found = getattr(self, f"{key}_found")
-            if found is None:
-                raise ThawError(f"{key} is auto and has not been found yet: thaw fit runs thaw lr-find first")
-            changes[key] = found
-        return dataclasses.replace(self, **changes)
+    def resolved(self, found: dict[str, float] | None = None) -> RunConfig:
+        """``lr`` and ``lr_ratio`` as numbers, the one place ``auto`` becomes one: each setting given as
+        ``auto`` takes what thaw lr-find found for it (``found``, by ``thaw.train.resolve``). Without
+        ``found`` (the finder has not run yet), the defaults stand in: to build and check the plans before
+        anything is found. A run records the resolved config (``config.yaml``) and what the finder found
+        (``lr_find.json``), so ``auto`` never reaches the plans or the engine."""
+        numbers = {"lr": LR, "lr_ratio": LR_RATIO} if found is None else found
+        missing = [key for key in self.auto if key not in numbers]
+        if missing:
+            raise ThawError(f"{missing[0]} is auto and has not been found: thaw fit runs thaw lr-find first")
+        return dataclasses.replace(self, **{key: numbers[key] for key in self.auto})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

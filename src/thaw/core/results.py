@@ -18,6 +18,7 @@ from thaw.core.errors import ThawError
 
 SUMMARY_VERSION = 2
 GAIN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+MULTILABEL, SINGLE_LABEL = "multilabel", "single-label"  # the task names summary.json and a model file record
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Metrics:
     """Classification metrics on one split. ``auc``: binary, of class 1; multiclass, macro one-vs-rest;
     NaN when the split holds a single class.
 
-    Multi-label (``thaw.train.multilabel``): ``auc`` is the mean of the per-label AUCs, ``accuracy``
+    Multi-label (``thaw.metrics.multilabel``): ``auc`` is the mean of the per-label AUCs, ``accuracy``
     label-wise (Hamming) and ``subset_accuracy`` exact-match, both at the per-label thresholds;
     ``balanced_accuracy``,
     ``macro_f1``, ``sensitivity`` and ``specificity`` are means over the labels; ``confusion`` is empty
@@ -207,7 +208,7 @@ class RunSummary:
     forgetting: dict[str, Forgetting] = field(default_factory=dict)  # per trained plan
     shift: Shift | None = None  # with --shift corruptions or --ood DIR
     lr_find: dict = field(default_factory=dict)  # --lr auto: per phase, what thaw lr-find chose and how
-    task: str = "single-label"  # or "multilabel": ``classes`` are then the label names
+    task: str = SINGLE_LABEL  # or MULTILABEL: ``classes`` are then the label names
     auto: dict = field(default_factory=dict)  # --strategy auto: the screening table and why the winner won
     augment: dict = field(default_factory=dict)  # --augment: the policy trained with, and what auto measured
     skipped_images: list[str] = field(default_factory=list)  # listed in split.csv, undecodable, left out

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from thaw.core.config import DataConfig, RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
+from thaw.core.resolved import Resolved
 from thaw.core.results import PhaseResult, dumps
 
 STAGING = ".incomplete"
@@ -54,8 +59,88 @@ def check_outside_data(out: Path, data_path: str) -> None:
         )
 
 
-START_FILES = ("config.yaml", "plans.yaml", "split.csv")
+CONFIG, PLANS, SPLIT, LR_FIND = "config.yaml", "plans.yaml", "split.csv", "lr_find.json"
+SUMMARY, MODEL, PREDICTIONS = "summary.json", "model.safetensors", "predictions.npz"
+START_FILES = (CONFIG, PLANS, SPLIT)
 """What a run writes before it trains: without them there is nothing to resume."""
+
+
+class RunFiles:
+    """Reading a run folder, finished or staged: the one place its file names are spelled. ``config``,
+    ``plans`` and ``lr_find`` are what the run was resolved to (:class:`Resolved`), ``split`` the images of
+    each split, ``summary`` its record, ``model`` the kept model's file, ``predictions`` the kept model's
+    validation and test probabilities (:class:`Stored`), computed once at the end of the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def split(self) -> Path:
+        return self.path / SPLIT
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_yaml(self.path / CONFIG)
+
+    def resolved(self) -> Resolved:
+        """The run's settings as ``thaw fit`` resolved and recorded them: what its resume hands the engine."""
+        records = json.loads((self.path / LR_FIND).read_text()) if self.has(LR_FIND) else {}
+        plans = Resolved.plans_from_yaml((self.path / PLANS).read_text())
+        return Resolved(self.config().validate(), plans, records)
+
+    def split_data(self, config: RunConfig | None = None) -> DataConfig:
+        """``config``'s data settings (default the run's own) reading the run's split file: the same images
+        in every split as the run had."""
+        return override(config or self.config(), {"data.split_file": str(self.split)}).data
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text())
+
+    def read_predictions(self) -> dict[str, Stored]:
+        """The kept model's stored predictions by split (``val``, ``test``); empty for a run without them
+        (one from before they were stored, or one that did not finish)."""
+        if not self.predictions.is_file():
+            return {}
+        with np.load(self.predictions, allow_pickle=False) as npz:
+            tta, classes = bool(npz["tta"]), [str(c) for c in npz["classes"]]
+            splits = [str(s) for s in npz["splits"]]
+            return {
+                s: Stored(
+                    s, [str(k) for k in npz[f"{s}_keys"]], npz[f"{s}_probs"], npz[f"{s}_labels"], classes, tta
+                )
+                for s in splits
+            }
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The kept model's predictions on one split, as the run computed them once (``predictions.npz``):
+    each image's key, its probabilities ``[N, C]`` (multi-label: per label), its label (``[N]``, or 0/1
+    ``[N, K]``), the class names, and whether the probabilities are averaged over TTA views (``--tta``)."""
+
+    split: str
+    keys: list[str]
+    probs: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    tta: bool
 
 
 def resumable(path: Path | None) -> bool:
@@ -78,8 +163,9 @@ def final_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(STAGING)) if path.name.endswith(STAGING) else path
 
 
-class RunFolder:
-    """``RunFolder.create(out)`` for a new run, ``RunFolder.reopen(path)`` to resume an interrupted one."""
+class RunFolder(RunFiles):
+    """The run folder a run writes: ``RunFolder.create(out)`` for a new run, ``RunFolder.reopen(path)`` to
+    resume an interrupted one; read as :class:`RunFiles`, under its staging name until :meth:`commit`."""
 
     def __init__(self, final: Path) -> None:
         self.final = Path(final)
@@ -110,7 +196,7 @@ class RunFolder:
     def reopen(cls, path: Path) -> RunFolder:
         run = cls(final_path(path))
         if not run.path.is_dir():
-            if (run.final / "summary.json").is_file():
+            if (run.final / SUMMARY).is_file():
                 raise ThawError(f"{run.final} is a finished run: there is nothing to resume")
             raise ThawError(f"no interrupted run at {run.path}; give the folder `thaw fit` was writing")
         missing = [n for n in START_FILES if not (run.path / n).is_file()]
@@ -133,8 +219,23 @@ class RunFolder:
         global active
         active = self.path
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
+    def write_resolved(self, resolved: Resolved) -> None:
+        """``config.yaml``, ``plans.yaml`` and (where an LR was found) ``lr_find.json``: what
+        :meth:`RunFiles.resolved` reads back."""
+        if resolved.lr_find:
+            self.write_json(LR_FIND, resolved.lr_find)
+        self.write_text(CONFIG, resolved.config.to_yaml())
+        self.write_text(PLANS, resolved.plans_yaml())
+
+    def write_predictions(self, stored: dict[str, Stored]) -> None:
+        """``predictions.npz``: :class:`Stored` by split, readable with numpy alone
+        (:meth:`RunFiles.read_predictions`)."""
+        first = next(iter(stored.values()))
+        arrays = {"splits": np.array(list(stored)), "classes": np.array(first.classes), "tta": first.tta}
+        for s, p in stored.items():
+            arrays |= {f"{s}_keys": np.array(p.keys), f"{s}_probs": p.probs, f"{s}_labels": p.labels}
+        with atomic_path(self.predictions) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **arrays)
 
     def write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)
@@ -196,6 +297,9 @@ class FollowerRun(RunFolder):
         pass
 
     def save_phase(self, result: PhaseResult) -> None:
+        pass
+
+    def write_predictions(self, stored: dict[str, Stored]) -> None:
         pass
 
     def save_weights(self, name: str, model) -> None:

@@ -501,15 +501,18 @@ def for_role(role: str, config: RunConfig, plans: list[PhasePlan]) -> tuple[int,
     """The plan the strategy gives ``role`` and the index it runs at (its training batches' seed):
     ``head``, the first plan that trains the head alone (where none does, phase 1 of the two-phase recipe);
     ``backbone``, the first that trains backbone groups (None where none does); ``pseudo``, the round
-    after pseudo-labelling, after the last plan: phase 2's settings, online, at least one epoch."""
+    after pseudo-labelling, after the last plan: the last plan that trains backbone groups (where none
+    does, phase 2 of the two-phase recipe), online, at least one epoch. ``config`` has numbers for its LRs
+    (:meth:`RunConfig.resolved`)."""
     trained = [(i, p) for i, p in enumerate(plans) if not p.interpolate_from]
     if role == "head":
         return next(((i, p) for i, p in trained if p.train == "head"), (0, _probe(config)))
     if role == "backbone":
         return next(((i, p) for i, p in trained if p.train != "head"), None)
     if role == "pseudo":
-        tune = _tune(config)
-        epochs = max(config.phase2.epochs, 1)
+        tuned = [p for _, p in trained if p.train != "head"]
+        tune = tuned[-1] if tuned else _tune(config)
+        epochs = max(tune.epochs, 1)
         pseudo = dataclasses.replace(tune, name="pseudo", features="online", views=1, epochs=epochs)
         return len(plans), pseudo.validate()
     raise ValueError(f"no plan has the role {role!r}; roles: head, backbone, pseudo")

@@ -1,8 +1,8 @@
 """Data: finding labelled images (``sources``) and turning them into batches (``images``)."""
 
 from thaw.data import shards, store  # shards: registers the shards format with sources
+from thaw.data.decoded import Decoded
 from thaw.data.images import (
-    Decoded,
     class_weights,
     dataset_statistics,
     decode_sources,

@@ -15,29 +15,10 @@ from torchvision.transforms import v2
 from thaw.core.augment_policy import Policy
 from thaw.core.augment_policy import parse as parse_augment
 from thaw.core.config import DataConfig
-from thaw.core.decoding import (  # noqa: F401 (re-exported: the readers' names as they were)
-    DECODE_ERRORS,
-    DICOM_EXTENSIONS,
-    MAX_ASPECT,
-    bounded,
-    dicom_image,
-    read_image,
-    scale_to_8bit,
-    to_8bit,
-)
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing
 from thaw.data import augment
-from thaw.data.decoded import (  # noqa: F401 (re-exported: decoding's names as they were)
-    Decoded,
-    Streamed,
-    decode,
-    decoded_items,
-    load_image,
-    open_image,
-    resized,
-    streamed,
-)
+from thaw.data.decoded import Decoded, decode, streamed
 from thaw.data.sources import Sources
 from thaw.data.store import decode_to_disk
 

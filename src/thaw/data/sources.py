@@ -49,7 +49,7 @@ class Item:
 class Sources:
     """Everything discovered: class names and items, each with its split (after :func:`assign_splits`).
     ``multilabel``: several labels per image (``class_names`` are the label names, each item's label a
-    0/1 tuple); see ``thaw.train.multilabel``."""
+    0/1 tuple); see ``thaw.metrics.multilabel``."""
 
     name: str
     class_names: list[str]

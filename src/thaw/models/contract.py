@@ -33,7 +33,7 @@ class ModelSpec:
     dropout: float = 0.0
     in_channels: int = 3
     image_size: int | None = None
-    multilabel: bool = False  # one sigmoid per label (``thaw.train.multilabel``), not a softmax over classes
+    multilabel: bool = False  # one sigmoid per label (``thaw.metrics.multilabel``), no softmax
 
 
 class Classifier(nn.Module):

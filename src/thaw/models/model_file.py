@@ -21,6 +21,8 @@ from pathlib import Path
 from thaw.core.config import ModelConfig
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing, max_side, number, valid
+from thaw.core.results import MULTILABEL, SINGLE_LABEL
+from thaw.core.run_folder import MODEL
 from thaw.models.build import build_classifier
 from thaw.models.contract import Classifier, ModelSpec
 
@@ -36,7 +38,7 @@ def save_model(model: Classifier, path: Path, operating: dict | None = None) -> 
         "spec": dataclasses.asdict(model.spec),
         "preprocessing": dataclasses.asdict(model.preprocessing),
         "class_names": model.class_names,
-        "task": "multilabel" if model.spec.multilabel else "single-label",
+        "task": MULTILABEL if model.spec.multilabel else SINGLE_LABEL,
         "operating": _operating(operating),
         "tensors_sha256": tensors_sha256(state),
     }
@@ -151,7 +153,7 @@ def load_model(path: str | Path) -> Classifier:
     """Load a model saved by :func:`save_model`, with no original config and no download."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / MODEL
     if not path.is_file():
         raise ThawError(
             f"no model file at {path}; give a run folder made by `thaw fit` or its model.safetensors"
@@ -242,7 +244,7 @@ def _read_checked(path: Path):
     check_metadata(meta["spec"], class_names, pre, state, str(path))
     check_operating(meta.get("operating"), class_names, str(path))
     task = meta.get("task")
-    if task is not None and task != ("multilabel" if spec.multilabel else "single-label"):
+    if task is not None and task != (MULTILABEL if spec.multilabel else SINGLE_LABEL):
         raise ThawError(
             f"{path}: its task {task!r} contradicts its spec (multilabel {spec.multilabel}); "
             f"restore the file written by `thaw fit`, or train again"

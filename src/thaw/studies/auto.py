@@ -66,16 +66,17 @@ import numpy as np
 from thaw import data as thaw_data
 from thaw.core import run_folder
 from thaw.core.config import AUTO, RunConfig, override
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import MONITORED, RunSummary, dumps
-from thaw.core.run_folder import check_outside_data, final_path, staging_path
+from thaw.core.run_folder import CONFIG, SUMMARY, RunFiles, check_outside_data, final_path, staging_path
 from thaw.core.strategies import plans_for
 from thaw.data import discover
-from thaw.data.images import DECODE_ERRORS, open_image
+from thaw.data.decoded import open_image
 from thaw.models import load_model
 from thaw.studies.runner import Cell, Executor, run_cell, run_cells
-from thaw.use.predict import Predictor
+from thaw.use.predictor import Predictor
 from thaw.use.reporting.html import write_report
 from thaw.use.run import RunResult
 
@@ -777,10 +778,13 @@ def _paired_predictions(incumbent: Path, challenger: Path) -> tuple[np.ndarray, 
 
 
 def _val_predictions(run: Path) -> dict[str, tuple[Any, np.ndarray]]:
-    """key -> (label, probabilities) of the run's saved model on its validation split (from split.csv)."""
-
-    config = RunConfig.from_yaml(run / "config.yaml")
-    sources = discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
+    """key -> (label, probabilities) of the run's saved model on its validation split (from split.csv):
+    those the run stored (center crop, no TTA), else computed here."""
+    files = RunFiles(run)
+    stored = files.read_predictions().get("val")
+    if stored is not None and not stored.tta:  # computed once at the end of the run
+        return {k: (y, p) for k, y, p in zip(stored.keys, stored.labels.tolist(), stored.probs, strict=True)}
+    sources = discover(files.split_data())
     predictor = Predictor.load(run)
     index = {c: i for i, c in enumerate(predictor.class_names)}
     keys, labels, images = [], [], []
@@ -810,11 +814,11 @@ def _finish(root: Path, out: Path, config: RunConfig, record: dict, winner: tupl
             os.link(f, target)
         except OSError:
             shutil.copy2(f, target)
-    chosen = RunConfig.from_yaml(source / "config.yaml")
+    chosen = RunFiles(source).config()
     chosen = override(chosen, {"out": str(out), "data.split_file": config.data.split_file}, keep_none=True)
-    write_atomic(root / "config.yaml", chosen.to_yaml())  # a new file: the linked original is untouched
+    write_atomic(root / CONFIG, chosen.to_yaml())  # a new file: the linked original is untouched
     summary = dataclasses.replace(RunSummary.read(source), auto=record)
-    write_atomic(root / "summary.json", summary.to_json())
+    write_atomic(root / SUMMARY, summary.to_json())
     write_report(root, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     for folder in sorted((root / "auto").glob("**/checkpoints")):
         shutil.rmtree(folder)
@@ -827,7 +831,7 @@ def _finish(root: Path, out: Path, config: RunConfig, record: dict, winner: tupl
             f"auto: run folder {out} (the {winner[0]} run of {record['winner_run']}); the screening runs "
             f"in {out / 'auto'}"
         )
-    return RunResult(out, summary, load_model(out / "model.safetensors"))
+    return RunResult(out, summary, load_model(RunFiles(out).model))
 
 
 def print_table(record: dict) -> None:

@@ -30,7 +30,6 @@ from thaw.core.strategies import STRATEGIES, plans_for
 from thaw.metrics.stats import Paired, floor_note, interval, paired, with_holm
 from thaw.models import build_classifier
 from thaw.studies.runner import METRICS, Cell, Executor, columns, run_cells, summaries
-from thaw.train.lr_find import placeholder
 
 REFERENCE = "two-phase"
 
@@ -141,7 +140,7 @@ def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
     everything = sum(batches.values()) * eval_s
     seconds = 0.0
     for strategy in plan.strategies:
-        for p in plans_for(placeholder(override(config, {"strategy": strategy}))):  # --lr auto: a stand-in
+        for p in plans_for(override(config, {"strategy": strategy}).resolved()):  # --lr auto: a stand-in
             if p.interpolate_from:
                 seconds += len(p.alphas) * batches["val"] * eval_s
             elif p.features == "cached":

@@ -23,7 +23,7 @@ from thaw.data import discover
 from thaw.data.sources import Sources
 from thaw.metrics import stats
 from thaw.studies.runner import Cell, Executor, run_cells, summaries
-from thaw.train.multilabel import refuse
+from thaw.train.preflight import refuse_multilabel
 
 
 def fold_sources(sources: Sources, folds: int, seed: int) -> list[Sources]:
@@ -61,7 +61,7 @@ def cross_validate(
     config.validate()
     check_named(config)  # --strategy auto is a study of its own
     sources = discover(config.data)
-    refuse(sources, "--folds")
+    refuse_multilabel(sources, "--folds")
     parts = fold_sources(sources, folds, config.data.split_seed)
     executor = (executor or Executor()).check()
     out.mkdir(parents=True, exist_ok=True)

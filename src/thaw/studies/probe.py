@@ -20,7 +20,7 @@ from thaw.data import discover, eval_transform
 from thaw.data import features as feature_cache
 from thaw.models import build_classifier
 from thaw.train.head_solver import solve_head
-from thaw.train.multilabel import refuse
+from thaw.train.preflight import refuse_multilabel
 
 KNN_K = (1, 5, 20)
 
@@ -183,7 +183,7 @@ def probe(
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
 
-    refuse(discover(data), "thaw probe")  # its probes are multiclass logistic regression and k-NN
+    refuse_multilabel(discover(data), "thaw probe")  # its probes are multiclass logistic regression and k-NN
     results = []
     for model in models:
         start = time.perf_counter()

@@ -40,7 +40,7 @@ import torch
 from thaw.core.config import RunConfig, override
 from thaw.core.errors import ThawError
 from thaw.core.results import RunSummary
-from thaw.core.run_folder import START_FILES, final_path, staging_path
+from thaw.core.run_folder import START_FILES, SUMMARY, final_path, staging_path
 from thaw.use import run as recipe
 
 EXECUTORS = ("local", "ray")
@@ -61,7 +61,7 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        return (self.path / "summary.json").is_file()
+        return (self.path / SUMMARY).is_file()
 
 
 @dataclass(frozen=True)

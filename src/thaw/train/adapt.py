@@ -31,9 +31,9 @@ from thaw.core.errors import ThawError
 from thaw.core.results import PhaseResult
 from thaw.core.strategies import PhasePlan
 from thaw.data.budget import UNLABELLED, folder_items
-from thaw.data.images import Decoded, decode
+from thaw.data.decoded import Decoded, decode
 from thaw.models import Classifier
-from thaw.train.inference import predict
+from thaw.train.probabilities import probabilities
 from thaw.train.recipe import Context, Feed, run_phase
 
 
@@ -151,7 +151,7 @@ def pseudo_round(
     config, loaders = ctx.config, ctx.loaders
     data, source = unlabelled(model, ctx)
     pool = thaw_data.loader(data, thaw_data.eval_transform(model.preprocessing), config.data, shuffle=False)
-    probs, truth = predict(model, pool)
+    probs, truth = probabilities(model, pool)
     chosen, record = pseudo_labels(probs, truth, loaders.decoded["train"].labels, config.pseudo_threshold)
     record = {
         "source": source,

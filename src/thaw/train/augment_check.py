@@ -45,7 +45,8 @@ from torchvision.transforms.v2 import functional as F
 
 from thaw.core.augment_policy import Policy
 from thaw.data.augment import op_steps, transform
-from thaw.data.images import Decoded, eval_transform
+from thaw.data.decoded import Decoded
+from thaw.data.images import eval_transform
 from thaw.models import Classifier
 from thaw.train.head_solver import solve_head
 

@@ -6,24 +6,28 @@ figures, the report) is not called from here: ``thaw.use.run`` composes it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 
 from thaw import data as thaw_data
 from thaw.core.augment_policy import parse as parse_augment
 from thaw.core.errors import ThawError
+from thaw.core.resolved import Resolved
 from thaw.core.results import PhaseResult, choose_final
-from thaw.core.run_folder import RunFolder
+from thaw.core.run_folder import RunFolder, Stored
 from thaw.core.run_log import Reporter
-from thaw.core.strategies import PhasePlan, for_role
+from thaw.core.strategies import PhasePlan
 from thaw.data.sources import label_gaps
 from thaw.models import Classifier, build_classifier
 from thaw.train import adapt, augment_check, distributed
 from thaw.train.forgetting import Probe
 from thaw.train.prefix import cached_prefix
+from thaw.train.probabilities import view_probabilities
 from thaw.train.recipe import Context, Loaders, quiet_lightning, run_phase
 from thaw.train.steps import cached_head, interpolate
 
@@ -67,19 +71,37 @@ class Trained:
     model: Classifier
     ctx: Context
     sources: thaw_data.Sources
-    plans: list[PhasePlan]
+    resolved: Resolved
     results: dict[str, PhaseResult]
     final: str
     probe: Probe
     adabn: dict | None
     pseudo: dict | None
 
+    @functools.cached_property
+    def predictions(self) -> dict[str, Stored]:
+        """The kept model's probabilities on val and test (``--tta``: averaged over the views), computed
+        once, on the kept weights: the operating point and its figures read them, and the run folder
+        stores them (``predictions.npz``) for evaluate, the report and the studies."""
+        config, pre, classes = self.ctx.config, self.model.preprocessing, self.model.class_names
+        return {
+            split: Stored(
+                split,
+                list(data.keys),
+                view_probabilities(self.model, data.images, pre, config.tta).numpy(),
+                np.asarray(data.labels),
+                classes,
+                config.tta,
+            )
+            for split, data in self.ctx.loaders.decoded.items()
+            if split in ("val", "test")
+        }
 
-def train(
-    run: RunFolder, config, plans: list[PhasePlan], sources: thaw_data.Sources, report: Reporter
-) -> Trained:
+
+def train(run: RunFolder, resolved: Resolved, sources: thaw_data.Sources, report: Reporter) -> Trained:
     """Build the model and the loaders, measure the pretrained side, AdaBN if asked, run the plans, keep
-    the best, and one pseudo-label round if asked."""
+    the best, and one pseudo-label round if asked (its plan from the plans, ``Resolved.pseudo``)."""
+    config, plans = resolved.config, resolved.plans
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     classes = sources.class_names
@@ -99,14 +121,13 @@ def train(
     final = choose_final(results, config.monitor)
     model.load_state_dict(run.load_weights(final))
     pseudo = None
-    if config.pseudo_labels:  # one more round on labelled + confidently pseudo-labelled images
-        role = for_role("pseudo", config.resolved(), plans)
-        result, pseudo = adapt.pseudo_round(model, role, ctx, results, final)
+    if resolved.pseudo is not None:  # one more round on labelled + confidently pseudo-labelled images
+        result, pseudo = adapt.pseudo_round(model, resolved.pseudo, ctx, results, final)
         if result is not None:
             results[result.name] = result
             final = choose_final(results, config.monitor)
         model.load_state_dict(run.load_weights(final))
-    return Trained(model, ctx, sources, plans, results, final, probe, adabn, pseudo)
+    return Trained(model, ctx, sources, resolved, results, final, probe, adabn, pseudo)
 
 
 def augments(plan: PhasePlan) -> bool:

@@ -323,15 +323,13 @@ def lr_find(
     sources = sources or thaw_data.discover(config.data)
     steps = sweep_steps(len(sources.split("train")), config.data.batch_size, steps)
     out = Path(out) if out is not None else default_out(f"lr-find-{sources.name}", config.model.name)
-    if head_lr is None and config.lr == AUTO:  # a run's config.yaml records what lr auto found
-        head_lr = config.lr_found
     head_first = swept == "backbone" and config.lr == AUTO and head_lr is None
     _check_new(out, [1, phase] if head_first else [phase])
     head_from = None
     if head_first:
         first = lr_find(config, 1, out, sources, steps, start_lr, end_lr, say, warn, draw)
         head_from, head_lr = first.brief(), first.suggestion
-    resolved = placeholder(config if head_lr is None else override(config, {"lr": head_lr}))
+    resolved = (config if head_lr is None else override(config, {"lr": head_lr})).resolved()
     index, plan = role_plan(resolved, swept)
     lrs = sweep_lrs(start_lr, end_lr, steps)
     say(
@@ -433,7 +431,8 @@ def resolve_auto(
     draw: Draw | None = None,
 ) -> tuple[dict[str, float], dict]:
     """``--lr auto`` / ``--lr-ratio auto``: run the phase-1 (and phase-2) finder. Returns the numbers found
-    (``lr``, ``lr_ratio``: the run records them) and the finders' brief results; the config is unchanged."""
+    (``lr``, ``lr_ratio``: for :meth:`RunConfig.resolved`) and the finders' brief results
+    (``thaw.train.resolve`` puts both in the run's ``Resolved``)."""
     found: dict[str, float] = {}
     records: dict[str, Any] = {}
     if AUTO == config.lr:
@@ -459,12 +458,6 @@ def check_auto(config: RunConfig, plans: list[PhasePlan]) -> None:
             "--lr-ratio auto: no phase of this run unfreezes the backbone (phase 2 is skipped); drop "
             "--lr-ratio auto or give --phase2-epochs > 0"
         )
-
-
-def placeholder(config: RunConfig) -> RunConfig:
-    """The config with ``auto`` replaced by the defaults: to check the plans before anything is found."""
-    defaults = RunConfig()
-    return override(config, {k: getattr(defaults, k) for k in config.auto})
 
 
 # ---- helpers ---------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ from thaw.core.run_log import Reporter
 from thaw.core.strategies import PhasePlan
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.train import distributed, multilabel
+from thaw.train import distributed
 from thaw.train.guards import IncomingGuard, NonFiniteGuard
-from thaw.train.inference import predict
 from thaw.train.loggers import lightning_logger, logger_callbacks
+from thaw.train.losses import pos_weight
 from thaw.train.module import EpochRecorder, PhaseModule
+from thaw.train.probabilities import probabilities
 
 
 @dataclass
@@ -232,9 +233,9 @@ def finish_phase(
     finished), and its line on the console. ``fields``: what the step measured."""
     loaders = ctx.loaders
     if val is None:
-        val = classification_metrics(*predict(model, loaders.val), names=model.class_names)
+        val = classification_metrics(*probabilities(model, loaders.val), names=model.class_names)
         if loaders.test is not None:
-            test = classification_metrics(*predict(model, loaders.test), names=model.class_names)
+            test = classification_metrics(*probabilities(model, loaders.test), names=model.class_names)
     result = PhaseResult(name=plan.name, val=val, test=test, **fields)
     ctx.run.save_weights(plan.name, model)
     ctx.run.save_phase(result)
@@ -284,7 +285,7 @@ class Loaders:
         self.pre = pre  # what the transforms normalise with (the training set's statistics, if asked)
         train_labels = self.decoded["train"].labels
         self.class_weights = (  # --balance loss: per class, or per label the positives' weight
-            multilabel.pos_weight(train_labels)
+            pos_weight(train_labels)
             if sources.multilabel
             else thaw_data.class_weights(train_labels, len(sources.class_names))
         )

@@ -14,8 +14,8 @@ from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.train import distributed
 from thaw.train.head_solver import HeadSolution, solve_into
-from thaw.train.inference import predict
 from thaw.train.prefix import plan_features
+from thaw.train.probabilities import probabilities
 from thaw.train.recipe import Context, finish_phase
 
 Features = feature_cache.Features
@@ -155,7 +155,7 @@ def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     curve, best = [], None
     for alpha in plan.alphas:
         model.load_state_dict(mix(origin, end, alpha))
-        m = classification_metrics(*predict(model, loaders.val), names=model.class_names)
+        m = classification_metrics(*probabilities(model, loaders.val), names=model.class_names)
         curve.append({"alpha": alpha, "val_accuracy": m.accuracy, "val_loss": m.loss})
         if best is None or (m.accuracy, -m.loss) > best[0]:
             best = ((m.accuracy, -m.loss), alpha)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from thaw.train.engine import Trained
 from thaw.use.operating_point import operating_point
 from thaw.use.reporting.plots import plot_drift, plot_reliability
@@ -31,7 +33,7 @@ def forgetting(t: Trained) -> Finding:
     per plan); the model is back on the kept plan's weights afterwards."""
     model, run = t.model, t.ctx.run
     found = {}
-    for plan in t.plans:
+    for plan in t.resolved.plans:
         model.load_state_dict(run.load_weights(plan.name))
         found[plan.name] = t.probe.diagnose(model)
     model.load_state_dict(run.load_weights(t.final))
@@ -41,8 +43,9 @@ def forgetting(t: Trained) -> Finding:
 def operating(t: Trained) -> Finding:
     """The kept model's metrics at the threshold chosen on validation (and with TTA), with test CIs."""
     config, model, split = t.ctx.config, t.model, final_split(t)
-    point, scored = operating_point(
-        model, t.ctx.loaders.decoded, model.preprocessing, config.tta, config.target_sensitivity, config.seed
+    scored = {s: (torch.from_numpy(p.probs), torch.from_numpy(p.labels)) for s, p in t.predictions.items()}
+    point = operating_point(
+        scored, model.class_names, model.multilabel, config.tta, config.target_sensitivity, config.seed
     )
     if point.rule.startswith("argmax:"):  # a binary run with too few validation images of a class
         t.ctx.report.warn(f"no decision threshold chosen; {point.rule}")

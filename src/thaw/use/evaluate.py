@@ -7,22 +7,19 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from thaw.core.config import RunConfig, override
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import NothingRead, ThawError
 from thaw.core.files import write_atomic
 from thaw.core.results import Metrics, dumps
-from thaw.data.images import DECODE_ERRORS, open_image
+from thaw.core.run_folder import CONFIG
+from thaw.data.decoded import open_image
 from thaw.data.sources import discover, evaluation_items
 from thaw.metrics.bootstrap import bootstrap_ci
 from thaw.metrics.classification import classification_metrics
-from thaw.use.predict import Predictor
-
-if TYPE_CHECKING:
-    pass
+from thaw.use.predictor import Predictor, run_files
 
 
 @dataclass(frozen=True)
@@ -63,14 +60,15 @@ def evaluate_run(
     leaving out any image the run trained on."""
 
     predictor = Predictor.load(run, warn)  # warn: no summary.json vouches for the model file
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    config = RunConfig.from_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-    split_file = run_dir / "split.csv"
+    files = run_files(run)
+    run_dir = files.path
+    config = files.config() if files.has(CONFIG) else None
+    split_file = files.split
     if data is None and config is None:
         raise ThawError(f"{run_dir} has no config.yaml: give the data to evaluate on, thaw evaluate RUN DATA")
     own = config is not None and split_file.is_file() and (data is None or _same_data(data, config.data.path))
     if own:
-        sources = discover(override(config, {"data.split_file": str(split_file)}).data)
+        sources = discover(files.split_data(config))
         split = "test" if sources.split("test") else "val"
         items, names = sources.split(split), sources.class_names
         note = f"the run's own {split} split (its split.csv)"
@@ -86,16 +84,11 @@ def evaluate_run(
         if not items:
             raise ThawError(f"{data}: every image in its {split} split was a training image of {run_dir}")
     target = _targets(items, names, predictor, data, run_dir)
-    images, labels, skipped = [], [], []
-    for it in items:
-        try:
-            images.append(open_image(it, 3, predictor.window, predictor.preprocessing.resize_size))
-            labels.append(target(it))
-        except DECODE_ERRORS:
-            skipped.append(it.key)
-    if not images:
-        raise NothingRead(f"{data}: none of the {len(items)} images to evaluate could be decoded")
-    probs = predictor.predict_proba(images, tta=tta)
+    stored = files.read_predictions().get(split) if own else None
+    if stored is not None and stored.tta == tta and stored.keys == [it.key for it in items]:
+        probs, labels, skipped = torch.from_numpy(stored.probs), stored.labels.tolist(), []  # computed once
+    else:
+        probs, labels, skipped = _predict(items, target, predictor, tta, data)
     cut = predictor.thresholds if predictor.multilabel else predictor.threshold
     metrics = classification_metrics(probs, torch.tensor(labels), cut, predictor.class_names)
     metrics = dataclasses.replace(metrics, ci=bootstrap_ci(probs, torch.tensor(labels), cut))
@@ -109,6 +102,21 @@ def evaluate_run(
             where = err.filename or run_dir / "evaluations"
             evaluation = dataclasses.replace(evaluation, write_error=f"{where}: {err.strerror or err}")
     return evaluation
+
+
+def _predict(items: list, target, predictor: Predictor, tta: bool, data) -> tuple[torch.Tensor, list, list]:
+    """The model's probabilities on ``items``, their labels, and the keys of the images that could not
+    be decoded (left out)."""
+    images, labels, skipped = [], [], []
+    for it in items:
+        try:
+            images.append(open_image(it, 3, predictor.window, predictor.preprocessing.resize_size))
+            labels.append(target(it))
+        except DECODE_ERRORS:
+            skipped.append(it.key)
+    if not images:
+        raise NothingRead(f"{data}: none of the {len(items)} images to evaluate could be decoded")
+    return predictor.predict_proba(images, tta=tta), labels, skipped
 
 
 def _targets(items: list, names: list[str], predictor, data, run_dir: Path):

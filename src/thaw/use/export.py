@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from thaw.core.config import RunConfig
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import RunSummary
+from thaw.core.run_folder import RunFiles
 from thaw.models import Classifier, load_model
 from thaw.use.model_card import write_model_card
-from thaw.use.predict import Predictor
+from thaw.use.predictor import Predictor, run_files
 from thaw.use.reporting.html import Predictions
 from thaw.version import __version__
 
@@ -119,7 +119,7 @@ def export_run(
         elif fmt == "torchscript":
             _torchscript(model, meta, tmp)
         else:
-            shutil.copyfile(source if source.is_file() else source / "model.safetensors", tmp)
+            shutil.copyfile(source if source.is_file() else RunFiles(source).model, tmp)
     write_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
     if (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file():
         write_model_card(run_dir, run_dir.name, [path])  # MODEL_CARD.md beside the export
@@ -203,18 +203,16 @@ def parity(exported: Exported, run: str | Path, images: np.ndarray) -> Parity:
 def check_on_run(exported: Exported, run: str | Path) -> str:
     """:func:`parity` on the run's own test (else val) images, as one line; or why it was not checked."""
 
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    files = run_files(run)
     try:
-        found = Predictions.of(
-            run_dir, RunConfig.from_yaml(run_dir / "config.yaml"), RunSummary.read(run_dir)
-        )
+        found = Predictions.of(files, files.config(), RunSummary.read(files.path))
     except ThawError as err:
         return f"parity not checked: {err}"
     if not found.ok:
         return f"parity not checked: {found.reason}"
     channels = exported.metadata["input"]["shape"][1]
     images = np.stack([c.transpose(2, 0, 1)[:channels] for c in found.crops]).astype(np.float32) / 255.0
-    result = parity(exported, run_dir, images)
+    result = parity(exported, files.path, images)
     return (
         f"parity with PyTorch on {result.images} {found.split} images: max |probability difference| "
         f"{result.max_abs_diff:.2e}, "

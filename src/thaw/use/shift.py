@@ -26,10 +26,11 @@ from thaw import data as thaw_data
 from thaw.core.config import RunConfig
 from thaw.core.errors import ThawError
 from thaw.core.results import Shift
+from thaw.data.decoded import decode
 from thaw.data.sources import evaluation_items
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.train.inference import predict
+from thaw.train.probabilities import probabilities
 
 SEVERITIES = (1, 3, 5)
 LEVELS = {
@@ -113,7 +114,7 @@ def _scorer(model: Classifier, config: RunConfig):
 
     def score(data: thaw_data.Decoded):
         return classification_metrics(
-            *predict(model, thaw_data.loader(data, transform, config.data, shuffle=False))
+            *probabilities(model, thaw_data.loader(data, transform, config.data, shuffle=False))
         )
 
     return score
@@ -133,7 +134,7 @@ def ood_images(path: str, model: Classifier) -> thaw_data.Decoded:
         )
     index = {n: model.class_names.index(n) for n in names}
     items = [type(it)(it.key, index[names[it.label]], it.split, it.array) for it in items]
-    decoded, failed = thaw_data.images.decode(items, model.preprocessing, model.spec.in_channels, False)
+    decoded, failed = decode(items, model.preprocessing, model.spec.in_channels, False)
     if not decoded.images:
         raise ThawError(f"--ood {path}: no decodable images")
     return decoded

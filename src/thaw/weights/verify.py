@@ -19,7 +19,8 @@ from torch import nn
 from thaw.core.config import ModelConfig
 from thaw.core.errors import ThawError
 from thaw.core.preprocessing import Preprocessing
-from thaw.data.images import eval_transform, resized
+from thaw.data.decoded import resized
+from thaw.data.images import eval_transform
 from thaw.models.adapters import ImageNetModel, adapter_for
 from thaw.models.build import build_classifier, parse_model_name
 

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from thaw.core import yaml_file
-from thaw.core.config import RunConfig, override
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import write_atomic
 from thaw.core.results import GAIN_METRICS, SUMMARY_VERSION, RunSummary
+from thaw.core.run_folder import CONFIG, MODEL, PLANS, SPLIT, RunFiles
 from thaw.data import discover
-from thaw.data.images import DECODE_ERRORS, open_image, resized
-from thaw.use.predict import Predictor
+from thaw.data.decoded import open_image, resized
+from thaw.use.predictor import Predictor
 from thaw.use.reporting import figures
 from thaw.version import __version__
 
@@ -54,9 +55,10 @@ def check_run(run: Path) -> dict:
     """The raw ``summary.json`` of a finished run of this thaw's layout; a clear :class:`ThawError` else."""
     if not run.is_dir():
         raise ThawError(f"{run} is not a folder; give a run folder made by `thaw fit`")
-    summary = run / "summary.json"
+    files = RunFiles(run)
+    summary = files.summary
     if not summary.is_file():
-        if (run / "config.yaml").is_file() and (run / "plans.yaml").is_file():
+        if files.has(CONFIG) and files.has(PLANS):
             raise ThawError(
                 f"{run} is an incomplete run (no summary.json yet): finish it with `thaw resume {run}`"
             )
@@ -69,14 +71,14 @@ def check_run(run: Path) -> dict:
     if version < SUMMARY_VERSION:
         raise ThawError(
             f"{run} was made by an older thaw (summary version {version}, this one reads {SUMMARY_VERSION}); "
-            f"rerun it with `thaw fit --config {run / 'config.yaml'}` to get a report"
+            f"rerun it with `thaw fit --config {run / CONFIG}` to get a report"
         )
     if version > SUMMARY_VERSION:
         raise ThawError(
             f"{run} was made by a newer thaw (summary version {version}); upgrade thaw to report on it"
         )
-    for name in ("config.yaml", "metrics.csv"):
-        if not (run / name).is_file():
+    for name in (CONFIG, "metrics.csv"):
+        if not files.has(name):
             raise ThawError(f"{run} has no {name}: it is not a complete run folder")
     return raw
 
@@ -84,11 +86,12 @@ def check_run(run: Path) -> dict:
 def build_report(run: Path) -> str:
     raw = check_run(run)
     summary = RunSummary.from_dict(raw)
-    config = RunConfig.from_yaml(run / "config.yaml")
+    files = RunFiles(run)
+    config = files.config()
     rows = _metrics_rows(run / "metrics.csv")
-    plans = yaml_file.load_file(run / "plans.yaml") if (run / "plans.yaml").is_file() else []
-    split_rows = _split_rows(run / "split.csv")
-    predictions = Predictions.of(run, config, summary)
+    plans = yaml_file.load_file(run / PLANS) if files.has(PLANS) else []
+    split_rows = _split_rows(files.split)
+    predictions = Predictions.of(files, config, summary)
 
     title = f"{summary.dataset} - {summary.model}"
     page = Page(title)
@@ -96,7 +99,7 @@ def build_report(run: Path) -> str:
     page.text(
         f"<p class=meta>{_e(name)} &middot; strategy <b>{_e(summary.strategy)}</b> "
         f"({_e(', '.join(summary.phases))}) &middot; seed {summary.seed} &middot; made "
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime((run / 'summary.json').stat().st_mtime))} "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(files.summary.stat().st_mtime))} "
         f"&middot; report by thaw {_e(__version__)}</p>"
     )
     _decision(page, summary)
@@ -491,24 +494,24 @@ class Predictions:
     inputs: object = None
 
     @classmethod
-    def of(cls, run: Path, config, summary: RunSummary) -> Predictions:
-        if not (run / "model.safetensors").is_file():
-            return cls(False, "the run folder has no model.safetensors")
-        if not (run / "split.csv").is_file():
-            return cls(False, "the run folder has no split.csv")
+    def of(cls, run: RunFiles, config, summary: RunSummary) -> Predictions:
+        if not run.model.is_file():
+            return cls(False, f"the run folder has no {MODEL}")
+        if not run.split.is_file():
+            return cls(False, f"the run folder has no {SPLIT}")
         try:
-            sources = discover(override(config, {"data.split_file": str(run / "split.csv")}).data)
+            sources = discover(run.split_data(config))
         except ThawError as err:
             return cls(False, f"the run's data is not available here ({err})")
         return cls._predict(run, sources, summary)
 
     @classmethod
-    def _predict(cls, run: Path, sources, summary: RunSummary) -> Predictions:
+    def _predict(cls, run: RunFiles, sources, summary: RunSummary) -> Predictions:
         import torch
         from torchvision.transforms.v2 import functional as F
 
 
-        predictor = Predictor.load(run / "model.safetensors")
+        predictor = Predictor.load(run.model)
         if predictor.class_names != summary.classes:
             return cls(False, "model.safetensors' classes differ from summary.json's")
         split = "test" if sources.split("test") and summary.final.test is not None else "val"
@@ -531,12 +534,16 @@ class Predictions:
         if not keys:
             return cls(False, f"none of the {split} split's images could be read", failed=failed)
         batch = torch.stack(inputs)
-        model = predictor.model
-        with torch.no_grad():
-            probs = torch.cat(
-                [model.probabilities(model(batch[i : i + 64])) for i in range(0, len(batch), 64)]
-            )
-        return cls(True, "", split, keys, probs.numpy(), np.array(labels), crops, failed, predictor, batch)
+        stored = run.read_predictions().get(split)
+        if stored is not None and not stored.tta and stored.keys == keys:
+            probs = stored.probs  # the center crop's, computed once at the end of the run
+        else:
+            model = predictor.model
+            with torch.no_grad():
+                probs = torch.cat(
+                    [model.probabilities(model(batch[i : i + 64])) for i in range(0, len(batch), 64)]
+                ).numpy()
+        return cls(True, "", split, keys, probs, np.array(labels), crops, failed, predictor, batch)
 
     def cams(self, indices: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
         """Grad-CAM overlays of the predicted class for ``indices``, or None and the reason why not."""

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
 from thaw.core.config import dicom_window
+from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
-from thaw.core.predictions import Prediction, expand_paths, failure, result, views
+from thaw.core.file_prediction import Prediction, expand_paths, failure, result, views
+from thaw.core.run_folder import CONFIG, RunFiles
 from thaw.data import shards
-from thaw.data.images import DECODE_ERRORS, eval_transform, open_image, resized
+from thaw.data.decoded import open_image, resized
+from thaw.data.images import eval_transform
 from thaw.data.sources import Item
 from thaw.models import Classifier, load_model
 from thaw.models.state_dict import sha256
@@ -194,12 +199,15 @@ def images_of(paths: list[str | Path]) -> list[Item]:
     return [Item(str(f), -1) for f in expand_paths(paths)]
 
 
+def run_files(path: str | Path) -> RunFiles:
+    """The run folder of ``path``: the folder itself, or the folder a model file sits in."""
+    path = Path(path)
+    return RunFiles(path if path.is_dir() else path.parent)
+
+
 def run_threshold(path: str | Path) -> float | None:
     """The decision threshold a run chose on validation (``summary.json``'s ``operating``), if any."""
-    import json
-
-    path = Path(path)
-    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    summary = run_files(path).summary
     try:
         value = (json.loads(summary.read_text()).get("operating") or {}).get("threshold")
     except (OSError, ValueError, AttributeError):
@@ -209,10 +217,7 @@ def run_threshold(path: str | Path) -> float | None:
 
 def run_rule(path: str | Path) -> str:
     """How the run chose its decision threshold (``summary.json``'s ``operating.rule``), if it says."""
-    import json
-
-    path = Path(path)
-    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    summary = run_files(path).summary
     try:
         rule = (json.loads(summary.read_text()).get("operating") or {}).get("rule")
     except (OSError, ValueError, AttributeError):
@@ -223,10 +228,7 @@ def run_rule(path: str | Path) -> str:
 def run_thresholds(path: str | Path, class_names: list[str]) -> list[float] | None:
     """A multi-label run's per-label thresholds (``summary.json``'s ``operating``), in the model's label
     order; None without them."""
-    import json
-
-    path = Path(path)
-    summary = (path if path.is_dir() else path.parent) / "summary.json"
+    summary = run_files(path).summary
     try:
         found = (json.loads(summary.read_text()).get("operating") or {}).get("thresholds") or {}
         return [float(found[name]) for name in class_names]
@@ -236,11 +238,7 @@ def run_thresholds(path: str | Path, class_names: list[str]) -> list[float] | No
 
 def run_window(path: str | Path) -> tuple[float, float] | None:
     """The run's ``--dicom-window`` (``config.yaml``), if it had one."""
-    import yaml
-
-
-    path = Path(path)
-    config = (path if path.is_dir() else path.parent) / "config.yaml"
+    config = run_files(path) / CONFIG
     try:
         value = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("dicom_window")
     except (OSError, yaml.YAMLError, AttributeError):
@@ -252,11 +250,8 @@ def verify_model_file(path: str | Path) -> str | None:
     """A run's ``model.safetensors`` must be the file the run wrote: its sha256 is in ``summary.json``.
     Returns why that check could not be made (no ``summary.json``, or one that is not readable JSON with
     the sha256), else None; the model file's own digest is then all there is (``load_model`` checks it)."""
-    import json
-
-    path = Path(path)
-    model = path / "model.safetensors" if path.is_dir() else path
-    summary = model.parent / "summary.json"
+    model = RunFiles(path).model if Path(path).is_dir() else Path(path)
+    summary = run_files(model).summary
     if not model.is_file():
         return None  # load_model says so
     if not summary.is_file():

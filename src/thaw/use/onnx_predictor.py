@@ -16,7 +16,7 @@ from PIL import Image
 from thaw.core import preprocessing
 from thaw.core.decoding import DECODE_ERRORS, read_image
 from thaw.core.errors import ThawError
-from thaw.core.predictions import Prediction, expand_paths, failure, result, views
+from thaw.core.file_prediction import Prediction, expand_paths, failure, result, views
 from thaw.use.model_card import check_card
 
 RESAMPLE = {
@@ -27,7 +27,7 @@ RESAMPLE = {
 
 
 class OnnxPredictor:
-    """``OnnxPredictor(path).predict_paths([...])``: the results of :class:`thaw.use.predict.Predictor`."""
+    """``OnnxPredictor(path).predict_paths([...])``: the results of :class:`thaw.use.predictor.Predictor`."""
 
     def __init__(self, path: str | Path) -> None:
         try:
