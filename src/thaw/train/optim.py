@@ -9,6 +9,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from thaw.models import Classifier
+from thaw.train.adapters import plain_name
 
 
 def param_groups(
@@ -20,14 +21,18 @@ def param_groups(
     trains although its group is frozen (batch-norm affine parameters under the ``fastai`` policy)
     trains at ``other_lr``. Like timm and fastai, 1-d parameters (biases, norm scales) and the
     backbone's own no-weight-decay parameters (position embeddings, class tokens) get no weight decay.
+    An adapter's parameters (``thaw.train.adapters``) train in the group of the weight they adapt; a
+    LoRA factor is 2-d and gets weight decay, an SSF scale or shift (1-d) none.
     """
-    backbone = dict(model.backbone.named_parameters())
+    group_of = {name: g for g, names in enumerate(model.layer_groups) for name in names}
+    by_group: list[list[tuple[str, torch.nn.Parameter]]] = [[] for _ in model.layer_groups]
+    for name, p in model.backbone.named_parameters():  # an adapter's parameters join its weight's group
+        by_group[group_of[plain_name(name)]].append((plain_name(name), p))
     parts: list[tuple[str, float, list[tuple[str, torch.nn.Parameter]]]] = [
         ("head", head_lr, [(f"head.{n}", p) for n, p in model.head.named_parameters()])
     ]
-    for g, names in enumerate(model.layer_groups):
-        lr = group_lrs[g] or other_lr
-        parts.append((f"group{g}", lr, [(n, backbone[n]) for n in names]))
+    for g, named in enumerate(by_group):
+        parts.append((f"group{g}", group_lrs[g] or other_lr, named))
     groups = []
     for part, lr, named in parts:
         decay, no_decay = [], []
