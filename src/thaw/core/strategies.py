@@ -165,8 +165,14 @@ class PhasePlan:
         where = f"plan {self.name!r}"
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ThawError(f"{where}: a plan needs a name usable as a file name, e.g. phase1")
-        checks = (_check_train, _check_rates, _check_budget, _check_features, _check_choices, _check_trainable)
-        for check in checks:
+        for check in (
+            _check_train,
+            _check_rates,
+            _check_budget,
+            _check_features,
+            _check_choices,
+            _check_trainable,
+        ):
             check(self, where)
         return self
 

@@ -88,9 +88,9 @@ class Shift(nn.Module):
 
 
 def lora_fits(module: nn.Module, rank: int) -> bool:
-    """A convolution or linear layer where a rank-``rank`` update has fewer parameters than the weight
-    (not a depthwise convolution, whose 3x3 kernels are already rank <= 9)."""
-    if not isinstance(module, nn.Conv2d | nn.Linear):
+    """A linear layer or an ungrouped convolution where a rank-``rank`` update has fewer parameters than the
+    weight. Not a grouped (depthwise) convolution: its flattened kernel is ``C x 9``, rank <= 9 already."""
+    if not isinstance(module, nn.Conv2d | nn.Linear) or getattr(module, "groups", 1) != 1:
         return False
     out, fan_in = module.weight.shape[0], math.prod(module.weight.shape[1:])
     return rank * (out + fan_in) < out * fan_in
@@ -109,7 +109,8 @@ def attach(model: Classifier, groups: list[int], trainable: str, rank: int, seed
     if trainable not in ("lora", "ssf"):
         return 0
     generator = torch.Generator().manual_seed(seed)
-    chosen = [m for m in model.group_modules(groups) if (lora_fits(m, rank) if trainable == "lora" else ssf_fits(m))]
+    fits = (lambda m: lora_fits(m, rank)) if trainable == "lora" else ssf_fits
+    chosen = [m for m in model.group_modules(groups) if fits(m)]
     for module in chosen:
         weight = module.weight
         if trainable == "lora":
