@@ -36,8 +36,9 @@ FEATURES = ("online", "cached")
 TRAINABLE = ("all", "bias", "norm", "lora", "ssf")
 """What trains inside a plan's trainable layer groups (``PhasePlan.trainable``; ``thaw.train.adapters``)."""
 PEFT_LR_RATIO = 1.0
-"""The backbone LR of the strategies that move few weights, as a ratio to the head's: 1, the head's own LR.
-Measured (BENCHMARKS.md, "Phase 2 that moves fewer weights"): ratio 1 against 10 on NEU steel defects."""
+"""The backbone LR of the strategies that move few weights, as a ratio to the head's: 1, the head's own LR
+(the usual choice for BitFit, LoRA and SSF, whose few parameters bear a larger step than full fine-tuning;
+BENCHMARKS.md, "Phase 2 that moves fewer weights", says what was and was not measured)."""
 
 
 @dataclass(frozen=True)
