@@ -140,7 +140,8 @@ class PhasePlan:
         spread = f"{min(lrs):g}..{max(lrs):g}" if min(lrs) != max(lrs) else f"{lrs[0]:g}"
         extra = f", {self.regularizer} {self.regularizer_strength:g}" if self.regularizer != "none" else ""
         extra += ", frozen prefix cached" if self.features == "cached" else ""
-        extra += f", {TRAINED_PARTS[self.trainable]}" if self.trainable != "all" else ""
+        parts = TRAINED_PARTS.get(self.trainable, "").format(rank=self.lora_rank)
+        extra += f", {parts}" if self.trainable != "all" else ""
         return (
             f"{self.name}: {len(groups)} of {n_groups} layer groups trainable, head lr {self.lr:g}, "
             f"backbone lr {spread}{extra}, new optimizer"
@@ -296,7 +297,7 @@ def _check_choices(plan: PhasePlan, where: str) -> None:
 TRAINED_PARTS = {
     "bias": "their biases only (BitFit)",
     "norm": "their norm layers' scales and shifts only",
-    "lora": "low-rank updates of their conv and linear weights (LoRA, merged at the end)",
+    "lora": "rank-{rank} updates of their conv and linear weights (LoRA, merged at the end)",
     "ssf": "a scale and shift per channel after each layer (SSF, merged at the end)",
 }
 
