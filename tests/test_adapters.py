@@ -160,3 +160,18 @@ def test_a_bad_setting_is_one_line(class_folder, capsys):
     assert main(["fit", str(class_folder), *tiny_flags(), "--strategy", "lorra"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'lorra' is not one of" in err and "lora" in err
+
+
+def test_lora_killed_mid_phase_and_resumed_equals_uninterrupted(tmp_path):
+    """The adapters are attached before the last checkpoint is read back, with the same draws, so a LoRA
+    phase killed mid-epoch resumes bitwise where an uninterrupted run ends (merged, saved)."""
+    from conftest import make_class_folder
+    from test_resume import kill_and_resume, outcome, same_model
+
+    data = make_class_folder(tmp_path / "shapes", per_class=14)
+    args = [*tiny_flags(), "--lr", "0.01", "--phase2-epochs", "3", "--patience", "5", "--strategy", "lora"]
+    args += ["--quiet"]
+    assert main(["fit", str(data), *args, "--out", str(tmp_path / "whole")]) == 0
+    kill_and_resume(data, args, tmp_path / "run", "phase2, mid-epoch 2")
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "whole")
+    assert same_model(tmp_path / "run", tmp_path / "whole")
