@@ -175,3 +175,16 @@ def test_lora_killed_mid_phase_and_resumed_equals_uninterrupted(tmp_path):
     kill_and_resume(data, args, tmp_path / "run", "phase2, mid-epoch 2")
     assert outcome(tmp_path / "run") == outcome(tmp_path / "whole")
     assert same_model(tmp_path / "run", tmp_path / "whole")
+
+
+def test_the_lr_finder_sweeps_a_lora_plan_and_restores_the_plain_model():
+    from thaw.train.lr_find import sweep
+
+    model = classifier()
+    before = snapshot(model)
+    batches = iter(loader(3))
+    plan = PhasePlan("phase2", "all", lr_ratio=1.0, trainable="lora")
+    result = sweep(model, plan, batches, [1e-4, 1e-3], swept="backbone")
+    assert len(result.lrs) == 2
+    after = snapshot(model)
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
