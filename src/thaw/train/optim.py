@@ -24,10 +24,12 @@ def param_groups(
     An adapter's parameters (``thaw.train.adapters``) train in the group of the weight they adapt; a
     LoRA factor is 2-d and gets weight decay, an SSF scale or shift (1-d) none.
     """
-    group_of = {name: g for g, names in enumerate(model.layer_groups) for name in names}
+    place = {name: (g, i) for g, names in enumerate(model.layer_groups) for i, name in enumerate(names)}
     by_group: list[list[tuple[str, torch.nn.Parameter]]] = [[] for _ in model.layer_groups]
-    for name, p in model.backbone.named_parameters():  # an adapter's parameters join its weight's group
-        by_group[group_of[plain_name(name)]].append((plain_name(name), p))
+    # in layer-group order (a plain model's optimizer state keeps its layout); an adapter's parameters join
+    # the group of the weight they adapt, after it
+    for name, p in sorted(model.backbone.named_parameters(), key=lambda item: place[plain_name(item[0])]):
+        by_group[place[plain_name(name)][0]].append((plain_name(name), p))
     parts: list[tuple[str, float, list[tuple[str, torch.nn.Parameter]]]] = [
         ("head", head_lr, [(f"head.{n}", p) for n, p in model.head.named_parameters()])
     ]
