@@ -26,6 +26,10 @@ EXPECTED = {
     "wise-ft": ["phase1", "phase2", "wise-ft"],
     "surgical-first": ["phase1", "surgical"],
     "surgical-last": ["phase1", "surgical"],
+    "bitfit": ["phase1", "phase2"],
+    "norm-only": ["phase1", "phase2"],
+    "lora": ["phase1", "phase2"],
+    "ssf": ["phase1", "phase2"],
 }
 
 

@@ -32,8 +32,8 @@ from thaw.core.errors import ThawError
 REGULARIZERS = ("none", "l2-sp")
 MAX_PLANS = 50  # a list of plans is a recipe, a handful long; thousands are a mistake or an attack
 FEATURES = ("online", "cached")
-
-
+TRAINABLE = ("all", "bias", "norm", "lora", "ssf")
+"""What trains inside a plan's trainable layer groups (``PhasePlan.trainable``; ``thaw.train.adapters``)."""
 @dataclass(frozen=True)
 class PhasePlan:
     """One phase of training, as data.
@@ -56,6 +56,14 @@ class PhasePlan:
     ``interpolate_from`` makes the plan a weight-interpolation step instead of training (WiSE-FT,
     Wortsman et al. 2022): ``alpha * previous plan + (1 - alpha) * plan interpolate_from``, for every
     alpha in ``alphas``, the alpha with the best validation accuracy kept (the whole curve is reported).
+
+    ``trainable`` says what trains inside the trainable groups (``thaw.train.adapters``): ``all`` their
+    parameters; ``bias`` their biases (BitFit, Ben Zaken et al. 2022); ``norm`` the affine parameters of
+    their batch/layer/group norms; ``lora`` a rank-``lora_rank`` update ``B @ A`` beside each of their
+    convolution and linear weights (LoRA, Hu et al. 2022; B starts at zero); ``ssf`` a learnable scale and
+    shift per output channel after each of their convolutions, linear layers and norms (SSF, Lian et al.
+    2022; 1 and 0 at first). LoRA and SSF are merged into the weights at the end of the plan, so the model
+    saved is a plain one. The head always trains in full.
     """
 
     name: str
@@ -78,6 +86,8 @@ class PhasePlan:
     interpolate_from: str | None = None
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     optimizer: str = "adamw"
+    trainable: str = "all"
+    lora_rank: int = 8
 
     def groups(self, n_groups: int) -> list[int]:
         """The indices of the backbone layer groups this plan trains, for a model with ``n_groups``."""
@@ -123,6 +133,8 @@ class PhasePlan:
         spread = f"{min(lrs):g}..{max(lrs):g}" if min(lrs) != max(lrs) else f"{lrs[0]:g}"
         extra = f", {self.regularizer} {self.regularizer_strength:g}" if self.regularizer != "none" else ""
         extra += ", frozen prefix cached" if self.features == "cached" else ""
+        parts = TRAINED_PARTS.get(self.trainable, "").format(rank=self.lora_rank)
+        extra += f", {parts}" if self.trainable != "all" else ""
         return (
             f"{self.name}: {len(groups)} of {n_groups} layer groups trainable, head lr {self.lr:g}, "
             f"backbone lr {spread}{extra}, new optimizer"
@@ -148,7 +160,14 @@ class PhasePlan:
         where = f"plan {self.name!r}"
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ThawError(f"{where}: a plan needs a name usable as a file name, e.g. phase1")
-        for check in (_check_train, _check_rates, _check_budget, _check_features, _check_choices):
+        for check in (
+            _check_train,
+            _check_rates,
+            _check_budget,
+            _check_features,
+            _check_choices,
+            _check_trainable,
+        ):
             check(self, where)
         return self
 
@@ -268,6 +287,37 @@ def _check_choices(plan: PhasePlan, where: str) -> None:
             raise ThawError(f"{where}: {name} {getattr(plan, name)!r} is not one of {', '.join(valid)}")
 
 
+TRAINED_PARTS = {
+    "bias": "their biases only (BitFit)",
+    "norm": "their norm layers' scales and shifts only",
+    "lora": "rank-{rank} updates of their conv and linear weights (LoRA, merged at the end)",
+    "ssf": "a scale and shift per channel after each layer (SSF, merged at the end)",
+}
+
+
+def _check_trainable(plan: PhasePlan, where: str) -> None:
+    if plan.trainable not in TRAINABLE:
+        raise ThawError(
+            f"{where}: trainable {plan.trainable!r} is not one of {', '.join(TRAINABLE)} (what trains inside "
+            f"the trainable layer groups)"
+        )
+    if not 1 <= plan.lora_rank <= 1024:
+        raise ThawError(f"{where}: lora_rank {plan.lora_rank} must be 1 to 1024, e.g. 8")
+    if plan.trainable == "all" or plan.interpolate_from:
+        return
+    why = (
+        "train=head trains no layer group; give train: all (or last:N)"
+        if plan.train == "head"
+        else "features must be online (activations are cached only for whole layers)"
+        if plan.features != "online"
+        else "the l2-sp penalty is for whole-weight fine-tuning; use regularizer: none"
+        if plan.regularizer != "none"
+        else ""
+    )
+    if why:
+        raise ThawError(f"{where}: trainable {plan.trainable} needs layer groups to train in: {why}")
+
+
 def check_plans(plans: list[PhasePlan]) -> list[PhasePlan]:
     if not plans:
         raise ThawError("the strategy has no phases with epochs > 0: nothing to train")
@@ -372,6 +422,41 @@ def surgical_last(c: RunConfig) -> list[PhasePlan]:
     return [probe, dataclasses.replace(tune, name="surgical", train="last:1")]
 
 
+def _fewer(c: RunConfig, trainable: str) -> list[PhasePlan]:
+    """Two-phase with phase 2 moving only part of the weights of its layer groups (``trainable``), from the
+    solved head, at the default's LRs (``lr / lr_ratio`` for the backbone part: on BreastMNIST the head's
+    own LR overfit within 2-3 epochs and ended 2-4 points lower on test, BENCHMARKS.md)."""
+    probe, tune = _probe(c), _tune(c)
+    tune = dataclasses.replace(tune, features="online", views=1, trainable=trainable)
+    return [probe, tune]
+
+
+def bitfit(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase, phase 2 training only the biases of the backbone (and the head): BitFit (Ben Zaken et
+    al. 2022). In a network whose convolutions have no bias (MobileNetV2, ResNet), these are the norms'
+    shifts."""
+    return _fewer(c, "bias")
+
+
+def norm_only(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase, phase 2 training only the affine parameters (scale and shift) of the backbone's batch,
+    layer and group norms, and the head."""
+    return _fewer(c, "norm")
+
+
+def lora(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase, phase 2 training a rank-8 update beside each convolution and linear weight of the backbone
+    (attention's too), and the head; the updates are merged into the weights at the end (LoRA, Hu et al.
+    2022)."""
+    return _fewer(c, "lora")
+
+
+def ssf(c: RunConfig) -> list[PhasePlan]:
+    """Two-phase, phase 2 training a scale and shift per channel after each convolution, linear layer and
+    norm of the backbone, and the head; merged into those layers at the end (SSF, Lian et al. 2022)."""
+    return _fewer(c, "ssf")
+
+
 def _common(c: RunConfig) -> dict[str, Any]:
     """What every plan of a strategy takes from the config as it is."""
     return {
@@ -413,6 +498,10 @@ STRATEGIES: dict[str, Callable[[RunConfig], list[PhasePlan]]] = {
     "wise-ft": wise_ft,
     "surgical-first": surgical_first,
     "surgical-last": surgical_last,
+    "bitfit": bitfit,
+    "norm-only": norm_only,
+    "lora": lora,
+    "ssf": ssf,
 }
 
 
@@ -428,6 +517,10 @@ SUMMARIES = {
     "wise-ft": "two-phase, then phase 1 and 2 weights interpolated, alpha chosen on val (Wortsman 2022)",
     "surgical-first": "two-phase, phase 2 trains only the first layer group and the head (Lee 2023)",
     "surgical-last": "two-phase, phase 2 trains only the last layer group and the head",
+    "bitfit": "two-phase, phase 2 trains only the backbone's biases and the head (BitFit)",
+    "norm-only": "two-phase, phase 2 trains only the norms' scales and shifts and the head",
+    "lora": "two-phase, phase 2 trains rank-8 updates of conv/linear weights, merged at the end (LoRA)",
+    "ssf": "two-phase, phase 2 trains a scale and shift per channel after each layer, merged (SSF)",
 }
 
 

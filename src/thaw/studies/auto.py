@@ -90,11 +90,16 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": "lr-ratio-10", "overrides": {"strategy": "two-phase", "lr_ratio": 10.0}},
     {"name": "augment-none", "overrides": {"strategy": "two-phase", "data.augment": "none"}},
     {"name": "augment-light", "overrides": {"strategy": "two-phase", "data.augment": "light"}},
+    {"name": "bitfit", "overrides": {"strategy": "bitfit"}},
+    {"name": "norm-only", "overrides": {"strategy": "norm-only"}},
+    {"name": "lora", "overrides": {"strategy": "lora"}},
+    {"name": "ssf", "overrides": {"strategy": "ssf"}},
     {"name": "linear-probe", "overrides": {"strategy": "linear-probe"}},
 )
 """The recipes auto tries, as config overrides on the user's settings; the first is the incumbent. The
 linear probe comes last: it is the cheapest, and it rarely wins (two-phase's phase 1 *is* that probe, and
-two-phase keeps it when phase 2 does not raise validation accuracy). ``data.augment`` values are
+two-phase keeps it when phase 2 does not raise validation accuracy). ``bitfit``, ``norm-only``, ``lora`` and
+``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``). ``data.augment`` values are
 ``--augment`` policies; the default, ``auto``, is the incumbent's. A candidate the user's settings rule
 out, or that they make the same as one before it, is left out with why (:func:`candidates`)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from thaw.models import Classifier
+from thaw.train.adapters import chosen_parameters
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -15,14 +16,16 @@ def last_groups(model: Classifier, unfreeze: int | None) -> list[int]:
     return list(range(n)) if unfreeze is None else list(range(max(0, n - unfreeze), n))
 
 
-def set_trainable(model: Classifier, groups: list[int], bn_policy: str) -> None:
-    """The head and the given layer groups train; every other backbone parameter is frozen.
+def set_trainable(model: Classifier, groups: list[int], bn_policy: str, trainable: str = "all") -> None:
+    """The head and the given layer groups train; every other backbone parameter is frozen. ``trainable``
+    (``PhasePlan.trainable``) narrows what trains inside the groups: their biases, their norms, or none of
+    their weights (LoRA and SSF train adapters beside them, ``adapters.attach``).
 
     With ``bn_policy="fastai"`` batch-norm affine parameters train everywhere (fastai's ``train_bn``).
     """
     model.backbone.requires_grad_(False)
     model.head.requires_grad_(True)
-    for p in model.group_parameters(groups):
+    for p in chosen_parameters(model, groups, trainable):
         p.requires_grad_(True)
     if bn_policy == "fastai":
         for m in model.backbone.modules():

@@ -46,6 +46,7 @@ from thaw.core.run_log import Reporter
 from thaw.core.strategies import PhasePlan, for_role, plans_for
 from thaw.data import features as feature_cache
 from thaw.models import Classifier, build_classifier
+from thaw.train import adapters
 from thaw.train.head_solver import solve_into
 from thaw.train.losses import loss_for
 from thaw.train.module import PhaseModule
@@ -182,6 +183,7 @@ def restored(model: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        adapters.merge(model)  # a LoRA / SSF plan's adapters out: the plain keys of ``state`` again
         model.to(device)
         model.load_state_dict(state)
         for n, p in model.named_parameters():

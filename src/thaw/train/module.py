@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from thaw.core.strategies import PhasePlan
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
+from thaw.train import adapters
 from thaw.train.freeze import batchnorm_eval, set_trainable
 from thaw.train.losses import loss_for
 from thaw.train.optim import param_groups, warmup_cosine
@@ -65,13 +66,15 @@ class PhaseModule(L.LightningModule):
         self.plan = plan
         self.seed, self.index = seed, index
         self.groups = plan.groups(len(model.layer_groups))
-        set_trainable(model, self.groups, plan.bn_policy)
+        set_trainable(model, self.groups, plan.bn_policy, plan.trainable)
         # Modules that stay in eval mode while training. A fully frozen backbone (head only) runs entirely
         # in eval mode, dropout included, so its features are a fixed function of the image.
         if not self.groups and plan.bn_policy != "fastai":
             self._eval_modules = [model.backbone]
         else:
             self._eval_modules = batchnorm_eval(model, self.groups, plan.bn_policy)
+        # LoRA / SSF: adapters beside the frozen weights of the groups, merged by the phase's end (recipe)
+        adapters.attach(model, self.groups, plan.trainable, plan.lora_rank, epoch_seed(seed, index, 0))
         self._anchored: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         if plan.regularizer == "l2-sp":
             if anchor is None:

@@ -9,6 +9,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from thaw.models import Classifier
+from thaw.train.adapters import plain_name
 
 
 def param_groups(
@@ -20,14 +21,20 @@ def param_groups(
     trains although its group is frozen (batch-norm affine parameters under the ``fastai`` policy)
     trains at ``other_lr``. Like timm and fastai, 1-d parameters (biases, norm scales) and the
     backbone's own no-weight-decay parameters (position embeddings, class tokens) get no weight decay.
+    An adapter's parameters (``thaw.train.adapters``) train in the group of the weight they adapt; a
+    LoRA factor is 2-d and gets weight decay, an SSF scale or shift (1-d) none.
     """
-    backbone = dict(model.backbone.named_parameters())
+    place = {name: (g, i) for g, names in enumerate(model.layer_groups) for i, name in enumerate(names)}
+    by_group: list[list[tuple[str, torch.nn.Parameter]]] = [[] for _ in model.layer_groups]
+    # in layer-group order (a plain model's optimizer state keeps its layout); an adapter's parameters join
+    # the group of the weight they adapt, after it
+    for name, p in sorted(model.backbone.named_parameters(), key=lambda item: place[plain_name(item[0])]):
+        by_group[place[plain_name(name)][0]].append((plain_name(name), p))
     parts: list[tuple[str, float, list[tuple[str, torch.nn.Parameter]]]] = [
         ("head", head_lr, [(f"head.{n}", p) for n, p in model.head.named_parameters()])
     ]
-    for g, names in enumerate(model.layer_groups):
-        lr = group_lrs[g] or other_lr
-        parts.append((f"group{g}", lr, [(n, backbone[n]) for n in names]))
+    for g, named in enumerate(by_group):
+        parts.append((f"group{g}", group_lrs[g] or other_lr, named))
     groups = []
     for part, lr, named in parts:
         decay, no_decay = [], []

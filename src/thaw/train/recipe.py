@@ -26,7 +26,7 @@ from thaw.core.run_log import Reporter
 from thaw.core.strategies import PhasePlan
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
-from thaw.train import distributed
+from thaw.train import adapters, distributed
 from thaw.train.guards import IncomingGuard, NonFiniteGuard
 from thaw.train.loggers import lightning_logger, logger_callbacks
 from thaw.train.losses import pos_weight
@@ -102,7 +102,9 @@ def run_phase(
     best_path = ctx.run.checkpoints / f"{plan.name}-best.ckpt"
     module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
     model.cpu()
-    result = finish_phase(model, plan, ctx, **watch.fields(plan, model, len(module.groups), feed))
+    fields = watch.fields(plan, model, len(module.groups), feed)
+    adapters.merge(model)  # LoRA / SSF folded into the weights: the plan's weights save as a plain model
+    result = finish_phase(model, plan, ctx, **fields)
     distributed.barrier()  # every rank has read the best checkpoint
     for stale in (last, best_path) if distributed.is_zero() else ():
         stale.unlink(missing_ok=True)
