@@ -48,7 +48,7 @@ def test_bash_completion_of_commands_flags_and_subcommands(scripts):
 
 def test_bash_completion_of_choice_values_strategies_and_models(scripts):
     assert complete(scripts, "thaw", "fit", "--bn-policy", "f") == ["frozen", "fastai"]
-    assert complete(scripts, "thaw", "fit", "--strategy", "l") == ["linear-probe", "lp-ft", "l2-sp"]
+    assert complete(scripts, "thaw", "fit", "--strategy", "l") == ["linear-probe", "lp-ft", "l2-sp", "lora"]
     assert "auto" in complete(scripts, "thaw", "fit", "--strategy", "")
     assert "surgical-last" in complete(scripts, "thaw", "compare", "data", "--strategies", "s")
     models = complete(scripts, "thaw", "fit", "--model", "resn")
