@@ -51,6 +51,7 @@ docs: $(STAMP)
 PYTEST_WORKERS ?= 2
 test: weights chromium docs
 	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The lowest versions pyproject.toml allows (torch and torchvision excepted: see .ci/lowest-versions),
@@ -63,6 +64,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 
 bench: weights
 	$(BIN)/python bench/throughput.py

@@ -247,8 +247,12 @@ def cmd_run(args) -> None:
         for dataset in args.datasets:
             for candidate in args.candidates:
                 if not args.no_alias and same_as_default(dataset, candidate, seed):
-                    print(json.dumps({"dataset": dataset, "candidate": candidate, "seed": seed,
-                                      "same_as": "default"}), flush=True)
+                    print(
+                        json.dumps(
+                            {"dataset": dataset, "candidate": candidate, "seed": seed, "same_as": "default"}
+                        ),
+                        flush=True,
+                    )
                     continue
                 r = run_one(dataset, candidate, seed)
                 print(json.dumps(r), flush=True)
@@ -318,7 +322,9 @@ def cmd_table(args) -> None:
                 f"| {_ms([r['probe_acc'] for r in got])} | {_ms([r['final_acc'] for r in got])} "
                 f"| {_ms([r['gain'] for r in got])} | {_ms([r['final_auc'] for r in got], 1.0)} "
                 f"| {_ms(paired) if candidate != 'default' else ''} | {'; '.join(aug)} "
-                f"| {statistics.fmean(secs):.0f} |" if secs else "| - |"
+                f"| {statistics.fmean(secs):.0f} |"
+                if secs
+                else "| - |"
             )
     print("\n".join(lines))
 
@@ -345,8 +351,9 @@ def cmd_costs(args) -> None:
         from thaw import data as thaw_data
 
         sources = thaw_data.discover(override(cfg, {"data.split_file": str(out / "split.csv")}).data)
-        decoded = thaw_data.decode_sources(sources, model.preprocessing, model.spec.in_channels,
-                                           warn=lambda *_: None)
+        decoded = thaw_data.decode_sources(
+            sources, model.preprocessing, model.spec.in_channels, warn=lambda *_: None
+        )
         _, record = augment_check.check(model, every, decoded["train"], seed=0, channels_last=True)
         print(json.dumps({"dataset": dataset, **record}), flush=True)
 

@@ -188,7 +188,7 @@ def _module_scoped(item) -> bool:
     """Whether the test uses a module-scoped fixture of its own module (a tiny run): such a module's tests
     stay on one worker, so the run is trained once, not once per worker."""
     info = getattr(item, "_fixtureinfo", None)
-    for defs in (info.name2fixturedefs.values() if info else ()):
+    for defs in info.name2fixturedefs.values() if info else ():
         if defs and defs[-1].scope == "module":
             return True
     return False

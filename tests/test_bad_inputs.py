@@ -1178,8 +1178,13 @@ def test_a_sample_key_twice_in_one_tar_names_both_members(tmp_path):
     Image.new("RGB", (8, 8)).save(png, format="png")
     shard = _tar(
         tmp_path / "train-000000.tar",
-        [("a.png", png.getvalue()), ("a.cls", b"0"), ("b.png", png.getvalue()), ("b.cls", b"1"),
-         ("a.jpg", png.getvalue())],
+        [
+            ("a.png", png.getvalue()),
+            ("a.cls", b"0"),
+            ("b.png", png.getvalue()),
+            ("b.cls", b"1"),
+            ("a.jpg", png.getvalue()),
+        ],
     )
     line = refused(shard)
     assert "a.png" in line and "a.jpg" in line and "two images" in line, line
@@ -1233,9 +1238,11 @@ def test_ten_thousand_plans_are_refused_in_one_line(tmp_path, capsys):
 
 
 # nine levels of nine aliases each: 9^9 values once expanded, as the repr of an error message would
-LAUGHS = "[&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
-    f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
-) + "]"
+LAUGHS = (
+    "[&a [x, x, x, x, x, x, x, x, x], "
+    + ", ".join(f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8))
+    + "]"
+)
 BOMBS = {"--config": f"data:\n  path: {LAUGHS}\n", "--plans": f"- name: {LAUGHS}\n  train: head\n"}
 
 

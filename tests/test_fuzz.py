@@ -340,8 +340,38 @@ def test_flag_parsing(flag, value):
 # ----------------------------------------------------------------------------- YAML: aliases, plans, numbers
 
 yaml_tokens = st.sampled_from(
-    ["a", "b", "lr", "name", ":", " ", "\n", "- ", "&x ", "*x", "&y ", "*y", "<<: ", "[", "]", "{", "}", ",",
-     "1e-3", "1E5", "-2e-2", "0.5", "3", "true", "null", "'", '"', "#", "!!python/object:os.system ", "  "]
+    [
+        "a",
+        "b",
+        "lr",
+        "name",
+        ":",
+        " ",
+        "\n",
+        "- ",
+        "&x ",
+        "*x",
+        "&y ",
+        "*y",
+        "<<: ",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "1e-3",
+        "1E5",
+        "-2e-2",
+        "0.5",
+        "3",
+        "true",
+        "null",
+        "'",
+        '"',
+        "#",
+        "!!python/object:os.system ",
+        "  ",
+    ]
 )
 
 
@@ -494,8 +524,10 @@ manifest_value = st.one_of(
 @FUZZ
 @given(
     edits=st.lists(
-        st.tuples(st.sampled_from(["file", "split", "samples", "row", "key", "member", "offset", "size"]),
-                  manifest_value),
+        st.tuples(
+            st.sampled_from(["file", "split", "samples", "row", "key", "member", "offset", "size"]),
+            manifest_value,
+        ),
         max_size=4,
     )
 )

@@ -120,6 +120,7 @@ def test_wandb_offline_one_run_per_fit_with_config_summary_and_artifact(tmp_path
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.project == "team" and run.display_name == "run"
     assert json.loads((out / "logs" / "tracking.json").read_text()) == {"wandb": run.run_id}
+
     def of(kind: str, field: str) -> dict:  # the items of every record of a kind, by key
         items = [i for r in records if r.WhichOneof("record_type") == kind for i in getattr(r, field).update]
         return {i.key or "/".join(i.nested_key): i.value_json for i in items}

@@ -169,8 +169,15 @@ def test_metrics_at_a_threshold_and_their_bootstrap_intervals():
 
 
 def test_old_summaries_without_the_new_metrics_still_read():
-    raw = {"n": 3, "accuracy": 1.0, "balanced_accuracy": 1.0, "macro_f1": 1.0, "auc": None, "loss": 0.1,
-           "confusion": [[1, 0], [0, 2]]}
+    raw = {
+        "n": 3,
+        "accuracy": 1.0,
+        "balanced_accuracy": 1.0,
+        "macro_f1": 1.0,
+        "auc": None,
+        "loss": 0.1,
+        "confusion": [[1, 0], [0, 2]],
+    }
     m = Metrics.from_dict(raw)
     assert m.auc != m.auc and m.ece != m.ece and m.ci == {}
 

@@ -128,7 +128,10 @@ def test_the_own_images_quickstart_runs_as_written(tmp_path):
         command = line.split("#")[0].split(">")[0]
         words = shlex.split(command)
         done = subprocess.run(
-            [sys.executable, "-m", "thaw", *words[1:]], capture_output=True, text=True, cwd=tmp_path,
+            [sys.executable, "-m", "thaw", *words[1:]],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
             env=_env(tmp_path),
         )
         assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"

@@ -27,9 +27,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 
 def _sources(root: Path, per_class: int = 5):
-    return thaw_data.discover(
-        DataConfig(path=str(make_class_folder(root, per_class=per_class)))
-    )
+    return thaw_data.discover(DataConfig(path=str(make_class_folder(root, per_class=per_class))))
 
 
 def test_disk_store_holds_the_pixels_decoding_into_memory_gives(tmp_path, home):

@@ -11,7 +11,18 @@ from thaw.core.errors import ThawError
 
 # the same as thaw.data.sources.IMAGE_EXTENSIONS (a test keeps them equal); that package imports torch
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".dcm", ".dicom"
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".dcm",
+    ".dicom",
 )
 
 

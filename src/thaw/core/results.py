@@ -257,8 +257,12 @@ class RunSummary:
             raise ThawError(f"{path} is not a thaw run summary ({err})") from err
 
 
-MONITORED = {"val_loss": "accuracy", "val_auc": "auc", "val_balanced_accuracy": "balanced_accuracy",
-             "val_f1": "macro_f1"}
+MONITORED = {
+    "val_loss": "accuracy",
+    "val_auc": "auc",
+    "val_balanced_accuracy": "balanced_accuracy",
+    "val_f1": "macro_f1",
+}
 """The validation metric that picks the phase kept, per ``--monitor`` (val_loss: accuracy, as before)."""
 
 

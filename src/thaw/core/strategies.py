@@ -34,6 +34,8 @@ MAX_PLANS = 50  # a list of plans is a recipe, a handful long; thousands are a m
 FEATURES = ("online", "cached")
 TRAINABLE = ("all", "bias", "norm", "lora", "ssf")
 """What trains inside a plan's trainable layer groups (``PhasePlan.trainable``; ``thaw.train.adapters``)."""
+
+
 @dataclass(frozen=True)
 class PhasePlan:
     """One phase of training, as data.
@@ -212,6 +214,7 @@ def _check_type(name: str, key: str, value: Any, default: Any) -> None:
 
 def _is(value: Any, kinds) -> bool:
     return isinstance(value, kinds) and not isinstance(value, bool)
+
 
 def _check_train(plan: PhasePlan, where: str) -> None:
     kind, _, arg = plan.train.partition(":")

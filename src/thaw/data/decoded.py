@@ -136,10 +136,14 @@ class _Decode(Dataset):
             return i, resized(image, self.pre), "scaled" if scaled else ""
         except DECODE_ERRORS as err:
             if self.strict:
-                return i, (
-                    f"cannot decode image {item.key} ({_first_line(err)}); fix or remove it, or drop "
-                    f"--strict-images to skip undecodable files"
-                ), "error"
+                return (
+                    i,
+                    (
+                        f"cannot decode image {item.key} ({_first_line(err)}); fix or remove it, or drop "
+                        f"--strict-images to skip undecodable files"
+                    ),
+                    "error",
+                )
             return i, None, _first_line(err)
         except ThawError as err:
             return i, str(err), "error"
@@ -162,9 +166,7 @@ def decoded_items(
     why for one that failed."""
     dataset = _Decode(items, pre, channels, strict, window)
     if workers > 0 and len(items) > 1:  # 32 images per hand-over: one at a time costs more than it saves
-        chunks = DataLoader(
-            dataset, batch_size=32, num_workers=min(workers, len(items)), collate_fn=_as_list
-        )
+        chunks = DataLoader(dataset, batch_size=32, num_workers=min(workers, len(items)), collate_fn=_as_list)
         stream = (entry for chunk in chunks for entry in chunk)
     else:
         stream = (dataset[i] for i in range(len(dataset)))

@@ -21,7 +21,18 @@ from thaw.core.errors import ThawError
 from thaw.core.files import write_atomic
 
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".dcm", ".dicom"
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".dcm",
+    ".dicom",
 )
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {

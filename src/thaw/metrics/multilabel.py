@@ -66,7 +66,6 @@ def metrics(
     )
 
 
-
 def _label(probs: torch.Tensor, p: torch.Tensor, t: torch.Tensor, cut: float) -> dict:
     """One label's row of the per-label table: AUC (NaN without both classes), the threshold, sensitivity,
     specificity, F1, the positives and the confusion counts."""
@@ -85,6 +84,7 @@ def _label(probs: torch.Tensor, p: torch.Tensor, t: torch.Tensor, cut: float) ->
         "fn": fn,
         "tn": tn,
     }
+
 
 def nanmean(values: Sequence[float]) -> float:
     """The mean of the values that are not NaN; NaN when none is."""

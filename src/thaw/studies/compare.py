@@ -110,7 +110,6 @@ def estimate(config: RunConfig, plan: Plan, todo: int) -> tuple[float, str]:
     gets busier later makes it an underestimate)."""
     import torch
 
-
     sources = thaw_data.discover(config.data)
     model = build_classifier(
         config.model, len(sources.class_names), sources.class_names, config.data.image_size

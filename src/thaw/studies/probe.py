@@ -182,7 +182,6 @@ def probe(
     labelled train and val images (the test split, if any, is left alone)."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-
     refuse_multilabel(discover(data), "thaw probe")  # its probes are multiclass logistic regression and k-NN
     results = []
     for model in models:

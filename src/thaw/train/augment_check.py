@@ -87,8 +87,12 @@ def check(
             "accuracy": round(float(correct.mean()), 4),
             "cost": round(cost, 4),
             "cost_se": round(error, 4),
-            "frozen_cost": round(_cost(score.frozen_reference, frozen, np.ones(len(frozen), bool),
-                                       score.frozen_skill(chance))[0], 4),
+            "frozen_cost": round(
+                _cost(score.frozen_reference, frozen, np.ones(len(frozen), bool), score.frozen_skill(chance))[
+                    0
+                ],
+                4,
+            ),
         }
         if cost - error <= MAX_COST:
             entry["decision"] = "kept"
@@ -218,9 +222,7 @@ def line(record: dict) -> str:
         return f"augment: {record['chosen']} ({record['setting']}, not checked)"
     if "skipped" in record:
         return f"augment auto: {record['chosen']}, not checked ({record['skipped']})"
-    costs = ", ".join(
-        f"{op} {100 * e['cost']:.0f}% ({e['decision']})" for op, e in record["ops"].items()
-    )
+    costs = ", ".join(f"{op} {100 * e['cost']:.0f}% ({e['decision']})" for op, e in record["ops"].items())
     together = "; ".join(
         f"{c['policy']} together {100 * c['cost']:.0f}% ({c['decision']})" for c in record.get("combined", [])
     )

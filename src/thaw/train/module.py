@@ -221,9 +221,7 @@ class EpochRecorder(L.Callback):
             "phase": self.phase,
             "epoch": trainer.current_epoch + 1,
             "step_epoch": self.offset + trainer.current_epoch + 1,
-            **{
-                k: round(float(m[k]), 6) for k in VAL_KEYS if k in m
-            },
+            **{k: round(float(m[k]), 6) for k in VAL_KEYS if k in m},
             "lr_head": self._lrs.get("head", 0.0),
             "lr_backbone": self._lrs.get("backbone", 0.0),
             "seconds": round(end - self._start, 2),

@@ -311,9 +311,7 @@ class Loaders:
     def use(self, policy: Policy) -> None:
         """Train with augmentation ``policy`` from here on (``--augment auto``: what the check chose)."""
         self.policy = policy
-        self.train_transform = thaw_data.train_transform(
-            self.pre, self.config.data, policy, self.channels
-        )
+        self.train_transform = thaw_data.train_transform(self.pre, self.config.data, policy, self.channels)
 
     def train(self, phase: int):
         """Phase ``phase``'s training batches: their order and augmentation depend on (seed, phase, epoch)."""

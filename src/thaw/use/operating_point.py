@@ -29,7 +29,6 @@ MIN_PER_CLASS = 5
 fewer, one image decides it (a threshold of 0.997 from 2 images), so the argmax is kept instead."""
 
 
-
 def operating_point(
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]],
     class_names: list[str],
@@ -86,5 +85,3 @@ def _multilabel_operating_point(names, probs, labels, tta, target_sensitivity, s
 
 def _with_ci(metrics: Metrics, ci: dict[str, list[float]]) -> Metrics:
     return dataclasses.replace(metrics, ci=ci)
-
-

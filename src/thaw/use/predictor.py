@@ -153,9 +153,7 @@ class Predictor:
                 )
             yield from out
 
-    def predict_files(
-        self, paths: list[str | Path], tta: bool = False
-    ) -> tuple[list[Prediction], list[str]]:
+    def predict_files(self, paths: list[str | Path], tta: bool = False) -> tuple[list[Prediction], list[str]]:
         """Predictions for the image files (folders are searched recursively), and the files that failed."""
         done = self.predict_paths(paths, tta)
         return [p for p in done if p.error is None], [p.path for p in done if p.error is not None]

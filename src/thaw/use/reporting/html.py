@@ -510,7 +510,6 @@ class Predictions:
         import torch
         from torchvision.transforms.v2 import functional as F
 
-
         predictor = Predictor.load(run.model)
         if predictor.class_names != summary.classes:
             return cls(False, "model.safetensors' classes differ from summary.json's")
