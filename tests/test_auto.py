@@ -74,11 +74,11 @@ def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tm
     assert ladder(10, 7) == [2, 3, 5, 10]
     assert ladder(10, 1) == [10] and ladder(1, 6) == [1, 1, 1, 1]
     assert ladder(4, 15) == [2, 2, 2, 2, 4]  # never a one-epoch screen: that is the opening
-    config = tiny_config(tmp_path / "d", tmp_path / "o", strategy="auto", lr_ratio=10.0)
+    config = tiny_config(tmp_path / "d", tmp_path / "o", strategy="auto", lr_ratio=100.0)
     kept, left = auto.candidates(config)
     names = [c.name for c in kept]
-    assert names[0] == "two-phase" and "lr-ratio-10" not in names
-    assert next(x["why"] for x in left if x["candidate"] == "lr-ratio-10") == "the same recipe as two-phase"
+    assert names[0] == "two-phase" and "lr-ratio-100" not in names
+    assert next(x["why"] for x in left if x["candidate"] == "lr-ratio-100") == "the same recipe as two-phase"
     by_name = {c.name: c for c in kept}
     assert by_name["linear-probe"].scaled == () and by_name["lp-ft"].scaled == ("phase2",)
     assert by_name["finetune-low-lr"].scaled == ("finetune",)

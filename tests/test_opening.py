@@ -1,5 +1,6 @@
-"""Phase 2 opens where phase 1 ended (issue 25): the default plan's first steps leave the features the head
-was solved on, and the solved head's predictions, nearly where they were.
+"""Phase 2 at ``--lr-ratio 100`` opens where phase 1 ended (issue 25): its first steps leave the features the
+head was solved on, and the solved head's predictions, nearly where they were; the default's 1e-4 moves
+them several times as far (the opening's dip, which the gate now waits out).
 
 The mechanism (BENCHMARKS.md, "Phase 2's opening"): with batch norm held at its ImageNet statistics, every
 one of MobileNetV2's 52 convolutions moves by AdamW's nearly sign-like steps, and their small changes
@@ -80,13 +81,13 @@ def opening(plan, steps: int = STEPS) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_the_default_phase2_opens_where_phase1_ended():
+def test_phase2_at_lr_ratio_100_opens_where_phase1_ended():
     install("mobilenet_v2")
-    tune = two_phase(RunConfig())[-1]
-    assert tune.name == "phase2" and tune.backbone_lr() == pytest.approx(1e-5)
+    default = two_phase(RunConfig())[-1]
+    assert default.name == "phase2" and default.backbone_lr() == pytest.approx(1e-4)
+    tune = dataclasses.replace(default, lr_ratio=100.0)  # --lr-ratio 100: the backbone at 1e-5
     change, flipped = opening(tune)
-    old = dataclasses.replace(tune, lr_ratio=10.0)  # the default before issue 25: backbone at 1e-4
-    old_change, _ = opening(old)
+    old_change, _ = opening(default)
     # the mechanism: with batch norm frozen the features move with the backbone's step size, compounded
     # through the depth (measured here: 0.77 of the features' norm at 1e-5 against 4.5 at 1e-4, 6 steps)
     assert change < 0.3 * old_change, (change, old_change)

@@ -105,7 +105,7 @@ def test_the_optimizer_setting_reaches_every_trained_plan():
             assert all(g["momentum"] == 0.9 and g["nesterov"] for g in optimizer.param_groups)
 
 
-DEFAULT_RATIO = 100  # the documented default backbone LR ratio (docs/concepts/defaults.md, issue 25)
+DEFAULT_RATIO = 10  # the documented default backbone LR ratio (docs/concepts/defaults.md, issue 25)
 
 
 def test_a_default_run_trains_the_backbone_at_the_documented_ratio(shapes, tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": "lp-ft", "overrides": {"strategy": "lp-ft"}},
     {"name": "finetune-low-lr", "overrides": {"strategy": "finetune-low-lr"}},
     {"name": "surgical-last", "overrides": {"strategy": "surgical-last"}},
-    {"name": "lr-ratio-10", "overrides": {"strategy": "two-phase", "lr_ratio": 10.0}},
+    {"name": "lr-ratio-100", "overrides": {"strategy": "two-phase", "lr_ratio": 100.0}},
     {"name": "augment-none", "overrides": {"strategy": "two-phase", "data.augment": "none"}},
     {"name": "augment-light", "overrides": {"strategy": "two-phase", "data.augment": "light"}},
     {"name": "bitfit", "overrides": {"strategy": "bitfit"}},
@@ -141,7 +141,7 @@ def candidates(
     config: RunConfig, listed: tuple[dict[str, Any], ...] | None = None
 ) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """The candidates this config can run, the incumbent first, and those left out with why (settings that
-    rule the recipe out, or make it the same as one before it: ``lr-ratio-10`` with ``--lr-ratio 10``)."""
+    rule the recipe out, or make it the same as one before it: ``lr-ratio-100`` with ``--lr-ratio 100``)."""
 
     listed = listed or CANDIDATES
     assert listed[0]["name"] == INCUMBENT, "the incumbent comes first"
