@@ -264,13 +264,6 @@ def test_tta_views():
     assert views(48, 48, 48, 48, tta=True) == [(0, 0, False), (0, 0, True)]
 
 
-def test_image_extensions_agree():
-    from thaw.core.file_prediction import IMAGE_EXTENSIONS as TORCH_FREE
-    from thaw.data.sources import IMAGE_EXTENSIONS
-
-    assert TORCH_FREE == IMAGE_EXTENSIONS
-
-
 def test_onnx_predictor_module_imports_no_torch():
     done = subprocess.run(
         [

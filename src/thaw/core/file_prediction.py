@@ -9,7 +9,7 @@ from pathlib import Path
 
 from thaw.core.errors import ThawError
 
-# the same as thaw.data.sources.IMAGE_EXTENSIONS (a test keeps them equal); that package imports torch
+# the image files thaw reads, here in the torch-free core: thaw.data.sources lists folders with the same
 IMAGE_EXTENSIONS = (
     ".jpg",
     ".jpeg",

@@ -18,22 +18,9 @@ import numpy as np
 
 from thaw.core.config import DataConfig
 from thaw.core.errors import ThawError
+from thaw.core.file_prediction import IMAGE_EXTENSIONS
 from thaw.core.files import write_atomic
 
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-    ".dcm",
-    ".dicom",
-)
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": ("train", "training"),
