@@ -24,8 +24,11 @@ the others with one small mark (spot, scratch, crack, chip, stain), as on issue 
 
 ``--column 128`` is the suite at the user's default command (``thaw fit DATA --image-size 128 --weights
 IMAGENET1K_V1``: 128 px, phase 2's default 10 epochs), in ``bench/out/suite-128``; the default column
-(64 px, 6 epochs) stays in ``bench/out/suite``. The ``before`` candidate is the default as it was before
-issue 25 (``--lr-ratio 10``: the backbone at 1e-4), paired with ``default`` by seed.
+(64 px, 6 epochs) stays in ``bench/out/suite``. ``lp-ft`` is the default with one change, phase 2's head at
+the backbone's LR (1e-4) instead of 1e-3: the head-LR lever of issue 25.
+
+Each row also has phase 2's *opening*: its first epoch's validation accuracy minus phase 1's (points; issue
+25's target is no lower than -1).
 """
 
 from __future__ import annotations
@@ -73,11 +76,10 @@ CANDIDATES = {
     "dihedral": {"data.augment": "crop:0.5,hflip,vflip,rot90"},
     "lp-ft": {"strategy": "lp-ft"},
     "finetune-low-lr": {"strategy": "finetune-low-lr"},
-    "ratio100": {"lr_ratio": 100.0},  # the default since issue 25
+    "ratio100": {"lr_ratio": 100.0},  # the backbone at 1e-5 (tried as issue 25's default; not kept)
     "dropout0": {"model.dropout": 0.0},
     "no-warmup": {"phase2.warmup_epochs": 0.0},
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
-    "before": {"lr_ratio": 10.0},  # the default before issue 25: the backbone at 1e-4
 }
 
 
@@ -219,7 +221,17 @@ def row(dataset: str, candidate: str, seed: int, summary, seconds) -> dict:
         "seconds": seconds,
     }
     out["gain"] = out["final_acc"] - out["probe_acc"]
+    out["opening"] = opening(summary)
     return out
+
+
+def opening(summary) -> float | None:
+    """Phase 2's first-epoch validation accuracy minus phase 1's: the dip issue 25 is about (None when the
+    run has no phase trained by epochs after phase 1)."""
+    plans = list(summary.phases.values())
+    if len(plans) < 2 or not plans[1].epochs:
+        return None
+    return float(plans[1].epochs[0]["val_acc"]) - plans[0].val.accuracy
 
 
 def same_as_default(dataset: str, candidate: str, seed: int) -> bool:
@@ -304,8 +316,8 @@ def cmd_table(args) -> None:
     table = rows()
     lines = [
         "| dataset | candidate | seeds | probe (phase 1) | final | gain | final AUC | vs default (paired) "
-        "| augmentation | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| opening | augmentation | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in DATASETS:
         per = [r for r in table if r["dataset"] == dataset]
@@ -321,7 +333,8 @@ def cmd_table(args) -> None:
                 f"| {dataset} | {candidate}{same(got)} | {len(got)} "
                 f"| {_ms([r['probe_acc'] for r in got])} | {_ms([r['final_acc'] for r in got])} "
                 f"| {_ms([r['gain'] for r in got])} | {_ms([r['final_auc'] for r in got], 1.0)} "
-                f"| {_ms(paired) if candidate != 'default' else ''} | {'; '.join(aug)} "
+                f"| {_ms(paired) if candidate != 'default' else ''} "
+                f"| {_ms([r['opening'] for r in got])} | {'; '.join(aug)} "
                 f"| {statistics.fmean(secs):.0f} |"
                 if secs
                 else "| - |"

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import make_class_folder, tiny_config, tiny_flags
+from zygote import run_thaw
 
 import thaw
 from thaw.cli import main
@@ -192,7 +191,7 @@ def test_killed_mid_screening_then_the_same_command_resumes_and_finishes(data, t
     argv = ["fit", str(data), *tiny_flags(), "--phase2-epochs", "2", "--strategy", "auto", "--out", str(out)]
     argv += ["--time-budget", "300", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", KILLED, *argv], capture_output=True, text=True, env=env)
+    done = run_thaw(argv, code=KILLED, env=env)  # forked from a preloaded process (tests/zygote.py)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     staged = out.with_name("killed.incomplete")
     assert (staged / "auto" / "incumbent" / "summary.json").is_file()

@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import torch
 from conftest import make_class_folder, make_image, tiny_config, tiny_flags
 from PIL import Image
+from zygote import run_thaw
 
 from thaw.cli import main
 from thaw.core.errors import ThawError
@@ -650,7 +649,7 @@ def test_subprocess_shows_no_traceback(trained, tmp_path, evil_pickle, argv):
     names = {"copy": copy, "data": data, "yaml": yaml_file(tmp_path, "lr: [\n"), "evil": evil_pickle}
     argv = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
     env = {**os.environ, "THAW_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-m", "thaw.cli", *argv], capture_output=True, text=True, env=env)
+    done = run_thaw(argv, env=env)  # its own process, forked from a preloaded one (tests/zygote.py)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "pwned" not in done.stdout
     one_line(done.stderr)

@@ -10,6 +10,7 @@ from contextlib import redirect_stdout
 import pytest
 import yaml
 from conftest import tiny_flags
+from zygote import run_thaw
 
 from thaw.cli import main
 
@@ -146,7 +147,7 @@ def test_rerun_from_config_and_never_overwrite(run, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, message):
-    done = subprocess.run([sys.executable, "-m", "thaw.cli", *args], capture_output=True, text=True)
+    done = run_thaw(args)  # its own process, forked from a preloaded one (tests/zygote.py)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("thaw: error:") and message in lines[0], done.stderr

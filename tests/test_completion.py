@@ -3,9 +3,9 @@ flags that have choices and the strategy and model names; the bash one is run in
 
 import shutil
 import subprocess
-import sys
 
 import pytest
+from zygote import run_thaw
 
 from thaw.cli import main
 
@@ -15,12 +15,8 @@ def scripts(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("completion")
     found = {}
     for shell in ("bash", "zsh"):
-        done = subprocess.run(
-            [sys.executable, "-m", "thaw.cli", "completion", shell],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        done = run_thaw(["completion", shell])
+        assert done.returncode == 0, done.stderr
         found[shell] = folder / f"thaw.{shell}"
         found[shell].write_text(done.stdout)
     return found

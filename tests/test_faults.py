@@ -10,8 +10,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -20,6 +18,7 @@ import torch
 import yaml
 from conftest import tiny_flags
 from safetensors.torch import load_file
+from zygote import run_thaw
 
 from thaw.cli import main
 
@@ -146,15 +145,15 @@ def same_run(ours: Path, theirs: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-@pytest.mark.slow  # ten subprocess runs: about a minute on 2 free cores
+@pytest.mark.slow  # ten runs in processes of their own (forked from a preloaded one: tests/zygote.py)
 def test_killed_or_interrupted_at_seeded_points_then_resumed(whole, tmp_path, capsys):
     data, uninterrupted, writes = whole
     points = fault_points(writes)
     assert len(points) >= 10
     for i, (how, where, phase, epoch, n) in enumerate(points):
         out = tmp_path / f"run{i}"
-        argv = [sys.executable, "-c", FAULT, how, where, phase, str(epoch), str(n), "fit", str(data), *ARGS]
-        done = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True)
+        argv = [how, where, phase, str(epoch), str(n), "fit", str(data), *ARGS, "--out", str(out)]
+        done = run_thaw(argv, code=FAULT)
         staging = out.with_name(out.name + ".incomplete")
         point = f"{how} at {where} {phase} {epoch} {n}"
         started = (staging / "split.csv").is_file()
@@ -183,8 +182,8 @@ def test_sigterm_in_training_exits_143_and_resumes(whole, tmp_path, capsys):
     not report a stopped run as a success."""
     data, uninterrupted, _ = whole
     out = tmp_path / "term"
-    argv = [sys.executable, "-c", FAULT, "term", "batch", "phase2", "1", "0", "fit", str(data), *ARGS]
-    done = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True)
+    argv = ["term", "batch", "phase2", "1", "0", "fit", str(data), *ARGS, "--out", str(out)]
+    done = run_thaw(argv, code=FAULT)
     staging = out.with_name(out.name + ".incomplete")
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]

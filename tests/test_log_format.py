@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from conftest import make_class_folder, tiny_flags
+from zygote import run_thaw
 
 from thaw import cli
 from thaw.core import run_log as report
@@ -39,9 +38,7 @@ def test_a_real_fit_in_json_writes_only_events(tmp_path):
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "thaw.cli", *argv], capture_output=True, text=True, env=env, timeout=300
-    )
+    done = run_thaw(argv, env=env)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]  # every line parses, or this fails
     assert events and all(line.startswith("{") for line in done.stdout.splitlines())

@@ -1,16 +1,16 @@
 """The README: short, its links resolve, and its quickstart snippets run: on tiny generated data in the fast
-set, as written (slow: MobileNetV2 with real ImageNet weights on builtin:digits, a minute each)."""
+set, as written (slow: MobileNetV2 with real ImageNet weights on builtin:digits, a minute each). Each
+command runs in a process of its own, forked from a preloaded one (tests/zygote.py)."""
 
 import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_class_folder
+from zygote import run_thaw
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -64,26 +64,15 @@ def _rewritten(text: str, changes: dict[str, str]) -> str:
 def run_cli_quickstart(tmp_path: Path, changes: dict[str, str]) -> None:
     for line in _rewritten(snippet("quickstart-cli"), changes).splitlines():
         words = shlex.split(line, comments=True)
-        done = subprocess.run(
-            [sys.executable, "-m", "thaw.cli", *words[1:]],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=_env(tmp_path),
-        )
+        done = run_thaw(words[1:], cwd=tmp_path, env=_env(tmp_path))
         assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     assert (tmp_path / "runs" / "digits" / "model.safetensors").is_file()
     assert list((tmp_path / "runs" / "digits" / "evaluations").glob("*.json"))
 
 
 def run_python_quickstart(tmp_path: Path, changes: dict[str, str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _rewritten(snippet("quickstart-python"), changes)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-    )
+    code = _rewritten(snippet("quickstart-python"), changes)
+    done = run_thaw([], code=code, cwd=tmp_path, env=_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     gain = float(done.stdout.strip().splitlines()[-1])  # the snippet's print: phase 2's test gain
     (run,) = (tmp_path / "runs").iterdir()
@@ -127,13 +116,7 @@ def test_the_own_images_quickstart_runs_as_written(tmp_path):
     for line in snippet("quickstart-own").splitlines():
         command = line.split("#")[0].split(">")[0]
         words = shlex.split(command)
-        done = subprocess.run(
-            [sys.executable, "-m", "thaw", *words[1:]],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env=_env(tmp_path),
-        )
+        done = run_thaw(words[1:], cwd=tmp_path, env=_env(tmp_path))
         assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         if ">" in line:
             (tmp_path / line.split(">")[1].split()[0]).write_text(done.stdout)

@@ -10,12 +10,12 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import tiny_flags
 from PIL import Image
+from zygote import run_thaw
 
 from thaw.cli import main
 
@@ -100,9 +100,7 @@ def test_bad_input_is_one_clear_line(run, tmp_path):
     (old / "summary.json").write_text(json.dumps({**summary, **phases}))  # version 1: phases at the top
     cases = [(tmp_path, "not a thaw run folder"), (incomplete, "incomplete run"), (old, "older thaw")]
     for folder, message in cases:
-        done = subprocess.run(
-            [sys.executable, "-m", "thaw.cli", "report", str(folder)], capture_output=True, text=True
-        )
+        done = run_thaw(["report", str(folder)])
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
 

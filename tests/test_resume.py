@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +9,7 @@ import pytest
 import torch
 from conftest import tiny_flags
 from safetensors.torch import load_file
+from zygote import run_thaw
 
 from thaw.cli import main
 from thaw.core.config import ModelConfig
@@ -108,8 +107,8 @@ def outcome(run: Path) -> dict:
 
 def kill_and_resume(data, args, out, point, env=None):
     where, phase, epoch, batch = KILL_POINTS[point]
-    command = [sys.executable, "-c", KILLER, where, phase, str(epoch), str(batch), "fit", str(data), *args]
-    killed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env)
+    command = [where, phase, str(epoch), str(batch), "fit", str(data), *args, "--out", str(out)]
+    killed = run_thaw(command, code=KILLER, env=env)  # its own process, forked from a preloaded one
     assert killed.returncode == -9, killed.stderr[-2000:]
     staging = out.with_name(out.name + ".incomplete")
     assert staging.is_dir() and not out.exists()

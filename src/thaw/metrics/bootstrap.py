@@ -29,9 +29,11 @@ def bootstrap_ci(
 ) -> dict[str, list[float]]:
     """Percentile 95% intervals of the test metrics over ``n`` seeded resamples of the images (with
     replacement). A resample missing a class gives no AUC and is left out of the AUC's interval.
-    Multi-label labels ([N, K]): :func:`multilabel_ci`, ``threshold`` one per label."""
-    from sklearn.metrics import roc_auc_score
+    Multi-label labels ([N, K]): :func:`multilabel_ci`, ``threshold`` one per label.
 
+    Each resample is a count per image and every metric a weighted sum, the AUC included (``_Ranker``: the
+    scores sorted once), so 1,000 resamples take milliseconds: scikit-learn's ``roc_auc_score`` once per
+    resample took 6 s on 20 test images (its input checks), more on a larger test set."""
     if labels.ndim == 2:
         return multilabel_ci(probs, labels, threshold, n, seed)
     p, y = probs.double().numpy(), labels.numpy()
@@ -40,26 +42,29 @@ def bootstrap_ci(
         pred = (p[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)
     else:
         pred = p.argmax(1)
+    truth = np.eye(num_classes)[y]  # one-hot [N, K]: a resample's counts per class are one product each
+    said = np.eye(num_classes)[pred]
+    hit = truth * said
+    right = (pred == y).astype(np.float64)
+    # the macro one-vs-rest AUC (roc_auc_score's multi_class="ovr", average="macro"): one per class
+    scored = range(1, 2) if num_classes == 2 else range(num_classes)
+    rankers = [(_Ranker(p[:, c]), (y == c).astype(np.int64)) for c in scored]
     rng = np.random.default_rng(seed)
     rows: dict[str, list[float]] = {k: [] for k in CI_METRICS}
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        yy, pp = y[idx], pred[idx]
-        recalls, f1s = [], []
-        for c in range(num_classes):
-            tp = np.sum((pp == c) & (yy == c))
-            n_true, n_pred = np.sum(yy == c), np.sum(pp == c)
-            recalls.append(tp / n_true if n_true else math.nan)
-            f1s.append(2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0)
-        rows["accuracy"].append(float(np.mean(yy == pp)))
+    for _ in range(n):  # a resample as a count per image (the same draws as indexing with them)
+        w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype(np.float64)
+        n_true, n_pred, tp = w @ truth, w @ said, w @ hit
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls = np.where(n_true > 0, tp / n_true, math.nan)
+            f1s = np.where(n_true + n_pred > 0, 2 * tp / (n_true + n_pred), 0.0)
+        rows["accuracy"].append(float(w @ right / len(y)))
         rows["balanced_accuracy"].append(float(np.nanmean(recalls)))
         rows["macro_f1"].append(float(np.mean(f1s)))
-        if len(np.unique(yy)) == num_classes:
-            score = p[idx, 1] if num_classes == 2 else p[idx]
-            rows["auc"].append(float(roc_auc_score(yy, score, multi_class="ovr", average="macro")))
+        if (n_true > 0).all():  # a resample missing a class has no AUC
+            rows["auc"].append(float(np.mean([ranker.auc(positive, w) for ranker, positive in rankers])))
         if num_classes == 2:
-            rows["sensitivity"].append(recalls[1])
-            rows["specificity"].append(recalls[0])
+            rows["sensitivity"].append(float(recalls[1]))
+            rows["specificity"].append(float(recalls[0]))
     return percentile_intervals(rows)
 
 
