@@ -106,6 +106,7 @@ def test_distribution_name_and_version_agree():
     assert done.stdout.strip() == f"thaw {thaw.__version__} (distribution thaw-transfer)"
 
 
+@pytest.mark.slow  # pip resolves about 80 distributions from the index: half a minute
 def test_a_clean_install_resolves_and_this_environment_satisfies_it(tmp_path):
     """`pip install .` into a clean venv, in two halves that cost seconds instead of the minutes of
     unpacking torch and its CUDA wheels again: pip resolves every declared dependency from nothing
