@@ -79,6 +79,7 @@ CANDIDATES = {
     "ratio100": {"lr_ratio": 100.0},  # the backbone at 1e-5 (tried as issue 25's default; not kept)
     "dropout0": {"model.dropout": 0.0},
     "no-warmup": {"phase2.warmup_epochs": 0.0},
+    "warmup5": {"phase2.warmup_epochs": 5.0},  # the LR ramps over half of phase 2: epoch 1 at a tenth of it
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
 }
 
