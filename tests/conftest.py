@@ -162,12 +162,16 @@ def _one_torch_thread():
 
 # ----------------------------------------------------------------------------- xdist groups and timeouts
 
-# Tests that must not share the machine with their own kind: a local Ray cluster, two-process DDP runs,
-# processes racing for one cache entry. `--dist loadgroup` runs each group on one worker, in turn.
+# Tests that must not share the machine with their own kind (a local Ray cluster, two-process DDP runs,
+# processes racing for one cache entry), or that share a cache. `--dist loadgroup` runs each group on one
+# worker, in turn.
 GROUPS = {
     "ray": re.compile(r"test_study\.py::test_(compare_on_ray|a_two_process_cell)"),
     "ddp": re.compile(r"test_distributed\.py::test_two_process"),
     "cache-race": re.compile(r"test_cache\.py::test_(two_processes|a_killed_writer|a_staging)"),
+    # the README's CLI and Python quickstarts as written fit the same data at the same size: on one worker
+    # (one THAW_HOME), the second finds the first's phase-1 features in the cache
+    "readme-digits": re.compile(r"test_readme\.py::test_the_(cli|python)_quickstart_runs_as_written"),
 }
 # Seconds per test, stricter than pyproject's default (1200), where a hang is likeliest: subprocesses, Ray,
 # DDP. Generous: a loaded 2-core machine runs a Ray study test in several minutes.
