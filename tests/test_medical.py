@@ -19,7 +19,7 @@ from thaw.core.results import Metrics, RunSummary, choose_final
 from thaw.data.decoded import Decoded, load_image
 from thaw.data.images import EpochSampler, class_weights, dataset_statistics, decode_sources, sample_weights
 from thaw.data.sources import Item, discover
-from thaw.metrics.bootstrap import bootstrap_ci
+from thaw.metrics.bootstrap import bootstrap_ci, percentile_intervals
 from thaw.metrics.classification import classification_metrics
 from thaw.metrics.clinical import choose_threshold
 
@@ -166,6 +166,42 @@ def test_metrics_at_a_threshold_and_their_bootstrap_intervals():
     assert ci == bootstrap_ci(probs, labels, 0.35, n=200, seed=1)  # seeded
     for key in ("accuracy", "auc", "sensitivity", "specificity"):
         assert ci[key][0] <= getattr(m, key) <= ci[key][1]
+
+
+@pytest.mark.parametrize("classes, ties, threshold", [(2, False, 0.35), (2, True, None), (4, True, None)])
+def test_bootstrap_intervals_are_those_of_indexing_each_resample(classes, ties, threshold):
+    """The oracle: each resample drawn as indices (the same seeded draws), its metrics recomputed from the
+    resampled rows with scikit-learn (roc_auc_score, recall, F1): thaw's weighted sums give the same
+    percentile intervals to the last digit kept."""
+    from sklearn.metrics import f1_score, recall_score, roc_auc_score
+
+    rng = np.random.default_rng(classes)
+    p = rng.random((40, classes))
+    p = np.round(p, 1) + 1e-3 if ties else p  # many tied scores: the AUC counts ties half
+    p = p / p.sum(1, keepdims=True)
+    y = rng.integers(0, classes, 40)
+    cut = 0.5 if threshold is None else threshold
+    pred = (p[:, 1] >= cut).astype(int) if classes == 2 else p.argmax(1)
+    draws = np.random.default_rng(3)
+    rows = {k: [] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity")}
+    for _ in range(60):
+        i = draws.integers(0, 40, 40)
+        yy, pp = y[i], pred[i]
+        recalls = [np.mean(pp[yy == c] == c) if (yy == c).any() else np.nan for c in range(classes)]
+        rows["accuracy"].append(np.mean(yy == pp))
+        rows["balanced_accuracy"].append(np.nanmean(recalls))
+        rows["macro_f1"].append(f1_score(yy, pp, labels=range(classes), average="macro", zero_division=0))
+        if len(set(yy)) == classes:
+            score = p[i, 1] if classes == 2 else p[i]
+            rows["auc"].append(roc_auc_score(yy, score, multi_class="ovr", average="macro"))
+        if classes == 2:
+            rows["sensitivity"].append(recall_score(yy, pp, pos_label=1, zero_division=np.nan))
+            rows["specificity"].append(recall_score(yy, pp, pos_label=0, zero_division=np.nan))
+    expected = percentile_intervals({k: [float(v) for v in vs] for k, vs in rows.items()})
+    got = bootstrap_ci(torch.tensor(p), torch.tensor(y), threshold, n=60, seed=3)
+    assert got.keys() == expected.keys()
+    for key, interval in expected.items():
+        assert got[key] == pytest.approx(interval, abs=1e-4), key
 
 
 def test_old_summaries_without_the_new_metrics_still_read():
