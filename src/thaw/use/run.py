@@ -40,9 +40,9 @@ from thaw.train.recipe import hardware_summary, quiet_lightning
 from thaw.train.resolve import resolve
 from thaw.use.analyses import ANALYSES, Analysis, Finding, final_split
 from thaw.use.model_card import write_model_card
-from thaw.use.reporting.figures import lr_find_plot
+from thaw.use.reporting.figures import learning_curves, lr_find_plot
 from thaw.use.reporting.html import write_report
-from thaw.use.reporting.plots import plot_confusion, plot_curves
+from thaw.use.reporting.plots import plot_confusion
 
 
 @dataclass
@@ -209,7 +209,7 @@ def write_figures(run: RunFolder, t: Trained, summary: RunSummary, findings: dic
     """``metrics.csv``, the learning curves, the confusion matrix and each analysis's figure."""
     rows = [row for r in t.results.values() for row in r.epochs]
     write_rows_csv(rows, run / "metrics.csv")  # also when no phase trained epochs (a cached solve alone)
-    plot_curves(rows, run / "curves.png", f"{summary.dataset} - {summary.model}")
+    write_atomic(run / "curves.png", learning_curves(rows, f"{summary.dataset} - {summary.model}"))
     split = final_split(t)
     if not t.sources.multilabel:  # multi-label: per-label counts in summary.json (per_label) instead
         confusion = summary.final.on(split).confusion

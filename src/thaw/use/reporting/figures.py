@@ -38,6 +38,8 @@ def image_png(pixels: np.ndarray) -> bytes:
 
 def _boundaries(ax, rows: list[dict]) -> None:
     """A dashed line where each plan starts, labelled with its name (the first plan too)."""
+    if not rows:  # no plan trained by epochs (a cached solve alone): empty axes
+        return
     starts = [r for i, r in enumerate(rows) if i == 0 or rows[i - 1]["phase"] != r["phase"]]
     ax.set_xlim(rows[0]["step_epoch"] - 0.6, rows[-1]["step_epoch"] + 0.4)
     top = ax.get_ylim()[1]

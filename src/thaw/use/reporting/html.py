@@ -108,9 +108,9 @@ def build_report(run: Path) -> str:
     _configuration(page, config, plans)
     _data(page, summary, split_rows, predictions)
     _augmentation(page, summary)
-    _training(page, summary, rows, title)
+    _training(page, summary, rows, title, run)
     _results(page, summary)
-    _evaluation(page, summary, predictions)
+    _evaluation(page, summary, predictions, run)
     _top_losses(page, run, summary, predictions)
     _forgetting(page, run, raw)
     return page.render()
@@ -277,13 +277,20 @@ def _data(page: Page, summary: RunSummary, split_rows: list[dict], predictions: 
         page.text("<p>Failed images: none; every image in split.csv was decoded.</p>")
 
 
-def _training(page: Page, summary: RunSummary, rows: list[dict], title: str) -> None:
+def _drawn(run: Path, name: str, draw) -> bytes:
+    """The figure the run folder already holds as ``name`` (``thaw fit`` draws curves.png and confusion.png
+    with the same functions and arguments), else drawn now."""
+    path = run / name
+    return path.read_bytes() if path.is_file() else draw()
+
+
+def _training(page: Page, summary: RunSummary, rows: list[dict], title: str, run: Path) -> None:
     page.section("training", "Training")
     if not rows:
         page.text("<p>No epochs were trained (metrics.csv is empty).</p>")
         return
     page.figure(
-        figures.learning_curves(rows, title),
+        _drawn(run, "curves.png", lambda: figures.learning_curves(rows, title)),
         "learning curves",
         "Loss and accuracy per epoch over every plan; a dashed line marks where each plan starts.",
     )
@@ -353,7 +360,7 @@ def _results(page: Page, summary: RunSummary) -> None:
         page.table(cols, body, caption="gain: each plan over the plan before it (points; AUC and F1 x100)")
 
 
-def _evaluation(page: Page, summary: RunSummary, predictions: Predictions) -> None:
+def _evaluation(page: Page, summary: RunSummary, predictions: Predictions, run: Path) -> None:
     page.section("evaluation", "The saved model")
     final = summary.final
     split = "test" if final.test is not None else "val"
@@ -361,7 +368,13 @@ def _evaluation(page: Page, summary: RunSummary, predictions: Predictions) -> No
         _per_label(page, summary, predictions)
         return
     page.figure(
-        figures.confusion(final.on(split).confusion, summary.classes, f"{summary.final_phase} on {split}"),
+        _drawn(
+            run,
+            "confusion.png",
+            lambda: figures.confusion(
+                final.on(split).confusion, summary.classes, f"{summary.final_phase} on {split}"
+            ),
+        ),
         "confusion matrix",
         f"Confusion matrix of the saved model on the {split} split (rows: true class).",
     )

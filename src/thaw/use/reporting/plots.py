@@ -1,5 +1,6 @@
-"""The figure files a run folder holds (curves.png, confusion_*.png, reliability.png): matplotlib, Agg,
-each written atomically. The report's own figures are in :mod:`thaw.use.reporting.figures`."""
+"""The figure files a run folder holds (confusion.png, reliability.png, drift): matplotlib, Agg, each
+written atomically. curves.png is :func:`thaw.use.reporting.figures.learning_curves`, the report's own
+figure, which the report then embeds as written."""
 
 from __future__ import annotations
 
@@ -11,31 +12,6 @@ from thaw.core.files import atomic_path, write_atomic
 from thaw.core.results import Forgetting
 from thaw.use.reporting.figures import confusion as confusion_png
 from thaw.use.reporting.figures import pyplot
-
-
-def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, both phases on one axis, the phase boundary marked."""
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    x = [r["step_epoch"] for r in rows]
-    for ax, metric in zip(axes, ("loss", "acc")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [r.get(f"{split}_{metric}") for r in rows]
-            ax.plot(x, ys, style, markersize=3, label=split)
-        starts = [
-            (r["step_epoch"] - 0.5, r["phase"]) for a, r in zip(rows, rows[1:]) if a["phase"] != r["phase"]
-        ]
-        for b, phase in starts:
-            ax.axvline(b, color="grey", linestyle="--")
-            ax.text(b, ax.get_ylim()[1], f" {phase} ", va="top", ha="left", fontsize=8, color="grey")
-        ax.set_xlabel("epoch (all phases)")
-        ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
