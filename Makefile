@@ -52,7 +52,7 @@ PYTEST_WORKERS ?= 2
 test: weights chromium docs
 	$(BIN)/ruff check src tests bench docs
 	$(BIN)/ruff format --check src tests bench docs
-	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) --dist loadgroup --durations=30
 
 # The lowest versions pyproject.toml allows (torch and torchvision excepted: see .ci/lowest-versions),
 # in build/lowest-venv, then the fast tests that exercise them.
