@@ -225,6 +225,12 @@ def test_the_incoming_guard_judges_the_trend_after_the_opening():
     stalls = [*climbing[:3], *[{"val_loss": 0.5, "val_acc": 0.78}] * 3]  # climbed, then stalled below: stop
     guard = IncomingGuard(incoming, 3, 10)
     assert epochs(guard, stalls) and guard.epochs == 5
+    # a 5-epoch warmup: the flat opening is not judged until the LR has peaked (epoch 3 + 4)
+    level = [{"val_loss": 0.41, "val_acc": 0.79}] * 8
+    assert not epochs(IncomingGuard(incoming, 3, 10, warmup=5), level[:6])
+    guard = IncomingGuard(incoming, 3, 10, warmup=5)
+    assert epochs(guard, level) and guard.epochs == 7
+    assert epochs(IncomingGuard(incoming, 3, 10, warmup=1), level[:3])  # the default's: unchanged
 
 
 def test_the_check_scores_every_op_on_greyscale_images():

@@ -3,6 +3,7 @@ its last good weights, and Ctrl-C leaves the trainer as a plain ``KeyboardInterr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning as L
@@ -84,10 +85,17 @@ class IncomingGuard(L.Callback):
     about 3 points an epoch; the old rule, "stop when an epoch improves on neither best", cut it at epoch 5
     on one flat epoch, while the same recipe reached 98% by epoch 8-10) goes on while the climb would
     reach the incoming score in time; one that has stalled below it stops, since the rest of its budget
-    would go to weights the run will not keep. Its state travels in the checkpoints."""
+    would go to weights the run will not keep. Its state travels in the checkpoints.
 
-    def __init__(self, incoming: dict[str, float], patience: int, epochs: int) -> None:
+    ``warmup``: the plan's warmup epochs. Epochs of a warmup past the first are not judged (the first
+    judgement comes ``warmup - 1`` epochs later; the default's 1-epoch warmup changes nothing): with the LR
+    still rising, a phase that opens flat has not begun to climb, and the trend rule read that as a
+    stall (issue 25: ``--phase2-warmup-epochs 5`` opened within 0.7 points of phase 1 on small marks, and the
+    gate stopped it at epoch 3 of 10, before its LR reached its peak)."""
+
+    def __init__(self, incoming: dict[str, float], patience: int, epochs: int, warmup: float = 1.0) -> None:
         self.incoming, self.patience, self.budget = incoming, patience, epochs
+        self.grace = max(0, math.ceil(warmup) - 1)
         self.beaten, self.stopped, self.epochs = False, False, 0
         self.best: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}  # the best score so far, after each epoch
@@ -121,7 +129,7 @@ class IncomingGuard(L.Callback):
             if best is None or _better(key, value, best):
                 self.best[key] = value
             self.history.setdefault(key, []).append(self.best[key])
-        if not self.beaten and self.epochs >= self.patience and not self.on_course():
+        if not self.beaten and self.epochs >= self.patience + self.grace and not self.on_course():
             self.stopped = True
             trainer.should_stop = True
 

@@ -154,7 +154,7 @@ class Watch:
         checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
         guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good one
         incoming = incoming_scores(start, ctx.config.monitor)
-        gate = IncomingGuard(incoming, plan.patience, plan.epochs) if incoming else None
+        gate = IncomingGuard(incoming, plan.patience, plan.epochs, plan.warmup_epochs) if incoming else None
         return cls(recorder, guard, gate, checkpoint, incoming, start)
 
     def callbacks(self) -> list:
