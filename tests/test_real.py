@@ -24,8 +24,7 @@ def test_hymenoptera_reaches_90_percent_validation_accuracy(mobilenet_v2_weights
             "data.image_size": 128,
             "model.name": "mobilenet_v2",
             "model.weights": "IMAGENET1K_V1",
-            "phase1.epochs": 6,
-            "phase2.epochs": 3,
+            "phase2.epochs": 1,  # the probe alone reaches about 93% (BENCHMARKS.md); one epoch of phase 2
             "out": str(tmp_path / "run"),
         },
     )
