@@ -233,6 +233,35 @@ def test_the_incoming_guard_judges_the_trend_after_the_opening():
     assert epochs(IncomingGuard(incoming, 3, 10, warmup=1), level[:3])  # the default's: unchanged
 
 
+def test_early_stopping_waits_for_a_long_warmup():
+    """Patience 3 on a phase with a 5-epoch warmup: no check before epoch 5 (its LR still rising), then
+    Lightning's rule; the default's 1-epoch warmup is judged from epoch 1, as before."""
+    from types import SimpleNamespace
+
+    from thaw.train.guards import EarlyStoppingAfterWarmup, warmup_grace
+
+    def stops_at(grace: int) -> int | None:
+        stopper = EarlyStoppingAfterWarmup(monitor="val_loss", patience=3, grace=grace)
+        for epoch in range(10):
+            trainer = SimpleNamespace(
+                callback_metrics={"val_loss": torch.tensor(0.5 + 0.01 * epoch)},  # never better than epoch 0
+                current_epoch=epoch,
+                should_stop=False,
+                global_rank=0,
+                strategy=SimpleNamespace(reduce_boolean_decision=lambda d, all=True: d),
+                fast_dev_run=False,
+                state=SimpleNamespace(fn="fit"),
+            )
+            stopper._run_early_stopping_check(trainer)
+            if trainer.should_stop:
+                return epoch + 1
+        return None
+
+    assert [warmup_grace(w) for w in (0, 1, 1.5, 5)] == [0, 0, 1, 4]
+    assert stops_at(0) == 4  # epoch 1 the best, three epochs without improvement
+    assert stops_at(warmup_grace(5)) == 8  # judged from epoch 5: its first epoch the best, then three more
+
+
 def test_the_check_scores_every_op_on_greyscale_images():
     """One-channel images (``--in-channels sum``): every op runs on them and is scored."""
     from thaw.core.config import ModelConfig

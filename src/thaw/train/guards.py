@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
 
 def finite(tensors) -> bool:
@@ -95,7 +96,7 @@ class IncomingGuard(L.Callback):
 
     def __init__(self, incoming: dict[str, float], patience: int, epochs: int, warmup: float = 1.0) -> None:
         self.incoming, self.patience, self.budget = incoming, patience, epochs
-        self.grace = max(0, math.ceil(warmup) - 1)
+        self.grace = warmup_grace(warmup)
         self.beaten, self.stopped, self.epochs = False, False, 0
         self.best: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}  # the best score so far, after each epoch
@@ -145,6 +146,26 @@ class IncomingGuard(L.Callback):
             if _better(key, window[-1] + rate * left, score):
                 return True
         return False
+
+
+def warmup_grace(warmup_epochs: float) -> int:
+    """Epochs of a warmup that stopping rules leave unjudged: those past its first (0 for the default's
+    1-epoch warmup). With the LR still rising, a phase has not begun to move."""
+    return max(0, math.ceil(warmup_epochs) - 1)
+
+
+class EarlyStoppingAfterWarmup(EarlyStopping):
+    """Lightning's early stopping, from the end of a long warmup on (``warmup_grace``): a 5-epoch warmup
+    with patience 3 was stopped at epoch 4-5 of 10, its LR not yet at its peak (issue 25). Its checkpoint
+    state keeps the ``EarlyStopping...`` key prefix that thaw reads back."""
+
+    def __init__(self, *args, grace: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.grace = grace
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if trainer.current_epoch >= self.grace:
+            super()._run_early_stopping_check(trainer)
 
 
 def _better(key: str, value: float, than: float) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from thaw import data as thaw_data
@@ -27,7 +27,7 @@ from thaw.core.strategies import PhasePlan
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.train import adapters, distributed
-from thaw.train.guards import IncomingGuard, NonFiniteGuard
+from thaw.train.guards import EarlyStoppingAfterWarmup, IncomingGuard, NonFiniteGuard, warmup_grace
 from thaw.train.loggers import lightning_logger, logger_callbacks
 from thaw.train.losses import pos_weight
 from thaw.train.module import EpochRecorder, PhaseModule
@@ -211,7 +211,12 @@ def phase_trainer(plan: PhasePlan, ctx: Context, watch: Watch) -> L.Trainer:
         max_epochs=plan.epochs,
         callbacks=[
             *watch.callbacks(),
-            EarlyStopping(monitor=monitor, mode=monitor_mode(monitor), patience=plan.patience),
+            EarlyStoppingAfterWarmup(
+                monitor=monitor,
+                mode=monitor_mode(monitor),
+                patience=plan.patience,
+                grace=warmup_grace(plan.warmup_epochs),
+            ),
             watch.checkpoint,
             watch.recorder,
             *logger_callbacks(config.logger),
