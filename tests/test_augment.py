@@ -185,7 +185,7 @@ def test_a_phase_that_does_not_beat_its_incoming_score_stops_after_patience(tmp_
 def test_the_incoming_guard_judges_the_trend_after_the_opening():
     from types import SimpleNamespace
 
-    from thaw.train.guards import IncomingGuard
+    from thaw.train.guards import IncomingGuard, warmup_grace
 
     def epochs(guard, rows):
         trainer = SimpleNamespace(sanity_checking=False, should_stop=False, callback_metrics={})
@@ -227,10 +227,12 @@ def test_the_incoming_guard_judges_the_trend_after_the_opening():
     assert epochs(guard, stalls) and guard.epochs == 5
     # a 5-epoch warmup: the flat opening is not judged until the LR has peaked (epoch 3 + 4)
     level = [{"val_loss": 0.41, "val_acc": 0.79}] * 8
-    assert not epochs(IncomingGuard(incoming, 3, 10, warmup=5), level[:6])
-    guard = IncomingGuard(incoming, 3, 10, warmup=5)
+    assert not epochs(IncomingGuard(incoming, 3, 10, grace=warmup_grace(5)), level[:6])
+    guard = IncomingGuard(incoming, 3, 10, grace=warmup_grace(5))
     assert epochs(guard, level) and guard.epochs == 7
-    assert epochs(IncomingGuard(incoming, 3, 10, warmup=1), level[:3])  # the default's: unchanged
+    assert epochs(
+        IncomingGuard(incoming, 3, 10, grace=warmup_grace(1)), level[:3]
+    )  # the default's: unchanged
 
 
 def test_early_stopping_waits_for_a_long_warmup():

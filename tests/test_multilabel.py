@@ -418,22 +418,8 @@ def test_compare_and_curve_run_on_multi_label_data(tmp_path, capsys):
     path = make_npz(tmp_path / "m.npz")
     flags = [*tiny_flags(), "--phase2-epochs", "1"]
     out = tmp_path / "cmp"
-    assert (
-        main(
-            [
-                "compare",
-                str(path),
-                *flags,
-                "--strategies",
-                "two-phase,linear-probe",
-                "--seeds",
-                "1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    argv = ["compare", str(path), *flags, "--strategies", "two-phase,linear-probe", "--seeds", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     aucs = [t["test_auc"][0] for t in results["table"]]
     assert len(aucs) == 2 and all(a > 0.7 for a in aucs), aucs

@@ -88,15 +88,13 @@ class IncomingGuard(L.Callback):
     reach the incoming score in time; one that has stalled below it stops, since the rest of its budget
     would go to weights the run will not keep. Its state travels in the checkpoints.
 
-    ``warmup``: the plan's warmup epochs. Epochs of a warmup past the first are not judged (the first
-    judgement comes ``warmup - 1`` epochs later; the default's 1-epoch warmup changes nothing): with the LR
-    still rising, a phase that opens flat has not begun to climb, and the trend rule read that as a
-    stall (issue 25: ``--phase2-warmup-epochs 5`` opened within 0.7 points of phase 1 on small marks, and the
-    gate stopped it at epoch 3 of 10, before its LR reached its peak)."""
+    ``grace``: epochs added before the first judgement (``warmup_grace`` of the plan's warmup; 0 for the
+    default's 1-epoch warmup): with the LR still rising, a phase that opens flat has not begun to climb, and
+    the trend rule read that as a stall (issue 25: ``--phase2-warmup-epochs 5`` opened within 0.7 points of
+    phase 1 on small marks, and the gate stopped it at epoch 3 of 10, before its LR reached its peak)."""
 
-    def __init__(self, incoming: dict[str, float], patience: int, epochs: int, warmup: float = 1.0) -> None:
-        self.incoming, self.patience, self.budget = incoming, patience, epochs
-        self.grace = warmup_grace(warmup)
+    def __init__(self, incoming: dict[str, float], patience: int, epochs: int, grace: int = 0) -> None:
+        self.incoming, self.patience, self.budget, self.grace = incoming, patience, epochs, grace
         self.beaten, self.stopped, self.epochs = False, False, 0
         self.best: dict[str, float] = {}
         self.history: dict[str, list[float]] = {}  # the best score so far, after each epoch

@@ -154,7 +154,8 @@ class Watch:
         checkpoint.CHECKPOINT_NAME_LAST = f"{plan.name}-last"
         guard = NonFiniteGuard(plan.name, report.warn)  # a NaN/Inf loss ends the phase on its last good one
         incoming = incoming_scores(start, ctx.config.monitor)
-        gate = IncomingGuard(incoming, plan.patience, plan.epochs, plan.warmup_epochs) if incoming else None
+        grace = warmup_grace(plan.warmup_epochs)
+        gate = IncomingGuard(incoming, plan.patience, plan.epochs, grace) if incoming else None
         return cls(recorder, guard, gate, checkpoint, incoming, start)
 
     def callbacks(self) -> list:

@@ -40,9 +40,8 @@ from thaw.train.recipe import hardware_summary, quiet_lightning
 from thaw.train.resolve import resolve
 from thaw.use.analyses import ANALYSES, Analysis, Finding, final_split
 from thaw.use.model_card import write_model_card
-from thaw.use.reporting.figures import learning_curves, lr_find_plot
+from thaw.use.reporting.figures import confusion, learning_curves, lr_find_plot
 from thaw.use.reporting.html import write_report
-from thaw.use.reporting.plots import plot_confusion
 
 
 @dataclass
@@ -212,8 +211,8 @@ def write_figures(run: RunFolder, t: Trained, summary: RunSummary, findings: dic
     write_atomic(run / "curves.png", learning_curves(rows, f"{summary.dataset} - {summary.model}"))
     split = final_split(t)
     if not t.sources.multilabel:  # multi-label: per-label counts in summary.json (per_label) instead
-        confusion = summary.final.on(split).confusion
-        plot_confusion(confusion, summary.classes, run / "confusion.png", f"{t.final} on {split}")
+        matrix = summary.final.on(split).confusion
+        write_atomic(run / "confusion.png", confusion(matrix, summary.classes, f"{t.final} on {split}"))
     for finding in findings.values():
         if finding.figure is not None:
             finding.figure(run.path)

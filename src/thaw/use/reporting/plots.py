@@ -1,6 +1,7 @@
-"""The figure files a run folder holds (confusion.png, reliability.png, drift): matplotlib, Agg, each
-written atomically. curves.png is :func:`thaw.use.reporting.figures.learning_curves`, the report's own
-figure, which the report then embeds as written."""
+"""The figure files of a run folder drawn only there (reliability.png, drift.png): matplotlib, Agg, each
+written atomically. curves.png and confusion.png are the report's own figures
+(:func:`thaw.use.reporting.figures.learning_curves`, :func:`~thaw.use.reporting.figures.confusion`),
+which the report then embeds as the run wrote them."""
 
 from __future__ import annotations
 
@@ -8,14 +9,9 @@ from pathlib import Path
 
 import torch
 
-from thaw.core.files import atomic_path, write_atomic
+from thaw.core.files import atomic_path
 from thaw.core.results import Forgetting
-from thaw.use.reporting.figures import confusion as confusion_png
 from thaw.use.reporting.figures import pyplot
-
-
-def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
-    write_atomic(path, confusion_png(confusion, class_names, title))
 
 
 def save_figure(fig, path: Path) -> None:
