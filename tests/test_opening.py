@@ -87,8 +87,8 @@ def test_phase2_at_lr_ratio_100_opens_where_phase1_ended():
     assert default.name == "phase2" and default.backbone_lr() == pytest.approx(1e-4)
     tune = dataclasses.replace(default, lr_ratio=100.0)  # --lr-ratio 100: the backbone at 1e-5
     change, flipped = opening(tune)
-    old_change, _ = opening(default)
+    default_change, _ = opening(default)
     # the mechanism: with batch norm frozen the features move with the backbone's step size, compounded
     # through the depth (measured here: 0.77 of the features' norm at 1e-5 against 4.5 at 1e-4, 6 steps)
-    assert change < 0.3 * old_change, (change, old_change)
+    assert change < 0.3 * default_change, (change, default_change)
     assert flipped == 0, (change, flipped)  # and the solved head's predictions stay where they were

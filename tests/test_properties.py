@@ -60,7 +60,7 @@ def test_holm_rejects_what_the_sequential_procedure_rejects(p, alpha):
 
 @given(
     n=st.integers(1, 60), seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, 50), world=st.integers(1, 4)
-)  # noqa: E501
+)
 def test_epoch_sampler_ranks_cover_the_split_and_replay_by_seed_and_epoch(n, seed, epoch, world):
     def draw(rank: int) -> list:
         sampler = EpochSampler(n, seed, rank=rank, world=world)
