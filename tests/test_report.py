@@ -69,6 +69,44 @@ def test_every_run_writes_a_self_contained_report(run):
     assert "Grad-CAM of the predicted class" in page
     summary = json.loads((out / "summary.json").read_text())
     assert f"<b>{summary['final_phase']}</b>'s weights" in page
+    # one reliability diagram: the run folder's file, embedded as it is, with summary.json's ECE
+    reliability = base64.b64encode((out / "reliability.png").read_bytes()).decode()
+    assert f"src='data:image/png;base64,{reliability}'" in page
+    ece = summary["phases"][summary["final_phase"]]["test"]["ece"]
+    assert f"expected calibration error {ece:.3f}." in page
+
+
+def test_the_reliability_bins_and_ece_are_torchmetrics():
+    """An independent oracle: torchmetrics' 15-bin ECE (summary.json's), on probabilities that fall on bin
+    edges and at exactly 1, single-label and multi-label."""
+    import numpy as np
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+
+    from thaw.use.reporting.figures import calibration
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 5):
+        probs = rng.dirichlet(np.full(classes, 0.3), size=200).astype(np.float32)
+        probs[:10] = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, 10)]  # confidence exactly 1
+        probs[10:12, :2], probs[10:12, 2:] = (
+            [[0.6, 0.4]] if classes == 2 else [[0.6, 0.2]],
+            0.2 / max(1, classes - 2),
+        )
+        labels = rng.integers(0, classes, 200)
+        rows, ece = calibration(probs, labels)
+        expected = multiclass_calibration_error(
+            torch.from_numpy(probs), torch.from_numpy(labels), classes, n_bins=15
+        )
+        assert ece == pytest.approx(float(expected), abs=1e-6)
+        assert sum(r["n"] for r in rows) == 200 and rows[-1]["lo"] == 1.0  # the 1.0 bin is its own
+    probs = rng.random((50, 4)).astype(np.float32)
+    labels = (rng.random((50, 4)) < probs).astype(np.int64)
+    _, ece = calibration(probs, labels)
+    flat = binary_calibration_error(
+        torch.from_numpy(probs).flatten(), torch.from_numpy(labels).flatten(), n_bins=15
+    )
+    assert ece == pytest.approx(float(flat), abs=1e-6)
 
 
 def test_report_command_rebuilds_it_and_says_why_when_the_data_is_gone(run, tmp_path, capsys):

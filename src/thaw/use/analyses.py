@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
+from thaw.core.files import write_atomic
 from thaw.train.engine import Trained
 from thaw.use.operating_point import operating_point
-from thaw.use.reporting.plots import plot_drift, plot_reliability
+from thaw.use.reporting.figures import reliability
+from thaw.use.reporting.plots import plot_drift
 from thaw.use.shift import evaluate_shift
 
 
@@ -51,7 +53,8 @@ def operating(t: Trained) -> Finding:
         t.ctx.report.warn(f"no decision threshold chosen; {point.rule}")
 
     def figure(folder: Path) -> None:
-        plot_reliability(*scored[split], folder / "reliability.png", f"{t.final} on {split}:")
+        probs, labels = (x.numpy() for x in scored[split])
+        write_atomic(folder / "reliability.png", reliability(probs, labels, f"{t.final} on {split}"))
 
     return Finding(point, figure)
 

@@ -141,48 +141,61 @@ def roc(probs: np.ndarray, labels: np.ndarray, class_names: list[str], title: st
     return png(fig)
 
 
-def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> tuple[list[dict], float]:
-    """Per confidence bin: mean confidence, accuracy, count; and the expected calibration error."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0, 1, bins + 1)
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[list[dict], float]:
+    """Per confidence bin: mean confidence, accuracy, count; and the expected calibration error. The bins
+    are torchmetrics' (``[lo, hi)`` over 15 equal widths, a confidence of exactly 1 in a bin of its own), so
+    the ECE is the one summary.json holds. Single-label: the top class's probability against whether it is
+    right; multi-label (``labels`` [N, K] of 0/1): every (image, label) probability against the label."""
+    probs = np.asarray(probs, dtype=np.float32)
+    if labels.ndim == 2:
+        confidence, correct = probs.ravel(), np.asarray(labels).ravel() == 1
+    else:
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1, dtype=np.float32)
+    index = np.searchsorted(edges, confidence, side="right") - 1  # torch.bucketize(right=True) - 1
     rows, ece = [], 0.0
-    for lo, hi in zip(edges, edges[1:]):
-        inside = (confidence > lo) & (confidence <= hi) if lo > 0 else (confidence <= hi)
+    for b in range(bins + 1):
+        inside = index == b
         n = int(inside.sum())
         if n:
             conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
-            ece += n / len(labels) * abs(acc - conf)
-            rows.append({"lo": float(lo), "hi": float(hi), "confidence": conf, "accuracy": acc, "n": n})
+            ece += n / len(confidence) * abs(acc - conf)
+            hi = float(edges[b + 1]) if b < bins else 1.0
+            rows.append({"lo": float(edges[b]), "hi": hi, "confidence": conf, "accuracy": acc, "n": n})
     return rows, ece
 
 
-def reliability(probs: np.ndarray, labels: np.ndarray, title: str) -> tuple[bytes, float]:
+def reliability(probs: np.ndarray, labels: np.ndarray, title: str) -> bytes:
+    """The reliability diagram (reliability.png, and the report's): accuracy per confidence bin as bars,
+    each bin's mean confidence as a dot, its count at the bottom, the diagonal = perfect calibration, the
+    ECE in the title (:func:`calibration`'s bins and number)."""
     rows, ece = calibration(probs, labels)
+    multilabel = labels.ndim == 2
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    width = 1 / 10
     ax.bar(
         [r["lo"] for r in rows],
         [r["accuracy"] for r in rows],
-        width=width,
+        width=[r["hi"] - r["lo"] for r in rows],
         align="edge",
         edgecolor="black",
         alpha=0.7,
-        label="accuracy",
+        label="share present" if multilabel else "accuracy",
     )
     ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], "ko", markersize=3)
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-    for r in rows:
-        ax.text(r["lo"] + width / 2, 0.02, str(r["n"]), ha="center", fontsize=7)
-    ax.set_xlim(0, 1)
+    for r in rows:  # the count of each bin at its foot; that of the confidence-1 bin above, at its dot's x
+        ax.text(
+            (r["lo"] + r["hi"]) / 2, 0.02 if r["hi"] > r["lo"] else 0.07, str(r["n"]), ha="center", fontsize=6
+        )
+    ax.set_xlim(0, 1.01)
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("confidence (top-1 probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}; ECE {ece:.3f}")
+    ax.set_xlabel("predicted probability (every label)" if multilabel else "confidence (top-1 probability)")
+    ax.set_ylabel("share present" if multilabel else "accuracy")
+    ax.set_title(f"{title}; ECE {ece:.3f}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return png(fig), ece
+    return png(fig)
 
 
 def interpolation_curve(curve: list[dict], alpha: float | None, title: str) -> bytes:

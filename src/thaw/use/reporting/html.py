@@ -388,9 +388,11 @@ def _evaluation(page: Page, summary: RunSummary, predictions: Predictions, run: 
         f"{what} of the saved model on the {predictions.split} split"
         + (f" (positive class: {_e(summary.classes[1])})." if len(summary.classes) == 2 else "."),
     )
-    image, ece = figures.reliability(predictions.probs, predictions.labels, f"{predictions.split} split")
+    _, ece = figures.calibration(predictions.probs, predictions.labels)
+    title = f"{summary.final_phase} on {predictions.split}"
+    draw = lambda: figures.reliability(predictions.probs, predictions.labels, title)  # noqa: E731
     page.figure(
-        image,
+        _drawn(run, "reliability.png", draw) if predictions.stored else draw(),
         "reliability diagram",
         f"Reliability: accuracy per confidence bin (counts at the bottom); expected calibration error "
         f"{ece:.3f}.",
@@ -505,6 +507,7 @@ class Predictions:
     failed: list[str] | None = None
     predictor: object = None
     inputs: object = None
+    stored: bool = False  # probs are the run's own (predictions.npz), from which it drew reliability.png
 
     @classmethod
     def of(cls, run: RunFiles, config, summary: RunSummary) -> Predictions:
@@ -547,7 +550,8 @@ class Predictions:
             return cls(False, f"none of the {split} split's images could be read", failed=failed)
         batch = torch.stack(inputs)
         stored = run.read_predictions().get(split)
-        if stored is not None and not stored.tta and stored.keys == keys:
+        from_run = stored is not None and not stored.tta and stored.keys == keys
+        if from_run:
             probs = stored.probs  # the center crop's, computed once at the end of the run
         else:
             model = predictor.model
@@ -555,7 +559,7 @@ class Predictions:
                 probs = torch.cat(
                     [model.probabilities(model(batch[i : i + 64])) for i in range(0, len(batch), 64)]
                 ).numpy()
-        return cls(True, "", split, keys, probs, np.array(labels), crops, failed, predictor, batch)
+        return cls(True, "", split, keys, probs, np.array(labels), crops, failed, predictor, batch, from_run)
 
     def cams(self, indices: np.ndarray) -> tuple[list[np.ndarray] | None, str]:
         """Grad-CAM overlays of the predicted class for ``indices``, or None and the reason why not."""
