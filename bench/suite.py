@@ -223,6 +223,7 @@ def row(dataset: str, candidate: str, seed: int, summary, seconds) -> dict:
     }
     out["gain"] = out["final_acc"] - out["probe_acc"]
     out["opening"] = opening(summary)
+    out["trough"] = trough(summary)
     return out
 
 
@@ -233,6 +234,15 @@ def opening(summary) -> float | None:
     if len(plans) < 2 or not plans[1].epochs:
         return None
     return float(plans[1].epochs[0]["val_acc"]) - plans[0].val.accuracy
+
+
+def trough(summary) -> float | None:
+    """Phase 2's lowest epoch-end validation accuracy minus phase 1's, in whichever epoch it falls: a dip
+    that a warmup moves later (to where the LR peaks) shows here and not in ``opening``."""
+    plans = list(summary.phases.values())
+    if len(plans) < 2 or not plans[1].epochs:
+        return None
+    return min(float(e["val_acc"]) for e in plans[1].epochs) - plans[0].val.accuracy
 
 
 def same_as_default(dataset: str, candidate: str, seed: int) -> bool:
@@ -317,8 +327,8 @@ def cmd_table(args) -> None:
     table = rows()
     lines = [
         "| dataset | candidate | seeds | probe (phase 1) | final | gain | final AUC | vs default (paired) "
-        "| opening | augmentation | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| opening | trough | augmentation | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in DATASETS:
         per = [r for r in table if r["dataset"] == dataset]
@@ -335,7 +345,8 @@ def cmd_table(args) -> None:
                 f"| {_ms([r['probe_acc'] for r in got])} | {_ms([r['final_acc'] for r in got])} "
                 f"| {_ms([r['gain'] for r in got])} | {_ms([r['final_auc'] for r in got], 1.0)} "
                 f"| {_ms(paired) if candidate != 'default' else ''} "
-                f"| {_ms([r['opening'] for r in got])} | {'; '.join(aug)} "
+                f"| {_ms([r['opening'] for r in got])} | {_ms([r['trough'] for r in got])} "
+                f"| {'; '.join(aug)} "
                 f"| {statistics.fmean(secs):.0f} |"
                 if secs
                 else "| - |"
