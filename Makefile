@@ -12,17 +12,17 @@ DEMO_STAMP := $(VENV)/.installed-demo
 .PHONY: demo test test-fast lint docs lowest weights bench clean chromium
 
 # The demo needs thaw and its dependencies only; the tests and the docs add their extras on top.
-# --no-compile: pip would byte-compile all ~22,000 installed modules (about a minute on 2 cores); Python
+#: pip would byte-compile all ~22,000 installed modules (about a minute on 2 cores); Python
 # compiles the few thousand that are imported on first import instead, and caches them as usual.
 $(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e . 2>&1 \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . 2>&1 \
 		| { grep -v "is ignored" || true; }
 	$(BIN)/python -c "import thaw, torch, torchvision, lightning, timm"
 	touch $(DEMO_STAMP)
 
 $(STAMP): $(DEMO_STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test,docs]' 2>&1 \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,docs]' 2>&1 \
 		| { grep -v "is ignored" || true; }
 	touch $(STAMP)
 
