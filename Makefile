@@ -12,8 +12,9 @@ DEMO_STAMP := $(VENV)/.installed-demo
 .PHONY: demo test test-fast lint docs lowest weights bench clean chromium
 
 # The demo needs thaw and its dependencies only; the tests and the docs add their extras on top.
-#: pip would byte-compile all ~22,000 installed modules (about a minute on 2 cores); Python
-# compiles the few thousand that are imported on first import instead, and caches them as usual.
+# pip byte-compiles what it installs: keep it (no --no-compile). These machines set
+# PYTHONDONTWRITEBYTECODE=1, so without it every new process (DDP ranks, Ray workers, subprocess tests)
+# compiles its imports from source.
 $(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . 2>&1 \
