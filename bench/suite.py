@@ -227,22 +227,26 @@ def row(dataset: str, candidate: str, seed: int, summary, seconds) -> dict:
     return out
 
 
-def opening(summary) -> float | None:
-    """Phase 2's first-epoch validation accuracy minus phase 1's: the dip issue 25 is about (None when the
-    run has no phase trained by epochs after phase 1)."""
+def _phase2_val(summary) -> tuple[list[float], float] | None:
+    """Phase 2's epoch-end validation accuracies and phase 1's (None when no plan after phase 1 trained by
+    epochs)."""
     plans = list(summary.phases.values())
     if len(plans) < 2 or not plans[1].epochs:
         return None
-    return float(plans[1].epochs[0]["val_acc"]) - plans[0].val.accuracy
+    return [float(e["val_acc"]) for e in plans[1].epochs], plans[0].val.accuracy
+
+
+def opening(summary) -> float | None:
+    """Phase 2's first-epoch validation accuracy minus phase 1's: the dip issue 25 is about."""
+    found = _phase2_val(summary)
+    return None if found is None else found[0][0] - found[1]
 
 
 def trough(summary) -> float | None:
     """Phase 2's lowest epoch-end validation accuracy minus phase 1's, in whichever epoch it falls: a dip
     that a warmup moves later (to where the LR peaks) shows here and not in ``opening``."""
-    plans = list(summary.phases.values())
-    if len(plans) < 2 or not plans[1].epochs:
-        return None
-    return min(float(e["val_acc"]) for e in plans[1].epochs) - plans[0].val.accuracy
+    found = _phase2_val(summary)
+    return None if found is None else min(found[0]) - found[1]
 
 
 def same_as_default(dataset: str, candidate: str, seed: int) -> bool:

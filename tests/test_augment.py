@@ -230,9 +230,8 @@ def test_the_incoming_guard_judges_the_trend_after_the_opening():
     assert not epochs(IncomingGuard(incoming, 3, 10, grace=warmup_grace(5)), level[:6])
     guard = IncomingGuard(incoming, 3, 10, grace=warmup_grace(5))
     assert epochs(guard, level) and guard.epochs == 7
-    assert epochs(
-        IncomingGuard(incoming, 3, 10, grace=warmup_grace(1)), level[:3]
-    )  # the default's: unchanged
+    # the default's 1-epoch warmup: judged as before
+    assert epochs(IncomingGuard(incoming, 3, 10, grace=warmup_grace(1)), level[:3])
 
 
 def test_early_stopping_waits_for_a_long_warmup():

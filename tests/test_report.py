@@ -89,10 +89,9 @@ def test_the_reliability_bins_and_ece_are_torchmetrics():
     for classes in (2, 3, 5):
         probs = rng.dirichlet(np.full(classes, 0.3), size=200).astype(np.float32)
         probs[:10] = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, 10)]  # confidence exactly 1
-        probs[10:12, :2], probs[10:12, 2:] = (
-            [[0.6, 0.4]] if classes == 2 else [[0.6, 0.2]],
-            0.2 / max(1, classes - 2),
-        )
+        on_edge = np.full(classes, 0.4 / (classes - 1), dtype=np.float32)
+        on_edge[0] = 0.6  # a top-class confidence on a bin edge (9/15)
+        probs[10:12] = on_edge
         labels = rng.integers(0, classes, 200)
         rows, ece = calibration(probs, labels)
         expected = multiclass_calibration_error(

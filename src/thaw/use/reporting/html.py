@@ -392,7 +392,7 @@ def _evaluation(page: Page, summary: RunSummary, predictions: Predictions, run: 
     title = f"{summary.final_phase} on {predictions.split}"
     draw = lambda: figures.reliability(predictions.probs, predictions.labels, title)  # noqa: E731
     page.figure(
-        _drawn(run, "reliability.png", draw) if predictions.stored else draw(),
+        _drawn(run, "reliability.png", draw) if predictions.from_run else draw(),
         "reliability diagram",
         f"Reliability: accuracy per confidence bin (counts at the bottom); expected calibration error "
         f"{ece:.3f}.",
@@ -507,7 +507,7 @@ class Predictions:
     failed: list[str] | None = None
     predictor: object = None
     inputs: object = None
-    stored: bool = False  # probs are the run's own (predictions.npz), from which it drew reliability.png
+    from_run: bool = False  # probs are the run's own (predictions.npz), from which it drew reliability.png
 
     @classmethod
     def of(cls, run: RunFiles, config, summary: RunSummary) -> Predictions:
