@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = 64
 PROBE_EVERY = 5
 PHASE2_EPOCHS = 10
+CALIBRATION = 128  # training images (eval view) that the tracked batch-norm statistics are measured on
 
 # each variant: changes from the default phase 2 (AdamW, BN frozen, head dropout 0.2, warmup 1 epoch,
 # head 1e-3, backbone 1e-4, standard augmentation)
@@ -58,6 +59,11 @@ VARIANTS = {
     "r100-head-fixed": {"backbone_lr": 1e-5, "head_lr": 0.0},
     "r100-head-low": {"backbone_lr": 1e-5, "head_lr": 1e-4},
     "r30": {"backbone_lr": 3e-5},
+    # batch-norm statistics that follow the weights: each BN's output on calibration images held where phase
+    # 1 left it (its statistics moved by how far its input's moved), every `track` steps / only at the end
+    "bn-track": {"track": 5},
+    "bn-track1": {"track": 1},
+    "bn-end": {"track": -1},
 }
 DEFAULT = {
     "augment": "standard",
@@ -69,7 +75,29 @@ DEFAULT = {
     "bn": "frozen",
     "recalibrate": False,
     "eps": 1e-8,
+    "track": 0,
 }
+
+
+class StatTracker:
+    """``--bn-policy tracked``'s statistics (``thaw.train.tracked``) on this script's own loop: the reference
+    taken now, ``update`` before a validation."""
+
+    def __init__(self, model, x):
+        from types import SimpleNamespace
+
+        from thaw.train.freeze import BN_TYPES
+        from thaw.train.tracked import TrackedStatistics
+
+        bns = [m for m in model.backbone.modules() if isinstance(m, BN_TYPES)]
+        self.module = SimpleNamespace(model=model, _eval_modules=bns)
+        self.tracker = TrackedStatistics(x)
+        self.tracker.on_train_start(None, self.module)
+
+    def update(self) -> None:
+        from types import SimpleNamespace
+
+        self.tracker.on_validation_start(SimpleNamespace(sanity_checking=False), self.module)
 
 
 def setup(path: str, size: int, seed: int):
@@ -172,6 +200,7 @@ def recalibrate(model, loaders, config) -> None:
 
 
 def run_variant(name, settings, model, start_state, loaders, config, probe, steps, phase1_val):
+    from thaw import data as thaw_data
     from thaw.core.augment_policy import parse as parse_augment
     from thaw.train.freeze import batchnorm_eval, set_trainable
     from thaw.train.optim import param_groups, warmup_cosine
@@ -209,6 +238,12 @@ def run_variant(name, settings, model, start_state, loaders, config, probe, step
     per_epoch = len(train)
     scheduler = warmup_cosine(optimizer, round(s["warmup"] * per_epoch), PHASE2_EPOCHS * per_epoch, True)
     steps = steps or per_epoch
+    tracker = None
+    if s["track"]:
+        evaluation = thaw_data.eval_transform(loaders.pre)
+        calib = thaw_data.loader(loaders.decoded["train"], evaluation, config.data, shuffle=False)
+        cx = torch.cat([x for x, _ in calib])[:CALIBRATION]
+        tracker = StatTracker(model, cx)
     log, step, start = [], 0, time.perf_counter()
     while step < steps:
         for x, y in train:
@@ -222,6 +257,8 @@ def run_variant(name, settings, model, start_state, loaders, config, probe, step
             optimizer.step()
             scheduler.step()
             step += 1
+            if tracker is not None and s["track"] > 0 and step % s["track"] == 0:
+                tracker.update()
             row = {
                 "step": step,
                 "loss": round(float(loss), 4),
@@ -235,6 +272,11 @@ def run_variant(name, settings, model, start_state, loaders, config, probe, step
             print(name, row, flush=True)
             if step >= steps:
                 break
+    if tracker is not None:
+        if s["track"] < 0:  # the diagnostic: how much of the fall do stale statistics explain?
+            acc, loss, _ = scores(model, loaders.val)
+            record["val_before_correction"] = {"acc": acc, "loss": loss}
+        tracker.update()
     record["seconds"] = round(time.perf_counter() - start, 1)
     record["steps"] = log
     acc, loss, _ = scores(model, loaders.val)
@@ -311,13 +353,15 @@ def table(result: dict) -> None:
         f"loss {p1['val_loss']:.3f}"
     )
     for v, r in result["variants"].items():
+        before = r.get("val_before_correction")
+        uncorrected = f" | uncorrected {100 * before['acc']:.1f}" if before else ""
         top = max(r["layers"], key=lambda layer: layer["rel_output_change"])
         print(
             f"{v:11s} val acc {100 * r['val']['acc']:5.1f} (drop {r['val']['drop_points']:5.1f}) "
             f"loss {r['val']['loss']:.3f}"
             f" | probe agree@end {r['steps'][-1].get('probe_agree', math.nan)}"
             f" | top-layer out change {r['top_output_change']:.3f}; "
-            f"largest {top['rel_output_change']:.3f} at {top['layer']}"
+            f"largest {top['rel_output_change']:.3f} at {top['layer']}" + uncorrected
         )
 
 

@@ -110,3 +110,66 @@ def test_bn_layers_stay_in_eval_mode_after_train_calls():
     bns = [x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d)]
     assert bns and not any(b.training for b in bns)
     assert m.head.training
+
+
+def bn_output_moments(model, images) -> list[torch.Tensor]:
+    """Each backbone batch norm's output mean and standard deviation per channel on ``images`` (eval mode):
+    measured from the outputs, independently of how the statistics were set."""
+    found, hooks = [], []
+
+    def moments(module, args, out):
+        found.append(torch.stack([out.mean((0, 2, 3)), out.std((0, 2, 3))]))
+
+    for m in model.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(moments))
+    model.eval()
+    with torch.no_grad():
+        model.backbone(images)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+def test_tracked_statistics_hold_each_bn_output_where_the_phase_began():
+    """``--bn-policy tracked``: after the weights below them move, every frozen batch norm's output on the
+    calibration images has the mean and spread it had when the phase began, and nothing else changed."""
+    from types import SimpleNamespace
+
+    from thaw.train.tracked import TrackedStatistics
+
+    torch.manual_seed(0)  # batch norm with eps 1e-5, as in most pretrained backbones (v3-small's is 1e-3)
+    m = build_classifier(ModelConfig(name="mobilenet_v2", weights="none"), 2, image_size=32)
+    images = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for bn in m.backbone.modules():  # "pretrained" statistics: measured on other images, as ImageNet's are
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = None
+    m.backbone.train()
+    with torch.no_grad():
+        m.backbone(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 1.3 + 0.2)
+    module = PhaseModule(m, PhasePlan("phase2", "all", bn_policy="tracked"))
+    tracker = TrackedStatistics(images)
+    tracker.on_train_start(None, module)
+    start = bn_output_moments(m, images)
+    with torch.no_grad():  # as a phase of training moves them: every conv, a little
+        g = torch.Generator().manual_seed(3)
+        for conv in m.backbone.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.weight.mul_(1 + 0.1 * torch.randn(conv.weight.shape, generator=g)).add_(0.005)
+    weights = {k: v.clone() for k, v in m.state_dict().items() if "running" not in k}
+    moved = bn_output_moments(m, images)
+    assert max(float((a - b).abs().max()) for a, b in zip(moved, start)) > 0.5  # stale statistics: far off
+    tracker.on_validation_start(SimpleNamespace(sanity_checking=False), module)
+    held = bn_output_moments(m, images)
+    bns = [bn for bn in m.backbone.modules() if isinstance(bn, torch.nn.BatchNorm2d)]
+    assert len(held) == len(start) == len(bns) > 10
+    # batch norm's eps bounds how narrow a layer can make its output: a channel whose input narrowed below
+    # it gets running_var 0 and a wider output (in this random-init network, a few deep ones; rare in
+    # pretrained ones, whose variances are far above eps)
+    limited = [bn.running_var == 0 for bn in bns]
+    assert sum(int(x.sum()) for x in limited) < 0.05 * sum(x.numel() for x in limited)
+    for a, b, out in zip(held, start, limited):
+        torch.testing.assert_close(a[:, ~out], b[:, ~out], rtol=2e-3, atol=2e-3)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())  # only statistics were set
+    assert all(bn.training is False for bn in m.backbone.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+    assert tracker.state_dict()["reference"] is tracker.reference  # what a resumed phase corrects towards

@@ -51,7 +51,7 @@ def float_or_auto(value: Any) -> float | str:
 float_or_auto.__name__ = "number or auto"  # argparse: "invalid number or auto value: 'x'"
 
 
-BN_POLICIES = ("frozen", "train", "fastai")
+BN_POLICIES = ("frozen", "tracked", "train", "fastai")
 """How batch-norm layers behave while training:
 
 - ``frozen`` (default): every backbone BN layer stays in eval mode in both phases; running statistics

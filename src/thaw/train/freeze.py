@@ -36,10 +36,11 @@ def set_trainable(model: Classifier, groups: list[int], bn_policy: str, trainabl
 def batchnorm_eval(model: Classifier, groups: list[int], bn_policy: str) -> list[nn.Module]:
     """The batch-norm layers that must stay in eval mode (running statistics fixed) while training.
 
-    ``frozen``: every backbone BN layer. ``train``: BN layers outside the trainable groups. ``fastai``: none.
+    ``frozen`` and ``tracked``: every backbone BN layer (``tracked`` sets their statistics from outside,
+    ``thaw.train.tracked``). ``train``: BN layers outside the trainable groups. ``fastai``: none.
     """
     all_bn = [m for m in model.backbone.modules() if isinstance(m, BN_TYPES)]
-    if bn_policy == "frozen":
+    if bn_policy in ("frozen", "tracked"):
         return all_bn
     if bn_policy == "train":
         trainable = {id(m) for m in model.group_modules(groups)}

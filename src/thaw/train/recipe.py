@@ -32,6 +32,7 @@ from thaw.train.loggers import lightning_logger, logger_callbacks
 from thaw.train.losses import pos_weight
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.probabilities import probabilities
+from thaw.train.tracked import TrackedStatistics, calibration_images
 
 
 @dataclass
@@ -89,7 +90,7 @@ def run_phase(
     start = start or (list(before.values())[-1] if before else None)
     module = phase_module(model, plan, index, ctx, feed)
     watch = Watch.of(plan, ctx, [row for r in before.values() for row in r.epochs], start)
-    trainer = phase_trainer(plan, ctx, watch)
+    trainer = phase_trainer(plan, ctx, watch, tracked_statistics(plan, module, ctx))
     last = ctx.run.checkpoints / f"{plan.name}-last.ckpt"
     ctx.report.phase_start(plan, model, resumed=last.is_file())
     if feed.note:
@@ -204,13 +205,24 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor == "val_loss" else "max"
 
 
-def phase_trainer(plan: PhasePlan, ctx: Context, watch: Watch) -> L.Trainer:
-    """A Lightning trainer for one plan: early stopping on ``--monitor``, atomic checkpoints, the logger."""
+def tracked_statistics(plan: PhasePlan, module: PhaseModule, ctx: Context) -> list[TrackedStatistics]:
+    """``--bn-policy tracked``, for a plan that trains backbone weights under batch norm in eval mode."""
+    if plan.bn_policy != "tracked" or not module.groups or not TrackedStatistics.layers(module):
+        return []
+    evaluation = thaw_data.eval_transform(ctx.loaders.pre)
+    train = thaw_data.loader(ctx.loaders.decoded["train"], evaluation, ctx.config.data, shuffle=False)
+    return [TrackedStatistics(calibration_images(train.dataset, ctx.config.data.image_size))]
+
+
+def phase_trainer(plan: PhasePlan, ctx: Context, watch: Watch, extra: list | None = None) -> L.Trainer:
+    """A Lightning trainer for one plan: early stopping on ``--monitor``, atomic checkpoints, the logger;
+    ``extra``: callbacks that act on the model before the others see an epoch (``--bn-policy tracked``)."""
     config, report, run = ctx.config, ctx.report, ctx.run
     monitor = config.monitor
     return L.Trainer(
         max_epochs=plan.epochs,
         callbacks=[
+            *(extra or []),
             *watch.callbacks(),
             EarlyStoppingAfterWarmup(
                 monitor=monitor,
