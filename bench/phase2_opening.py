@@ -90,7 +90,7 @@ class StatTracker:
         from thaw.train.tracked import TrackedStatistics
 
         bns = [m for m in model.backbone.modules() if isinstance(m, BN_TYPES)]
-        self.module = SimpleNamespace(model=model, _eval_modules=bns)
+        self.module = SimpleNamespace(model=model, _eval_modules=bns, groups=range(len(model.layer_groups)))
         self.tracker = TrackedStatistics(x)
         self.tracker.on_train_start(None, self.module)
 

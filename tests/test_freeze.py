@@ -173,3 +173,33 @@ def test_tracked_statistics_hold_each_bn_output_where_the_phase_began():
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())  # only statistics were set
     assert all(bn.training is False for bn in m.backbone.modules() if isinstance(bn, torch.nn.BatchNorm2d))
     assert tracker.state_dict()["reference"] is tracker.reference  # what a resumed phase corrects towards
+
+
+def test_tracked_statistics_in_real_training_move_only_what_sits_above_the_trained_groups():
+    """Through Lightning: with the last 2 groups trained, the statistics of every batch norm below them stay
+    bitwise as they were (their inputs do not move); those above are set before each validation."""
+    from thaw.train.tracked import TrackedStatistics
+
+    m = model()
+    torch.nn.init.normal_(m.head[-1].weight)
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    plan = PhasePlan("phase2", "last:2", lr=1e-2, lr_ratio=1, epochs=2, bn_policy="tracked")
+    module = PhaseModule(m, plan)
+    tracker = TrackedStatistics(images)
+    above = {id(b) for b in tracker.layers(module)}
+    bns = {n: b for n, b in m.backbone.named_modules() if isinstance(b, torch.nn.BatchNorm2d)}
+    assert 0 < len(above) < len(bns)
+    before = {n: (b.running_mean.clone(), b.running_var.clone()) for n, b in bns.items()}
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[tracker],
+    )
+    trainer.fit(module, tiny_loader(), tiny_loader())
+    for name, b in bns.items():
+        same = torch.equal(b.running_mean, before[name][0]) and torch.equal(b.running_var, before[name][1])
+        assert same == (id(b) not in above), name

@@ -59,9 +59,18 @@ class TrackedStatistics(L.Callback):
 
     @staticmethod
     def layers(pl_module) -> list[nn.Module]:
-        """The batch norms that stay in eval mode while the phase trains: theirs are the stale statistics."""
+        """The batch norms in eval mode from the first trained layer group up: theirs are the statistics
+        that go stale (below it, the inputs do not move, and those layers are left bitwise as they are)."""
+        model, groups = pl_module.model, pl_module.groups
+        if not groups:
+            return []
         kept = {id(m) for m in pl_module._eval_modules}
-        return [m for m in pl_module.model.backbone.modules() if isinstance(m, BN_TYPES) and id(m) in kept]
+        above = {id(m) for m in model.group_modules(range(min(groups), len(model.layer_groups)))}
+        return [
+            m
+            for m in model.backbone.modules()
+            if isinstance(m, BN_TYPES) and id(m) in kept and id(m) in above
+        ]
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.reference is None:  # not a resumed phase: this phase's start is the reference
@@ -98,8 +107,9 @@ class TrackedStatistics(L.Callback):
                 scale = ((v + tiny) / (ref["v"] + tiny)).sqrt()  # how much wider the input now is
                 # the input standardised the same way as at the start: (x - m1) / (scale * s0) there is
                 # (x0 - m0) / s0, so mean and spread out of the layer are those of the start
-                module.running_mean.copy_(m - (ref["m"] - ref["mean"]) * scale)
-                module.running_var.copy_(((ref["var"] + module.eps) * scale**2 - module.eps).clamp_min(0))
+                # (written so that an input that has not moved leaves both bitwise as they were)
+                module.running_mean.copy_(ref["mean"] * scale + (m - ref["m"] * scale))
+                module.running_var.copy_((ref["var"] * scale**2 + module.eps * (scale**2 - 1)).clamp_min(0))
 
         hooks = [b.register_forward_pre_hook(before) for b in layers]
         modes = {m: m.training for m in model.modules()}
