@@ -64,6 +64,8 @@ VARIANTS = {
     "bn-track": {"track": 5},
     "bn-track1": {"track": 1},
     "bn-end": {"track": -1},
+    # AdaBN before phase 1 (the head solved on target statistics), then batch norm in train mode
+    "recal-train": {"recalibrate": True, "bn": "train"},
 }
 DEFAULT = {
     "augment": "standard",

@@ -51,18 +51,23 @@ def float_or_auto(value: Any) -> float | str:
 float_or_auto.__name__ = "number or auto"  # argparse: "invalid number or auto value: 'x'"
 
 
-BN_POLICIES = ("frozen", "tracked", "train", "fastai")
+BN_POLICIES = ("frozen", "tracked", "tracked-warmup", "train", "fastai")
 """How batch-norm layers behave while training:
 
 - ``frozen`` (default): every backbone BN layer stays in eval mode in both phases; running statistics
   never change, and BN affine parameters train only where their layer group is unfrozen. This is the
   Keras guide's advice; on BreastMNIST, phase 2 with BN statistics updating on small batches was worse
   on every test metric than with them frozen (see BENCHMARKS.md).
+- ``tracked``: as ``frozen``, but before every validation each BN layer above the first trained group has
+  its statistics moved by as much as its input moved since the phase began, so its output on calibration
+  images keeps the mean and spread it had then (``thaw.train.tracked``): phase 2 opens where phase 1
+  ended. ``tracked-warmup``: only through the plan's warmup epochs (at least the first), then frozen.
 - ``train``: BN layers in unfrozen groups use batch statistics and update running statistics (plain
   PyTorch behaviour); BN layers in frozen groups stay in eval mode.
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
   frozen groups (fastai's ``train_bn=True``).
 """
+BN_HELD = ("frozen", "tracked", "tracked-warmup")  # the policies with every backbone BN in eval mode
 
 DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz", "shards", "litdata")
 IN_CHANNELS = ("replicate", "sum")

@@ -88,6 +88,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": "finetune-low-lr", "overrides": {"strategy": "finetune-low-lr"}},
     {"name": "surgical-last", "overrides": {"strategy": "surgical-last"}},
     {"name": "lr-ratio-100", "overrides": {"strategy": "two-phase", "lr_ratio": 100.0}},
+    {"name": "bn-tracked", "overrides": {"strategy": "two-phase", "bn_policy": "tracked"}},
     {"name": "augment-none", "overrides": {"strategy": "two-phase", "data.augment": "none"}},
     {"name": "augment-light", "overrides": {"strategy": "two-phase", "data.augment": "light"}},
     {"name": "bitfit", "overrides": {"strategy": "bitfit"}},
@@ -99,7 +100,8 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 """The recipes auto tries, as config overrides on the user's settings; the first is the incumbent. The
 linear probe comes last: it is the cheapest, and it rarely wins (two-phase's phase 1 *is* that probe, and
 two-phase keeps it when phase 2 does not raise validation accuracy). ``bitfit``, ``norm-only``, ``lora`` and
-``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``). ``data.augment`` values are
+``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``); ``bn-tracked`` keeps phase 2's opening
+where phase 1 ended (``thaw.train.tracked``). ``data.augment`` values are
 ``--augment`` policies; the default, ``auto``, is the incumbent's. A candidate the user's settings rule
 out, or that they make the same as one before it, is left out with why (:func:`candidates`)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from thaw.core.config import BN_HELD
 from thaw.models import Classifier
 from thaw.train.adapters import chosen_parameters
 
@@ -40,7 +41,7 @@ def batchnorm_eval(model: Classifier, groups: list[int], bn_policy: str) -> list
     ``thaw.train.tracked``). ``train``: BN layers outside the trainable groups. ``fastai``: none.
     """
     all_bn = [m for m in model.backbone.modules() if isinstance(m, BN_TYPES)]
-    if bn_policy in ("frozen", "tracked"):
+    if bn_policy in BN_HELD:
         return all_bn
     if bn_policy == "train":
         trainable = {id(m) for m in model.group_modules(groups)}

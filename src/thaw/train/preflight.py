@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from thaw.core.config import RunConfig
+from thaw.core.config import BN_HELD, RunConfig
 from thaw.core.errors import ThawError
 from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
@@ -21,7 +21,7 @@ def check_run(config: RunConfig, plans: list[PhasePlan], class_names: list[str],
             config.model, len(class_names), class_names, config.data.image_size, multilabel
         )
     solved = [p.name for p in plans if p.interpolate_from or (p.features == "cached" and p.train == "head")]
-    trains_bn = [p.name for p in plans if p.bn_policy not in ("frozen", "tracked") and p.name not in solved]
+    trains_bn = [p.name for p in plans if p.bn_policy not in BN_HELD and p.name not in solved]
     if config.data.batch_size < 2 and trains_bn and "batchnorm" in model.norm_kind:
         raise ThawError(
             f"--batch-size {config.data.batch_size} with --bn-policy {config.bn_policy}: {trains_bn[0]} "
