@@ -172,7 +172,6 @@ def test_tracked_statistics_hold_each_bn_output_where_the_phase_began():
         torch.testing.assert_close(a[:, ~out], b[:, ~out], rtol=2e-3, atol=2e-3)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())  # only statistics were set
     assert all(bn.training is False for bn in m.backbone.modules() if isinstance(bn, torch.nn.BatchNorm2d))
-    assert tracker.state_dict()["reference"] is tracker.reference  # what a resumed phase corrects towards
 
 
 def test_tracked_statistics_in_real_training_move_only_what_sits_above_the_trained_groups():

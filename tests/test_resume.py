@@ -174,6 +174,25 @@ def test_resume_keeps_frozen_groups_frozen(uninterrupted):
     assert changed == [], changed
 
 
+def test_tracked_statistics_killed_mid_phase_and_resumed_equal_uninterrupted(uninterrupted, tmp_path):
+    """``--bn-policy tracked``: a resumed phase takes its reference where it restarts, from statistics
+    already corrected, and ends bitwise where a whole run does (the correction is transitive). The last 2
+    groups train: the batch norms below keep the initial statistics, those above moved."""
+    data, _ = uninterrupted
+    args = [*ARGS[:-1], "--bn-policy", "tracked", "--quiet"]
+    assert main(["fit", str(data), *args, "--out", str(tmp_path / "whole")]) == 0
+    kill_and_resume(data, args, tmp_path / "run", "phase2, mid-epoch 2")
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "whole")
+    assert same_model(tmp_path / "run", tmp_path / "whole")
+    L.seed_everything(0, verbose=False)
+    initial = build_classifier(ModelConfig(name="mobilenet_v3_small", weights="none"), 2, ["blue", "red"], 32)
+    state, final = initial.state_dict(), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    below = {n.rsplit(".", 1)[0] for group in initial.layer_groups[:-2] for n in group}
+    means = [k for k in final if k.startswith("backbone.") and k.endswith("running_mean")]
+    moved = {k for k in means if not torch.equal(final[k], state[k])}
+    assert moved and all(k.removeprefix("backbone.").rsplit(".", 1)[0] not in below for k in moved)
+
+
 def test_resume_refuses_a_finished_or_missing_run(uninterrupted, tmp_path, capsys):
     _, whole = uninterrupted
     assert main(["resume", str(whole)]) == 2

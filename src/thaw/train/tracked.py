@@ -22,8 +22,9 @@ before it normalises, and moves its statistics by as much as its input moved:
 spread it had when the phase began. The
 batch norms still do not train (their statistics are set, not learned), so the gradient steps of the
 epoch run through the statistics of the epoch before. The statistics are buffers: the checkpoints, the
-saved weights and the exported model carry them. The reference travels in the checkpoint, so a resumed
-phase corrects towards the same start.
+saved weights and the exported model carry them. The correction is transitive (taken from a point that
+was itself corrected, it gives the same statistics), so a resumed phase takes its reference where it
+restarts and ends where an uninterrupted one does (``tests/test_resume.py``).
 """
 
 from __future__ import annotations
@@ -51,12 +52,6 @@ class TrackedStatistics(L.Callback):
         self.images, self.epochs = images, epochs  # epochs: set after this many only (None: after every one)
         self.reference: list[dict[str, torch.Tensor]] | None = None
 
-    def state_dict(self) -> dict:
-        return {"reference": self.reference}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.reference = state["reference"]
-
     @staticmethod
     def layers(pl_module) -> list[nn.Module]:
         """The batch norms in eval mode from the first trained layer group up: theirs are the statistics
@@ -73,7 +68,7 @@ class TrackedStatistics(L.Callback):
         ]
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.reference is None:  # not a resumed phase: this phase's start is the reference
+        if self.reference is None:
             layers = self.layers(pl_module)
             inputs = self._inputs(pl_module, layers, set_stats=False)
             self.reference = [
