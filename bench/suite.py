@@ -82,7 +82,6 @@ CANDIDATES = {
     "warmup5": {"phase2.warmup_epochs": 5.0},  # the LR ramps over half of phase 2: epoch 1 at a tenth of it
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
     "tracked": {"bn_policy": "tracked"},  # batch-norm statistics that follow the weights (issue 25, 4th stop)
-    "tracked-warmup": {"bn_policy": "tracked-warmup"},  # ... through the warmup (epoch 1) only
 }
 
 

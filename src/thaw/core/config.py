@@ -51,7 +51,7 @@ def float_or_auto(value: Any) -> float | str:
 float_or_auto.__name__ = "number or auto"  # argparse: "invalid number or auto value: 'x'"
 
 
-BN_POLICIES = ("frozen", "tracked", "tracked-warmup", "train", "fastai")
+BN_POLICIES = ("frozen", "tracked", "train", "fastai")
 """How batch-norm layers behave while training:
 
 - ``frozen`` (default): every backbone BN layer stays in eval mode in both phases; running statistics
@@ -61,13 +61,13 @@ BN_POLICIES = ("frozen", "tracked", "tracked-warmup", "train", "fastai")
 - ``tracked``: as ``frozen``, but before every validation each BN layer above the first trained group has
   its statistics moved by as much as its input moved since the phase began, so its output on calibration
   images keeps the mean and spread it had then (``thaw.train.tracked``): phase 2 opens where phase 1
-  ended. ``tracked-warmup``: only through the plan's warmup epochs (at least the first), then frozen.
+  ended.
 - ``train``: BN layers in unfrozen groups use batch statistics and update running statistics (plain
   PyTorch behaviour); BN layers in frozen groups stay in eval mode.
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
   frozen groups (fastai's ``train_bn=True``).
 """
-BN_HELD = ("frozen", "tracked", "tracked-warmup")  # the policies with every backbone BN in eval mode
+BN_HELD = ("frozen", "tracked")  # the policies with every backbone BN in eval mode
 
 DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz", "shards", "litdata")
 IN_CHANNELS = ("replicate", "sum")

@@ -6,7 +6,6 @@ strategy's plans in order is ``thaw.train.engine``."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,12 +207,11 @@ def monitor_mode(monitor: str) -> str:
 
 def tracked_statistics(plan: PhasePlan, module: PhaseModule, ctx: Context) -> list[TrackedStatistics]:
     """``--bn-policy tracked``, for a plan that trains backbone weights under batch norm in eval mode."""
-    if not plan.bn_policy.startswith("tracked") or not module.groups or not TrackedStatistics.layers(module):
+    if plan.bn_policy != "tracked" or not module.groups or not TrackedStatistics.layers(module):
         return []
     evaluation = thaw_data.eval_transform(ctx.loaders.pre)
     train = thaw_data.loader(ctx.loaders.decoded["train"], evaluation, ctx.config.data, shuffle=False)
-    epochs = max(1, math.ceil(plan.warmup_epochs)) if plan.bn_policy == "tracked-warmup" else None
-    return [TrackedStatistics(calibration_images(train.dataset, ctx.config.data.image_size), epochs)]
+    return [TrackedStatistics(calibration_images(train.dataset, ctx.config.data.image_size))]
 
 
 def phase_trainer(plan: PhasePlan, ctx: Context, watch: Watch, extra: list | None = None) -> L.Trainer:

@@ -48,8 +48,8 @@ def calibration_images(dataset, image_size: int) -> torch.Tensor:
 class TrackedStatistics(L.Callback):
     """Moves the statistics of the backbone's batch norms in eval mode with their inputs (module docs)."""
 
-    def __init__(self, images: torch.Tensor, epochs: int | None = None):
-        self.images, self.epochs = images, epochs  # epochs: set after this many only (None: after every one)
+    def __init__(self, images: torch.Tensor):
+        self.images = images
         self.reference: list[dict[str, torch.Tensor]] | None = None
 
     @staticmethod
@@ -77,8 +77,7 @@ class TrackedStatistics(L.Callback):
             ]
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        late = self.epochs is not None and trainer.current_epoch >= self.epochs
-        if self.reference is not None and not trainer.sanity_checking and not late:
+        if self.reference is not None and not trainer.sanity_checking:
             self._inputs(pl_module, self.layers(pl_module), set_stats=True)
 
     @torch.no_grad()
