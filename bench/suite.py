@@ -82,6 +82,7 @@ CANDIDATES = {
     "warmup5": {"phase2.warmup_epochs": 5.0},  # the LR ramps over half of phase 2: epoch 1 at a tenth of it
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
     "tracked": {"bn_policy": "tracked"},  # batch-norm statistics that follow the weights (issue 25, 4th stop)
+    "tracked-p10": {"bn_policy": "tracked", "phase2.patience": 10},  # ... and no early stopping in 10 epochs
 }
 
 
