@@ -6,7 +6,8 @@
 The runs: the demo (seed 0), and ``builtin:digits`` with three-plan strategies (wise-ft: the cached
 probe, the cached-prefix fine-tune and the interpolation; gradual, every phase online). Wall-clock
 fields (seconds, images per second), whether the features came from the shared cache (an earlier run
-may have filled it) and the version are left out; every metric, curve, epoch record,
+may have filled it) and the version are left out; the runs use one thread whatever ``OMP_NUM_THREADS``
+says (at 2, the reference gave 470 differences from the same code); every metric, curve, epoch record,
 learning rate and the saved model's sha256 are compared exactly (floats as their JSON text).
 """
 
@@ -59,7 +60,7 @@ def record() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name, argv in RUNS.items():
             out = Path(tmp) / name
-            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as recorded: another count sums floats otherwise
             subprocess.run([*THAW, *argv, "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
             found[name] = without_clock(json.loads((out / "summary.json").read_text()))
     return found
