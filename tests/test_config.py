@@ -23,7 +23,7 @@ def test_override_skips_none_and_keeps_others():
         ({"lr": 0.0}, "--lr"),
         ({"lr_ratio": 0.5}, "--lr-ratio"),
         ({"unfreeze": "some"}, "--unfreeze"),
-        ({"bn_policy": "magic"}, "frozen, tracked, train, fastai"),
+        ({"bn_policy": "magic"}, "frozen, tracked, train, matched, fastai"),
         ({"phase1.epochs": 0, "phase2.epochs": 0}, "nothing to train"),
         ({"data.image_size": 4}, "--image-size"),
         ({"data.val_fraction": 0.6, "data.test_fraction": 0.5}, "sum < 1"),

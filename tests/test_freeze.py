@@ -1,5 +1,7 @@
 """Freezing really freezes: checked bitwise after real Lightning training."""
 
+import copy
+
 import lightning as L
 import pytest
 import torch
@@ -202,3 +204,90 @@ def test_tracked_statistics_in_real_training_move_only_what_sits_above_the_train
     for name, b in bns.items():
         same = torch.equal(b.running_mean, before[name][0]) and torch.equal(b.running_var, before[name][1])
         assert same == (id(b) not in above), name
+
+
+def test_matched_batch_norm_computes_phase_one_features_at_the_start():
+    """``--bn-policy matched``: once the training batches' statistics are folded into the affine parameters,
+    the network in eval mode computes what it did with the pretrained statistics (to float rounding), the
+    trained batch norms train on batch statistics, and in train mode a whole batch also gives nearly the
+    same logits (batch statistics instead of the folded ones; stale ImageNet ones would be far off)."""
+    from types import SimpleNamespace
+
+    from thaw.train.tracked import MatchedStatistics
+
+    torch.manual_seed(0)
+    m = build_classifier(ModelConfig(name="mobilenet_v2", weights="none"), 2, image_size=32)
+    for bn in m.backbone.modules():  # "pretrained" statistics: measured on other images, as ImageNet's are
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = None
+    m.backbone.train()
+    with torch.no_grad():
+        m.backbone(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 1.3 + 0.2)
+    for bn in m.backbone.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = 0.1
+    images = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    m.eval()
+    with torch.no_grad():
+        before = m.backbone(images)
+    original = copy.deepcopy(m)
+    module = PhaseModule(m, PhasePlan("phase2", "all", bn_policy="matched"))
+    loader = DataLoader(TensorDataset(images, torch.zeros(64, dtype=torch.long)), batch_size=16)
+    folded = MatchedStatistics(batches=4)
+    folded.on_train_start(SimpleNamespace(train_dataloader=loader), module)
+    assert folded.done and folded.state_dict() == {"done": True}
+    bns = [b for b in m.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert all(b.training for b in bns)  # the policy trains them
+    m.eval()
+    with torch.no_grad():
+        after = m.backbone(images)
+    assert float(before.abs().mean()) > 0.1
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+    for net in (m, original):
+        net.train()
+        for bn in net.backbone.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.momentum = 0.0  # batch statistics, the running ones left as they are
+    with torch.no_grad():
+        batch = m.backbone(images)
+        unfolded = original.backbone(images)  # batch statistics on the pretrained affine: ``train``
+        m.eval()
+        frozen = m.backbone(images)
+    off = float((batch - frozen).abs().mean() / frozen.abs().mean())
+    assert off < 0.05, off
+    assert float((unfolded - frozen).abs().mean() / frozen.abs().mean()) > 5 * off
+    again = MatchedStatistics()
+    again.load_state_dict({"done": True})  # resumed: the checkpoint's parameters are already folded
+    weights = {k: v.clone() for k, v in m.state_dict().items()}
+    again.on_train_start(SimpleNamespace(train_dataloader=loader), module)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())
+
+
+def test_matched_batch_norm_in_real_training_folds_only_the_trained_groups():
+    """Through Lightning, last 2 groups trained: the batch norms below them keep their parameters and
+    statistics bitwise; those in the trained groups were folded, then trained on batch statistics."""
+    from thaw.train.tracked import MatchedStatistics
+
+    m = model()
+    plan = PhasePlan("phase2", "last:2", lr=1e-2, lr_ratio=1, epochs=1, bn_policy="matched")
+    module = PhaseModule(m, plan)
+    folded = MatchedStatistics()
+    inside = {id(b) for b in folded.layers(module)}
+    bns = {n: b for n, b in m.backbone.named_modules() if isinstance(b, torch.nn.BatchNorm2d)}
+    assert 0 < len(inside) < len(bns)
+    state = ("weight", "bias", "running_mean", "running_var")
+    before = {n: [getattr(b, k).clone() for k in state] for n, b in bns.items()}
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[folded],
+    )
+    trainer.fit(module, tiny_loader(), tiny_loader())
+    assert folded.done
+    for name, b in bns.items():
+        same = all(torch.equal(getattr(b, k), s) for k, s in zip(state, before[name]))
+        assert same == (id(b) not in inside), name

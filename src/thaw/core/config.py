@@ -51,7 +51,7 @@ def float_or_auto(value: Any) -> float | str:
 float_or_auto.__name__ = "number or auto"  # argparse: "invalid number or auto value: 'x'"
 
 
-BN_POLICIES = ("frozen", "tracked", "train", "fastai")
+BN_POLICIES = ("frozen", "tracked", "train", "matched", "fastai")
 """How batch-norm layers behave while training:
 
 - ``frozen`` (default): every backbone BN layer stays in eval mode in both phases; running statistics
@@ -64,6 +64,9 @@ BN_POLICIES = ("frozen", "tracked", "train", "fastai")
   ended.
 - ``train``: BN layers in unfrozen groups use batch statistics and update running statistics (plain
   PyTorch behaviour); BN layers in frozen groups stay in eval mode.
+- ``matched``: as ``train``, but each BN layer that trains first takes its input's statistics on training
+  batches into its affine parameters, so that it computes phase 1's features at the start
+  (``thaw.train.tracked.MatchedStatistics``).
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
   frozen groups (fastai's ``train_bn=True``).
 """

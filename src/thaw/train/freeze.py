@@ -38,12 +38,13 @@ def batchnorm_eval(model: Classifier, groups: list[int], bn_policy: str) -> list
     """The batch-norm layers that must stay in eval mode (running statistics fixed) while training.
 
     ``frozen`` and ``tracked``: every backbone BN layer (``tracked`` sets their statistics from outside,
-    ``thaw.train.tracked``). ``train``: BN layers outside the trainable groups. ``fastai``: none.
+    ``thaw.train.tracked``). ``train`` and ``matched``: BN layers outside the trainable groups.
+    ``fastai``: none.
     """
     all_bn = [m for m in model.backbone.modules() if isinstance(m, BN_TYPES)]
     if bn_policy in BN_HELD:
         return all_bn
-    if bn_policy == "train":
+    if bn_policy in ("train", "matched"):
         trainable = {id(m) for m in model.group_modules(groups)}
         return [m for m in all_bn if id(m) not in trainable]
     return []

@@ -32,7 +32,7 @@ from thaw.train.loggers import lightning_logger, logger_callbacks
 from thaw.train.losses import pos_weight
 from thaw.train.module import EpochRecorder, PhaseModule
 from thaw.train.probabilities import probabilities
-from thaw.train.tracked import TrackedStatistics, calibration_images
+from thaw.train.tracked import MatchedStatistics, TrackedStatistics, calibration_images
 
 
 @dataclass
@@ -205,8 +205,11 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor == "val_loss" else "max"
 
 
-def tracked_statistics(plan: PhasePlan, module: PhaseModule, ctx: Context) -> list[TrackedStatistics]:
-    """``--bn-policy tracked``, for a plan that trains backbone weights under batch norm in eval mode."""
+def tracked_statistics(plan: PhasePlan, module: PhaseModule, ctx: Context) -> list[L.Callback]:
+    """``--bn-policy tracked``, for a plan that trains backbone weights under batch norm in eval mode;
+    ``matched``, for one that trains batch norm."""
+    if plan.bn_policy == "matched" and module.groups and MatchedStatistics.layers(module):
+        return [MatchedStatistics()]
     if plan.bn_policy != "tracked" or not module.groups or not TrackedStatistics.layers(module):
         return []
     evaluation = thaw_data.eval_transform(ctx.loaders.pre)

@@ -117,3 +117,93 @@ class TrackedStatistics(L.Callback):
             for m, mode in modes.items():
                 m.train(mode)
         return stats
+
+
+class MatchedStatistics(L.Callback):
+    """``--bn-policy matched``: batch norm in train mode in the trained groups (as ``train``), with each of
+    those layers first re-expressed so that phase 1's features come out of it unchanged.
+
+    ``train`` normalises each batch by its own statistics, which are the target images', not ImageNet's
+    that phase 1's head was solved on, so phase 2 opens on other features. ``matched`` measures each such
+    layer's input mean ``m`` and variance ``v`` on training batches (their training view, the path phase 1
+    computed) before the phase, and moves the normalisation into the affine parameters:
+
+        weight' = weight * sqrt(v + eps) / sqrt(var0 + eps)
+        bias'   = bias + weight * (m - mean0) / sqrt(var0 + eps)
+        running_mean, running_var = m, v
+
+    In eval mode the layer then computes exactly what it did (``weight' (x - m) / sqrt(v + eps) + bias'``
+    is ``weight (x - mean0) / sqrt(var0 + eps) + bias``), and in train mode, where a batch's statistics are
+    near ``m`` and ``v``, nearly so. From there the statistics follow the weights as in any train-mode
+    batch norm, and the gradient sees them. Done once per phase; a resumed phase finds it done in its
+    checkpoint (``state_dict``)."""
+
+    def __init__(self, batches: int = 8):
+        self.batches = batches
+        self.done = False
+
+    def state_dict(self) -> dict:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.done = bool(state.get("done", False))
+
+    @staticmethod
+    def layers(pl_module) -> list[nn.Module]:
+        """The backbone's batch norms that train in this phase and can take the normalisation in."""
+        held = {id(m) for m in pl_module._eval_modules}
+        return [
+            m
+            for m in pl_module.model.backbone.modules()
+            if isinstance(m, BN_TYPES) and id(m) not in held and m.affine and m.track_running_stats
+        ]
+
+    @torch.no_grad()
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.done:
+            return
+        layers = self.layers(pl_module)
+        if not layers:
+            self.done = True
+            return
+        index = {id(b): i for i, b in enumerate(layers)}
+        sums: list[torch.Tensor | None] = [None] * len(layers)
+
+        def before(module, args):
+            x = args[0].double()
+            dims = [0, *range(2, x.dim())]
+            total = x.sum(dims)
+            s = torch.stack([total, (x * x).sum(dims), torch.full_like(total, x.numel() / x.shape[1])])
+            i = index[id(module)]
+            sums[i] = s if sums[i] is None else sums[i] + s
+
+        hooks = [b.register_forward_pre_hook(before) for b in layers]
+        modes = {m: m.training for m in pl_module.modules()}
+        pl_module.eval()  # the path phase 1 computed: every batch norm on its running statistics
+        try:
+            with torch.random.fork_rng(devices=[]):  # the phase's own random stream is left as it was
+                for i, (x, _) in enumerate(trainer.train_dataloader):
+                    if i >= self.batches:
+                        break
+                    pl_module._forward(x.to(pl_module.device))
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, mode in modes.items():
+                m.train(mode)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for s in sums:
+                torch.distributed.all_reduce(s)  # every rank folds the same moments
+        for b, s in zip(layers, sums):
+            if s is None:  # not on the path (a cached prefix)
+                continue
+            m = s[0] / s[2]
+            v = (s[1] / s[2] - m * m).clamp_min(0)
+            old = (b.running_var.double() + b.eps).sqrt()
+            new = (v + b.eps).sqrt()
+            weight = b.weight.double()
+            b.bias.copy_(b.bias.double() + weight * (m - b.running_mean.double()) / old)
+            b.weight.copy_(weight * new / old)
+            b.running_mean.copy_(m)
+            b.running_var.copy_(v)
+        self.done = True
