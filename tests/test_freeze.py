@@ -291,3 +291,40 @@ def test_matched_batch_norm_in_real_training_folds_only_the_trained_groups():
     for name, b in bns.items():
         same = all(torch.equal(getattr(b, k), s) for k, s in zip(state, before[name]))
         assert same == (id(b) not in inside), name
+
+
+def test_matched_batch_norm_resumed_from_a_checkpoint_is_not_folded_twice(tmp_path):
+    """The folded parameters are in the phase's checkpoint, so a resumed phase must not fold again: the
+    callback's ``done`` travels in the checkpoint, is restored before the phase starts, and the resumed
+    phase's start then leaves every parameter and statistic as the checkpoint had it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from thaw.train.tracked import MatchedStatistics
+
+    plan = PhasePlan("phase2", "all", lr=1e-2, lr_ratio=1, epochs=2, bn_policy="matched")
+    seen = []
+
+    class Spy(MatchedStatistics):
+        def on_train_start(self, trainer, pl_module):
+            before = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+            super().on_train_start(trainer, pl_module)
+            after = pl_module.model.state_dict()
+            seen.append(all(torch.equal(before[k], after[k]) for k in before))
+
+    def run(epochs, callbacks=(), ckpt=None):
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=bool(callbacks),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[Spy(), *callbacks],
+        )
+        trainer.fit(PhaseModule(model(), plan), tiny_loader(), tiny_loader(), ckpt_path=ckpt)
+
+    run(1, [ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
+    assert [v for k, v in state.items() if k.endswith("Spy")] == [{"done": True}]
+    run(2, ckpt=tmp_path / "last.ckpt")
+    assert seen == [False, True]  # folded at the start, left alone when resumed
