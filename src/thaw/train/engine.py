@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
+import torch
 
 from thaw import data as thaw_data
 from thaw.core.augment_policy import parse as parse_augment
@@ -127,6 +128,9 @@ def train(run: RunFolder, resolved: Resolved, sources: thaw_data.Sources, report
             results[result.name] = result
             final = choose_final(results, config.monitor)
         model.load_state_dict(run.load_weights(final))
+    # the analyses read the model in the layout a loaded one has (``thaw evaluate``, and a resumed run whose
+    # plans had all finished), not in the layout the last plan trained in: the same numbers either way
+    model.to(memory_format=torch.contiguous_format)
     return Trained(model, ctx, sources, resolved, results, final, probe, adabn, pseudo)
 
 
