@@ -88,6 +88,11 @@ def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tm
     # a policy the user already gave is the incumbent's: that candidate is left out
     _, left = auto.candidates(override(config, {"data.augment": "light"}))
     assert {"candidate": "augment-light", "why": "the same recipe as two-phase"}.items() <= left[-1].items()
+    # batch norm in train mode needs batches of 2: with batches of one image, bn-matched is left out
+    assert "bn-matched" in names
+    kept, left = auto.candidates(override(config, {"data.batch_size": 1}))
+    assert "bn-matched" not in [c.name for c in kept] and "bn-tracked" in [c.name for c in kept]
+    assert "needs batches of 2" in next(x["why"] for x in left if x["candidate"] == "bn-matched")
 
 
 def test_auto_within_its_budget_leaves_a_complete_run_folder(data, tmp_path, capsys):

@@ -65,7 +65,7 @@ import numpy as np
 
 from thaw import data as thaw_data
 from thaw.core import run_folder
-from thaw.core.config import AUTO, RunConfig, override
+from thaw.core.config import AUTO, BN_HELD, RunConfig, override
 from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
@@ -89,6 +89,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": "surgical-last", "overrides": {"strategy": "surgical-last"}},
     {"name": "lr-ratio-100", "overrides": {"strategy": "two-phase", "lr_ratio": 100.0}},
     {"name": "bn-tracked", "overrides": {"strategy": "two-phase", "bn_policy": "tracked"}},
+    {"name": "bn-matched", "overrides": {"strategy": "two-phase", "bn_policy": "matched"}},
     {"name": "augment-none", "overrides": {"strategy": "two-phase", "data.augment": "none"}},
     {"name": "augment-light", "overrides": {"strategy": "two-phase", "data.augment": "light"}},
     {"name": "bitfit", "overrides": {"strategy": "bitfit"}},
@@ -101,7 +102,8 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 linear probe comes last: it is the cheapest, and it rarely wins (two-phase's phase 1 *is* that probe, and
 two-phase keeps it when phase 2 does not raise validation accuracy). ``bitfit``, ``norm-only``, ``lora`` and
 ``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``); ``bn-tracked`` keeps phase 2's opening
-where phase 1 ended (``thaw.train.tracked``). ``data.augment`` values are
+where phase 1 ended (``thaw.train.tracked``), and ``bn-matched`` trains batch norm from phase 1's features
+(``thaw.train.tracked.MatchedStatistics``; not with batches of one image). ``data.augment`` values are
 ``--augment`` policies; the default, ``auto``, is the incumbent's. A candidate the user's settings rule
 out, or that they make the same as one before it, is left out with why (:func:`candidates`)."""
 
@@ -160,6 +162,10 @@ def candidates(
             if c["name"] == INCUMBENT:
                 raise
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": f"not here: {err}"})
+            continue
+        if cfg.bn_policy not in BN_HELD and cfg.data.batch_size < 2 and cfg.bn_policy != base.bn_policy:
+            why = f"not here: --bn-policy {cfg.bn_policy} trains batch norm, which needs batches of 2 or more"
+            left.append({"candidate": c["name"], "overrides": c["overrides"], "why": why})
             continue
         key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
         if key in seen:  # e.g. augment-none under --augment none
