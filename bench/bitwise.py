@@ -9,6 +9,10 @@ fields (seconds, images per second), whether the features came from the shared c
 may have filled it) and the version are left out; the runs use one thread whatever ``OMP_NUM_THREADS``
 says (at 2, the reference gave 470 differences from the same code); every metric, curve, epoch record,
 learning rate and the saved model's sha256 are compared exactly (floats as their JSON text).
+
+The reference belongs to the machine it was recorded on: the same code gave 497 differences on another
+2-core machine (an AMD EPYC, 2026-12-07) than the one that recorded it, from the demo's first phase-2 step
+on. Record the reference before a refactor on the machine that checks it after.
 """
 
 from __future__ import annotations
