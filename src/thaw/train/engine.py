@@ -128,9 +128,12 @@ def train(run: RunFolder, resolved: Resolved, sources: thaw_data.Sources, report
             results[result.name] = result
             final = choose_final(results, config.monitor)
         model.load_state_dict(run.load_weights(final))
-    # the analyses read the model in the layout a loaded one has (``thaw evaluate``, and a resumed run whose
-    # plans had all finished), not in the layout the last plan trained in: the same numbers either way
-    model.to(memory_format=torch.contiguous_format)
+    # the analyses read the model in the run's configured layout (``--channels-last``), whichever plan ran
+    # last and whether it ran in this process: a run resumed after its plans had finished (the model built
+    # anew, in the contiguous layout) then computes the same numbers as the uninterrupted one
+    hardware = getattr(config, "hardware", None)
+    layout = torch.channels_last if getattr(hardware, "channels_last", False) else torch.contiguous_format
+    model.to(memory_format=layout)
     return Trained(model, ctx, sources, resolved, results, final, probe, adabn, pseudo)
 
 
