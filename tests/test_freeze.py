@@ -20,18 +20,39 @@ def tiny_loader():
     return DataLoader(TensorDataset(x, y), batch_size=8)
 
 
-def train_phase(model, plan):
-    module = PhaseModule(model, plan)
-    trainer = L.Trainer(
-        max_epochs=plan.epochs,
+def quiet_trainer(epochs, callbacks=(), checkpointing=False):
+    return L.Trainer(
+        max_epochs=epochs,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpointing,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=list(callbacks),
     )
+
+
+def train_phase(model, plan):
+    module = PhaseModule(model, plan)
+    trainer = quiet_trainer(plan.epochs)
     trainer.fit(module, tiny_loader(), tiny_loader())
     return trainer
+
+
+def measured_statistics_model():
+    """MobileNetV2 (batch norm eps 1e-5, as in most pretrained backbones; v3-small's is 1e-3) whose
+    "pretrained" statistics were measured on other images, as ImageNet's are."""
+    torch.manual_seed(0)
+    m = build_classifier(ModelConfig(name="mobilenet_v2", weights="none"), 2, image_size=32)
+    bns = [bn for bn in m.backbone.modules() if isinstance(bn, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = None  # a cumulative average over the pass below
+    m.backbone.train()
+    with torch.no_grad():
+        m.backbone(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 1.3 + 0.2)
+    for bn in bns:
+        bn.momentum = 0.1
+    return m
 
 
 def snapshot(module):
@@ -140,15 +161,8 @@ def test_tracked_statistics_hold_each_bn_output_where_the_phase_began():
 
     from thaw.train.tracked import TrackedStatistics
 
-    torch.manual_seed(0)  # batch norm with eps 1e-5, as in most pretrained backbones (v3-small's is 1e-3)
-    m = build_classifier(ModelConfig(name="mobilenet_v2", weights="none"), 2, image_size=32)
+    m = measured_statistics_model()
     images = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    for bn in m.backbone.modules():  # "pretrained" statistics: measured on other images, as ImageNet's are
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.momentum = None
-    m.backbone.train()
-    with torch.no_grad():
-        m.backbone(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 1.3 + 0.2)
     module = PhaseModule(m, PhasePlan("phase2", "all", bn_policy="tracked"))
     tracker = TrackedStatistics(images)
     tracker.on_train_start(None, module)
@@ -191,15 +205,7 @@ def test_tracked_statistics_in_real_training_move_only_what_sits_above_the_train
     bns = {n: b for n, b in m.backbone.named_modules() if isinstance(b, torch.nn.BatchNorm2d)}
     assert 0 < len(above) < len(bns)
     before = {n: (b.running_mean.clone(), b.running_var.clone()) for n, b in bns.items()}
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[tracker],
-    )
+    trainer = quiet_trainer(2, [tracker])
     trainer.fit(module, tiny_loader(), tiny_loader())
     for name, b in bns.items():
         same = torch.equal(b.running_mean, before[name][0]) and torch.equal(b.running_var, before[name][1])
@@ -215,17 +221,7 @@ def test_matched_batch_norm_computes_phase_one_features_at_the_start():
 
     from thaw.train.tracked import MatchedStatistics
 
-    torch.manual_seed(0)
-    m = build_classifier(ModelConfig(name="mobilenet_v2", weights="none"), 2, image_size=32)
-    for bn in m.backbone.modules():  # "pretrained" statistics: measured on other images, as ImageNet's are
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.momentum = None
-    m.backbone.train()
-    with torch.no_grad():
-        m.backbone(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 1.3 + 0.2)
-    for bn in m.backbone.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.momentum = 0.1
+    m = measured_statistics_model()
     images = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     m.eval()
     with torch.no_grad():
@@ -277,15 +273,7 @@ def test_matched_batch_norm_in_real_training_folds_only_the_trained_groups():
     assert 0 < len(inside) < len(bns)
     state = ("weight", "bias", "running_mean", "running_var")
     before = {n: [getattr(b, k).clone() for k in state] for n, b in bns.items()}
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[folded],
-    )
+    trainer = quiet_trainer(1, [folded])
     trainer.fit(module, tiny_loader(), tiny_loader())
     assert folded.done
     for name, b in bns.items():
@@ -312,15 +300,7 @@ def test_matched_batch_norm_resumed_from_a_checkpoint_is_not_folded_twice(tmp_pa
             seen.append(all(torch.equal(before[k], after[k]) for k in before))
 
     def run(epochs, callbacks=(), ckpt=None):
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            logger=False,
-            enable_checkpointing=bool(callbacks),
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            callbacks=[Spy(), *callbacks],
-        )
+        trainer = quiet_trainer(epochs, [Spy(), *callbacks], checkpointing=bool(callbacks))
         trainer.fit(PhaseModule(model(), plan), tiny_loader(), tiny_loader(), ckpt_path=ckpt)
 
     run(1, [ModelCheckpoint(dirpath=tmp_path, save_last=True)])

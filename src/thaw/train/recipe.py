@@ -90,7 +90,7 @@ def run_phase(
     start = start or (list(before.values())[-1] if before else None)
     module = phase_module(model, plan, index, ctx, feed)
     watch = Watch.of(plan, ctx, [row for r in before.values() for row in r.epochs], start)
-    trainer = phase_trainer(plan, ctx, watch, tracked_statistics(plan, module, ctx))
+    trainer = phase_trainer(plan, ctx, watch, batchnorm_callbacks(plan, module, ctx))
     last = ctx.run.checkpoints / f"{plan.name}-last.ckpt"
     ctx.report.phase_start(plan, model, resumed=last.is_file())
     if feed.note:
@@ -205,7 +205,7 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor == "val_loss" else "max"
 
 
-def tracked_statistics(plan: PhasePlan, module: PhaseModule, ctx: Context) -> list[L.Callback]:
+def batchnorm_callbacks(plan: PhasePlan, module: PhaseModule, ctx: Context) -> list[L.Callback]:
     """``--bn-policy tracked``, for a plan that trains backbone weights under batch norm in eval mode;
     ``matched``, for one that trains batch norm."""
     if plan.bn_policy == "matched" and module.groups and MatchedStatistics.layers(module):

@@ -29,11 +29,30 @@ restarts and ends where an uninterrupted one does (``tests/test_resume.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import lightning as L
 import torch
 from torch import nn
 
 from thaw.train.freeze import BN_TYPES
+
+
+@contextmanager
+def hooked_eval(model: nn.Module, layers: list[nn.Module], before: Callable) -> Iterator[None]:
+    """``model`` in eval mode (every batch norm on its running statistics) with ``before`` as a forward
+    pre-hook on each of ``layers``; hooks removed and every module's mode restored afterwards."""
+    hooks = [b.register_forward_pre_hook(before) for b in layers]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 def calibration_images(dataset, image_size: int) -> torch.Tensor:
@@ -106,16 +125,8 @@ class TrackedStatistics(L.Callback):
                 module.running_mean.copy_(ref["mean"] * scale + (m - ref["m"] * scale))
                 module.running_var.copy_((ref["var"] * scale**2 + module.eps * (scale**2 - 1)).clamp_min(0))
 
-        hooks = [b.register_forward_pre_hook(before) for b in layers]
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
+        with hooked_eval(model, layers, before):
             model.backbone(self.images.to(device))
-        finally:
-            for h in hooks:
-                h.remove()
-            for m, mode in modes.items():
-                m.train(mode)
         return stats
 
 
@@ -177,20 +188,13 @@ class MatchedStatistics(L.Callback):
             i = index[id(module)]
             sums[i] = s if sums[i] is None else sums[i] + s
 
-        hooks = [b.register_forward_pre_hook(before) for b in layers]
-        modes = {m: m.training for m in pl_module.modules()}
-        pl_module.eval()  # the path phase 1 computed: every batch norm on its running statistics
-        try:
-            with torch.random.fork_rng(devices=[]):  # the phase's own random stream is left as it was
-                for i, (x, _) in enumerate(trainer.train_dataloader):
-                    if i >= self.batches:
-                        break
-                    pl_module._forward(x.to(pl_module.device))
-        finally:
-            for h in hooks:
-                h.remove()
-            for m, mode in modes.items():
-                m.train(mode)
+        # the path phase 1 computed (every batch norm on its running statistics), off the phase's own
+        # random stream
+        with hooked_eval(pl_module, layers, before), torch.random.fork_rng(devices=[]):
+            for i, (x, _) in enumerate(trainer.train_dataloader):
+                if i >= self.batches:
+                    break
+                pl_module._forward(x.to(pl_module.device))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for s in sums:
                 torch.distributed.all_reduce(s)  # every rank folds the same moments
