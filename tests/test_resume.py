@@ -13,6 +13,7 @@ from zygote import run_thaw
 
 from thaw.cli import main
 from thaw.core.config import ModelConfig
+from thaw.core.results import without_clock
 from thaw.models import build_classifier
 
 ARGS = [
@@ -99,22 +100,14 @@ def learning(uninterrupted):
 
 
 def outcome(run: Path) -> dict:
-    """Everything a run measured, without its timings."""
-    summary = json.loads((run / "summary.json").read_text())
-    (summary.get("augment") or {}).pop("seconds", None)  # the augmentation check's own timing
+    """Everything a run measured, less every wall-clock field (results.without_clock: each ``seconds``, each
+    ``*_seconds``, throughput, version) and whether a cached prefix was already there."""
+    summary = without_clock(json.loads((run / "summary.json").read_text()))
     for phase in summary["phases"].values():
-        for key in ("seconds", "train_images_per_s"):
-            phase.pop(key)
-        for key in ("features_seconds", "solve_seconds", "features_from_cache"):
-            phase["solver"].pop(key, None)
-        for key in ("cache_seconds", "from_cache"):  # a cached prefix: its cost, and whether it was there
-            phase.get("features", {}).pop(key, None)
+        phase.get("features", {}).pop("from_cache", None)
         for row in phase.pop("epochs"):
             assert row["phase"] == phase["name"]
-    rows = [
-        {k: v for k, v in row.items() if k not in ("seconds", "train_images_per_s")}
-        for row in csv.DictReader((run / "metrics.csv").open())
-    ]
+    rows = [without_clock(row) for row in csv.DictReader((run / "metrics.csv").open())]
     return {"summary": summary, "rows": rows}
 
 
