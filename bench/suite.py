@@ -84,6 +84,7 @@ CANDIDATES = {
     "tracked": {"bn_policy": "tracked"},  # batch-norm statistics that follow the weights (issue 25, 4th stop)
     "tracked-p10": {"bn_policy": "tracked", "phase2.patience": 10},  # ... and no early stopping in 10 epochs
     "matched": {"bn_policy": "matched"},  # batch norm in train mode, phase 1's features kept at the start
+    "frozen": {"bn_policy": "frozen"},  # batch norm held on its pretrained statistics (the default before)
 }
 
 

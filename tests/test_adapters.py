@@ -73,7 +73,9 @@ def intended(model, trainable: str) -> set[str]:
 def test_exactly_the_intended_tensors_change(trainable):
     model = classifier()
     before = snapshot(model)
-    plan = PhasePlan("phase2", "all", lr=1e-2, lr_ratio=1.0, epochs=1, trainable=trainable)
+    plan = PhasePlan(
+        "phase2", "all", lr=1e-2, lr_ratio=1.0, epochs=1, trainable=trainable, bn_policy="frozen"
+    )
     module = train(model, plan)
     optimized = {id(p) for g in module.trainer.optimizers[0].param_groups for p in g["params"]}
     assert optimized == {id(p) for p in model.parameters() if p.requires_grad}

@@ -76,6 +76,9 @@ def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tm
     config = tiny_config(tmp_path / "d", tmp_path / "o", strategy="auto", lr_ratio=100.0)
     kept, left = auto.candidates(config)
     names = [c.name for c in kept]
+    # the user's batch-norm policy (the default, matched) is the incumbent's; the others are challengers
+    assert kept[0].config.bn_policy == "matched" and {"bn-frozen", "bn-tracked"} <= set(names)
+    assert next(x["why"] for x in left if x["candidate"] == "bn-matched") == "the same recipe as two-phase"
     assert names[0] == "two-phase" and "lr-ratio-100" not in names
     assert next(x["why"] for x in left if x["candidate"] == "lr-ratio-100") == "the same recipe as two-phase"
     by_name = {c.name: c for c in kept}
@@ -88,11 +91,17 @@ def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tm
     # a policy the user already gave is the incumbent's: that candidate is left out
     _, left = auto.candidates(override(config, {"data.augment": "light"}))
     assert {"candidate": "augment-light", "why": "the same recipe as two-phase"}.items() <= left[-1].items()
-    # batch norm in train mode needs batches of 2: with batches of one image, bn-matched is left out
-    assert "bn-matched" in names
+    # matched trains batch norm on batches of 8 or more: on fewer the run holds it (frozen, as the
+    # preflight does), so bn-frozen is the incumbent's recipe and bn-matched is left out with why
     kept, left = auto.candidates(override(config, {"data.batch_size": 1}))
-    assert "bn-matched" not in [c.name for c in kept] and "bn-tracked" in [c.name for c in kept]
-    assert "needs batches of 2" in next(x["why"] for x in left if x["candidate"] == "bn-matched")
+    names = [c.name for c in kept]
+    assert kept[0].config.bn_policy == "frozen" and "bn-tracked" in names
+    assert "bn-matched" not in names and "bn-frozen" not in names
+    assert "on batches of 8 or more" in next(x["why"] for x in left if x["candidate"] == "bn-matched")
+    assert next(x["why"] for x in left if x["candidate"] == "bn-frozen") == "the same recipe as two-phase"
+    # another policy given: matched is a challenger again
+    kept, _ = auto.candidates(override(config, {"bn_policy": "frozen"}))
+    assert "bn-matched" in [c.name for c in kept] and "bn-frozen" not in [c.name for c in kept]
 
 
 def test_auto_within_its_budget_leaves_a_complete_run_folder(data, tmp_path, capsys):

@@ -897,18 +897,31 @@ def test_errors_found_before_training_leave_no_run_folder(tmp_path, capsys, case
     assert "thaw resume" not in line and not (tmp_path / "out").exists()
 
 
-def test_batch_norm_on_batches_of_one_is_fine_when_frozen(tmp_path):
+def test_batch_norm_on_batches_of_one_is_held_for_the_default_and_refused_when_named(tmp_path):
     from thaw.core.config import override
     from thaw.core.strategies import plans_for
     from thaw.train.preflight import check_run
 
     config = override(
-        tiny_config(tmp_path / "d", tmp_path / "out"),
-        {"data.batch_size": 1, "bn_policy": "frozen", "phase2.epochs": 1},
+        tiny_config(tmp_path / "d", tmp_path / "out"), {"data.batch_size": 1, "phase2.epochs": 1}
     )
-    check_run(config, plans_for(config), ["a", "b"], False)  # no error: batch norm stays in eval mode
-    train = override(config, {"bn_policy": "train"})
-    with pytest.raises(ThawError, match="batches of 2"):
+    assert config.bn_policy == "matched"  # the default
+    said = []
+    held, plans = check_run(config, plans_for(config), ["a", "b"], False, said.append)
+    assert held.bn_policy == "frozen" and {p.bn_policy for p in plans} == {"frozen"}
+    assert len(said) == 1 and "--batch-size 1" in said[0] and "held" in said[0]
+    frozen = override(config, {"bn_policy": "frozen"})
+    assert check_run(frozen, plans_for(frozen), ["a", "b"], False, said.append)[0] == frozen
+    assert len(said) == 1  # nothing to say: batch norm stays in eval mode
+    # batches of 7 are still held; from 8 the default trains batch norm as it is
+    seven = override(config, {"data.batch_size": 7})
+    assert check_run(seven, plans_for(seven), ["a", "b"], False, said.append)[0].bn_policy == "frozen"
+    assert len(said) == 2 and "on batches of 8 or more" in said[1]
+    eight = override(config, {"data.batch_size": 8})
+    assert check_run(eight, plans_for(eight), ["a", "b"], False, said.append)[0].bn_policy == "matched"
+    assert len(said) == 2
+    train = override(config, {"bn_policy": "train"})  # named by the user: refused, with the way out
+    with pytest.raises(ThawError, match="batches of 2 or more images; give --batch-size 2"):
         check_run(train, plans_for(train), ["a", "b"], False)
 
 

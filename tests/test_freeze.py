@@ -128,11 +128,19 @@ def test_fastai_bn_policy_trains_bn_everywhere_even_in_frozen_groups():
 
 def test_bn_layers_stay_in_eval_mode_after_train_calls():
     m = model()
-    module = PhaseModule(m, PhasePlan("phase2", "all"))
+    module = PhaseModule(m, PhasePlan("phase2", "all", bn_policy="frozen"))
     module.train()
     bns = [x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d)]
     assert bns and not any(b.training for b in bns)
     assert m.head.training
+    # the default, matched: the trained groups' batch norms train, the others stay in eval mode
+    m = model()
+    PhaseModule(m, PhasePlan("phase2", "last:2")).train()
+    n = len(m.layer_groups)
+    trained = {id(x) for g in m.group_modules([n - 2, n - 1]) for x in g.modules()}
+    bns = [x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert {b.training for b in bns if id(b) in trained} == {True}
+    assert {b.training for b in bns if id(b) not in trained} == {False}
 
 
 def bn_output_moments(model, images) -> list[torch.Tensor]:

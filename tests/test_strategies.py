@@ -56,6 +56,12 @@ def test_strategy_plans_say_what_they_promise():
     assert plans["surgical-first"][1].groups(5) == [0] and plans["surgical-last"][1].groups(5) == [4]
     stages = plans["gradual"][1:]
     assert [p.groups(5) for p in stages] == [[4], [3, 4], [2, 3, 4], [0, 1, 2, 3, 4]]
+    # the default batch-norm policy trains batch norm from phase 1's features where whole layers train;
+    # the recipes that promise which tensors move hold it, unless the user named a policy
+    assert {p.bn_policy for p in plans["two-phase"] + stages + [lp_ft]} == {"matched"}
+    fewer = ("bitfit", "norm-only", "lora", "ssf")
+    assert {plans[name][1].bn_policy for name in fewer} == {"frozen"}
+    assert plans_for(override(c, {"strategy": "bitfit", "bn_policy": "tracked"}))[1].bn_policy == "tracked"
 
 
 def test_unknown_strategy_is_one_clear_error(capsys):

@@ -79,7 +79,7 @@ class PhasePlan:
     warmup_epochs: float = 0.0
     weight_decay: float = 0.01
     schedule: str = "cosine"
-    bn_policy: str = "frozen"
+    bn_policy: str = "matched"
     label_smoothing: float = 0.0
     regularizer: str = "none"
     regularizer_strength: float = 0.0
@@ -222,11 +222,11 @@ def _check_train(plan: PhasePlan, where: str) -> None:
         kind in ("head", "all")
         and not arg
         or kind in ("last", "first")
-        and arg.isdigit()
+        and arg.isdecimal()
         and int(arg) >= 1
         or kind == "groups"
         and bool(arg)
-        and all(p.strip().isdigit() for p in arg.split(","))
+        and all(p.strip().isdecimal() for p in arg.split(","))
     )
     if not ok:
         raise ThawError(f"{where}: train={plan.train!r} must be head, all, last:N, first:N or groups:I,J,...")
@@ -428,9 +428,12 @@ def surgical_last(c: RunConfig) -> list[PhasePlan]:
 def _fewer(c: RunConfig, trainable: str) -> list[PhasePlan]:
     """Two-phase with phase 2 moving only part of the weights of its layer groups (``trainable``), from the
     solved head, at the default's LRs (``lr / lr_ratio`` for the backbone part: on BreastMNIST the head's
-    own LR overfit within 2-3 epochs and ended 2-4 points lower on test, BENCHMARKS.md)."""
+    own LR overfit within 2-3 epochs and ended 2-4 points lower on test, BENCHMARKS.md). Under the default
+    batch-norm policy, ``matched``, batch norm is held (``frozen``): these recipes promise which tensors
+    move, and ``matched`` would rewrite and renormalise every batch norm of the trained groups."""
     probe, tune = _probe(c), _tune(c)
-    tune = dataclasses.replace(tune, features="online", views=1, trainable=trainable)
+    bn = "frozen" if c.bn_policy == "matched" else c.bn_policy
+    tune = dataclasses.replace(tune, features="online", views=1, trainable=trainable, bn_policy=bn)
     return [probe, tune]
 
 

@@ -316,7 +316,7 @@ def byte_size(url: str) -> int | None:
     if url.startswith(("http://", "https://")):
         with _http(url, {"Range": "bytes=0-0"}) as response:
             total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
-            return int(total) if total.isdigit() else None
+            return int(total) if total.isdecimal() else None
     fs = _fsspec(url)
     if not fs.exists(url):
         raise ThawError(f"shard {url} does not exist")
@@ -392,7 +392,7 @@ def _open_size(fh) -> int | None:
         pass
     length = getattr(fh, "headers", {}).get("Content-Length") if hasattr(fh, "headers") else None
     if length is not None:
-        return int(length) if str(length).isdigit() else None
+        return int(length) if str(length).isdecimal() else None
     size = getattr(fh, "size", None)
     return size if isinstance(size, int) else None
 

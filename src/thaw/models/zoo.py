@@ -78,7 +78,7 @@ def _sort_key(sort: str):
 
 def _natural(name: str) -> list:
     """resnet18 < resnet50 < resnet101."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    return [int(p) if p.isdecimal() else p for p in re.split(r"(\d+)", name)]
 
 
 class _Counts:

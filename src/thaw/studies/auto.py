@@ -65,7 +65,7 @@ import numpy as np
 
 from thaw import data as thaw_data
 from thaw.core import run_folder
-from thaw.core.config import AUTO, BN_HELD, RunConfig, override
+from thaw.core.config import AUTO, BN_HELD, MATCHED_MIN_BATCH, RunConfig, batchnorm_policy, override
 from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
@@ -88,6 +88,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": "finetune-low-lr", "overrides": {"strategy": "finetune-low-lr"}},
     {"name": "surgical-last", "overrides": {"strategy": "surgical-last"}},
     {"name": "lr-ratio-100", "overrides": {"strategy": "two-phase", "lr_ratio": 100.0}},
+    {"name": "bn-frozen", "overrides": {"strategy": "two-phase", "bn_policy": "frozen"}},
     {"name": "bn-tracked", "overrides": {"strategy": "two-phase", "bn_policy": "tracked"}},
     {"name": "bn-matched", "overrides": {"strategy": "two-phase", "bn_policy": "matched"}},
     {"name": "augment-none", "overrides": {"strategy": "two-phase", "data.augment": "none"}},
@@ -101,9 +102,11 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 """The recipes auto tries, as config overrides on the user's settings; the first is the incumbent. The
 linear probe comes last: it is the cheapest, and it rarely wins (two-phase's phase 1 *is* that probe, and
 two-phase keeps it when phase 2 does not raise validation accuracy). ``bitfit``, ``norm-only``, ``lora`` and
-``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``); ``bn-tracked`` keeps phase 2's opening
-where phase 1 ended (``thaw.train.tracked``), and ``bn-matched`` trains batch norm from phase 1's features
-(``thaw.train.tracked.MatchedStatistics``; not with batches of one image). ``data.augment`` values are
+``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``). The batch-norm policies other than the
+user's: ``bn-frozen`` holds batch norm on its pretrained statistics (the Keras guide's advice), ``bn-tracked``
+also moves those statistics with the weights (``thaw.train.tracked``), ``bn-matched`` (the default, so
+left out unless another policy was given) trains it from phase 1's features
+(``thaw.train.tracked.MatchedStatistics``; not on batches of fewer than 8 images). ``data.augment`` values are
 ``--augment`` policies; the default, ``auto``, is the incumbent's. A candidate the user's settings rule
 out, or that they make the same as one before it, is left out with why (:func:`candidates`)."""
 
@@ -150,6 +153,8 @@ def candidates(
     listed = listed or CANDIDATES
     assert listed[0]["name"] == INCUMBENT, "the incumbent comes first"
     base = override(config, {"strategy": INCUMBENT, "time_budget": None, "out": None}, keep_none=True)
+    held = batchnorm_policy(base.bn_policy, base.data.batch_size)  # as the run holds it (preflight)
+    base = override(base, {"bn_policy": held}) if held != base.bn_policy else base
     kept: list[Candidate] = []
     left: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
@@ -163,8 +168,9 @@ def candidates(
                 raise
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": f"not here: {err}"})
             continue
-        if cfg.bn_policy not in BN_HELD and cfg.data.batch_size < 2 and cfg.bn_policy != base.bn_policy:
-            why = f"not here: --bn-policy {cfg.bn_policy} trains batch norm, which needs batches of 2 or more"
+        least = MATCHED_MIN_BATCH if cfg.bn_policy == "matched" else 2
+        if cfg.bn_policy not in BN_HELD and cfg.data.batch_size < least and cfg.bn_policy != base.bn_policy:
+            why = f"not here: --bn-policy {cfg.bn_policy} trains batch norm on batches of {least} or more"
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": why})
             continue
         key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)

@@ -279,7 +279,7 @@ def connect(ray, address: str | None) -> None:
 def _reachable(address: str, timeout: float = 3.0) -> None:
     """A HOST:PORT that answers, checked before Ray (which would wait long for a head that is not there)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdecimal():
         raise ThawError(f"--address {address}: give auto or HOST:PORT of a Ray head (e.g. 10.0.0.1:6379)")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

@@ -23,6 +23,7 @@ Both alternatives are computed, printed and plotted too.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 import time
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from thaw import data as thaw_data
-from thaw.core.config import AUTO, RunConfig, override
+from thaw.core.config import AUTO, RunConfig, batchnorm_policy, override
 from thaw.core.errors import ThawError
 from thaw.core.files import write_atomic
 from thaw.core.results import dumps
@@ -52,6 +53,7 @@ from thaw.train.losses import loss_for
 from thaw.train.module import PhaseModule
 from thaw.train.optim import param_groups
 from thaw.train.recipe import Loaders
+from thaw.train.tracked import MatchedStatistics, fold
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100  # fastai: 1e-7 .. 10 over 100 steps; thaw's LRs are <= 1
 BETA = 0.98  # the loss is smoothed as fastai and Lightning do: a debiased exponential moving average
@@ -218,6 +220,10 @@ def sweep(
         torch.manual_seed(seed)
         module = PhaseModule(model, plan, seed)  # trainable flags and eval-mode parts, as in training
         model.to(device)
+        if plan.bn_policy == "matched":  # as the phase starts: phase 1's features, in train-mode layers
+            first = list(itertools.islice(batches, 8))
+            fold(module, MatchedStatistics.layers(module), first)
+            batches = itertools.chain(first, batches)  # the sweep's batches as without the fold
         optimizer, scales = swept_optimizer(model, plan, swept)
         weight = class_weight.to(device) if class_weight is not None else None
         module.train()
@@ -361,7 +367,8 @@ def role_plan(config: RunConfig, swept: str) -> tuple[int, PhasePlan]:
             "(--phase2-epochs 0?); there is nothing to sweep"
         )
     index, plan = role
-    return index, dataclasses.replace(plan, features="online")
+    bn = batchnorm_policy(plan.bn_policy, config.data.batch_size)  # as the run holds it (preflight)
+    return index, dataclasses.replace(plan, features="online", bn_policy=bn)
 
 
 def _sweep_run(

@@ -5,29 +5,51 @@ no meaning for it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from thaw.core.config import BN_HELD, RunConfig
+from thaw.core.config import BN_HELD, MATCHED_MIN_BATCH, RunConfig, batchnorm_policy, override
 from thaw.core.errors import ThawError
 from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
 
 
-def check_run(config: RunConfig, plans: list[PhasePlan], class_names: list[str], multilabel: bool) -> None:
+def check_run(
+    config: RunConfig, plans: list[PhasePlan], class_names: list[str], multilabel: bool, warn=print
+) -> tuple[RunConfig, list[PhasePlan]]:
     """Build the model once (name, weights name or file, offline availability, input channels), off the
-    run's random stream, and refuse batch norm in train mode on batches of one image."""
+    run's random stream; the config and plans to run, with batch norm held (:func:`batchnorm_for`)."""
     with torch.random.fork_rng(devices=[]):  # the run builds its own model later, from its seed
         model = build_classifier(
             config.model, len(class_names), class_names, config.data.image_size, multilabel
         )
+    if "batchnorm" not in model.norm_kind:
+        return config, plans
+    return batchnorm_for(config, plans, warn)
+
+
+def batchnorm_for(config: RunConfig, plans: list[PhasePlan], warn=print) -> tuple[RunConfig, list[PhasePlan]]:
+    """Batch norm in train mode needs batches of several images. ``matched`` (the default) on batches of
+    fewer than :data:`MATCHED_MIN_BATCH` is held as ``frozen``, said in one line; ``train`` and ``fastai``,
+    which a user names, are refused on batches of one image (a batch of one has no spread)."""
     solved = [p.name for p in plans if p.interpolate_from or (p.features == "cached" and p.train == "head")]
-    trains_bn = [p.name for p in plans if p.bn_policy not in BN_HELD and p.name not in solved]
-    if config.data.batch_size < 2 and trains_bn and "batchnorm" in model.norm_kind:
+    trains_bn = [p for p in plans if p.bn_policy not in BN_HELD and p.name not in solved]
+    named = [p for p in trains_bn if p.bn_policy != "matched"]
+    batch = config.data.batch_size
+    if named and batch < 2:
         raise ThawError(
-            f"--batch-size {config.data.batch_size} with --bn-policy {config.bn_policy}: {trains_bn[0]} "
-            f"trains batch norm, which needs batches of 2 or more images; give --batch-size 2 or more, "
-            f"or --bn-policy frozen"
+            f"--batch-size {batch} with --bn-policy {named[0].bn_policy}: {named[0].name} trains batch norm, "
+            f"which needs batches of 2 or more images; give --batch-size 2 or more, or --bn-policy frozen"
         )
+    if batchnorm_policy("matched", batch) == "matched" or len(named) == len(trains_bn):
+        return config, plans
+    warn(
+        f"--batch-size {batch}: batch norm held on its pretrained statistics (as --bn-policy frozen); "
+        f"--bn-policy matched trains it on batches of {MATCHED_MIN_BATCH} or more images"
+    )
+    held = [replace(p, bn_policy=batchnorm_policy(p.bn_policy, batch)) for p in plans]
+    return override(config, {"bn_policy": batchnorm_policy(config.bn_policy, batch)}), held
 
 
 def check_multilabel(config, sources) -> None:

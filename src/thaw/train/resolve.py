@@ -32,7 +32,7 @@ def resolve(
         raise ThawError("lr or lr_ratio auto is found for the config's strategy: give plans with numbers")
     plans = check_plans(list(plans)) if plans is not None else plans_for(config.resolved())
     lr_find.check_auto(config, plans)
-    preflight.check_run(config, plans, sources.class_names, sources.multilabel)
+    config, plans = preflight.check_run(config, plans, sources.class_names, sources.multilabel, warn)
     if not config.auto:
         return Resolved(config, plans)
     found, records = lr_find.resolve_auto(config, sources, finders, say, warn, draw)

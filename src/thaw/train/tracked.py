@@ -29,6 +29,7 @@ restarts and ends where an uninterrupted one does (``tests/test_resume.py``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -169,45 +170,49 @@ class MatchedStatistics(L.Callback):
             if isinstance(m, BN_TYPES) and id(m) not in held and m.affine and m.track_running_stats
         ]
 
-    @torch.no_grad()
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.done:
-            return
-        layers = self.layers(pl_module)
-        if not layers:
-            self.done = True
-            return
-        index = {id(b): i for i, b in enumerate(layers)}
-        sums: list[torch.Tensor | None] = [None] * len(layers)
-
-        def before(module, args):
-            x = args[0].double()
-            dims = [0, *range(2, x.dim())]
-            total = x.sum(dims)
-            s = torch.stack([total, (x * x).sum(dims), torch.full_like(total, x.numel() / x.shape[1])])
-            i = index[id(module)]
-            sums[i] = s if sums[i] is None else sums[i] + s
-
-        # the path phase 1 computed (every batch norm on its running statistics), off the phase's own
-        # random stream
-        with hooked_eval(pl_module, layers, before), torch.random.fork_rng(devices=[]):
-            for i, (x, _) in enumerate(trainer.train_dataloader):
-                if i >= self.batches:
-                    break
-                pl_module._forward(x.to(pl_module.device))
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for s in sums:
-                torch.distributed.all_reduce(s)  # every rank folds the same moments
-        for b, s in zip(layers, sums):
-            if s is None:  # not on the path (a cached prefix)
-                continue
-            m = s[0] / s[2]
-            v = (s[1] / s[2] - m * m).clamp_min(0)
-            old = (b.running_var.double() + b.eps).sqrt()
-            new = (v + b.eps).sqrt()
-            weight = b.weight.double()
-            b.bias.copy_(b.bias.double() + weight * (m - b.running_mean.double()) / old)
-            b.weight.copy_(weight * new / old)
-            b.running_mean.copy_(m)
-            b.running_var.copy_(v)
+        if not self.done:
+            fold(pl_module, self.layers(pl_module), trainer.train_dataloader, self.batches)
         self.done = True
+
+
+@torch.no_grad()
+def fold(pl_module, layers: list[nn.Module], batches, count: int = 8) -> None:
+    """Fold each of ``layers``' input moments, measured on the first ``count`` of ``batches`` (``(x, y)``
+    pairs) through ``pl_module`` with every batch norm on its running statistics, into its affine
+    parameters and running statistics (:class:`MatchedStatistics`). Off the caller's random stream; under
+    DDP the moments are summed over the ranks, so every rank folds the same."""
+    if not layers:
+        return
+    index = {id(b): i for i, b in enumerate(layers)}
+    sums: list[torch.Tensor | None] = [None] * len(layers)
+
+    def before(module, args):
+        x = args[0].double()
+        dims = [0, *range(2, x.dim())]
+        total = x.sum(dims)
+        s = torch.stack([total, (x * x).sum(dims), torch.full_like(total, x.numel() / x.shape[1])])
+        i = index[id(module)]
+        sums[i] = s if sums[i] is None else sums[i] + s
+
+    # the path phase 1 computed (every batch norm on its running statistics), off the phase's own
+    # random stream
+    device = next(pl_module.parameters()).device
+    with hooked_eval(pl_module, layers, before), torch.random.fork_rng(devices=[]):
+        for x, _ in itertools.islice(batches, count):
+            pl_module._forward(x.to(device))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for s in sums:
+            torch.distributed.all_reduce(s)  # every rank folds the same moments
+    for b, s in zip(layers, sums):
+        if s is None:  # not on the path (a cached prefix)
+            continue
+        m = s[0] / s[2]
+        v = (s[1] / s[2] - m * m).clamp_min(0)
+        old = (b.running_var.double() + b.eps).sqrt()
+        new = (v + b.eps).sqrt()
+        weight = b.weight.double()
+        b.bias.copy_(b.bias.double() + weight * (m - b.running_mean.double()) / old)
+        b.weight.copy_(weight * new / old)
+        b.running_mean.copy_(m)
+        b.running_var.copy_(v)
