@@ -316,3 +316,49 @@ def test_matched_batch_norm_resumed_from_a_checkpoint_is_not_folded_twice(tmp_pa
     assert [v for k, v in state.items() if k.endswith("Spy")] == [{"done": True}]
     run(2, ckpt=tmp_path / "last.ckpt")
     assert seen == [False, True]  # folded at the start, left alone when resumed
+
+
+def test_wise_ft_mixes_batch_norm_as_one_affine_map_and_alpha_0_is_phase_1():
+    """Under a policy that trains batch norm, phase 2's statistics are not phase 1's: WiSE-FT re-expresses
+    phase 1's batch norms on phase 2's statistics first (``steps.aligned``), so alpha 0 computes phase 1
+    and alpha 1 phase 2, and a layer whose statistics did not move is mixed bitwise as before."""
+    from thaw.train.steps import aligned, mix
+
+    torch.manual_seed(0)
+    net = model()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():  # statistics of these images (AdaBN), so the random network's features are not ~0
+        for bn in net.backbone.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.reset_running_stats()
+                bn.momentum = None
+        net.train().backbone(x)
+    net.eval()
+    origin = copy.deepcopy(net.state_dict())
+    with torch.no_grad():
+        start = net.backbone(x)  # the features (the new head is zero)
+        bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in bns[:-1]:  # phase 2 moved these statistics and weights; the last one it left alone
+            bn.running_mean.add_(0.3 * torch.randn_like(bn.running_mean))
+            bn.running_var.mul_(torch.rand_like(bn.running_var) * 4 + 0.25)
+            bn.weight.mul_(1.5)
+        end = copy.deepcopy(net.state_dict())
+        finish = net.backbone(x)
+        ready = aligned(net, origin, end)
+        net.load_state_dict(mix(ready, end, 0.0))
+        torch.testing.assert_close(net.backbone(x), start, rtol=1e-4, atol=1e-4 * start.abs().max().item())
+        net.load_state_dict(mix(ready, end, 1.0))
+        assert torch.equal(net.backbone(x), finish)
+    # half-way, each moved layer's affine map is the mean of the two ends' (the plain mix's is not)
+    first, last = ([k for k, m in net.named_modules() if m is b][0] for b in (bns[0], bns[-1]))
+
+    def affine(state):
+        w, b, mean, var = (state[f"{first}.{k}"] for k in ("weight", "bias", "running_mean", "running_var"))
+        a = w / (var + bns[0].eps).sqrt()
+        return torch.cat([a, b - a * mean])
+
+    halfway = (affine(origin) + affine(end)) / 2
+    torch.testing.assert_close(affine(mix(ready, end, 0.5)), halfway, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(affine(mix(origin, end, 0.5)), halfway, rtol=1e-2, atol=1e-3)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(ready[f"{last}.{key}"], origin[f"{last}.{key}"])

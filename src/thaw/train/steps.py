@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import nn
 
 from thaw.core.results import PhaseResult
 from thaw.core.strategies import PhasePlan
@@ -151,7 +152,7 @@ def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     start = time.perf_counter()
     report.phase_start(plan, model)
     end = {k: v.clone() for k, v in model.state_dict().items()}
-    origin = ctx.run.load_weights(plan.interpolate_from)
+    origin = aligned(model, ctx.run.load_weights(plan.interpolate_from), end)
     curve, best = [], None
     for alpha in plan.alphas:
         model.load_state_dict(mix(origin, end, alpha))
@@ -168,6 +169,36 @@ def interpolate(model: Classifier, plan: PhasePlan, index: int, ctx: Context, be
     return finish_phase(
         model, plan, ctx, **frozen_fields(model, seconds, 0.0, group_lrs=[]), alpha=alpha, curve=curve
     )
+
+
+def aligned(
+    model: nn.Module, origin: dict[str, torch.Tensor], end: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``origin`` with each batch norm re-expressed on ``end``'s running statistics, computing the same.
+
+    In eval mode a batch norm is a per-channel affine map, ``a x + c`` with ``a = w / sqrt(var + eps)`` and
+    ``c = b - a mean``. Where phase 2 trained batch norm (``matched``, ``train``) its statistics are not
+    phase 1's, and mixing weights and statistics separately would mix two parametrisations: ``matched``'s
+    fold alone rescales ``w`` by up to 10x. Re-expressed here as ``w' = a sqrt(var_end + eps)`` and
+    ``b' = b + a (mean_end - mean)``, the mix interpolates ``a`` and ``c`` themselves, and alpha 0 is phase
+    1's network. Layers whose statistics did not move are left bitwise as they were."""
+    out = dict(origin)
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not (m.affine and m.track_running_stats):
+            continue
+        keys = [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+        if not all(k in origin and k in end for k in keys):
+            continue
+        w, b, mean, var = (origin[k].double() for k in keys)
+        end_mean, end_var = end[keys[2]].double(), end[keys[3]].double()
+        if torch.equal(origin[keys[2]], end[keys[2]]) and torch.equal(origin[keys[3]], end[keys[3]]):
+            continue
+        a = w / (var + m.eps).sqrt()
+        dtype = origin[keys[0]].dtype
+        out[keys[0]] = (a * (end_var + m.eps).sqrt()).to(dtype)
+        out[keys[1]] = (b + a * (end_mean - mean)).to(dtype)
+        out[keys[2]], out[keys[3]] = end[keys[2]].clone(), end[keys[3]].clone()
+    return out
 
 
 def mix(
