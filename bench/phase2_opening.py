@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = 64
 PROBE_EVERY = 5
 PHASE2_EPOCHS = 10
+MOMENTUM: dict[int, float | None] = {}  # each batch norm's momentum as built
 CALIBRATION = 128  # training images (eval view) that the tracked batch-norm statistics are measured on
 
 # each variant: changes from the default phase 2 (AdamW, BN frozen, head dropout 0.2, warmup 1 epoch,
@@ -66,6 +67,18 @@ VARIANTS = {
     "bn-end": {"track": -1},
     # AdaBN before phase 1 (the head solved on target statistics), then batch norm in train mode
     "recal-train": {"recalibrate": True, "bn": "train"},
+    # the default since the sixth stop: batch norm in train mode, first folded so that it computes phase
+    # 1's features (thaw.train.tracked.fold); then one factor at a time
+    "matched": {"bn": "matched"},
+    "matched-head-fixed": {"bn": "matched", "head_lr": 0.0},
+    "matched-head-low": {"bn": "matched", "head_lr": 1e-4},
+    "matched-dropout0": {"bn": "matched", "dropout": 0.0},
+    "matched-aug-none": {"bn": "matched", "augment": "none"},
+    "matched-ratio100": {"bn": "matched", "backbone_lr": 1e-5},
+    "matched-warmup3": {"bn": "matched", "warmup": 3.0},
+    # batch statistics in the forward pass, but the running statistics (what validation uses) kept at the
+    # fold's: how much of the epoch's change is the running statistics' own movement?
+    "matched-stats-held": {"bn": "matched", "momentum": 0.0},
 }
 DEFAULT = {
     "augment": "standard",
@@ -78,6 +91,7 @@ DEFAULT = {
     "recalibrate": False,
     "eps": 1e-8,
     "track": 0,
+    "momentum": None,
 }
 
 
@@ -209,6 +223,9 @@ def run_variant(name, settings, model, start_state, loaders, config, probe, step
 
     s = {**DEFAULT, **settings}
     model.load_state_dict(start_state)
+    for m in model.modules():  # an attribute, not state: as built, whatever the variant before set
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = MOMENTUM.setdefault(id(m), m.momentum)
     torch.manual_seed(config.seed)
     record = {"variant": name, "settings": s}
     if s["recalibrate"]:
@@ -238,6 +255,23 @@ def run_variant(name, settings, model, start_state, loaders, config, probe, step
     loaders.use(policy)
     train = loaders.train(1)
     per_epoch = len(train)
+    if s["bn"] == "matched":  # as MatchedStatistics does at the phase's start
+        from torch import nn
+
+        from thaw.train.tracked import MatchedStatistics, fold
+
+        class Phase(nn.Module):  # what fold and MatchedStatistics.layers read of a PhaseModule
+            def __init__(self):
+                super().__init__()
+                self.model, self._forward, self._eval_modules = model, model.__call__, eval_modules
+
+        phase = Phase()
+        fold(phase, MatchedStatistics.layers(phase), train)
+        if s["momentum"] is not None:
+            for b in MatchedStatistics.layers(phase):
+                b.momentum = s["momentum"]
+        acc, loss, _ = scores(model, loaders.val)
+        record["folded_phase1_val"] = {"acc": acc, "loss": loss}  # must equal phase 1's
     scheduler = warmup_cosine(optimizer, round(s["warmup"] * per_epoch), PHASE2_EPOCHS * per_epoch, True)
     steps = steps or per_epoch
     tracker = None

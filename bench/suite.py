@@ -75,6 +75,10 @@ CANDIDATES = {
     "strong": {"data.augment": "strong"},
     "dihedral": {"data.augment": "crop:0.5,hflip,vflip,rot90"},
     "lp-ft": {"strategy": "lp-ft"},
+    "discriminative": {"strategy": "discriminative"},
+    "gradual": {"strategy": "gradual"},
+    "surgical-last": {"strategy": "surgical-last"},
+    "l2-sp": {"strategy": "l2-sp"},
     "finetune-low-lr": {"strategy": "finetune-low-lr"},
     "ratio100": {"lr_ratio": 100.0},  # the backbone at 1e-5 (tried as issue 25's default; not kept)
     "dropout0": {"model.dropout": 0.0},
