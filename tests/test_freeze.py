@@ -324,16 +324,8 @@ def test_wise_ft_mixes_batch_norm_as_one_affine_map_and_alpha_0_is_phase_1():
     and alpha 1 phase 2, and a layer whose statistics did not move is mixed bitwise as before."""
     from thaw.train.steps import aligned, mix
 
-    torch.manual_seed(0)
-    net = model()
-    x = torch.randn(6, 3, 32, 32)
-    with torch.no_grad():  # statistics of these images (AdaBN), so the random network's features are not ~0
-        for bn in net.backbone.modules():
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                bn.reset_running_stats()
-                bn.momentum = None
-        net.train().backbone(x)
-    net.eval()
+    net = measured_statistics_model().eval()  # statistics measured, so the random features are not ~0
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.3 + 0.2
     origin = copy.deepcopy(net.state_dict())
     with torch.no_grad():
         start = net.backbone(x)  # the features (the new head is zero)

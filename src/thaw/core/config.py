@@ -80,9 +80,16 @@ batch (Wu & He 2018, ResNet-50 on ImageNet: 23.6% at 32, 24.8% at 8, 27.3% at 4,
 phase-2 LR sweep at batch 4 diverged from its first steps, where the held policy's did not."""
 
 
+def bn_min_batch(policy: str) -> int:
+    """The fewest images per batch (per process) a policy trains batch norm on: 1 where it holds batch
+    norm, :data:`MATCHED_MIN_BATCH` for ``matched``, 2 for ``train`` and ``fastai`` (one image has no
+    spread)."""
+    return 1 if policy in BN_HELD else MATCHED_MIN_BATCH if policy == "matched" else 2
+
+
 def batchnorm_policy(policy: str, batch_size: int) -> str:
     """The policy a phase trains with: ``matched`` on batches below :data:`MATCHED_MIN_BATCH` is held."""
-    return "frozen" if policy == "matched" and batch_size < MATCHED_MIN_BATCH else policy
+    return "frozen" if policy == "matched" and batch_size < bn_min_batch(policy) else policy
 
 
 DATA_FORMATS = ("auto", "split-folders", "folder", "csv", "npz", "shards", "litdata")

@@ -65,7 +65,7 @@ import numpy as np
 
 from thaw import data as thaw_data
 from thaw.core import run_folder
-from thaw.core.config import AUTO, BN_HELD, MATCHED_MIN_BATCH, RunConfig, batchnorm_policy, override
+from thaw.core.config import AUTO, RunConfig, batchnorm_policy, bn_min_batch, override
 from thaw.core.decoding import DECODE_ERRORS
 from thaw.core.errors import ThawError
 from thaw.core.files import atomic_path, write_atomic
@@ -168,8 +168,8 @@ def candidates(
                 raise
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": f"not here: {err}"})
             continue
-        least = MATCHED_MIN_BATCH if cfg.bn_policy == "matched" else 2
-        if cfg.bn_policy not in BN_HELD and cfg.data.batch_size < least and cfg.bn_policy != base.bn_policy:
+        least = bn_min_batch(cfg.bn_policy)
+        if cfg.data.batch_size < least and cfg.bn_policy != base.bn_policy:
             why = f"not here: --bn-policy {cfg.bn_policy} trains batch norm on batches of {least} or more"
             left.append({"candidate": c["name"], "overrides": c["overrides"], "why": why})
             continue

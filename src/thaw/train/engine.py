@@ -131,8 +131,7 @@ def train(run: RunFolder, resolved: Resolved, sources: thaw_data.Sources, report
     # the analyses read the model in the run's configured layout (``--channels-last``), whichever plan ran
     # last and whether it ran in this process: a run resumed after its plans had finished (the model built
     # anew, in the contiguous layout) then computes the same numbers as the uninterrupted one
-    channels_last = getattr(getattr(config, "hardware", None), "channels_last", False)
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(memory_format=torch.channels_last if config.hardware.channels_last else torch.contiguous_format)
     return Trained(model, ctx, sources, resolved, results, final, probe, adabn, pseudo)
 
 

@@ -53,7 +53,7 @@ from thaw.train.losses import loss_for
 from thaw.train.module import PhaseModule
 from thaw.train.optim import param_groups
 from thaw.train.recipe import Loaders
-from thaw.train.tracked import MatchedStatistics, fold
+from thaw.train.tracked import FOLD_BATCHES, MatchedStatistics, fold
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100  # fastai: 1e-7 .. 10 over 100 steps; thaw's LRs are <= 1
 BETA = 0.98  # the loss is smoothed as fastai and Lightning do: a debiased exponential moving average
@@ -221,7 +221,7 @@ def sweep(
         module = PhaseModule(model, plan, seed)  # trainable flags and eval-mode parts, as in training
         model.to(device)
         if plan.bn_policy == "matched":  # as the phase starts: phase 1's features, in train-mode layers
-            first = list(itertools.islice(batches, 8))
+            first = list(itertools.islice(batches, FOLD_BATCHES))
             fold(module, MatchedStatistics.layers(module), first)
             batches = itertools.chain(first, batches)  # the sweep's batches as without the fold
         optimizer, scales = swept_optimizer(model, plan, swept)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from thaw.core.config import BN_HELD, MATCHED_MIN_BATCH, RunConfig, batchnorm_policy, override
+from thaw.core.config import BN_HELD, MATCHED_MIN_BATCH, RunConfig, batchnorm_policy, bn_min_batch, override
 from thaw.core.errors import ThawError
 from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
@@ -37,12 +37,12 @@ def batchnorm_for(config: RunConfig, plans: list[PhasePlan], warn=print) -> tupl
     trains_bn = [p for p in plans if p.bn_policy not in BN_HELD and p.name not in solved]
     named = [p for p in trains_bn if p.bn_policy != "matched"]
     batch = config.data.batch_size
-    if named and batch < 2:
+    if named and batch < bn_min_batch(named[0].bn_policy):
         raise ThawError(
             f"--batch-size {batch} with --bn-policy {named[0].bn_policy}: {named[0].name} trains batch norm, "
             f"which needs batches of 2 or more images; give --batch-size 2 or more, or --bn-policy frozen"
         )
-    if batchnorm_policy("matched", batch) == "matched" or len(named) == len(trains_bn):
+    if batch >= MATCHED_MIN_BATCH or len(named) == len(trains_bn):  # nothing matched to hold
         return config, plans
     warn(
         f"--batch-size {batch}: batch norm held on its pretrained statistics (as --bn-policy frozen); "

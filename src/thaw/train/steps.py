@@ -14,6 +14,7 @@ from thaw.data import features as feature_cache
 from thaw.metrics.classification import classification_metrics
 from thaw.models import Classifier
 from thaw.train import distributed
+from thaw.train.freeze import BN_TYPES
 from thaw.train.head_solver import HeadSolution, solve_into
 from thaw.train.prefix import plan_features
 from thaw.train.probabilities import probabilities
@@ -184,15 +185,15 @@ def aligned(
     1's network. Layers whose statistics did not move are left bitwise as they were."""
     out = dict(origin)
     for name, m in model.named_modules():
-        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or not (m.affine and m.track_running_stats):
+        if not isinstance(m, BN_TYPES) or not (m.affine and m.track_running_stats):
             continue
         keys = [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
         if not all(k in origin and k in end for k in keys):
             continue
-        w, b, mean, var = (origin[k].double() for k in keys)
-        end_mean, end_var = end[keys[2]].double(), end[keys[3]].double()
         if torch.equal(origin[keys[2]], end[keys[2]]) and torch.equal(origin[keys[3]], end[keys[3]]):
             continue
+        w, b, mean, var = (origin[k].double() for k in keys)
+        end_mean, end_var = end[keys[2]].double(), end[keys[3]].double()
         a = w / (var + m.eps).sqrt()
         dtype = origin[keys[0]].dtype
         out[keys[0]] = (a * (end_var + m.eps).sqrt()).to(dtype)

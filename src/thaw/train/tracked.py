@@ -39,6 +39,8 @@ from torch import nn
 
 from thaw.train.freeze import BN_TYPES
 
+FOLD_BATCHES = 8  # training batches whose input moments ``matched`` folds in
+
 
 @contextmanager
 def hooked_eval(model: nn.Module, layers: list[nn.Module], before: Callable) -> Iterator[None]:
@@ -150,7 +152,7 @@ class MatchedStatistics(L.Callback):
     batch norm, and the gradient sees them. Done once per phase; a resumed phase finds it done in its
     checkpoint (``state_dict``)."""
 
-    def __init__(self, batches: int = 8):
+    def __init__(self, batches: int = FOLD_BATCHES):
         self.batches = batches
         self.done = False
 
@@ -177,7 +179,7 @@ class MatchedStatistics(L.Callback):
 
 
 @torch.no_grad()
-def fold(pl_module, layers: list[nn.Module], batches, count: int = 8) -> None:
+def fold(pl_module, layers: list[nn.Module], batches, count: int = FOLD_BATCHES) -> None:
     """Fold each of ``layers``' input moments, measured on the first ``count`` of ``batches`` (``(x, y)``
     pairs) through ``pl_module`` with every batch norm on its running statistics, into its affine
     parameters and running statistics (:class:`MatchedStatistics`). Off the caller's random stream; under
@@ -203,7 +205,8 @@ def fold(pl_module, layers: list[nn.Module], batches, count: int = 8) -> None:
             pl_module._forward(x.to(device))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         for s in sums:
-            torch.distributed.all_reduce(s)  # every rank folds the same moments
+            if s is not None:  # the same layers are off the path on every rank
+                torch.distributed.all_reduce(s)  # every rank folds the same moments
     for b, s in zip(layers, sums):
         if s is None:  # not on the path (a cached prefix)
             continue
