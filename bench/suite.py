@@ -89,6 +89,9 @@ CANDIDATES = {
     "tracked-p10": {"bn_policy": "tracked", "phase2.patience": 10},  # ... and no early stopping in 10 epochs
     "matched": {"bn_policy": "matched"},  # batch norm in train mode, phase 1's features kept at the start
     "frozen": {"bn_policy": "frozen"},  # batch norm held on its pretrained statistics (the default before)
+    # the head's LR ramps over 3 epochs of phase 2 instead of 1, near its solved optimum while the backbone
+    # starts to move (issue 25, seventh stop: the head's own steps were most of the opening left)
+    "head-warmup3": {"phase2.head_warmup_epochs": 3.0},
 }
 
 

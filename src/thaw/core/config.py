@@ -287,6 +287,9 @@ class PhaseConfig:
     warmup_epochs: float = setting(None, "linear LR warmup, in epochs")
     weight_decay: float = setting(None, "AdamW weight decay (none on biases, norms, tokens)")
     schedule: str = setting(None, "LR schedule after warmup", choices=SCHEDULES)
+    head_warmup_epochs: float = setting(
+        None, "the head's own linear LR warmup, in epochs (at least the phase's warmup)"
+    )
 
     def validate(self, phase: str) -> None:
         missing = [f.name for f in fields(self) if getattr(self, f.name) is None]
@@ -298,6 +301,10 @@ class PhaseConfig:
             raise ThawError(f"{phase} patience {self.patience} must be at least 1")
         if not self.warmup_epochs >= 0:
             raise ThawError(f"--{phase}-warmup-epochs {self.warmup_epochs} must be 0 or more, e.g. 1")
+        if not self.head_warmup_epochs >= 0:
+            raise ThawError(
+                f"--{phase}-head-warmup-epochs {self.head_warmup_epochs} must be 0 or more, e.g. 1"
+            )
         if self.schedule not in SCHEDULES:
             raise ThawError(f"{phase} schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not self.weight_decay >= 0:
@@ -310,8 +317,12 @@ class PhaseConfig:
 
 
 PHASE_DEFAULTS = {
-    "phase1": dict(epochs=15, patience=3, warmup_epochs=0.0, weight_decay=0.01, schedule="constant"),
-    "phase2": dict(epochs=10, patience=3, warmup_epochs=1.0, weight_decay=0.01, schedule="cosine"),
+    "phase1": dict(
+        epochs=15, patience=3, warmup_epochs=0.0, weight_decay=0.01, schedule="constant", head_warmup_epochs=0.0
+    ),
+    "phase2": dict(
+        epochs=10, patience=3, warmup_epochs=1.0, weight_decay=0.01, schedule="cosine", head_warmup_epochs=1.0
+    ),
 }
 """Each phase's defaults: what a :class:`PhaseConfig` setting left out (None) becomes in a RunConfig."""
 

@@ -141,6 +141,7 @@ class Candidate:
         if self.scaled:
             changes["phase2.epochs"] = epochs
             changes["phase2.warmup_epochs"] = full.warmup_epochs * epochs / full.epochs
+            changes["phase2.head_warmup_epochs"] = full.head_warmup_epochs * epochs / full.epochs
         return override(self.config, changes)
 
 

@@ -48,9 +48,15 @@ def param_groups(
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cosine: bool
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    cosine: bool,
+    head_warmup_steps: int | None = None,
 ) -> LambdaLR:
-    """Linear warmup to each group's LR, then cosine decay to 0 (or constant when ``cosine`` is False)."""
+    """Linear warmup to each group's LR, then cosine decay to 0 (or constant when ``cosine`` is False).
+    ``head_warmup_steps``: the head's groups ramp over this many steps instead (never above the others'
+    factor, so a head warmup shorter than ``warmup_steps`` is ``warmup_steps``)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -60,4 +66,13 @@ def warmup_cosine(
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return LambdaLR(optimizer, factor)
+    def head_factor(step: int) -> float:
+        if step < head_warmup_steps:
+            return min((step + 1) / head_warmup_steps, factor(step))
+        return factor(step)
+
+    if head_warmup_steps is None or head_warmup_steps <= warmup_steps:
+        return LambdaLR(optimizer, factor)
+    return LambdaLR(
+        optimizer, [head_factor if g["name"].startswith("head") else factor for g in optimizer.param_groups]
+    )
