@@ -79,6 +79,10 @@ CANDIDATES = {
     "gradual": {"strategy": "gradual"},
     "surgical-last": {"strategy": "surgical-last"},
     "l2-sp": {"strategy": "l2-sp"},
+    "bitfit": {"strategy": "bitfit"},  # the PEFT variants (batch norm held under the default: _fewer)
+    "norm-only": {"strategy": "norm-only"},
+    "lora": {"strategy": "lora"},
+    "ssf": {"strategy": "ssf"},
     "finetune-low-lr": {"strategy": "finetune-low-lr"},
     "ratio100": {"lr_ratio": 100.0},  # the backbone at 1e-5 (tried as issue 25's default; not kept)
     "dropout0": {"model.dropout": 0.0},
@@ -87,11 +91,15 @@ CANDIDATES = {
     "sgd": {"optimizer": "sgd", "lr": 1e-2},
     "tracked": {"bn_policy": "tracked"},  # batch-norm statistics that follow the weights (issue 25, 4th stop)
     "tracked-p10": {"bn_policy": "tracked", "phase2.patience": 10},  # ... and no early stopping in 10 epochs
-    "matched": {"bn_policy": "matched"},  # batch norm in train mode, phase 1's features kept at the start
+    # batch norm in train mode, phase 1's features kept at the start; validated on the moving average of
+    # its statistics (as the fifth and sixth stops ran it)
+    "matched": {"bn_policy": "matched", "bn_precise_batches": 0},
+    # ... validated on statistics measured at the epoch's end weights (the default since the seventh stop)
+    "precise": {"bn_policy": "matched", "bn_precise_batches": 20},
     "frozen": {"bn_policy": "frozen"},  # batch norm held on its pretrained statistics (the default before)
     # the head's LR ramps over 3 epochs of phase 2 instead of 1, near its solved optimum while the backbone
     # starts to move (issue 25, seventh stop: the head's own steps were most of the opening left)
-    "head-warmup3": {"phase2.head_warmup_epochs": 3.0},
+    "head-warmup3": {"phase2.head_warmup_epochs": 3.0, "bn_precise_batches": 0},
 }
 
 

@@ -85,6 +85,35 @@ def test_warmup_then_cosine_to_zero_or_constant():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
+def test_the_head_can_warm_up_longer_than_the_backbone():
+    """``head_warmup_steps``: the head's groups (named ``head*``) ramp over their own steps, the others as
+    before, and the head never runs above the others' factor once their cosine has begun."""
+    p, q = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW(
+        [{"name": "head", "params": [p], "lr": 1e-3}, {"name": "group0", "params": [q], "lr": 1e-4}]
+    )
+    schedule = warmup_cosine(optimizer, warmup_steps=2, total_steps=10, cosine=True, head_warmup_steps=6)
+    head, backbone = [], []
+    for _ in range(10):
+        head.append(optimizer.param_groups[0]["lr"])
+        backbone.append(optimizer.param_groups[1]["lr"])
+        optimizer.step()
+        schedule.step()
+    cosine = [0.5 * (1 + math.cos(math.pi * (step - 2) / 8)) for step in range(2, 10)]
+    assert backbone == pytest.approx([0.5e-4, 1e-4] + [1e-4 * c for c in cosine])
+    ramp = [(step + 1) / 6 for step in range(6)]
+    expected = ramp[:2] + [min(r, c) for r, c in zip(ramp[2:], cosine)] + cosine[4:]
+    assert head == pytest.approx([1e-3 * f for f in expected])
+    assert head[0] == pytest.approx(1e-3 / 6) and head[5] == pytest.approx(1e-3 * cosine[3])
+    # a head warmup no longer than the others' is theirs: the same schedule for every group
+    for steps in (None, 0, 2):
+        optimizer = torch.optim.SGD(
+            [{"name": "head", "params": [p], "lr": 0.1}, {"name": "g", "params": [q], "lr": 0.1}]
+        )
+        warmup_cosine(optimizer, 2, 10, True, steps)
+        assert optimizer.param_groups[0]["lr"] == optimizer.param_groups[1]["lr"] == pytest.approx(0.05)
+
+
 def test_the_optimizer_setting_reaches_every_trained_plan():
     """``--optimizer sgd``: Nesterov SGD with momentum 0.9 over the plan's groups; AdamW by default."""
     from types import SimpleNamespace

@@ -318,7 +318,12 @@ class PhaseConfig:
 
 PHASE_DEFAULTS = {
     "phase1": dict(
-        epochs=15, patience=3, warmup_epochs=0.0, weight_decay=0.01, schedule="constant", head_warmup_epochs=0.0
+        epochs=15,
+        patience=3,
+        warmup_epochs=0.0,
+        weight_decay=0.01,
+        schedule="constant",
+        head_warmup_epochs=0.0,
     ),
     "phase2": dict(
         epochs=10, patience=3, warmup_epochs=1.0, weight_decay=0.01, schedule="cosine", head_warmup_epochs=1.0
@@ -401,6 +406,11 @@ class RunConfig:
         "frozen = held on its pretrained statistics (docs/concepts/opening.md)",
         choices=BN_POLICIES,
     )
+    bn_precise_batches: int = setting(
+        20,
+        "matched: before each validation, measure batch norm's statistics on this many training batches "
+        "at the current weights (0: the moving average training leaves)",
+    )
     label_smoothing: float = setting(0.0, "label smoothing of the training loss")
     seed: int = setting(0, "random seed for initialisation, batches and augmentation")
     adabn: bool = setting(
@@ -470,6 +480,11 @@ class RunConfig:
         unfreeze_groups(self.unfreeze)
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
+        if not 0 <= self.bn_precise_batches <= 100_000:
+            raise ThawError(
+                f"--bn-precise-batches {self.bn_precise_batches} must be 0 (the moving average) or more, "
+                "e.g. 20"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         self._validate_plans()

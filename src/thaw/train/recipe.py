@@ -209,7 +209,7 @@ def batchnorm_callbacks(plan: PhasePlan, module: PhaseModule, ctx: Context) -> l
     """``--bn-policy tracked``, for a plan that trains backbone weights under batch norm in eval mode;
     ``matched``, for one that trains batch norm."""
     if plan.bn_policy == "matched" and module.groups and MatchedStatistics.layers(module):
-        return [MatchedStatistics()]
+        return [MatchedStatistics(precise_batches=ctx.config.bn_precise_batches)]
     if plan.bn_policy != "tracked" or not module.groups or not TrackedStatistics.layers(module):
         return []
     evaluation = thaw_data.eval_transform(ctx.loaders.pre)
