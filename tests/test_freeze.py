@@ -289,6 +289,76 @@ def test_matched_batch_norm_in_real_training_folds_only_the_trained_groups():
         assert same == (id(b) not in inside), name
 
 
+def test_precise_statistics_are_the_population_moments_of_each_trained_layers_input():
+    """``tracked.precise``: each trained batch norm's running statistics become its input's mean and
+    population variance over the batches, the layers below normalising by each batch as in training (an
+    oracle that hooks a copy of the network in train mode); nothing else moves: parameters, the frozen
+    groups' statistics, ``num_batches_tracked``, every module's mode."""
+    from thaw.train.tracked import MatchedStatistics, precise
+
+    m = measured_statistics_model()
+    module = PhaseModule(m, PhasePlan("phase2", "last:2", bn_policy="matched"))
+    layers = MatchedStatistics.layers(module)
+    bns = [b for b in m.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert 0 < len(layers) < len(bns)
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 3, 32, 32, generator=g) * 1.5 + 0.3, torch.zeros(8)) for _ in range(3)]
+    oracle = copy.deepcopy(m)
+    oracle.eval()
+    copies = [b for b in oracle.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    trained = [c for b, c in zip(bns, copies) if any(b is layer for layer in layers)]
+    inputs: dict[int, list[torch.Tensor]] = {id(c): [] for c in trained}
+    for c in trained:
+        c.train()
+        c.register_forward_pre_hook(lambda mod, args: inputs[id(mod)].append(args[0].double()))
+    with torch.no_grad():
+        for x, _ in batches:
+            oracle.backbone(x)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    modes = [x.training for x in m.modules()]
+    precise(module, layers, iter(batches), count=2)  # the first 2 batches only
+    assert modes == [x.training for x in m.modules()]
+    for c, layer in zip(trained, layers):
+        seen = torch.cat(inputs[id(c)][:2])
+        mean, var = seen.mean((0, 2, 3)), seen.var((0, 2, 3), unbiased=False)
+        torch.testing.assert_close(layer.running_mean, mean.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.running_var, var.float(), rtol=1e-5, atol=1e-6)
+    moved = {id(b) for b in layers}
+    for name, old in state.items():
+        new = m.state_dict()[name]
+        owner = m.get_submodule(name.rsplit(".", 1)[0])
+        if name.endswith(("running_mean", "running_var")) and id(owner) in moved:
+            assert not torch.equal(new, old), name
+        else:
+            assert torch.equal(new, old), name
+
+
+def test_matched_validates_on_statistics_measured_at_the_epochs_end_weights(monkeypatch):
+    """Through Lightning: ``matched`` measures its statistics before every validation (not during the
+    sanity check), over ``precise_batches`` batches of the epoch's order; the model left at the end
+    carries exactly those, not the moving average; ``precise_batches=0`` keeps the moving average."""
+    from thaw.train import tracked
+    from thaw.train.tracked import MatchedStatistics
+
+    plan = PhasePlan("phase2", "last:2", lr=1e-2, lr_ratio=1, epochs=2, bn_policy="matched")
+    calls = []
+    real = tracked.precise
+    monkeypatch.setattr(tracked, "precise", lambda *a, **k: (calls.append(a[3]), real(*a, **k)))
+    results = {}
+    for count in (1, 0):
+        module = PhaseModule(model(), plan)
+        trainer = quiet_trainer(2, [MatchedStatistics(precise_batches=count)])
+        trainer.fit(module, tiny_loader(), tiny_loader())
+        results[count] = module
+    assert calls == [1, 1]  # two validations with 1 batch each; none with 0
+    for count, module in results.items():
+        layers = MatchedStatistics.layers(module)
+        again = copy.deepcopy(module)
+        real(again, MatchedStatistics.layers(again), tiny_loader(), 1)
+        for b, c in zip(layers, MatchedStatistics.layers(again)):
+            assert torch.equal(b.running_var, c.running_var) == (count == 1)
+
+
 def test_matched_batch_norm_resumed_from_a_checkpoint_is_not_folded_twice(tmp_path):
     """The folded parameters are in the phase's checkpoint, so a resumed phase must not fold again: the
     callback's ``done`` travels in the checkpoint, is restored before the phase starts, and the resumed
