@@ -288,7 +288,7 @@ class PhaseConfig:
     weight_decay: float = setting(None, "AdamW weight decay (none on biases, norms, tokens)")
     schedule: str = setting(None, "LR schedule after warmup", choices=SCHEDULES)
     head_warmup_epochs: float = setting(
-        None, "the head's own linear LR warmup, in epochs (at least the phase's warmup)"
+        None, "the head's own linear LR warmup, in epochs, where longer than the phase's (0: the phase's)"
     )
 
     def validate(self, phase: str) -> None:
@@ -326,7 +326,7 @@ PHASE_DEFAULTS = {
         head_warmup_epochs=0.0,
     ),
     "phase2": dict(
-        epochs=10, patience=3, warmup_epochs=1.0, weight_decay=0.01, schedule="cosine", head_warmup_epochs=1.0
+        epochs=10, patience=3, warmup_epochs=1.0, weight_decay=0.01, schedule="cosine", head_warmup_epochs=0.0
     ),
 }
 """Each phase's defaults: what a :class:`PhaseConfig` setting left out (None) becomes in a RunConfig."""
