@@ -1,6 +1,9 @@
 """The demo's config (``thaw.studies.demo``) under each batch-norm policy, seeds paired (issue 25).
 
-    python bench/demo_policies.py [--seeds 0 1 2] [--policies matched frozen] [--out DIR]
+    python bench/demo_policies.py [--seeds 0 1 2] [--policies matched frozen matched-ema] [--out DIR]
+
+``matched-ema`` is ``matched`` validated on the moving average of its statistics (``--bn-precise-batches
+0``), as the sixth stop ran it.
 
 Prints one JSON line per run: phase 1's validation and test accuracy, phase 2's validation accuracy by
 epoch, the final test accuracy and which phase was kept. Accuracy only: run it alone for the seconds.
@@ -16,17 +19,25 @@ import thaw
 from thaw.core.config import override
 from thaw.studies import demo
 
+POLICIES = {
+    "matched": {"bn_policy": "matched"},
+    "frozen": {"bn_policy": "frozen"},
+    "matched-ema": {"bn_policy": "matched", "bn_precise_batches": 0},
+    "train": {"bn_policy": "train"},
+    "tracked": {"bn_policy": "tracked"},
+}
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--policies", nargs="+", default=["matched", "frozen"])
+    p.add_argument("--policies", nargs="+", default=["matched", "frozen"], choices=list(POLICIES))
     p.add_argument("--out", default=None, help="folder for the run folders (default: a temporary one)")
     args = p.parse_args()
     root = args.out or tempfile.mkdtemp(prefix="demo-policies-")
     for seed in args.seeds:
         for bn in args.policies:
-            cfg = override(demo.config(f"{root}/{bn}-seed{seed}", seed), {"bn_policy": bn})
+            cfg = override(demo.config(f"{root}/{bn}-seed{seed}", seed), POLICIES[bn])
             s = thaw.fit(cfg, quiet=True).summary
             p1, p2 = s.phases["phase1"], s.phases["phase2"]
             row = {

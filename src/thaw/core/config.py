@@ -67,7 +67,9 @@ BN_POLICIES = ("frozen", "tracked", "train", "matched", "fastai")
   PyTorch behaviour); BN layers in frozen groups stay in eval mode.
 - ``matched`` (default): as ``train``, but each BN layer that trains first takes its input's statistics on
   training batches into its affine parameters, so that it computes phase 1's features at the start
-  (``thaw.train.tracked.MatchedStatistics``). On batches of fewer than 8 images (:data:`MATCHED_MIN_BATCH`)
+  (``thaw.train.tracked.MatchedStatistics``), and before every validation its running statistics are
+  measured at the current weights on ``bn_precise_batches`` training batches instead of left as the moving
+  average (``thaw.train.tracked.precise``). On batches of fewer than 8 images (:data:`MATCHED_MIN_BATCH`)
   it is held as ``frozen`` (``thaw.train.preflight.batchnorm_for``).
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
   frozen groups (fastai's ``train_bn=True``).

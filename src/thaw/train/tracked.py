@@ -25,6 +25,9 @@ epoch run through the statistics of the epoch before. The statistics are buffers
 saved weights and the exported model carry them. The correction is transitive (taken from a point that
 was itself corrected, it gives the same statistics), so a resumed phase takes its reference where it
 restarts and ends where an uninterrupted one does (``tests/test_resume.py``).
+
+``--bn-policy matched`` (the default; :class:`MatchedStatistics`) trains batch norm instead, from phase 1's
+features, and measures its statistics again before every validation (:func:`precise`).
 """
 
 from __future__ import annotations
