@@ -94,8 +94,9 @@ CANDIDATES = {
     # batch norm in train mode, phase 1's features kept at the start; validated on the moving average of
     # its statistics (as the fifth and sixth stops ran it)
     "matched": {"bn_policy": "matched", "bn_precise_batches": 0},
-    # ... validated on statistics measured at the epoch's end weights (the default since the seventh stop)
+    # ... validated on statistics measured at the epoch's end weights, on 20 or 8 training batches
     "precise": {"bn_policy": "matched", "bn_precise_batches": 20},
+    "precise8": {"bn_policy": "matched", "bn_precise_batches": 8},  # the default since the seventh stop
     "frozen": {"bn_policy": "frozen"},  # batch norm held on its pretrained statistics (the default before)
     # the head's LR ramps over 3 epochs of phase 2 instead of 1, near its solved optimum while the backbone
     # starts to move (issue 25, seventh stop: the head's own steps were most of the opening left)

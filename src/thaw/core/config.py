@@ -409,7 +409,7 @@ class RunConfig:
         choices=BN_POLICIES,
     )
     bn_precise_batches: int = setting(
-        20,
+        8,
         "matched: before each validation, measure batch norm's statistics on this many training batches "
         "at the current weights (0: the moving average training leaves)",
     )
@@ -485,7 +485,7 @@ class RunConfig:
         if not 0 <= self.bn_precise_batches <= 100_000:
             raise ThawError(
                 f"--bn-precise-batches {self.bn_precise_batches} must be 0 (the moving average) or more, "
-                "e.g. 20"
+                "e.g. 8"
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ThawError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")

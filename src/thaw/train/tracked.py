@@ -43,7 +43,7 @@ from torch import nn
 from thaw.train.freeze import BN_TYPES
 
 FOLD_BATCHES = 8  # training batches whose input moments ``matched`` folds in
-PRECISE_BATCHES = 20  # training batches ``matched`` measures its running statistics on before validating
+PRECISE_BATCHES = 8  # training batches ``matched`` measures its running statistics on before validating
 
 
 @contextmanager
