@@ -29,6 +29,7 @@ class NonFiniteGuard(L.Callback):
         self.phase, self.warn = phase, warn
         self.reason: str | None = None
         self._good: dict[str, torch.Tensor] | None = None
+        self._stopped_at: int | None = None
 
     def state_dict(self) -> dict:
         return {"reason": self.reason}
@@ -48,13 +49,21 @@ class NonFiniteGuard(L.Callback):
             self._stop(trainer, pl_module, f"the training loss became {shown} at batch {batch_idx + 1}")
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.reason is not None or self._good is None:
+        if trainer.sanity_checking or self._good is None:
+            return
+        if self.reason is not None:
+            if self._stopped_at == trainer.current_epoch:
+                # the epoch it stopped in: validation sees the last good state exactly, whatever acted on
+                # the model since (``matched`` measures its statistics before validating: on the same
+                # weights they would differ from the last good ones, and score as another epoch)
+                pl_module.load_state_dict(self._good)
             return
         bad = not finite(pl_module.parameters()) or not finite(pl_module.buffers())
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self._stop(trainer, pl_module, "the weights stopped being finite numbers")
 
     def _stop(self, trainer, pl_module, what: str) -> None:
+        self._stopped_at = trainer.current_epoch
         epoch = trainer.current_epoch + 1
         self.reason = f"epoch {epoch}: {what}"
         if self._good is not None:
