@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from thaw.core.config import ModelConfig
+from thaw.core.config import BN_PRECISE_BATCHES, ModelConfig
 from thaw.core.strategies import PhasePlan
 from thaw.models import build_classifier
 from thaw.train.module import PhaseModule
 from thaw.train.optim import param_groups
-from thaw.train.tracked import PRECISE_BATCHES, MatchedStatistics, precise
+from thaw.train.tracked import MatchedStatistics, precise
 
 
 def measure(image_size: int, batches: int, repeats: int, k: int) -> tuple[float, float]:
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[20, 40])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precise-batches", type=int, default=PRECISE_BATCHES)
+    parser.add_argument("--precise-batches", type=int, default=BN_PRECISE_BATCHES)
     args = parser.parse_args()
     print(
         f"torch threads: {torch.get_num_threads()}, {args.image_size} px, batch 32, median of {args.repeats}"

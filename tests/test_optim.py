@@ -106,7 +106,7 @@ def test_the_head_can_warm_up_longer_than_the_backbone():
     assert head == pytest.approx([1e-3 * f for f in expected])
     assert head[0] == pytest.approx(1e-3 / 6) and head[5] == pytest.approx(1e-3 * cosine[3])
     # a head warmup no longer than the others' is theirs: the same schedule for every group
-    for steps in (None, 0, 2):
+    for steps in (0, 2):
         optimizer = torch.optim.SGD(
             [{"name": "head", "params": [p], "lr": 0.1}, {"name": "g", "params": [q], "lr": 0.1}]
         )

@@ -74,6 +74,7 @@ BN_POLICIES = ("frozen", "tracked", "train", "matched", "fastai")
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
   frozen groups (fastai's ``train_bn=True``).
 """
+BN_PRECISE_BATCHES = 8  # training batches ``matched`` measures its statistics on before each validation
 BN_HELD = ("frozen", "tracked")  # the policies with every backbone BN in eval mode
 MATCHED_MIN_BATCH = 8
 """``matched`` trains batch norm on batches of this many images or more (per process); on fewer it is held
@@ -409,7 +410,7 @@ class RunConfig:
         choices=BN_POLICIES,
     )
     bn_precise_batches: int = setting(
-        8,
+        BN_PRECISE_BATCHES,
         "matched: before each validation, measure batch norm's statistics on this many training batches "
         "at the current weights (0: the moving average training leaves)",
     )

@@ -55,9 +55,9 @@ class PhasePlan:
     image), and the last N groups and the head train by epochs on their cached activations
     (``thaw.train.prefix``; online, with the reason, where the backbone cannot be cut there).
 
-    ``head_warmup_epochs``: the head's own linear LR warmup (None: the plan's ``warmup_epochs``; a shorter
-    one is the plan's). A phase that starts from a solved head can hold it near its optimum while the
-    backbone starts to move (issue 25).
+    ``head_warmup_epochs``: the head's own linear LR warmup, where longer than ``warmup_epochs`` (a shorter
+    one, 0 included, is the plan's). A phase that starts from a solved head can hold it near its optimum
+    while the backbone starts to move (issue 25).
 
     ``interpolate_from`` makes the plan a weight-interpolation step instead of training (WiSE-FT,
     Wortsman et al. 2022): ``alpha * previous plan + (1 - alpha) * plan interpolate_from``, for every
@@ -83,7 +83,7 @@ class PhasePlan:
     warmup_epochs: float = 0.0
     weight_decay: float = 0.01
     schedule: str = "cosine"
-    head_warmup_epochs: float | None = None
+    head_warmup_epochs: float = 0.0
     bn_policy: str = "matched"
     label_smoothing: float = 0.0
     regularizer: str = "none"
@@ -253,9 +253,13 @@ def _check_rates(plan: PhasePlan, where: str) -> None:
 
 
 def _check_budget(plan: PhasePlan, where: str) -> None:
-    head_warmup = plan.warmup_epochs if plan.head_warmup_epochs is None else plan.head_warmup_epochs
     PhaseConfig(
-        plan.epochs, plan.patience, plan.warmup_epochs, plan.weight_decay, plan.schedule, head_warmup
+        plan.epochs,
+        plan.patience,
+        plan.warmup_epochs,
+        plan.weight_decay,
+        plan.schedule,
+        plan.head_warmup_epochs,
     ).validate(plan.name)
     if plan.epochs < 1 and not plan.interpolate_from:
         raise ThawError(f"{where}: epochs must be at least 1 (leave the plan out to skip it)")

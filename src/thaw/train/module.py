@@ -177,13 +177,12 @@ class PhaseModule(L.LightningModule):
         )
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = math.ceil(total / max(1, self.trainer.max_epochs))
-        head_warmup = plan.warmup_epochs if plan.head_warmup_epochs is None else plan.head_warmup_epochs
         scheduler = warmup_cosine(
             optimizer,
             round(plan.warmup_epochs * per_epoch),
             total,
             plan.schedule == "cosine",
-            round(head_warmup * per_epoch),
+            round(plan.head_warmup_epochs * per_epoch),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -52,7 +52,7 @@ def warmup_cosine(
     warmup_steps: int,
     total_steps: int,
     cosine: bool,
-    head_warmup_steps: int | None = None,
+    head_warmup_steps: int = 0,
 ) -> LambdaLR:
     """Linear warmup to each group's LR, then cosine decay to 0 (or constant when ``cosine`` is False).
     ``head_warmup_steps``: the head's groups ramp over this many steps instead (never above the others'
@@ -71,7 +71,7 @@ def warmup_cosine(
             return min((step + 1) / head_warmup_steps, factor(step))
         return factor(step)
 
-    if head_warmup_steps is None or head_warmup_steps <= warmup_steps:
+    if head_warmup_steps <= warmup_steps:
         return LambdaLR(optimizer, factor)
     return LambdaLR(
         optimizer, [head_factor if g["name"].startswith("head") else factor for g in optimizer.param_groups]

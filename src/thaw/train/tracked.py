@@ -40,10 +40,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from thaw.core.config import BN_PRECISE_BATCHES
 from thaw.train.freeze import BN_TYPES
 
 FOLD_BATCHES = 8  # training batches whose input moments ``matched`` folds in
-PRECISE_BATCHES = 8  # training batches ``matched`` measures its running statistics on before validating
 
 
 @contextmanager
@@ -162,7 +162,7 @@ class MatchedStatistics(L.Callback):
     weights that kept moving, scored 32.8% on validation where the same weights with their own statistics
     scored 96.3% (small-mark tiles, epoch 2). 0: the moving average, as torch leaves it."""
 
-    def __init__(self, batches: int = FOLD_BATCHES, precise_batches: int = PRECISE_BATCHES):
+    def __init__(self, batches: int = FOLD_BATCHES, precise_batches: int = BN_PRECISE_BATCHES):
         self.batches, self.precise_batches = batches, precise_batches
         self.done = False
 
