@@ -101,6 +101,12 @@ CANDIDATES = {
     # the head's LR ramps over 3 epochs of phase 2 instead of 1, near its solved optimum while the backbone
     # starts to move (issue 25, seventh stop: the head's own steps were most of the opening left)
     "head-warmup3": {"phase2.head_warmup_epochs": 3.0, "bn_precise_batches": 0},
+    # the head's epoch-1 steps were the opening left under precise statistics (bench/opening_check.py,
+    # eighth stop): the head at the backbone's LR, or ramped over 3 epochs, with the default's statistics
+    "lp-ft-p8": {"strategy": "lp-ft"},
+    "head-warmup3-p8": {"phase2.head_warmup_epochs": 3.0},
+    "head-warmup3-p20": {"phase2.head_warmup_epochs": 3.0, "bn_precise_batches": 20},  # paired with precise
+    "lp-ft-p20": {"strategy": "lp-ft", "bn_precise_batches": 20},  # paired with precise
 }
 
 
