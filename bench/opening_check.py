@@ -30,10 +30,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-import thaw
-from thaw.core.config import override
 from thaw.data.images import ImageDataset
-from thaw.train import recipe
 from thaw.train.tracked import MatchedStatistics, precise
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -116,21 +113,7 @@ class Opening(L.Callback):
 
 
 def main() -> None:
-    import shutil
-
-    original = recipe.batchnorm_callbacks
-
-    def patched(plan, module, ctx):
-        out = original(plan, module, ctx)
-        return [*out, Opening()] if plan.name == "phase2" else out
-
-    recipe.batchnorm_callbacks = patched
-    ds, cand, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    out = suite.ROOT / "bench" / "out" / "diag" / f"open-{ds}-{cand}-{seed}"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(str(out) + ".incomplete", ignore_errors=True)
-    cfg = override(suite.config(ds, cand, seed, out), suite.COLUMNS["128"][0])
-    thaw.fit(cfg, quiet=True)
+    suite.diagnose(Opening, "open-{ds}-{cand}-{seed}")
 
 
 if __name__ == "__main__":

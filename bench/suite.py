@@ -413,6 +413,30 @@ def cmd_costs(args) -> None:
         print(json.dumps({"dataset": dataset, **record}), flush=True)
 
 
+def diagnose(callback, name: str) -> None:
+    """``python bench/X.py DATASET CANDIDATE SEED``: that suite run (128 px column) into
+    ``bench/out/diag/<name>``, afresh, with ``callback()`` added to phase 2's callbacks (the diagnostics
+    ``precise_check.py`` and ``opening_check.py``)."""
+    import shutil
+
+    import thaw
+    from thaw.core.config import override
+    from thaw.train import recipe
+
+    original = recipe.batchnorm_callbacks
+
+    def patched(plan, module, ctx):
+        out = original(plan, module, ctx)
+        return [*out, callback()] if plan.name == "phase2" else out
+
+    recipe.batchnorm_callbacks = patched
+    ds, cand, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    out = ROOT / "bench" / "out" / "diag" / name.format(ds=ds, cand=cand, seed=seed)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(str(out) + ".incomplete", ignore_errors=True)
+    thaw.fit(override(config(ds, cand, seed, out), COLUMNS["128"][0]), quiet=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=("run", "table", "costs"))
