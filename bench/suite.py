@@ -107,6 +107,20 @@ CANDIDATES = {
     "head-warmup3-p8": {"phase2.head_warmup_epochs": 3.0},
     "head-warmup3-p20": {"phase2.head_warmup_epochs": 3.0, "bn_precise_batches": 20},  # paired with precise
     "lp-ft-p20": {"strategy": "lp-ft", "bn_precise_batches": 20},  # paired with precise
+    # ninth stop: the head at the backbone's LR is the default (--phase2-head-lr backbone); the runs above
+    # were recorded with the head at its own lr. default-p20 is lp-ft-p20's run under the new default.
+    "default-p20": {"bn_precise_batches": 20},
+    # the small-mark tiles' opening is the backbone's own first epoch (eighth stop): phase 2's LR ramped
+    # over 2 epochs instead of 1, paired with lp-ft-p20 / default-p20
+    "warmup2-p20": {"phase2.warmup_epochs": 2.0, "bn_precise_batches": 20},
+    # --strategy auto at its default budget (twice the default's own run, which it runs first)
+    "auto": {"strategy": "auto"},
+    # the strategies built on phase 2's plan, with the head at its own lr and at the backbone's, paired
+    **{
+        f"{name}-head-{at}": {"strategy": name, "phase2_head_lr": lr}
+        for name in ("discriminative", "l2-sp", "lora", "surgical-last", "gradual")
+        for at, lr in (("lr", "lr"), ("bb", "backbone"))
+    },
 }
 
 

@@ -82,10 +82,10 @@ def test_ladder_doubles_to_the_full_budget_and_candidates_adapt_to_the_config(tm
     assert names[0] == "two-phase" and "lr-ratio-100" not in names
     assert next(x["why"] for x in left if x["candidate"] == "lr-ratio-100") == "the same recipe as two-phase"
     by_name = {c.name: c for c in kept}
-    assert by_name["linear-probe"].scaled == () and by_name["lp-ft"].scaled == ("phase2",)
+    assert by_name["linear-probe"].scaled == () and by_name["head-own-lr"].scaled == ("phase2",)
     assert by_name["finetune-low-lr"].scaled == ("finetune",)
-    short = by_name["lp-ft"].at(1, tmp_path / "r", tmp_path / "split.csv")
-    assert short.phase2.epochs == 1 and short.strategy == "lp-ft" and short.time_budget is None
+    short = by_name["head-own-lr"].at(1, tmp_path / "r", tmp_path / "split.csv")
+    assert short.phase2.epochs == 1 and short.phase2_head_lr == "lr" and short.time_budget is None
     assert short.phase2.warmup_epochs == pytest.approx(config.phase2.warmup_epochs / config.phase2.epochs)
     assert by_name["augment-none"].config.data.augment == "none" and by_name["augment-light"].scaled
     # a policy the user already gave is the incumbent's: that candidate is left out
@@ -187,11 +187,12 @@ KILLED = """
 import os, signal, sys
 from thaw.studies import auto
 from thaw.train import module
-auto.CANDIDATES = tuple(c for c in auto.CANDIDATES if c["name"] in ("two-phase", "lp-ft", "linear-probe"))
+THREE = ("two-phase", "head-own-lr", "linear-probe")
+auto.CANDIDATES = tuple(c for c in auto.CANDIDATES if c["name"] in THREE)
 
 def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
     if "rung0" in str(trainer.default_root_dir) and self.phase == "phase2":
-        os.kill(os.getpid(), signal.SIGKILL)  # lp-ft's phase 2, mid-epoch: rung 0 half done
+        os.kill(os.getpid(), signal.SIGKILL)  # head-own-lr's phase 2, mid-epoch: rung 0 half done
 
 module.EpochRecorder.on_train_batch_end = on_train_batch_end
 from thaw.cli import main
@@ -209,7 +210,7 @@ def test_killed_mid_screening_then_the_same_command_resumes_and_finishes(data, t
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     staged = out.with_name("killed.incomplete")
     assert (staged / "auto" / "incumbent" / "summary.json").is_file()
-    assert (staged / "auto" / "rung0" / "lp-ft.incomplete").is_dir()  # interrupted, not finished
+    assert (staged / "auto" / "rung0" / "head-own-lr.incomplete").is_dir()  # interrupted, not finished
     incumbent = (staged / "auto" / "incumbent" / "model.safetensors").stat().st_mtime_ns
 
     from thaw.use import run as recipe
@@ -217,13 +218,13 @@ def test_killed_mid_screening_then_the_same_command_resumes_and_finishes(data, t
     resumed = []
     real = recipe.resume
     monkeypatch.setattr(recipe, "resume", lambda path, quiet=False: resumed.append(path) or real(path, quiet))
-    three = tuple(c for c in auto.CANDIDATES if c["name"] in ("two-phase", "lp-ft", "linear-probe"))
+    three = tuple(c for c in auto.CANDIDATES if c["name"] in ("two-phase", "head-own-lr", "linear-probe"))
     monkeypatch.setattr(auto, "CANDIDATES", three)
     assert main(argv) == 0
-    assert [Path(p).name for p in resumed] == ["lp-ft.incomplete"]  # the interrupted run went on
+    assert [Path(p).name for p in resumed] == ["head-own-lr.incomplete"]  # the interrupted run went on
     assert (out / "auto" / "incumbent" / "model.safetensors").stat().st_mtime_ns == incumbent  # not rerun
     record = json.loads((out / "summary.json").read_text())["auto"]
-    assert {r["candidate"] for r in record["table"] if r["rung"] == 0} == {"lp-ft", "linear-probe"}
+    assert {r["candidate"] for r in record["table"] if r["rung"] == 0} == {"head-own-lr", "linear-probe"}
     assert "auto: " in capsys.readouterr().out
 
     # the same command once more: the run folder exists and is never overwritten

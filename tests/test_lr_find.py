@@ -255,7 +255,8 @@ def test_fit_lr_auto_records_the_value(tmp_path, class_folder):
     assert json.loads((result.path / "lr_find.json").read_text()) == result.summary.lr_find
     plans = yaml.safe_load((result.path / "plans.yaml").read_text())
     assert all(p["lr"] == found["suggestion"] for p in plans)
-    assert result.summary.phases["phase2"].head_lr == found["suggestion"]
+    phase2 = result.summary.phases["phase2"]  # the solved head at the backbone's LR (--phase2-head-lr)
+    assert phase2.head_lr == pytest.approx(found["suggestion"] / plans[1]["lr_ratio"]) == phase2.backbone_lr
     assert (result.path / "lr_find_phase1.png").is_file()
     assert json.loads((result.path / "summary.json").read_text())["lr_find"]["phase1"]["rule"] == "valley"
     # the recorded config reruns the run as it was: the LR found, not found afresh

@@ -139,8 +139,8 @@ DEFAULT_RATIO = 10  # the documented default backbone LR ratio (docs/concepts/de
 
 def test_a_default_run_trains_the_backbone_at_the_documented_ratio(shapes, tmp_path, monkeypatch):
     """Read from the optimizer a real default run builds (not from the plan's fields): in phase 2 every
-    backbone group that trains starts at the head's LR / DEFAULT_RATIO, the head at
-    the default LR, and no parameter is in two groups."""
+    backbone group that trains starts at the default LR / DEFAULT_RATIO, the solved head with them
+    (``--phase2-head-lr backbone``, issue 25), and no parameter is in two groups."""
     from conftest import tiny_config
 
     import thaw
@@ -157,13 +157,12 @@ def test_a_default_run_trains_the_backbone_at_the_documented_ratio(shapes, tmp_p
     assert built, "no AdamW was built"
     phase2 = built[-1]
     start = {g["name"]: g["initial_lr"] for g in phase2.param_groups}  # before the warmup/cosine factor
-    head = start["head"]
-    assert head == thaw.RunConfig().lr and start["head_no_decay"] == head
+    expected = pytest.approx(thaw.RunConfig().lr / DEFAULT_RATIO, rel=1e-12)
+    assert start["head"] == expected and start["head_no_decay"] == expected, start
     backbone = {name: lr for name, lr in start.items() if name.startswith("group")}
-    expected = pytest.approx(head / DEFAULT_RATIO, rel=1e-12)
     assert backbone and all(lr == expected for lr in backbone.values()), start
-    # the LR the optimizer used on its last step keeps that ratio (the schedule scales every group alike)
+    # the LR the optimizer used on its last step is the same in every group (the schedule scales them alike)
     now = {g["name"]: g["lr"] for g in phase2.param_groups}
-    assert all(now[name] == pytest.approx(now["head"] / DEFAULT_RATIO, rel=1e-9) for name in backbone)
+    assert all(now[name] == pytest.approx(now["head"], rel=1e-9) for name in backbone)
     held = [id(p) for g in phase2.param_groups for p in g["params"]]
     assert len(held) == len(set(held))  # no parameter in two groups (it would train at two LRs)

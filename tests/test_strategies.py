@@ -64,6 +64,28 @@ def test_strategy_plans_say_what_they_promise():
     assert plans_for(override(c, {"strategy": "bitfit", "bn_policy": "tracked"}))[1].bn_policy == "tracked"
 
 
+def test_phase2_trains_the_solved_head_at_the_backbone_lr_unless_told():
+    """Every strategy whose phase 2 starts from phase 1's solved head trains that head at the backbone's LR
+    (issue 25: at its own lr, AdamW's first steps flip the images near the boundary); --phase2-head-lr lr
+    gives it back its own; phase 1, and the strategies without a solved head, keep the head's lr."""
+    c = override(thaw.RunConfig(), {"lr": 2e-3, "lr_ratio": 20.0, "gradual_groups": 2})
+    tuned = {"two-phase", "discriminative", "gradual", "l2-sp", "wise-ft", "surgical-first", "surgical-last"}
+    tuned |= {"bitfit", "norm-only", "lora", "ssf"}
+    for name in STRATEGIES:
+        for at, head in (("backbone", 1e-4), ("lr", 2e-3)):
+            plans = plans_for(override(c, {"strategy": name, "phase2_head_lr": at}))
+            trained = [p for p in plans if not p.interpolate_from]
+            assert trained[0].head_lr() == (2e-3 if name != "finetune-low-lr" else pytest.approx(1e-4)), name
+            after = [p.head_lr() for p in trained[1:]]
+            if name in tuned:
+                assert after and after == pytest.approx([head] * len(after)), (name, at)
+                assert all(p.backbone_lr() == pytest.approx(1e-4) for p in trained[1:]), name
+            elif name == "lp-ft":  # Kumar's recipe: one LR, lr / lr_ratio, whatever the setting
+                assert after == pytest.approx([1e-4]), name
+    with pytest.raises(ThawError, match="--phase2-head-lr 'fast' is not one of backbone, lr"):
+        override(c, {"phase2_head_lr": "fast"}).validate()
+
+
 def test_unknown_strategy_is_one_clear_error(capsys):
     with pytest.raises(ThawError, match="--strategy 'nope' is not one of linear-probe, two-phase"):
         plans_for(override(thaw.RunConfig(), {"strategy": "nope"}))

@@ -337,8 +337,8 @@ PHASE_DEFAULTS = {
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs. ``lr`` is the head's learning rate in both phases; in phase 2 the
-    backbone trains at ``lr / lr_ratio``."""
+    """Everything a run needs. ``lr`` is the head's learning rate in phase 1; in phase 2 the backbone
+    trains at ``lr / lr_ratio``, and the head with it (``phase2_head_lr``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -387,6 +387,12 @@ class RunConfig:
     )
     lr_ratio: float | str = setting(
         LR_RATIO, "phase 2: backbone LR = lr / lr_ratio; auto: from thaw lr-find --phase 2, found first"
+    )
+    phase2_head_lr: str = setting(
+        "backbone",
+        "phase 2: the solved head's LR: backbone = lr / lr_ratio, with the backbone (phase 2 opens where "
+        "phase 1 ended, docs/concepts/opening.md); lr = the head's own lr, as in phase 1",
+        choices=("backbone", "lr"),
     )
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
     optimizer: str = setting(
@@ -481,6 +487,8 @@ class RunConfig:
                 f"--lr-ratio {self.lr_ratio} must be >= 1 or auto (backbone LR = head LR / ratio)"
             )
         unfreeze_groups(self.unfreeze)
+        if self.phase2_head_lr not in ("backbone", "lr"):
+            raise ThawError(f"--phase2-head-lr {self.phase2_head_lr!r} is not one of backbone, lr")
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if not 0 <= self.bn_precise_batches <= 100_000:

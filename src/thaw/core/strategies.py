@@ -33,6 +33,8 @@ REGULARIZERS = ("none", "l2-sp")
 MAX_PLANS = 50  # a list of plans is a recipe, a handful long; thousands are a mistake or an attack
 FEATURES = ("online", "cached")
 TRAINABLE = ("all", "bias", "norm", "lora", "ssf")
+HEAD_AT = ("lr", "backbone")
+"""The head's LR in a plan (``PhasePlan.head_at``): its own ``lr``, or the topmost backbone group's."""
 """What trains inside a plan's trainable layer groups (``PhasePlan.trainable``; ``thaw.train.adapters``)."""
 
 
@@ -54,6 +56,11 @@ class PhasePlan:
     On a ``last:N`` plan: the frozen layers before the last N groups run once (``views`` per training
     image), and the last N groups and the head train by epochs on their cached activations
     (``thaw.train.prefix``; online, with the reason, where the backbone cannot be cut there).
+
+    ``head_at``: the head's LR, ``lr`` or ``backbone`` (the topmost trainable group's, ``lr / lr_ratio``).
+    Phase 2 starts from a solved head, and AdamW at the head's own LR moves it off its optimum in the first
+    steps, flipping the images near the boundary (phase 2's opening, docs/concepts/opening.md); at the
+    backbone's LR it stays near it while the backbone starts to move (issue 25).
 
     ``head_warmup_epochs``: the head's own linear LR warmup, where longer than ``warmup_epochs`` (a shorter
     one, 0 included, is the plan's). A phase that starts from a solved head can hold it near its optimum
@@ -84,6 +91,7 @@ class PhasePlan:
     weight_decay: float = 0.01
     schedule: str = "cosine"
     head_warmup_epochs: float = 0.0
+    head_at: str = "lr"
     bn_policy: str = "matched"
     label_smoothing: float = 0.0
     regularizer: str = "none"
@@ -143,7 +151,7 @@ class PhasePlan:
         parts = TRAINED_PARTS.get(self.trainable, "").format(rank=self.lora_rank)
         extra += f", {parts}" if self.trainable != "all" else ""
         return (
-            f"{self.name}: {len(groups)} of {n_groups} layer groups trainable, head lr {self.lr:g}, "
+            f"{self.name}: {len(groups)} of {n_groups} layer groups trainable, head lr {self.head_lr():g}, "
             f"backbone lr {spread}{extra}, new optimizer"
         )
 
@@ -161,6 +169,11 @@ class PhasePlan:
     def backbone_lr(self) -> float:
         """The LR of the topmost trainable backbone group: ``lr / lr_ratio`` (the one place it is derived)."""
         return self.lr / self.lr_ratio
+
+    def head_lr(self) -> float:
+        """The head's LR: ``lr``, or with ``head_at="backbone"`` (and a backbone group that trains) the
+        topmost trainable group's."""
+        return self.backbone_lr() if self.head_at == "backbone" and self.train != "head" else self.lr
 
     def validate(self) -> PhasePlan:
         """The plan itself, or a :class:`ThawError` that names the plan, the value and what is valid."""
@@ -291,6 +304,7 @@ def _check_features(plan: PhasePlan, where: str) -> None:
 
 def _check_choices(plan: PhasePlan, where: str) -> None:
     for name, valid in (
+        ("head_at", HEAD_AT),
         ("bn_policy", BN_POLICIES),
         ("schedule", SCHEDULES),
         ("optimizer", OPTIMIZERS),
@@ -354,8 +368,9 @@ def two_phase(c: RunConfig) -> list[PhasePlan]:
     """Phase 1: the backbone frozen, a new head solved to convergence on cached features (or, with
     ``--phase1 online``, trained by epochs until validation loss stops improving).
     Phase 2: from phase 1's best weights, all (or the last N) layer groups unfrozen, a new optimizer,
-    the backbone at ``lr / lr_ratio`` (with ``--unfreeze N --phase2 cached``: on the cached activations of
-    the frozen layers before them). A phase with 0 epochs is left out."""
+    the backbone, and the solved head with it (``--phase2-head-lr``), at ``lr / lr_ratio`` (with
+    ``--unfreeze N --phase2 cached``: on the cached activations of the frozen layers before them). A phase
+    with 0 epochs is left out."""
     return [p for p in (_probe(c), _tune(c)) if p.epochs > 0]
 
 
@@ -437,8 +452,9 @@ def surgical_last(c: RunConfig) -> list[PhasePlan]:
 
 def _fewer(c: RunConfig, trainable: str) -> list[PhasePlan]:
     """Two-phase with phase 2 moving only part of the weights of its layer groups (``trainable``), from the
-    solved head, at the default's LRs (``lr / lr_ratio`` for the backbone part: on BreastMNIST the head's
-    own LR overfit within 2-3 epochs and ended 2-4 points lower on test, BENCHMARKS.md). Under the default
+    solved head, at the default's LRs (``lr / lr_ratio`` for the backbone part, and for the head under
+    ``--phase2-head-lr backbone``: on BreastMNIST the head's own LR for the backbone part overfit within 2-3
+    epochs and ended 2-4 points lower on test, BENCHMARKS.md). Under the default
     batch-norm policy, ``matched``, batch norm is held (``frozen``): these recipes promise which tensors
     move, and ``matched`` would rewrite and renormalise every batch norm of the trained groups."""
     probe, tune = _probe(c), _tune(c)
@@ -499,7 +515,13 @@ def _tune(c: RunConfig) -> PhasePlan:
     """Phase 2 of two-phase: all (or the last N) layer groups."""
     unfreeze = unfreeze_groups(c.unfreeze)
     train = "all" if unfreeze is None else f"last:{unfreeze}"
-    return dataclasses.replace(_finetune(c), train=train, features=c.phase2_features, views=c.prefix_views)
+    return dataclasses.replace(
+        _finetune(c),
+        train=train,
+        features=c.phase2_features,
+        views=c.prefix_views,
+        head_at=c.phase2_head_lr,
+    )
 
 
 STRATEGIES: dict[str, Callable[[RunConfig], list[PhasePlan]]] = {
@@ -523,7 +545,7 @@ STRATEGIES: dict[str, Callable[[RunConfig], list[PhasePlan]]] = {
 
 SUMMARIES = {
     "linear-probe": "phase 1 only: the head solved to convergence on cached features, backbone frozen",
-    "two-phase": "the default: the head on the frozen backbone, then all groups at lr / lr_ratio",
+    "two-phase": "the default: the head on the frozen backbone, then all groups and it at lr / lr_ratio",
     "finetune-high-lr": "no phase 1; everything at the head's lr (the classic mistake)",
     "finetune-low-lr": "no phase 1; everything, head included, at lr / lr_ratio",
     "discriminative": "two-phase, each group below the top at --layer-decay x the LR above (ULMFiT)",

@@ -84,7 +84,7 @@ INCUMBENT = "two-phase"
 
 CANDIDATES: tuple[dict[str, Any], ...] = (
     {"name": INCUMBENT, "overrides": {"strategy": "two-phase"}},
-    {"name": "lp-ft", "overrides": {"strategy": "lp-ft"}},
+    {"name": "head-own-lr", "overrides": {"strategy": "two-phase", "phase2_head_lr": "lr"}},
     {"name": "finetune-low-lr", "overrides": {"strategy": "finetune-low-lr"}},
     {"name": "surgical-last", "overrides": {"strategy": "surgical-last"}},
     {"name": "lr-ratio-100", "overrides": {"strategy": "two-phase", "lr_ratio": 100.0}},
@@ -101,7 +101,9 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 )
 """The recipes auto tries, as config overrides on the user's settings; the first is the incumbent. The
 linear probe comes last: it is the cheapest, and it rarely wins (two-phase's phase 1 *is* that probe, and
-two-phase keeps it when phase 2 does not raise validation accuracy). ``bitfit``, ``norm-only``, ``lora`` and
+two-phase keeps it when phase 2 does not raise validation accuracy). ``head-own-lr`` trains phase 2's solved
+head at its own LR instead of the backbone's (thaw's default before issue 25; LP-FT, Kumar et al. 2022, is
+the default's own phase 2 now, so it is not listed twice). ``bitfit``, ``norm-only``, ``lora`` and
 ``ssf`` move fewer weights in phase 2 (``PhasePlan.trainable``). The batch-norm policies other than the
 user's: ``bn-frozen`` holds batch norm on its pretrained statistics (the Keras guide's advice), ``bn-tracked``
 also moves those statistics with the weights (``thaw.train.tracked``), ``bn-matched`` (the default, so

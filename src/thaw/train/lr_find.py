@@ -211,9 +211,9 @@ def sweep(
 ) -> Sweep:
     """Train ``model`` under ``plan`` (its trainable groups, batch-norm policy, AdamW groups and weight
     decay), one batch per LR of ``lrs``; ``swept="head"`` scales every parameter group's LR with the sweep,
-    ``"backbone"`` only the backbone's (the head stays at ``plan.lr``); ``class_weight``: the loss weighted
-    by class, as ``--balance loss`` trains. Stops when the smoothed loss diverges. The model and the RNG are
-    restored afterwards."""
+    ``"backbone"`` only the backbone's (the head stays at ``plan.head_lr()``); ``class_weight``: the loss
+    weighted by class, as ``--balance loss`` trains. Stops when the smoothed loss diverges. The model and the
+    RNG are restored afterwards."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loss_of = loss_for(model)
     with restored(model):
@@ -260,8 +260,10 @@ def swept_optimizer(
 ) -> tuple[torch.optim.Optimizer, list[float]]:
     """AdamW over the plan's parameter groups, and each group's LR as a multiple of the swept LR (0: held)."""
     backbone = plan.backbone_lr()
-    groups = param_groups(model, plan.lr, plan.group_lr(len(model.layer_groups)), plan.weight_decay, backbone)
-    reference = plan.lr if swept == "head" else backbone
+    groups = param_groups(
+        model, plan.head_lr(), plan.group_lr(len(model.layer_groups)), plan.weight_decay, backbone
+    )
+    reference = plan.head_lr() if swept == "head" else backbone
     scales = [
         0.0 if swept == "backbone" and g["name"].startswith("head") else g["lr"] / reference for g in groups
     ]

@@ -169,7 +169,7 @@ class PhaseModule(L.LightningModule):
     def configure_optimizers(self):
         plan = self.plan
         group_lrs = plan.group_lr(len(self.model.layer_groups))
-        groups = param_groups(self.model, plan.lr, group_lrs, plan.weight_decay, plan.backbone_lr())
+        groups = param_groups(self.model, plan.head_lr(), group_lrs, plan.weight_decay, plan.backbone_lr())
         optimizer = (
             torch.optim.SGD(groups, momentum=0.9, nesterov=True)
             if plan.optimizer == "sgd"

@@ -183,7 +183,7 @@ class Watch:
             "halted": self.guard.reason,
             "seconds": round(sum(r["seconds"] for r in rows), 1),
             "train_images_per_s": round(sum(r["train_images_per_s"] for r in rows) / len(rows), 1),
-            "head_lr": plan.lr,
+            "head_lr": plan.head_lr(),
             "backbone_lr": max(group_lrs, default=0.0),
             "group_lrs": group_lrs,
             "trainable_groups": f"{trainable}/{len(model.layer_groups)}",

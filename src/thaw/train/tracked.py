@@ -23,8 +23,9 @@ spread it had when the phase began. The
 batch norms still do not train (their statistics are set, not learned), so the gradient steps of the
 epoch run through the statistics of the epoch before. The statistics are buffers: the checkpoints, the
 saved weights and the exported model carry them. The correction is transitive (taken from a point that
-was itself corrected, it gives the same statistics), so a resumed phase takes its reference where it
-restarts and ends where an uninterrupted one does (``tests/test_resume.py``).
+was itself corrected, it gives the same statistics, to float rounding), so a resumed phase takes its
+reference where it restarts and ends where an uninterrupted one does: the same weights and metrics, the
+statistics to rounding (``tests/test_resume.py``).
 
 ``--bn-policy matched`` (the default; :class:`MatchedStatistics`) trains batch norm instead, from phase 1's
 features, and measures its statistics again before every validation (:func:`precise`).

@@ -275,15 +275,16 @@ def _recipe(summary: dict, config: dict) -> list[str]:
             change = f"{100 * m['accuracy']:+.1f}"
             gains.append(f"{plan} changed {split} accuracy by {change} points over the plan before")
     model = config.get("model", {})
+    head_with = ", the head with it" if config.get("phase2_head_lr") == "backbone" else ""
     return [
         "## Training recipe",
         "",
         f"- Backbone: {summary['model']}, pretrained weights {model.get('weights')}; a new linear head.",
         f"- Strategy {summary['strategy']}: {plans}; the saved weights are {summary['final_phase']}'s "
         f"(the plan with the best validation score).",
-        f"- Head learning rate {config.get('lr')}, backbone at lr / {config.get('lr_ratio')} when "
-        f"fine-tuned; "
-        f"batch norm {config.get('bn_policy')}; seed {summary.get('seed')}.",
+        f"- Head learning rate {config.get('lr')}; when fine-tuned, the backbone at lr / "
+        f"{config.get('lr_ratio')}{head_with}; batch norm {config.get('bn_policy')}; "
+        f"seed {summary.get('seed')}.",
         f"- What fine-tuning gained: {'; '.join(gains) or 'one plan only, nothing to compare'}.",
         "- The full settings: `config.yaml`; every epoch: `metrics.csv`; the figures: `report.html`.",
         "",

@@ -234,6 +234,7 @@ def _configuration(page: Page, config, plans: list[dict]) -> None:
             "train",
             "lr",
             "lr_ratio",
+            "head_at",
             "layer_decay",
             "epochs",
             "patience",
