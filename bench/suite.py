@@ -113,6 +113,7 @@ CANDIDATES = {
     # the small-mark tiles' opening is the backbone's own first epoch (eighth stop): phase 2's LR ramped
     # over 2 epochs instead of 1, paired with lp-ft-p20 / default-p20
     "warmup2-p20": {"phase2.warmup_epochs": 2.0, "bn_precise_batches": 20},
+    "head-bb-p8": {"phase2_head_lr": "backbone"},  # the default as shipped (8 precise batches), named
     # --strategy auto at its default budget (twice the default's own run, which it runs first)
     "auto": {"strategy": "auto"},
     # the strategies built on phase 2's plan, with the head at its own lr and at the backbone's, paired
