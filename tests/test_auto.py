@@ -183,12 +183,12 @@ def test_a_tight_budget_keeps_the_default_says_why_and_thaw_resume_finishes(
     assert [p.name for p in (out / "auto").iterdir() if p.is_dir()] == ["incumbent"]
 
 
-KILLED = """
+THREE = ("two-phase", "head-own-lr", "linear-probe")  # the incumbent and two challengers, one without phase 2
+KILLED = f"""
 import os, signal, sys
 from thaw.studies import auto
 from thaw.train import module
-THREE = ("two-phase", "head-own-lr", "linear-probe")
-auto.CANDIDATES = tuple(c for c in auto.CANDIDATES if c["name"] in THREE)
+auto.CANDIDATES = tuple(c for c in auto.CANDIDATES if c["name"] in {THREE!r})
 
 def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
     if "rung0" in str(trainer.default_root_dir) and self.phase == "phase2":
@@ -218,8 +218,7 @@ def test_killed_mid_screening_then_the_same_command_resumes_and_finishes(data, t
     resumed = []
     real = recipe.resume
     monkeypatch.setattr(recipe, "resume", lambda path, quiet=False: resumed.append(path) or real(path, quiet))
-    three = tuple(c for c in auto.CANDIDATES if c["name"] in ("two-phase", "head-own-lr", "linear-probe"))
-    monkeypatch.setattr(auto, "CANDIDATES", three)
+    monkeypatch.setattr(auto, "CANDIDATES", tuple(c for c in auto.CANDIDATES if c["name"] in THREE))
     assert main(argv) == 0
     assert [Path(p).name for p in resumed] == ["head-own-lr.incomplete"]  # the interrupted run went on
     assert (out / "auto" / "incumbent" / "model.safetensors").stat().st_mtime_ns == incumbent  # not rerun

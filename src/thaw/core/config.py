@@ -74,6 +74,9 @@ BN_POLICIES = ("frozen", "tracked", "train", "matched", "fastai")
 - ``fastai``: BN layers are always in train mode and their affine parameters always trainable, even in
   frozen groups (fastai's ``train_bn=True``).
 """
+HEAD_AT = ("backbone", "lr")
+"""The head's LR in a phase that trains backbone groups (``--phase2-head-lr``, ``PhasePlan.head_at``): the
+topmost trained group's, ``lr / lr_ratio``, or its own ``lr``."""
 BN_PRECISE_BATCHES = 8  # training batches ``matched`` measures its statistics on before each validation
 BN_HELD = ("frozen", "tracked")  # the policies with every backbone BN in eval mode
 MATCHED_MIN_BATCH = 8
@@ -392,7 +395,7 @@ class RunConfig:
         "backbone",
         "phase 2: the solved head's LR: backbone = lr / lr_ratio, with the backbone (phase 2 opens where "
         "phase 1 ended, docs/concepts/opening.md); lr = the head's own lr, as in phase 1",
-        choices=("backbone", "lr"),
+        choices=HEAD_AT,
     )
     unfreeze: str = setting("all", "phase 2: 'all' layer groups or the last N")
     optimizer: str = setting(
@@ -487,8 +490,8 @@ class RunConfig:
                 f"--lr-ratio {self.lr_ratio} must be >= 1 or auto (backbone LR = head LR / ratio)"
             )
         unfreeze_groups(self.unfreeze)
-        if self.phase2_head_lr not in ("backbone", "lr"):
-            raise ThawError(f"--phase2-head-lr {self.phase2_head_lr!r} is not one of backbone, lr")
+        if self.phase2_head_lr not in HEAD_AT:
+            raise ThawError(f"--phase2-head-lr {self.phase2_head_lr!r} is not one of {', '.join(HEAD_AT)}")
         if self.bn_policy not in BN_POLICIES:
             raise ThawError(f"--bn-policy {self.bn_policy!r} is not one of {', '.join(BN_POLICIES)}")
         if not 0 <= self.bn_precise_batches <= 100_000:

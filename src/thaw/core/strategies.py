@@ -19,6 +19,7 @@ from typing import Any
 from thaw.core import yaml_file
 from thaw.core.config import (
     BN_POLICIES,
+    HEAD_AT,
     LR,
     LR_RATIO,
     OPTIMIZERS,
@@ -33,8 +34,6 @@ REGULARIZERS = ("none", "l2-sp")
 MAX_PLANS = 50  # a list of plans is a recipe, a handful long; thousands are a mistake or an attack
 FEATURES = ("online", "cached")
 TRAINABLE = ("all", "bias", "norm", "lora", "ssf")
-HEAD_AT = ("lr", "backbone")
-"""The head's LR in a plan (``PhasePlan.head_at``): its own ``lr``, or the topmost backbone group's."""
 """What trains inside a plan's trainable layer groups (``PhasePlan.trainable``; ``thaw.train.adapters``)."""
 
 
